@@ -1,0 +1,31 @@
+# Every target sets up .venv first (idempotent: a few seconds once it exists).
+PY := .venv/bin/python
+ARGS ?=
+
+.PHONY: setup demo test test-fast bench package clean help
+
+help:
+	@echo "make demo    run the main job end to end on the embedded default (local Spark, Delta on disk, CPU)"
+	@echo "make test    run the test suite"
+	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached)"
+	@echo "make package build dist/psrq.zip for spark-submit --py-files"
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	$(PY) jobs/demo.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+package:
+	@mkdir -p dist && rm -f dist/psrq.zip
+	cd lib && zip -qr ../dist/psrq.zip psrq -x '*/__pycache__/*'
+	@echo "dist/psrq.zip: pass it to spark-submit --py-files"
+
+clean:
+	rm -rf data dist build .pytest_cache lib/*.egg-info

@@ -1,0 +1,22 @@
+"""Generate a synthetic catalogue (items with text+audio embeddings), item ground truth and
+user interactions into Delta tables, then validate them and print a summary.
+
+    spark-submit jobs/generate_synthetic.py --profile cluster --dataset synthetic_1m run.run_id=1
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.stages.generate import generate
+from psrq.stages.summary import format_generation
+from psrq.stages.validate import validate_inputs
+
+
+def stage(spark, cfg):
+    generated = generate(spark, cfg)
+    validated = validate_inputs(spark, cfg)
+    print(format_generation(generated, validated), flush=True)
+    return {"generated": generated, "validated": validated}
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

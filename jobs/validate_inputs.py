@@ -1,0 +1,21 @@
+"""Validate the configured items and interactions tables against their contracts
+(embedding dimensions, NaN/Inf, ids, labels, timestamps, unknown items) and summarise them.
+
+    spark-submit jobs/validate_inputs.py --profile cluster --dataset my_catalog
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.stages.summary import format_tables
+from psrq.stages.validate import validate_inputs
+
+
+def stage(spark, cfg):
+    summary = validate_inputs(spark, cfg)
+    print(format_tables({k: summary[k] for k in ("items", "interactions")}), flush=True)
+    print("validation: items and interactions meet their contracts", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,2 @@
+"""PSRQ + MCCA at Spark scale."""
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""Shared entry point of the jobs: parse arguments, load the configuration, start Spark,
+run the stage, print the outcome. Errors a user can act on end the job with exit code 2
+and one clear message instead of a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from psrq.config import Config, load_config
+from psrq.errors import PsrqError
+
+log = logging.getLogger("psrq")
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any configuration key can be overridden: key.path=value "
+                                       "(e.g. synthetic.n_items=100000 storage.root=/data/psrq)")
+    p.add_argument("--profile", default="local", help="conf/<profile>.yaml: local (default) or cluster")
+    p.add_argument("--dataset", default="synthetic_small", help="conf/datasets/<dataset>.yaml")
+    p.add_argument("--conf-dir", default=None, help="folder with base.yaml, profiles and datasets/")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p.parse_args(argv)
+
+
+def run_job(description: str, stage: Callable, argv: list[str] | None = None) -> int:
+    """stage(spark, cfg) -> dict (the job's summary)."""
+    args = parse_args(description, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        cfg: Config = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)
+        from psrq.spark import build_spark  # after config: a bad key fails before the JVM starts
+
+        t0 = time.time()
+        spark = build_spark(cfg.spark)
+        log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
+        result = stage(spark, cfg)
+    except PsrqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 0

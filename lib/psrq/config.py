@@ -1,0 +1,170 @@
+"""Configuration: YAML layers in conf/ merged by OmegaConf, validated by pydantic.
+
+Order of precedence (last wins): conf/base.yaml, conf/<profile>.yaml,
+conf/datasets/<dataset>.yaml, then command-line overrides `key.path=value`.
+Every error names the key it is about.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from psrq.errors import ConfigError
+
+DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConf(_Strict):
+    # Idempotency key for Delta app transactions: a job re-run with the same run_id
+    # (and the same inputs) commits nothing new.
+    run_id: int = Field(0, ge=0)
+
+
+class SparkConf(_Strict):
+    # None leaves the master to spark-submit (cluster profile).
+    master: Optional[str] = "local[*]"
+    app_name: str = "psrq"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, ge=1)
+    arrow_batch_rows: int = Field(4096, ge=1)
+    # Maven coordinates of the Delta jars; None means "no jars: use delta-rs".
+    delta_packages: Optional[str] = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class TablesConf(_Strict):
+    items: str = "items"
+    interactions: str = "interactions"
+    item_truth: str = "item_truth"
+
+
+class StorageConf(_Strict):
+    root: str = "./data/delta"
+    engine: Literal["auto", "delta-rs", "delta-spark"] = "auto"
+    tables: TablesConf = TablesConf()
+
+
+class ModalityConf(_Strict):
+    column: str
+    dim: int = Field(..., ge=1)
+
+
+class DatasetConf(_Strict):
+    name: str
+    kind: Literal["synthetic", "external"] = "synthetic"
+    modalities: dict[str, ModalityConf]
+
+    @model_validator(mode="after")
+    def _some_modality(self):
+        if not self.modalities:
+            raise ValueError("at least one modality is required")
+        cols = [m.column for m in self.modalities.values()]
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"two modalities share a column: {cols}")
+        return self
+
+
+class SyntheticConf(_Strict):
+    seed: int = 7
+    n_items: int = Field(5000, ge=1, lt=2**31)
+    n_users: int = Field(1000, ge=1, lt=2**31)
+    n_genres: int = Field(8, ge=1)
+    subgenres_per_genre: int = Field(4, ge=1)
+    latent_dim: int = Field(16, ge=2)
+    # probability that an item's audio sub-style equals its text sub-genre: 1.0 makes the
+    # modalities redundant, 0.0 independent below the genre level
+    modality_agreement: float = Field(0.5, ge=0.0, le=1.0)
+    item_noise: float = Field(0.35, ge=0.0)
+    embedding_noise: float = Field(0.05, ge=0.0)
+    mean_events_per_user: float = Field(40.0, gt=0)
+    popularity_exponent: float = Field(1.05, gt=0)
+    label_sharpness: float = Field(6.0, gt=0)
+    start: str = "2026-01-01"
+    days: int = Field(90, ge=1)
+    block_size: int = Field(2048, ge=1)
+
+
+class Config(_Strict):
+    run: RunConf = RunConf()
+    spark: SparkConf = SparkConf()
+    storage: StorageConf = StorageConf()
+    dataset: DatasetConf
+    synthetic: SyntheticConf = SyntheticConf()
+
+    def table_path(self, name: str) -> str:
+        """Location of a named table (a key of storage.tables) under storage.root."""
+        try:
+            table = getattr(self.storage.tables, name)
+        except AttributeError:
+            raise ConfigError(f"storage.tables.{name}: no such table in the configuration") from None
+        root = self.storage.root
+        if "://" in root:
+            return f"{root.rstrip('/')}/{table}"
+        return str((Path(root) / table).resolve())
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short stable hash of the named sections, for idempotency keys."""
+        data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _layer(path: Path, what: str):
+    if not path.is_file():
+        options = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{what} '{path.stem}' not found at {path} (available: {', '.join(options) or 'none'})")
+    try:
+        return OmegaConf.load(path)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot parse YAML: {exc}") from exc
+
+
+def _overrides(items: list[str]):
+    bad = [o for o in items if "=" not in o or not o.split("=", 1)[0].strip()]
+    if bad:
+        raise ConfigError(f"overrides must look like key.path=value; got {bad}")
+    try:
+        return OmegaConf.from_dotlist(list(items))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {list(items)}: {exc}") from exc
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+        lines.append(f"  - {key}: {err['msg']}{got}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(
+    profile: str = "local",
+    dataset: str = "synthetic_small",
+    overrides: list[str] | tuple[str, ...] = (),
+    conf_dir: str | Path | None = None,
+) -> Config:
+    conf_dir = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
+    merged = OmegaConf.merge(
+        _layer(conf_dir / "base.yaml", "base config"),
+        _layer(conf_dir / f"{profile}.yaml", "profile"),
+        _layer(conf_dir / "datasets" / f"{dataset}.yaml", "dataset"),
+        _overrides(list(overrides)),
+    )
+    try:
+        raw = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot resolve configuration: {exc}") from exc
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None

@@ -1,0 +1,41 @@
+"""Errors a user of the jobs can act on. Each names what is wrong and where."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class PsrqError(Exception):
+    """Base class: jobs print these without a traceback and exit non-zero."""
+
+
+class ConfigError(PsrqError):
+    """A configuration key is missing, unknown or has a bad value."""
+
+
+class StorageError(PsrqError):
+    """A table is missing, corrupt, or an operation on it is not allowed."""
+
+
+@dataclass
+class Problem:
+    """One failed check on one column of one table."""
+
+    column: str
+    message: str
+    n_rows: int = 0
+    examples: list = field(default_factory=list)
+
+    def describe(self) -> str:
+        rows = f"{self.n_rows:,} row(s) " if self.n_rows else ""
+        ex = f" (e.g. {', '.join(map(str, self.examples))})" if self.examples else ""
+        return f"column '{self.column}': {rows}{self.message}{ex}"
+
+
+class InputValidationError(PsrqError):
+    """Input data broke its contract; nothing was written."""
+
+    def __init__(self, table: str, problems: list[Problem]):
+        self.table = table
+        self.problems = problems
+        lines = "\n".join(f"  - {p.describe()}" for p in problems)
+        super().__init__(f"table '{table}' failed validation ({len(problems)} problem(s)); nothing was written:\n{lines}")

@@ -1,0 +1,58 @@
+"""SparkSession from the `spark` section of the configuration.
+
+local profile: local[*] with settings for a small machine; cluster profile: master and
+resources from spark-submit, Delta jars through spark.jars.packages."""
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from psrq.config import SparkConf
+
+
+def spark_settings(cfg: SparkConf) -> dict[str, str]:
+    """Every setting the builder applies (pure: testable without a JVM)."""
+    settings = {
+        # one time zone everywhere: Delta stores timestamps as UTC instants
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
+        "spark.python.worker.reuse": "true",
+    }
+    if cfg.master and cfg.master.startswith("local"):
+        settings.update(
+            {
+                "spark.driver.memory": cfg.driver_memory,
+                "spark.ui.enabled": "false",
+                "spark.sql.adaptive.coalescePartitions.enabled": "true",
+                # executors are the driver's JVM in local mode: keep broadcast joins small
+                "spark.sql.autoBroadcastJoinThreshold": str(32 * 1024 * 1024),
+            }
+        )
+    if cfg.delta_packages:
+        settings.update(
+            {
+                "spark.jars.packages": cfg.delta_packages,
+                "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+                "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            }
+        )
+    settings.update(cfg.conf)
+    return settings
+
+
+def build_spark(cfg: SparkConf) -> SparkSession:
+    # workers must run the same interpreter (and so the same pinned packages) as the driver
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if cfg.master:
+        builder = builder.master(cfg.master)
+    for key, value in spark_settings(cfg).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

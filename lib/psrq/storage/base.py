@@ -1,0 +1,51 @@
+"""The storage API shared by both Delta engines."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Protocol
+
+from pyspark.sql import DataFrame
+
+WriteMode = Literal["create", "append", "overwrite"]
+
+
+@dataclass(frozen=True)
+class AppTxn:
+    """Delta app transaction: a write tagged (app_id, version) is skipped when the table
+    already recorded that version (or a later one) for app_id. Makes job re-runs no-ops."""
+
+    app_id: str
+    version: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: str
+    version: int  # table version after the operation
+    skipped: bool = False  # True when the app transaction had already been committed
+    files_added: int = 0
+    files_removed: int = 0
+    rows_written: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+class DeltaEngine(Protocol):
+    name: str
+
+    def exists(self, path: str) -> bool: ...
+
+    def version(self, path: str) -> Optional[int]: ...
+
+    def write(
+        self, df: DataFrame, path: str, mode: WriteMode, txn: Optional[AppTxn] = None, description: str = ""
+    ) -> WriteResult: ...
+
+    def merge(
+        self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = ""
+    ) -> WriteResult: ...
+
+    def read(self, path: str, version: Optional[int] = None) -> DataFrame: ...
+
+    def history(self, path: str) -> list[dict]: ...
+
+    def transaction_version(self, path: str, app_id: str) -> Optional[int]: ...

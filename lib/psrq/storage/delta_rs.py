@@ -1,0 +1,210 @@
+"""Delta tables without the Delta jars: Spark tasks write Parquet files, the driver commits
+them with delta-rs (`deltalake`) in one transaction.
+
+Only file metadata (path, size, stats) travels to the driver, so driver memory does not
+grow with the data. A job that dies before its commit leaves the table at its previous
+version: the files it wrote are not in the log, so no reader sees them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from typing import Optional
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction
+from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+from pyspark import TaskContext
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from psrq.errors import StorageError
+from psrq.storage.base import AppTxn, WriteMode, WriteResult
+from psrq.storage.parquet_files import FILE_META_SCHEMA, write_task_file
+
+DATA_DIR = "data"
+
+
+def _arrow_schema(df: DataFrame) -> pa.Schema:
+    return to_arrow_schema(df.schema, timestamp_utc=True)
+
+
+def _write_partition(batches, table_uri: str, schema: pa.Schema, max_rows_per_file: int):
+    ctx = TaskContext.get()
+    part = ctx.partitionId() if ctx else 0
+    yield from write_task_file(batches, table_uri, DATA_DIR, schema, part, max_rows_per_file)
+
+
+class DeltaRsEngine:
+    name = "delta-rs"
+
+    def __init__(self, spark: SparkSession, max_rows_per_file: int = 1_000_000, storage_options: dict | None = None):
+        self.spark = spark
+        self.max_rows_per_file = max_rows_per_file
+        self.storage_options = storage_options
+
+    # --- reading ---------------------------------------------------------------------
+    def _table(self, path: str, version: Optional[int] = None) -> DeltaTable:
+        try:
+            return DeltaTable(path, version=version, storage_options=self.storage_options)
+        except TableNotFoundError:
+            raise StorageError(f"no Delta table at {path}") from None
+        except DeltaError as exc:
+            if version is not None:
+                raise StorageError(f"cannot load version {version} of the Delta table at {path}: {exc}") from None
+            raise StorageError(f"cannot open the Delta table at {path}: {exc}") from None
+
+    def exists(self, path: str) -> bool:
+        return DeltaTable.is_deltatable(path, storage_options=self.storage_options)
+
+    def version(self, path: str) -> Optional[int]:
+        return self._table(path).version() if self.exists(path) else None
+
+    def transaction_version(self, path: str, app_id: str) -> Optional[int]:
+        return self._table(path).transaction_version(app_id) if self.exists(path) else None
+
+    def history(self, path: str) -> list[dict]:
+        return self._table(path).history()
+
+    def spark_schema(self, dt: DeltaTable):
+        return from_arrow_schema(pa.schema(dt.schema().to_arrow()))
+
+    def read(self, path: str, version: Optional[int] = None) -> DataFrame:
+        """The table's snapshot as a Spark DataFrame, from the log's file list (never by
+        listing the folder: removed and uncommitted files are there too)."""
+        dt = self._table(path, version)
+        schema = self.spark_schema(dt)
+        files = dt.file_uris()
+        if not files:
+            return self.spark.createDataFrame([], schema)
+        return self.spark.read.schema(schema).parquet(*files)
+
+    # --- writing ---------------------------------------------------------------------
+    def _write_files(self, df: DataFrame, path: str, schema: pa.Schema) -> list[AddAction]:
+        fn = partial(_write_partition, table_uri=path, schema=schema, max_rows_per_file=self.max_rows_per_file)
+        rows = df.mapInArrow(fn, FILE_META_SCHEMA).collect()
+        return [AddAction(r.path, r.size, {}, r.modification_time, True, r.stats) for r in rows]
+
+    def _commit_properties(self, txn: Optional[AppTxn], description: str, extra: dict) -> CommitProperties:
+        meta = {"psrq.description": description, **{f"psrq.{k}": v for k, v in extra.items()}}
+        apps = [Transaction(txn.app_id, txn.version, int(time.time() * 1000))] if txn else None
+        return CommitProperties(custom_metadata=meta, app_transactions=apps)
+
+    def _commit(self, commit) -> None:
+        """The single point where a write becomes visible (tests inject crashes here)."""
+        try:
+            commit()
+        except DeltaError as exc:
+            raise StorageError(f"Delta commit failed: {exc}") from exc
+
+    def _already_done(self, path: str, txn: Optional[AppTxn]) -> Optional[WriteResult]:
+        if txn is None or not self.exists(path):
+            return None
+        done = self.transaction_version(path, txn.app_id)
+        if done is not None and done >= txn.version:
+            return WriteResult(table=path, version=self.version(path), skipped=True)
+        return None
+
+    def _check_schema(self, dt: DeltaTable, schema: pa.Schema, path: str) -> None:
+        have = pa.schema(dt.schema().to_arrow())
+        if [f.name for f in have] != [f.name for f in schema] or not all(
+            h.type.equals(w.type) for h, w in zip(have, schema)
+        ):
+            raise StorageError(
+                f"schema of the data does not match the Delta table at {path}:\n  table: {have}\n  data:  {schema}"
+            )
+
+    def write(
+        self, df: DataFrame, path: str, mode: WriteMode, txn: Optional[AppTxn] = None, description: str = ""
+    ) -> WriteResult:
+        if mode not in ("create", "append", "overwrite"):
+            raise StorageError(f"unknown write mode {mode!r} (create, append, overwrite)")
+        done = self._already_done(path, txn)
+        if done:
+            return done
+        exists = self.exists(path)
+        if mode == "create" and exists:
+            raise StorageError(f"a Delta table already exists at {path}; use overwrite or append")
+        schema = _arrow_schema(df)
+        if exists and mode == "append":
+            self._check_schema(self._table(path), schema, path)
+        adds = self._write_files(df, path, schema)
+        rows = sum(_num_records(a) for a in adds)
+        props = self._commit_properties(txn, description, {"rows": rows, "mode": mode})
+        if exists:
+            dt = self._table(path)
+            tx_mode = "append" if mode == "append" else "overwrite"
+            removed = 0 if mode == "append" else len(dt.file_uris())
+            self._commit(
+                lambda: dt.create_write_transaction(adds, mode=tx_mode, schema=Schema.from_arrow(schema), commit_properties=props)
+            )
+        else:
+            self._commit(
+                lambda: create_table_with_add_actions(
+                    path, Schema.from_arrow(schema), adds, mode="error",
+                    storage_options=self.storage_options, commit_properties=props,
+                )
+            )
+            removed = 0
+        return WriteResult(path, self.version(path), False, len(adds), removed, rows)
+
+    def merge(
+        self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = ""
+    ) -> WriteResult:
+        """Upsert by key, copy-on-write: the files holding any source key are rewritten
+        without those rows plus the source rows; one commit removes the old files and adds
+        the new. All of it runs on the executors."""
+        if not keys:
+            raise StorageError("merge needs at least one key column")
+        done = self._already_done(path, txn)
+        if done:
+            return done
+        if not self.exists(path):
+            return self.write(df, path, "create", txn, description)
+        dt = self._table(path)
+        schema = pa.schema(dt.schema().to_arrow())
+        missing = [c for c in schema.names if c not in df.columns]
+        if missing:
+            raise StorageError(f"merge source lacks columns of the table at {path}: {missing}")
+        source = df.select(*schema.names)
+        self._check_schema(dt, _arrow_schema(source), path)
+        dup = source.groupBy(*keys).count().filter("count > 1").limit(3).collect()
+        if dup:
+            raise StorageError(f"merge source has duplicate keys {keys}: e.g. {[tuple(r)[:-1] for r in dup]}")
+
+        files = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+        by_name = {f["path"].rsplit("/", 1)[-1]: f for f in files}
+        target = self.read(path, dt.version())
+        touched_uris = [
+            r[0]
+            for r in target.withColumn("_file", F.input_file_name())
+            .join(source.select(*keys), keys, "left_semi")
+            .select("_file")
+            .distinct()
+            .collect()
+        ]
+        touched = [by_name[u.rsplit("/", 1)[-1]] for u in touched_uris]
+        spark_schema = self.spark_schema(dt)
+        if touched_uris:
+            kept = self.spark.read.schema(spark_schema).parquet(*touched_uris).join(source.select(*keys), keys, "left_anti")
+            rewritten = kept.unionByName(source)
+        else:
+            rewritten = source
+        adds = self._write_files(rewritten, path, schema)
+        now = int(time.time() * 1000)
+        removes = [RemoveAction(f["path"], True, now, f["size_bytes"]) for f in touched]
+        rows = sum(_num_records(a) for a in adds)
+        props = self._commit_properties(txn, description, {"rows": rows, "mode": "merge"})
+        self._commit(
+            lambda: dt.create_write_transaction(
+                removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props
+            )
+        )
+        return WriteResult(path, self.version(path), False, len(adds), len(removes), rows)
+
+
+def _num_records(add: AddAction) -> int:
+    return int(json.loads(add.stats).get("numRecords", 0))

@@ -1,0 +1,116 @@
+"""Task side of a distributed Delta write: each Spark task writes its rows to one Parquet
+file under the table folder and returns only the file's path, size and statistics.
+
+Files become part of the table only when the driver commits them; a task that fails, a
+speculative duplicate, or a job killed before its commit leaves unreferenced files that
+readers never see (and `vacuum` removes)."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+FILE_META_SCHEMA = "path string, size long, num_records long, modification_time long, stats string"
+
+_STAT_TYPES = (pa.types.is_integer, pa.types.is_floating)
+
+
+def resolve(table_uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow filesystem and path for a table location (local path or URI)."""
+    if "://" not in table_uri:
+        return pafs.LocalFileSystem(), table_uri
+    return pafs.FileSystem.from_uri(table_uri)
+
+
+def file_stats(table: pa.Table) -> str:
+    """Delta `stats` JSON: numRecords, and min/max/nullCount of numeric top-level columns
+    (what lets readers skip files by key)."""
+    stats = {"numRecords": table.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
+    for name, col in zip(table.column_names, table.columns):
+        if not any(t(col.type) for t in _STAT_TYPES):
+            continue
+        stats["nullCount"][name] = col.null_count
+        if col.null_count < len(col):
+            mm = pc.min_max(col)
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+            if pa.types.is_floating(col.type) and (lo != lo or hi != hi):  # NaN: no usable bound
+                continue
+            stats["minValues"][name], stats["maxValues"][name] = lo, hi
+    return json.dumps(stats)
+
+
+def write_task_file(
+    batches: Iterator[pa.RecordBatch],
+    table_uri: str,
+    subdir: str,
+    schema: pa.Schema,
+    partition_id: int,
+    max_rows_per_file: int = 1_000_000,
+    row_group_rows: int = 65_536,
+) -> Iterator[pa.RecordBatch]:
+    """Write the task's batches to Parquet file(s); yield one metadata row per file."""
+    fs, root = resolve(table_uri)
+    fs.create_dir(f"{root}/{subdir}", recursive=True)
+    writer = rel = None
+    rows_in_file = 0
+    stats_acc: dict = {}
+
+    def close():
+        nonlocal writer
+        if writer is None:
+            return None
+        writer.close()
+        writer = None
+        info = fs.get_file_info(f"{root}/{rel}")
+        return pa.RecordBatch.from_pydict(
+            {
+                "path": [rel],
+                "size": [info.size],
+                "num_records": [rows_in_file],
+                "modification_time": [int(time.time() * 1000)],
+                "stats": [json.dumps(stats_acc)],
+            }
+        )
+
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if writer is None:
+            rel = f"{subdir}/part-{partition_id:05d}-{uuid.uuid4().hex}.parquet"
+            writer = pq.ParquetWriter(fs.open_output_stream(f"{root}/{rel}"), schema, compression="zstd")
+            rows_in_file, stats_acc = 0, {}
+        table = pa.Table.from_batches([batch]).cast(schema)
+        writer.write_table(table, row_group_size=row_group_rows)
+        rows_in_file += table.num_rows
+        stats_acc = _merge_stats(stats_acc, json.loads(file_stats(table)))
+        if rows_in_file >= max_rows_per_file:
+            yield close()
+    meta = close()
+    if meta is not None:
+        yield meta
+
+
+def _merge_stats(a: dict, b: dict) -> dict:
+    if not a:
+        return b
+    out = {"numRecords": a["numRecords"] + b["numRecords"], "minValues": {}, "maxValues": {}, "nullCount": {}}
+    for k in set(a["nullCount"]) | set(b["nullCount"]):
+        out["nullCount"][k] = a["nullCount"].get(k, 0) + b["nullCount"].get(k, 0)
+    for side, pick in (("minValues", min), ("maxValues", max)):
+        for k in set(a[side]) | set(b[side]):
+            vals = [v for v in (a[side].get(k), b[side].get(k)) if v is not None]
+            out[side][k] = pick(vals)
+    # a column whose bound is missing on one side (all null, NaN) has no safe bound overall
+    for side in ("minValues", "maxValues"):
+        for k in list(out[side]):
+            if k not in a[side] and a["numRecords"] - a["nullCount"].get(k, 0) > 0:
+                del out[side][k]
+            elif k not in b[side] and b["numRecords"] - b["nullCount"].get(k, 0) > 0:
+                del out[side][k]
+    return out

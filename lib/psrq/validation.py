@@ -1,0 +1,153 @@
+"""Contract checks for the input tables, run in Spark before anything is written.
+
+Each check reports the table, the column, how many rows break it and a few example ids;
+all problems of a table are gathered into one InputValidationError.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from psrq.embeddings import PROBLEM_TEXT, EmbeddingReport, embedding_problems
+from psrq.errors import InputValidationError, Problem
+from psrq.schemas import INTERACTIONS, ITEM_ID
+
+MAX_EXAMPLES = 5
+
+
+def _require_columns(df: DataFrame, table: str, columns: list[str], what: str = "") -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputValidationError(
+            table,
+            [Problem(c, f"is missing{what} (columns present: {', '.join(df.columns)})") for c in missing],
+        )
+
+
+def _require_rows(df: DataFrame, table: str) -> None:
+    if df.isEmpty():
+        raise InputValidationError(table, [Problem("*", "the table is empty")])
+
+
+def _examples(df: DataFrame, cond, cols: list[str]) -> list:
+    rows = df.filter(cond).select(*cols).limit(MAX_EXAMPLES).collect()
+    return [r[0] if len(cols) == 1 else "(" + ", ".join(f"{c}={r[c]}" for c in cols) + ")" for r in rows]
+
+
+def _embedding_reports(df: DataFrame, modalities: Mapping[str, int]) -> dict[str, EmbeddingReport]:
+    """One pass over the table on the executors; only counts and examples come back."""
+    cols = list(modalities)
+    dims = dict(modalities)
+
+    def check(batches):
+        reports = {c: EmbeddingReport() for c in cols}
+        for batch in batches:
+            ids = np.asarray(batch.column(ITEM_ID).fill_null(-1))
+            for c in cols:
+                embedding_problems(ids, batch.column(c), dims[c], reports[c])
+        for c, r in reports.items():
+            for kind, n in r.counts.items():
+                yield pa.RecordBatch.from_pydict(
+                    {"column": [c], "kind": [kind], "n": [n], "examples": [r.examples[kind]]}
+                )
+
+    schema = "column string, kind string, n long, examples array<long>"
+    rows = df.select(ITEM_ID, *cols).mapInArrow(check, schema).collect()
+    merged = {c: EmbeddingReport() for c in cols}
+    for r in rows:
+        merged[r["column"]].add(r["kind"], np.asarray(r["examples"]))
+        merged[r["column"]].counts[r["kind"]] += r["n"] - len(r["examples"])
+    return merged
+
+
+def validate_items(df: DataFrame, modalities: Mapping[str, int], table: str = "items") -> None:
+    """modalities: embedding column -> dimension. Raises InputValidationError."""
+    _require_columns(df, table, [ITEM_ID, *modalities], " (a configured modality column)" if modalities else "")
+    problems: list[Problem] = []
+    for c in modalities:
+        dt = df.schema[c].dataType
+        ok = isinstance(dt, T.BinaryType) or (
+            isinstance(dt, T.ArrayType) and isinstance(dt.elementType, (T.FloatType, T.DoubleType))
+        )
+        if not ok:
+            problems.append(Problem(c, f"must be array<float> or float32 binary, not {dt.simpleString()}"))
+    if problems:
+        raise InputValidationError(table, problems)
+    _require_rows(df, table)
+
+    n_null = df.filter(F.col(ITEM_ID).isNull()).count()
+    if n_null:
+        problems.append(Problem(ITEM_ID, "have a null item_id", n_null))
+    dups = df.filter(F.col(ITEM_ID).isNotNull()).groupBy(ITEM_ID).count().filter("count > 1")
+    n_dup = dups.count()
+    if n_dup:
+        ex = [r[0] for r in dups.select(ITEM_ID).limit(MAX_EXAMPLES).collect()]
+        problems.append(Problem(ITEM_ID, "item_id values occur more than once", n_dup, ex))
+    for col, report in _embedding_reports(df, modalities).items():
+        for kind in PROBLEM_TEXT:
+            if kind in report.counts:
+                text = PROBLEM_TEXT[kind].format(dim=modalities[col])
+                problems.append(Problem(col, text, report.counts[kind], report.examples[kind]))
+    if problems:
+        raise InputValidationError(table, problems)
+
+
+def normalise_interactions(df: DataFrame, table: str = "interactions") -> DataFrame:
+    """Cast to the interactions schema: ts from timestamp, ISO string or epoch seconds.
+    Unparseable timestamps become null (and are reported by validate_interactions)."""
+    _require_columns(df, table, INTERACTIONS.fieldNames())
+    ts_type = df.schema["ts"].dataType
+    if isinstance(ts_type, T.StringType):
+        ts = F.try_to_timestamp(F.col("ts"))
+    elif isinstance(ts_type, (T.LongType, T.IntegerType, T.DoubleType, T.FloatType)):
+        ts = F.timestamp_seconds(F.col("ts"))
+    else:
+        ts = F.col("ts").cast("timestamp")
+    return df.select(
+        F.col("user_id").cast("long").alias("user_id"),
+        F.col("item_id").cast("long").alias("item_id"),
+        F.col("label").cast("int").alias("label"),
+        ts.alias("ts"),
+        F.col("ts").alias("_raw_ts"),
+        F.col("label").alias("_raw_label"),
+    )
+
+
+def validate_interactions(df: DataFrame, items: DataFrame | None = None, table: str = "interactions") -> DataFrame:
+    """Validate and return the interactions in their contract schema.
+
+    items: when given, every item_id must exist there."""
+    norm = normalise_interactions(df, table)
+    _require_rows(norm, table)
+    key = ["user_id", "item_id"]
+    checks = {
+        "user_id": (F.col("user_id").isNull(), "have a null user_id"),
+        "item_id": (F.col("item_id").isNull(), "have a null item_id"),
+        "label": (
+            F.col("_raw_label").isNull() | ~F.col("label").isin(0, 1) | (F.col("label") != F.col("_raw_label")),
+            "have a label other than 0/1",
+        ),
+        "ts": (F.col("ts").isNull(), "have a null or unparseable timestamp"),
+    }
+    counts = norm.agg(*[F.sum(F.when(cond, 1).otherwise(0)).alias(c) for c, (cond, _) in checks.items()]).first()
+    problems = []
+    for c, (cond, text) in checks.items():
+        if counts[c]:
+            ex_cols = key if c in ("label", "ts") else [k for k in key if k != c] or key
+            problems.append(Problem(c, text, counts[c], _examples(norm, cond, ex_cols)))
+    if items is not None:
+        unknown = norm.filter(F.col("item_id").isNotNull()).join(
+            items.select(ITEM_ID), on=ITEM_ID, how="left_anti"
+        )
+        n_unknown = unknown.count()
+        if n_unknown:
+            ex = [r[0] for r in unknown.select(ITEM_ID).distinct().limit(MAX_EXAMPLES).collect()]
+            problems.append(Problem("item_id", "point at items that are not in the items table", n_unknown, ex))
+    if problems:
+        raise InputValidationError(table, problems)
+    return norm.select(*INTERACTIONS.fieldNames())
