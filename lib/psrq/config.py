@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from psrq.errors import ConfigError
 
@@ -40,6 +40,26 @@ class SparkConf(_Strict):
     # Maven coordinates of the Delta jars; None means "no jars: use delta-rs".
     delta_packages: Optional[str] = None
     conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _flatten(cls, value):
+        """`spark.conf.spark.sql.x=1` on the command line arrives nested: flatten it back
+        to Spark's dotted keys; values become strings as Spark expects."""
+        if not isinstance(value, dict):
+            return value
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, node) -> None:
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(v, dict):
+                    walk(key, v)
+                else:
+                    flat[key] = str(v).lower() if isinstance(v, bool) else str(v)
+
+        walk("", value)
+        return flat
 
 
 class TablesConf(_Strict):

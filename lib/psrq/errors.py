@@ -20,7 +20,7 @@ class StorageError(PsrqError):
 class Problem:
     """One failed check on one column of one table."""
 
-    column: str
+    column: str  # "*" for the table as a whole
     message: str
     n_rows: int = 0
     examples: list = field(default_factory=list)
@@ -28,7 +28,8 @@ class Problem:
     def describe(self) -> str:
         rows = f"{self.n_rows:,} row(s) " if self.n_rows else ""
         ex = f" (e.g. {', '.join(map(str, self.examples))})" if self.examples else ""
-        return f"column '{self.column}': {rows}{self.message}{ex}"
+        where = "" if self.column == "*" else f"column '{self.column}': "
+        return f"{where}{rows}{self.message}{ex}"
 
 
 class InputValidationError(PsrqError):

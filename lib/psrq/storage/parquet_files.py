@@ -79,18 +79,20 @@ def write_task_file(
         )
 
     for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        if writer is None:
-            rel = f"{subdir}/part-{partition_id:05d}-{uuid.uuid4().hex}.parquet"
-            writer = pq.ParquetWriter(fs.open_output_stream(f"{root}/{rel}"), schema, compression="zstd")
-            rows_in_file, stats_acc = 0, {}
-        table = pa.Table.from_batches([batch]).cast(schema)
-        writer.write_table(table, row_group_size=row_group_rows)
-        rows_in_file += table.num_rows
-        stats_acc = _merge_stats(stats_acc, json.loads(file_stats(table)))
-        if rows_in_file >= max_rows_per_file:
-            yield close()
+        start = 0
+        while start < batch.num_rows:  # split batches so no file exceeds max_rows_per_file
+            if writer is None:
+                rel = f"{subdir}/part-{partition_id:05d}-{uuid.uuid4().hex}.parquet"
+                writer = pq.ParquetWriter(fs.open_output_stream(f"{root}/{rel}"), schema, compression="zstd")
+                rows_in_file, stats_acc = 0, {}
+            take = min(batch.num_rows - start, max_rows_per_file - rows_in_file)
+            table = pa.Table.from_batches([batch.slice(start, take)]).cast(schema)
+            writer.write_table(table, row_group_size=row_group_rows)
+            rows_in_file += take
+            start += take
+            stats_acc = _merge_stats(stats_acc, json.loads(file_stats(table)))
+            if rows_in_file >= max_rows_per_file:
+                yield close()
     meta = close()
     if meta is not None:
         yield meta

@@ -1,0 +1,54 @@
+"""One shared local SparkSession for the whole run; small data everywhere."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from psrq.config import SparkConf
+    from psrq.spark import build_spark
+
+    # PSRQ_TEST_DELTA_PACKAGES=io.delta:delta-spark_2.13:4.0.0 runs the delta-spark tests
+    # where Maven is reachable.
+    cfg = SparkConf(
+        master="local[2]", app_name="psrq-tests", shuffle_partitions=2, driver_memory="2g",
+        delta_packages=os.environ.get("PSRQ_TEST_DELTA_PACKAGES") or None,
+        conf={"spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2"},
+    )
+    session = build_spark(cfg)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(spark):
+    from psrq.storage import DeltaRsEngine
+
+    return DeltaRsEngine(spark, max_rows_per_file=50)
+
+
+def small_config(tmp_path, *overrides):
+    """The local profile with a tiny synthetic dataset under tmp_path."""
+    from psrq.config import load_config
+
+    base = [
+        f"storage.root={tmp_path}/delta",
+        "dataset.modalities.text.dim=16",
+        "dataset.modalities.audio.dim=12",
+        "synthetic.n_items=400",
+        "synthetic.n_users=120",
+        "synthetic.block_size=64",
+        "synthetic.mean_events_per_user=30",
+    ]
+    return load_config("local", "synthetic_small", [*base, *overrides])
+
+
+@pytest.fixture
+def python_exe():
+    return sys.executable

@@ -1,0 +1,65 @@
+import pytest
+
+from psrq.config import load_config
+from psrq.errors import ConfigError
+
+
+def test_defaults_load_and_layers_merge():
+    cfg = load_config("local", "synthetic_small")
+    assert cfg.spark.master == "local[*]"
+    assert cfg.dataset.modalities["text"].column == "text_emb"
+    assert cfg.dataset.modalities["audio"].dim == 768
+    assert cfg.synthetic.n_items == 3000  # from the dataset layer, over the model default
+
+
+def test_cluster_profile_leaves_master_to_spark_submit(monkeypatch):
+    monkeypatch.setenv("PSRQ_STORAGE_ROOT", "s3a://bucket/psrq")
+    cfg = load_config("cluster", "synthetic_1m")
+    assert cfg.spark.master is None
+    assert cfg.storage.engine == "delta-spark"
+    assert cfg.table_path("items") == "s3a://bucket/psrq/items"
+
+
+def test_overrides_win_and_are_typed():
+    cfg = load_config("local", "synthetic_small", ["synthetic.n_items=123", "spark.conf.spark.foo=bar", "run.run_id=4"])
+    assert cfg.synthetic.n_items == 123
+    assert cfg.run.run_id == 4
+    assert cfg.spark.conf == {"spark.foo": "bar"}
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"synthetic\.n_items: .*greater than or equal to 1.*-5"):
+        load_config("local", "synthetic_small", ["synthetic.n_items=-5"])
+    with pytest.raises(ConfigError, match=r"spark\.shuffle_partitions: .*integer.*'many'"):
+        load_config("local", "synthetic_small", ["spark.shuffle_partitions=many"])
+
+
+def test_unknown_key_is_rejected_with_its_path():
+    with pytest.raises(ConfigError, match=r"synthetic\.n_itemz: Extra inputs are not permitted"):
+        load_config("local", "synthetic_small", ["synthetic.n_itemz=10"])
+
+
+def test_bad_enum_and_malformed_override():
+    with pytest.raises(ConfigError, match=r"storage\.engine"):
+        load_config("local", "synthetic_small", ["storage.engine=parquet"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config("local", "synthetic_small", ["synthetic.n_items"])
+
+
+def test_missing_layer_lists_what_exists():
+    with pytest.raises(ConfigError, match=r"profile 'laptop' not found .*available: .*local"):
+        load_config("laptop", "synthetic_small")
+    with pytest.raises(ConfigError, match=r"dataset 'nope' not found .*synthetic_small"):
+        load_config("local", "nope")
+
+
+def test_fingerprint_follows_settings():
+    a = load_config("local", "synthetic_small")
+    b = load_config("local", "synthetic_small", ["synthetic.seed=8"])
+    assert a.fingerprint("synthetic") == load_config("local", "synthetic_small").fingerprint("synthetic")
+    assert a.fingerprint("synthetic") != b.fingerprint("synthetic")
+
+
+def test_unknown_table_name():
+    with pytest.raises(ConfigError, match="storage.tables.nope"):
+        load_config("local", "synthetic_small").table_path("nope")

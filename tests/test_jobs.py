@@ -1,0 +1,62 @@
+"""The stages behind the jobs, and the jobs' command line."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from psrq.errors import InputValidationError
+from psrq.stages.generate import generate
+from psrq.stages.validate import validate_inputs
+from psrq.storage import open_engine
+
+from conftest import ROOT, small_config
+
+
+def test_generate_validate_and_rerun_is_a_no_op(spark, tmp_path):
+    cfg = small_config(tmp_path)
+    first = generate(spark, cfg)
+    assert {n: g["version"] for n, g in first.items()} == {"items": 0, "item_truth": 0, "interactions": 0}
+    summary = validate_inputs(spark, cfg)
+    assert summary["items"]["rows"] == 400 and summary["interactions"]["rows"] == first["interactions"]["rows_written"]
+    assert summary["cold_items"]["fraction"] > 0.5
+    again = generate(spark, cfg)
+    assert all(g["skipped"] and g["version"] == 0 for g in again.values())
+    # new settings: a new generation overwrites, the old one stays reachable by version
+    cfg2 = small_config(tmp_path, "synthetic.seed=99")
+    third = generate(spark, cfg2)
+    assert all(not g["skipped"] and g["version"] == 1 for g in third.values())
+    engine = open_engine(spark, "delta-rs")
+    old = engine.read(cfg.table_path("items"), 0).orderBy("item_id").first().text_emb
+    new = engine.read(cfg.table_path("items")).orderBy("item_id").first().text_emb
+    assert old != new
+
+
+def test_validation_of_a_table_with_the_wrong_dimension(spark, tmp_path):
+    cfg = small_config(tmp_path)
+    generate(spark, cfg)
+    # the same tables read with a configured dimension they do not have
+    wrong = small_config(tmp_path, "dataset.modalities.audio.dim=13")
+    with pytest.raises(InputValidationError, match="(?s)audio_emb.*400 row.*wrong dimension \\(expected 13\\)"):
+        validate_inputs(spark, wrong)
+
+
+def run(args, **kw):
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, **kw)
+
+
+def test_a_bad_override_fails_before_spark_starts_and_names_the_key():
+    out = run(["jobs/demo.py", "synthetic.n_items=-3"], timeout=60)
+    assert out.returncode == 2
+    assert "synthetic.n_items" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_demo_job_end_to_end(tmp_path):
+    overrides = [f"storage.root={tmp_path}/delta", "synthetic.n_items=300", "synthetic.n_users=100",
+                 "dataset.modalities.text.dim=32", "dataset.modalities.audio.dim=32", "spark.master=local[2]"]
+    out = run(["jobs/demo.py", *overrides], timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "validation: items and interactions meet their contracts" in out.stdout
+    assert "items                0         300" in out.stdout

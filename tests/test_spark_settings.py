@@ -1,0 +1,22 @@
+from psrq.config import SparkConf, load_config
+from psrq.spark import spark_settings
+
+
+def test_local_settings_for_a_small_machine():
+    s = spark_settings(load_config("local", "synthetic_small").spark)
+    assert s["spark.sql.session.timeZone"] == "UTC"
+    assert s["spark.driver.memory"] == "4g" and s["spark.sql.shuffle.partitions"] == "8"
+    assert "spark.jars.packages" not in s
+
+
+def test_cluster_settings_load_delta_and_leave_resources_to_spark_submit(monkeypatch):
+    monkeypatch.setenv("PSRQ_STORAGE_ROOT", "hdfs:///psrq")
+    s = spark_settings(load_config("cluster", "synthetic_1m").spark)
+    assert s["spark.jars.packages"].startswith("io.delta:delta-spark_2.13:4.0")
+    assert s["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert "spark.driver.memory" not in s and s["spark.dynamicAllocation.enabled"] == "true"
+
+
+def test_user_conf_wins():
+    s = spark_settings(SparkConf(master="local[2]", conf={"spark.sql.shuffle.partitions": "3"}))
+    assert s["spark.sql.shuffle.partitions"] == "3"

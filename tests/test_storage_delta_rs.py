@@ -1,0 +1,145 @@
+"""The Delta storage layer on the delta-rs engine (Spark writes files, delta-rs commits)."""
+import os
+
+import pyarrow as pa
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+
+from psrq.errors import StorageError
+from psrq.storage import AppTxn
+
+
+def frame(spark, ids, value=1.0):
+    return spark.createDataFrame([(int(i), [float(value), float(i)], f"s{i}") for i in ids],
+                                 "item_id long, emb array<float>, name string")
+
+
+def rows(engine, path, version=None):
+    return sorted((r.item_id, tuple(r.emb), r.name) for r in engine.read(path, version).collect())
+
+
+def test_create_append_overwrite_and_time_travel(spark, engine, tmp_path):
+    path = str(tmp_path / "t")
+    assert not engine.exists(path) and engine.version(path) is None
+    r0 = engine.write(frame(spark, range(120)), path, "create")
+    assert (r0.version, r0.rows_written, r0.skipped) == (0, 120, False)
+    assert r0.files_added >= 3  # max_rows_per_file=50: several files per table
+    with pytest.raises(StorageError, match="already exists"):
+        engine.write(frame(spark, range(3)), path, "create")
+    r1 = engine.write(frame(spark, range(120, 130)), path, "append")
+    assert r1.version == 1 and len(rows(engine, path)) == 130
+    r2 = engine.write(frame(spark, range(5), value=9.0), path, "overwrite")
+    assert r2.version == 2 and r2.files_removed == r0.files_added + r1.files_added
+    assert rows(engine, path) == [(i, (9.0, float(i)), f"s{i}") for i in range(5)]
+    # older versions stay readable
+    assert len(rows(engine, path, 0)) == 120 and len(rows(engine, path, 1)) == 130
+    ops = [h["operation"] for h in engine.history(path)]
+    assert len(ops) == 3
+    # the log carries real file statistics (what lets readers skip files by key)
+    acts = pa.table(DeltaTable(path).get_add_actions(flatten=True)).to_pylist()
+    assert sum(a["num_records"] for a in acts) == 5
+    assert min(a["min.item_id"] for a in acts) == 0 and max(a["max.item_id"] for a in acts) == 4
+
+
+def test_merge_upserts_by_key_and_rewrites_only_touched_files(spark, engine, tmp_path):
+    path = str(tmp_path / "m")
+    engine.write(frame(spark, range(200)).repartition(4, "item_id"), path, "create")
+    before = set(DeltaTable(path).file_uris())
+    src = frame(spark, [3, 7, 250, 251], value=5.0)
+    res = engine.merge(src, path, ["item_id"])
+    assert res.version == 1
+    got = dict((i, (e, n)) for i, e, n in rows(engine, path))
+    assert len(got) == 202
+    for i in (3, 7, 250, 251):
+        assert got[i][0] == (5.0, float(i))
+    assert got[4][0] == (1.0, 4.0)  # untouched row keeps its value
+    after = set(DeltaTable(path).file_uris())
+    assert 0 < res.files_removed < len(before)  # copy-on-write of the touched files only
+    assert len(before & after) == len(before) - res.files_removed
+    assert len(rows(engine, path, 0)) == 200
+
+
+def test_merge_rejects_duplicate_source_keys_and_missing_columns(spark, engine, tmp_path):
+    path = str(tmp_path / "d")
+    engine.write(frame(spark, range(10)), path, "create")
+    with pytest.raises(StorageError, match="duplicate keys"):
+        engine.merge(frame(spark, [1, 1]), path, ["item_id"])
+    with pytest.raises(StorageError, match="lacks columns.*name"):
+        engine.merge(frame(spark, [1]).drop("name"), path, ["item_id"])
+    assert engine.version(path) == 0
+
+
+def test_append_with_another_schema_is_refused(spark, engine, tmp_path):
+    path = str(tmp_path / "s")
+    engine.write(frame(spark, range(4)), path, "create")
+    with pytest.raises(StorageError, match="schema of the data does not match"):
+        engine.write(frame(spark, range(4)).withColumn("extra", F.lit(1)), path, "append")
+    assert engine.version(path) == 0
+
+
+def test_app_transaction_makes_a_rerun_a_no_op(spark, engine, tmp_path):
+    path = str(tmp_path / "i")
+    txn = AppTxn("nightly", 20261123)
+    first = engine.write(frame(spark, range(10)), path, "append", txn)
+    again = engine.write(frame(spark, range(10)), path, "append", txn)
+    assert not first.skipped and again.skipped
+    assert engine.version(path) == 0 and len(rows(engine, path)) == 10
+    assert engine.merge(frame(spark, [1], 7.0), path, ["item_id"], txn).skipped
+    nxt = engine.write(frame(spark, range(10, 12)), path, "append", AppTxn("nightly", 20261124))
+    assert not nxt.skipped and len(rows(engine, path)) == 12
+    assert engine.transaction_version(path, "nightly") == 20261124
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("op", ["overwrite", "append", "merge"])
+def test_crash_before_commit_leaves_the_table_unchanged(spark, engine, tmp_path, monkeypatch, op):
+    path = str(tmp_path / "c")
+    engine.write(frame(spark, range(60)), path, "create")
+    before = rows(engine, path)
+
+    def crash(_commit):
+        raise Crash("killed before commit")
+
+    monkeypatch.setattr(engine, "_commit", crash)
+    with pytest.raises(Crash):
+        if op == "merge":
+            engine.merge(frame(spark, [1, 500], 3.0), path, ["item_id"])
+        else:
+            engine.write(frame(spark, range(1000, 1100)), path, op)
+    monkeypatch.undo()
+    # the task files were written, but the log does not reference them
+    on_disk = sum(len(f) for _, _, f in os.walk(os.path.join(path, "data")))
+    assert on_disk > len(DeltaTable(path).file_uris())
+    assert engine.version(path) == 0 and rows(engine, path) == before
+    # and the job can simply be run again
+    engine.write(frame(spark, range(1000, 1010)), path, "append")
+    assert engine.version(path) == 1 and len(rows(engine, path)) == 70
+
+
+def test_missing_table_and_version_errors(spark, engine, tmp_path):
+    with pytest.raises(StorageError, match="no Delta table at"):
+        engine.read(str(tmp_path / "nothing"))
+    path = str(tmp_path / "v")
+    engine.write(frame(spark, range(3)), path, "create")
+    with pytest.raises(StorageError, match="version 7"):
+        engine.read(path, 7)
+
+
+def test_empty_frame_creates_an_empty_table(spark, engine, tmp_path):
+    path = str(tmp_path / "e")
+    res = engine.write(frame(spark, [1]).limit(0), path, "create")
+    assert res.version == 0 and res.files_added == 0
+    df = engine.read(path)
+    assert df.count() == 0 and df.columns == ["item_id", "emb", "name"]
+
+
+def test_timestamps_round_trip_as_utc(spark, engine, tmp_path):
+    path = str(tmp_path / "ts")
+    df = spark.sql("select 1L as item_id, timestamp'2026-03-01 12:34:56.789' as ts")
+    engine.write(df, path, "create")
+    assert engine.read(path).first().ts == df.first().ts
