@@ -66,12 +66,64 @@ class TablesConf(_Strict):
     items: str = "items"
     interactions: str = "interactions"
     item_truth: str = "item_truth"
+    semantic_ids: str = "semantic_ids"
+    reindex_state: str = "reindex_state"
 
 
 class StorageConf(_Strict):
     root: str = "./data/delta"
     engine: Literal["auto", "delta-rs", "delta-spark"] = "auto"
     tables: TablesConf = TablesConf()
+    # versioned codebook artifacts (not a Delta table): <codebooks>/vNNNN/
+    codebooks: str = "./data/codebooks"
+
+
+class KMeansConf(_Strict):
+    iters: int = Field(20, ge=1)
+    max_points_per_centroid: int = Field(256, ge=1)
+    backend: Literal["auto", "faiss", "faiss-gpu", "torch", "torch-cuda"] = "auto"
+    init: Literal["kmeans++", "random"] = "kmeans++"
+
+
+class RqVaeConf(_Strict):
+    latent_dim: int = Field(64, ge=1)
+    hidden_dim: int = Field(256, ge=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    beta: float = Field(0.25, ge=0)
+
+
+class CodebooksConf(_Strict):
+    method: Literal["psrq", "rq", "vq", "pq", "rqvae"] = "psrq"
+    k: int = Field(256, ge=2, le=32767)  # codes are stored as smallint
+    layers: int = Field(3, ge=1)
+    prefix: Literal["reconstruction", "input"] = "reconstruction"
+    prefix_weight: float = Field(1.0, ge=0)
+    normalisation: Literal["l2", "none"] = "l2"
+    joint: bool = True
+    # the fit sample: a count, or a fraction of the table when sample_fraction is set
+    sample_size: int = Field(65536, ge=1)
+    sample_fraction: Optional[float] = Field(None, gt=0, le=1)
+    seed: int = 0
+    kmeans: KMeansConf = KMeansConf()
+    rqvae: RqVaeConf = RqVaeConf()
+    # which version assign_ids / reindex use; null: the latest
+    version: Optional[str] = None
+    # methods whose diagnostics the demo prints beside `method`
+    compare: list[Literal["psrq", "rq", "vq", "pq", "rqvae"]] = Field(default_factory=lambda: ["rq"])
+    # rows per encoding batch on the executors
+    batch_rows: int = Field(8192, ge=1)
+
+
+class ReindexConf(_Strict):
+    # refit when more than this share of the new items reconstruct worse than the fit's
+    # 95th-percentile error (about 0.05 when they look like the fit sample) ...
+    max_error_share: float = Field(0.15, gt=0, le=1)
+    # ... or when their layer-1 code distribution moved this far (total variation)
+    max_layer1_shift: float = Field(0.35, gt=0, le=1)
+    # fewer new items than this: no drift decision (too few to measure)
+    min_items_for_drift: int = Field(200, ge=1)
 
 
 class ModalityConf(_Strict):
@@ -120,6 +172,12 @@ class Config(_Strict):
     storage: StorageConf = StorageConf()
     dataset: DatasetConf
     synthetic: SyntheticConf = SyntheticConf()
+    codebooks: CodebooksConf = CodebooksConf()
+    reindex: ReindexConf = ReindexConf()
+
+    def codebooks_root(self) -> str:
+        root = self.storage.codebooks
+        return root if "://" in root else str(Path(root).resolve())
 
     def table_path(self, name: str) -> str:
         """Location of a named table (a key of storage.tables) under storage.root."""

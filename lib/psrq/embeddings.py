@@ -72,8 +72,8 @@ PROBLEM_TEXT = {
 }
 
 
-def embedding_problems(ids: np.ndarray, column, dim: int, report: EmbeddingReport | None = None) -> EmbeddingReport:
-    """Check one batch of an embedding column; accumulate into `report`."""
+def checked_matrix(ids: np.ndarray, column, dim: int, report: EmbeddingReport | None = None) -> tuple[np.ndarray, EmbeddingReport]:
+    """Matrix of one batch of an embedding column, and its problems accumulated in `report`."""
     report = report or EmbeddingReport()
     arr = _as_array(column)
     ids = np.asarray(ids)
@@ -85,4 +85,9 @@ def embedding_problems(ids: np.ndarray, column, dim: int, report: EmbeddingRepor
     finite = np.isfinite(matrix).all(axis=1)
     report.add("non_finite", ids[ok & ~finite])
     report.add("all_zero", ids[ok & finite & ~matrix.any(axis=1)])
-    return report
+    return matrix, report
+
+
+def embedding_problems(ids: np.ndarray, column, dim: int, report: EmbeddingReport | None = None) -> EmbeddingReport:
+    """Check one batch of an embedding column; accumulate into `report`."""
+    return checked_matrix(ids, column, dim, report)[1]

@@ -12,6 +12,14 @@ class ConfigError(PsrqError):
     """A configuration key is missing, unknown or has a bad value."""
 
 
+class QuantizerError(PsrqError):
+    """A quantizer cannot be fitted or applied as asked (K > sample, bad input, ...)."""
+
+
+class ArtifactError(PsrqError):
+    """A codebook artifact is missing, corrupt, or does not match the data."""
+
+
 class StorageError(PsrqError):
     """A table is missing, corrupt, or an operation on it is not allowed."""
 

@@ -36,3 +36,41 @@ def items_schema(modality_columns: Mapping[str, int] | list[str]) -> T.StructTyp
     fields += [T.StructField(col, T.ArrayType(T.FloatType(), False), False) for col in modality_columns]
     fields.append(T.StructField(UPDATED_AT, T.TimestampType(), True))
     return T.StructType(fields)
+
+
+def codes_column(space: str) -> str:
+    return f"{space}_codes"
+
+
+def semantic_ids_schema(spaces: list[str]) -> T.StructType:
+    """semantic_ids: one row per item and codebook version. `code_key` packs the primary
+    space's full code (joint when present) into one long, and the table is written sorted by
+    it, so a reverse lookup (code -> items) reads only the files and row groups whose
+    min/max include it. `dedup` numbers items sharing a full code (0, 1, ...)."""
+    return T.StructType(
+        [
+            T.StructField(ITEM_ID, T.LongType(), False),
+            T.StructField("codebook_version", T.StringType(), False),
+        ]
+        + [T.StructField(codes_column(s), T.ArrayType(T.ShortType(), False), False) for s in spaces]
+        + [
+            T.StructField("code_key", T.LongType(), False),
+            T.StructField("dedup", T.IntegerType(), False),
+            T.StructField("assigned_at", T.TimestampType(), False),
+        ]
+    )
+
+
+REINDEX_STATE = T.StructType(
+    [
+        T.StructField("night", T.LongType(), False),
+        T.StructField("watermark", T.TimestampType(), True),
+        T.StructField("items_version", T.LongType(), False),
+        T.StructField("codebook_version", T.StringType(), False),
+        T.StructField("n_changed", T.LongType(), False),
+        T.StructField("error_share", T.DoubleType(), True),
+        T.StructField("layer1_shift", T.DoubleType(), True),
+        T.StructField("refit", T.BooleanType(), False),
+        T.StructField("finished_at", T.TimestampType(), False),
+    ]
+)

@@ -1,0 +1,20 @@
+"""Assign semantic IDs to every item with a codebook version (codebooks.version, default
+the latest) and overwrite the semantic_ids Delta table.
+
+    spark-submit jobs/assign_ids.py --profile cluster --dataset my_catalog run.run_id=20261123
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.stages.assign import assign
+
+
+def stage(spark, cfg):
+    res = assign(spark, cfg)
+    state = "skipped (already written by this run)" if res["skipped"] else f"{res['items']:,} items in {res['seconds']}s"
+    print(f"semantic_ids version {res['version']} with codebook {res['codebook_version']}: {state}", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,24 @@
+"""Fit codebooks (codebooks.method: psrq, rq, vq, pq, rqvae) for every modality and the
+joint space on a seeded sample of the items table, and write a new codebook version with
+its diagnostics.
+
+    spark-submit jobs/fit_codebooks.py --profile cluster --dataset my_catalog codebooks.k=256
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.quant.diagnostics import format_side_by_side
+from psrq.stages.codebooks import fit_stage
+
+
+def stage(spark, cfg):
+    manifest = fit_stage(spark, cfg)
+    print(f"codebook {manifest['version']} ({manifest['method']}, K={cfg.codebooks.k}) "
+          f"fitted on {manifest['sample']['size']:,} items in {manifest['fit_seconds']}s", flush=True)
+    for space in manifest["diagnostics"]:
+        print(format_side_by_side({manifest["method"]: manifest["diagnostics"]}, space), flush=True)
+    return manifest
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,26 @@
+"""Nightly catalogue reindex: assign IDs to new and changed items, refit and reassign the
+whole catalogue when they drift from the codebook's fit. run.run_id is the night
+(e.g. 20261123): running the same night again changes nothing.
+
+    spark-submit jobs/reindex_catalog.py --profile cluster --dataset my_catalog run.run_id=20261123
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.stages.reindex import reindex
+
+
+def stage(spark, cfg):
+    res = reindex(spark, cfg)
+    if res.get("skipped"):
+        print(f"night {res['night']}: already done, nothing changed", flush=True)
+    else:
+        what = "drift: refitted and reassigned the catalogue" if res["refit"] else "merged"
+        print(f"night {res['night']}: {res['n_changed']:,} new/changed items, error share {res['error_share']:.3f}, "
+              f"layer-1 shift {res['layer1_shift']:.3f}; {what} (codebook {res['codebook_version']}, "
+              f"semantic_ids version {res['semantic_ids_version']})", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,1 @@
+"""Quantizers that turn item embeddings into semantic IDs (codes), and their artifacts."""

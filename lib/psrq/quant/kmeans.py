@@ -1,0 +1,145 @@
+"""k-means behind one interface: faiss (GPU when it has one, else CPU) or torch (CUDA or CPU),
+plus the nearest-centroid search used for encoding.
+
+The sample is explicit: faiss silently subsamples to 256 points per centroid unless told
+otherwise, so the subsampling happens here, seeded and logged, and faiss is told to use all
+it is given."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from psrq.errors import QuantizerError
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "faiss", "faiss-gpu", "torch", "torch-cuda"]
+
+
+@dataclass(frozen=True)
+class KMeansSpec:
+    k: int
+    iters: int = 20
+    seed: int = 0
+    # points per centroid kept for the fit; more are subsampled (seeded) before fitting
+    max_points_per_centroid: int = 256
+    backend: Backend = "auto"
+    # k-means++ seeding (deterministic by seed) avoids the poor local minima of random init
+    init: Literal["kmeans++", "random"] = "kmeans++"
+
+
+def faiss_gpus() -> int:
+    try:
+        import faiss
+
+        return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    except ImportError:
+        return 0
+
+
+def torch_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def resolve_backend(backend: Backend) -> str:
+    if backend == "auto":
+        return "faiss-gpu" if faiss_gpus() > 0 else "faiss"
+    if backend == "faiss-gpu" and faiss_gpus() == 0:
+        raise QuantizerError("kmeans backend faiss-gpu: the installed faiss has no GPU support or sees no GPU")
+    if backend == "torch-cuda" and not torch_cuda():
+        raise QuantizerError("kmeans backend torch-cuda: torch sees no CUDA device")
+    return backend
+
+
+def subsample(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
+    cap = spec.k * spec.max_points_per_centroid
+    if len(x) <= cap:
+        return x
+    idx = np.sort(np.random.default_rng(spec.seed).choice(len(x), cap, replace=False))
+    log.info("k-means: subsampled %d of %d points (%d per centroid)", cap, len(x), spec.max_points_per_centroid)
+    return x[idx]
+
+
+def fit_kmeans(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
+    """Centroids (k, d) float32. Raises QuantizerError for K > n or non-finite input."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise QuantizerError(f"k-means needs a non-empty 2-d sample, got shape {x.shape}")
+    if spec.k > len(x):
+        raise QuantizerError(f"K={spec.k} is larger than the sample ({len(x)} rows): lower K or sample more items")
+    if not np.isfinite(x).all():
+        raise QuantizerError("k-means sample contains NaN or Inf values")
+    x = subsample(x, spec)
+    backend = resolve_backend(spec.backend)
+    init = kmeans_pp(x, spec.k, spec.seed) if spec.init == "kmeans++" else None
+    if backend.startswith("faiss"):
+        return _faiss(x, spec, init, gpu=backend == "faiss-gpu")
+    return _torch(x, spec, init, device="cuda" if backend == "torch-cuda" else "cpu")
+
+
+def kmeans_pp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means++ seeding: each next centroid drawn with probability ~ squared distance."""
+    rng = np.random.default_rng(seed)
+    x64 = x.astype(np.float32)
+    idx = [int(rng.integers(len(x)))]
+    d2 = ((x64 - x64[idx[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = float(d2.sum())
+        nxt = int(rng.choice(len(x), p=d2 / total)) if total > 0 else int(rng.integers(len(x)))
+        idx.append(nxt)
+        d2 = np.minimum(d2, ((x64 - x64[nxt]) ** 2).sum(1))
+    return x[idx].copy()
+
+
+def _faiss(x: np.ndarray, spec: KMeansSpec, init, gpu: bool) -> np.ndarray:
+    import faiss
+
+    km = faiss.Kmeans(
+        x.shape[1], spec.k, niter=spec.iters, seed=spec.seed, gpu=gpu, verbose=False,
+        max_points_per_centroid=len(x),  # never subsample again: we already did, explicitly
+        min_points_per_centroid=1,
+    )
+    km.train(x, init_centroids=init)  # empty clusters: faiss splits a large cluster to refill them
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def _torch(x: np.ndarray, spec: KMeansSpec, init, device: str) -> np.ndarray:
+    """Lloyd iterations; an empty cluster is re-seeded at the point farthest from its centroid."""
+    import torch
+
+    X = torch.from_numpy(x).to(device)
+    if init is None:
+        gen = torch.Generator().manual_seed(spec.seed)
+        init = x[torch.randperm(len(x), generator=gen)[: spec.k].numpy()]
+    C = torch.from_numpy(np.ascontiguousarray(init)).to(device)
+    for _ in range(spec.iters):
+        dist = torch.cdist(X, C)
+        assign = dist.argmin(1)
+        counts = torch.bincount(assign, minlength=spec.k)
+        sums = torch.zeros_like(C).index_add_(0, assign, X)
+        C = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], C)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            far = dist.gather(1, assign[:, None]).squeeze(1).topk(len(empty)).indices
+            C[empty] = X[far]
+    return C.cpu().numpy().astype(np.float32)
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Index of the nearest centroid per row (squared L2), by matrix products in chunks;
+    ties go to the lowest index, so results do not depend on batching."""
+    c = np.asarray(centroids, dtype=np.float32)
+    half_norms = 0.5 * (c * c).sum(1)
+    out = np.empty(len(x), dtype=np.int32)
+    for s in range(0, len(x), chunk):
+        scores = x[s : s + chunk] @ c.T - half_norms  # argmax of x·c - |c|²/2 = argmin |x - c|²
+        out[s : s + chunk] = scores.argmax(1)
+    return out

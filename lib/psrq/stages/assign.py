@@ -1,0 +1,100 @@
+"""Stage: assign semantic IDs to items with a codebook version and write `semantic_ids`."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from psrq.config import Config
+from psrq.errors import ArtifactError
+from psrq.quant.artifact import load_artifact
+from psrq.quant.spaces import CodebookSet
+from psrq.quant.spark_encode import encode_items, raise_on_problems
+from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
+from psrq.storage import AppTxn, DeltaEngine, open_engine
+from psrq.validation import _require_columns
+
+log = logging.getLogger(__name__)
+
+
+def check_compatible(cbs: CodebookSet, cfg: Config, items: DataFrame) -> None:
+    """The codebook must have been fitted for the configured modalities and dimensions."""
+    want = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
+    if list(cbs.modalities.items()) != list(want.items()):  # order matters: it lays out the joint space
+        raise ArtifactError(
+            f"codebook {cbs.version} was fitted for modalities {cbs.modalities}, "
+            f"but the dataset configures {want}: fit a new codebook version for this table"
+        )
+    _require_columns(items, "items", [ITEM_ID, *[m["column"] for m in want.values()]], " (a configured modality column)")
+
+
+def with_dedup(new: DataFrame, existing: Optional[DataFrame]) -> DataFrame:
+    """dedup = 0, 1, ... among items sharing a full primary code; new items continue after
+    the largest suffix already taken in `existing` (rows that stay in the table)."""
+    rank = F.row_number().over(Window.partitionBy("code_key").orderBy(ITEM_ID)) - 1
+    new = new.withColumn("dedup", rank.cast("int"))
+    if existing is None:
+        return new
+    taken = existing.groupBy("code_key").agg((F.max("dedup") + 1).alias("_base"))
+    return (new.join(taken, "code_key", "left")
+            .withColumn("dedup", (F.col("dedup") + F.coalesce(F.col("_base"), F.lit(0))).cast("int"))
+            .drop("_base"))
+
+
+def semantic_rows(encoded: DataFrame, cbs: CodebookSet, existing: Optional[DataFrame]) -> DataFrame:
+    schema = semantic_ids_schema(cbs.spaces)
+    rows = with_dedup(encoded.select(ITEM_ID, *[codes_column(s) for s in cbs.spaces], "code_key"), existing)
+    rows = rows.withColumn("codebook_version", F.lit(cbs.version)).withColumn("assigned_at", F.current_timestamp())
+    return rows.select(*schema.fieldNames())
+
+
+def assign(
+    spark: SparkSession, cfg: Config, items: Optional[DataFrame] = None, cbs: Optional[CodebookSet] = None,
+    txn: Optional[AppTxn] = None, engine: Optional[DeltaEngine] = None,
+) -> dict:
+    """Assign IDs. items=None: the whole catalogue, full overwrite of semantic_ids; a
+    subset: merged by item_id. Bad embeddings stop the job before anything is written."""
+    engine = engine or open_engine(spark, cfg.storage.engine)
+    if cbs is None:
+        cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version)
+    full = items is None
+    if full:
+        items = engine.read(cfg.table_path("items"))
+    check_compatible(cbs, cfg, items)
+    out_path = cfg.table_path("semantic_ids")
+    txn = txn or AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
+    t0 = time.time()
+    encoded = encode_items(spark, items, cbs).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n = encoded.count()  # the one pass over the embeddings
+        raise_on_problems(encoded, cbs)
+        log.info("encoded %d items with codebook %s in %.1fs", n, cbs.version, time.time() - t0)
+        if full:
+            rows = semantic_rows(encoded, cbs, None)
+            # sorted by code_key: file and row-group statistics make reverse lookups cheap
+            rows = rows.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "code_key").sortWithinPartitions("code_key", ITEM_ID)
+            res = engine.write(rows, out_path, "overwrite", txn, description=f"assign_ids {cbs.version}")
+        else:
+            existing = None
+            if engine.exists(out_path):
+                existing = (engine.read(out_path).filter(F.col("codebook_version") == cbs.version)
+                            .join(encoded.select(ITEM_ID), ITEM_ID, "left_anti"))
+            rows = semantic_rows(encoded, cbs, existing)
+            res = engine.merge(rows, out_path, [ITEM_ID], txn, description=f"assign_ids {cbs.version} (merge)")
+    finally:
+        encoded.unpersist()
+    log.info("semantic_ids: version %d%s", res.version, " (skipped: already written by this run)" if res.skipped else "")
+    return {"path": out_path, "version": res.version, "skipped": res.skipped, "items": n,
+            "codebook_version": cbs.version, "seconds": round(time.time() - t0, 2)}
+
+
+def lookup(engine: DeltaEngine, path: str, codes: list[int], k: int) -> DataFrame:
+    """Items whose primary full code is `codes` (reverse lookup)."""
+    key = 0
+    for c in codes:
+        key = key * k + int(c)
+    return engine.read(path).filter(F.col("code_key") == key)

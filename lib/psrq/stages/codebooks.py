@@ -1,0 +1,108 @@
+"""Stage: sample item embeddings in Spark, fit codebooks on the driver, write a version."""
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from psrq.config import CodebooksConf, Config
+from psrq.embeddings import PROBLEM_TEXT, checked_matrix
+from psrq.errors import InputValidationError, Problem, QuantizerError
+from psrq.quant import methods
+from psrq.quant.artifact import write_artifact
+from psrq.quant.diagnostics import diagnose, plot_code_distributions
+from psrq.quant.kmeans import KMeansSpec, resolve_backend
+from psrq.quant.methods import QuantSpec
+from psrq.quant.spaces import CodebookSet, fit_codebooks
+from psrq.schemas import ITEM_ID
+from psrq.storage import open_engine
+from psrq.validation import _require_columns
+
+log = logging.getLogger(__name__)
+
+
+def quant_spec(cc: CodebooksConf, method: str | None = None) -> QuantSpec:
+    method = method or cc.method
+    km = KMeansSpec(cc.k, cc.kmeans.iters, cc.seed, cc.kmeans.max_points_per_centroid, cc.kmeans.backend, cc.kmeans.init)
+    return QuantSpec(method=method, k=cc.k, layers=cc.layers, prefix=cc.prefix, prefix_weight=cc.prefix_weight,
+                     kmeans=km, **cc.rqvae.model_dump())
+
+
+def sample_items(items: DataFrame, cc: CodebooksConf, n_items: int) -> DataFrame:
+    """A seeded sample that does not depend on partitioning: rows ranked by a hash of
+    (seed, item_id); a hash threshold keeps only ~1.2x the wanted rows before the sort."""
+    h = F.xxhash64(F.lit(cc.seed), F.col(ITEM_ID)).bitwiseAND(F.lit(0x7FFFFFFF).cast("long")) / F.lit(float(0x80000000))
+    if cc.sample_fraction is not None:
+        return items.filter(h < cc.sample_fraction)
+    want = min(cc.sample_size, n_items)
+    frac = min(1.0, 1.2 * want / max(n_items, 1) + 1e-3)
+    return items.withColumn("_h", h).filter(F.col("_h") < frac).orderBy("_h", ITEM_ID).limit(want).drop("_h")
+
+
+def sample_matrices(sample: DataFrame, modalities: dict, table: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Bring the sample to the driver as Arrow; refuse bad rows with the items' error."""
+    arrow = sample.select(ITEM_ID, *[m["column"] for m in modalities.values()]).toArrow()
+    ids = np.asarray(arrow.column(ITEM_ID))
+    embs, problems = {}, []
+    for name, info in modalities.items():
+        embs[name], report = checked_matrix(ids, arrow.column(info["column"]), info["dim"])
+        for kind, n in report.counts.items():
+            problems.append(Problem(info["column"], PROBLEM_TEXT[kind].format(dim=info["dim"]), n, report.examples[kind]))
+    if problems:
+        raise InputValidationError(table, problems)
+    return ids, embs
+
+
+def sample_diagnostics(cbs: CodebookSet, embs: dict[str, np.ndarray], seed: int) -> tuple[dict, dict]:
+    """Diagnostics per space on the fit sample; also returns the codes (for plots)."""
+    diags, codes_by_space = {}, {}
+    for space, x in cbs.inputs(embs).items():
+        codes = methods.encode(cbs.spec, cbs.arrays[space], x)
+        recon = methods.decode(cbs.spec, cbs.arrays[space], codes)
+        diags[space] = diagnose(x, codes, recon, cbs.spec.k, seed)
+        diags[space]["layer1_hist"] = np.bincount(codes[:, 0], minlength=cbs.spec.k).tolist()
+        codes_by_space[space] = codes
+    return diags, codes_by_space
+
+
+def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, created_by: dict | None = None) -> dict:
+    """Fit `method` (default codebooks.method) for every modality and the joint space and
+    write a new codebook version. Returns its manifest."""
+    cc = cfg.codebooks
+    spec = quant_spec(cc, method)
+    engine = open_engine(spark, cfg.storage.engine)
+    items_path = cfg.table_path("items")
+    items_version = engine.version(items_path)
+    items = engine.read(items_path)
+    modalities = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
+    _require_columns(items, "items", [ITEM_ID, *[m["column"] for m in modalities.values()]], " (a configured modality column)")
+    n_items = items.count()
+    t0 = time.time()
+    ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items")
+    if len(ids) < spec.k:
+        raise QuantizerError(f"K={spec.k} is larger than the sample ({len(ids)} items of {n_items}): lower codebooks.k or sample more")
+    log.info("sampled %d of %d items in %.1fs; fitting %s (K=%d, L=%d) with k-means backend %s",
+             len(ids), n_items, time.time() - t0, spec.method, spec.k, spec.n_layers(), resolve_backend(spec.kmeans.backend))
+    t1 = time.time()
+    cbs = fit_codebooks(spec, embs, modalities, cc.normalisation, cc.joint,
+                        progress=lambda s, shape: log.info("fitting space %s on %s", s, shape))
+    fit_s = time.time() - t1
+    diags, codes = sample_diagnostics(cbs, embs, cc.seed)
+    png = io.BytesIO()
+    plot_code_distributions(codes, spec.k, png, title=f"{spec.method} code distributions (fit sample)")
+    manifest = {
+        "seed": cc.seed,
+        "sample": {"size": int(len(ids)), "requested": cc.sample_size, "fraction": cc.sample_fraction},
+        "source": {"table": items_path, "delta_version": items_version, "rows": n_items},
+        "kmeans_backend": resolve_backend(spec.kmeans.backend),
+        "fit_seconds": round(fit_s, 2),
+        "diagnostics": diags,
+        "created_by": created_by or {},
+    }
+    version = write_artifact(cfg.codebooks_root(), cbs, manifest, {"code_distributions.png": png.getvalue()})
+    log.info("codebook %s written under %s (%s, fit %.1fs)", version, cfg.codebooks_root(), spec.method, fit_s)
+    return {**manifest, "version": version, "method": spec.method}

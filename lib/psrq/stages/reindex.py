@@ -1,0 +1,116 @@
+"""Stage: the nightly catalogue reindex.
+
+1. New and changed items: `updated_at` after the last successful night's watermark (kept in
+   the `reindex_state` Delta table), plus items that have no semantic ID yet.
+2. Encode them with the current codebook and measure drift against the fit: the share whose
+   reconstruction error exceeds the fit's 95th percentile (about 5% when they look like the
+   fit sample), and the total-variation shift of their layer-1 code distribution.
+3. No drift: merge their IDs into `semantic_ids`. Drift: fit a new codebook version and
+   reassign the whole catalogue; older versions stay reachable (artifacts and time travel).
+4. Record the night in `reindex_state`.
+
+Every write carries the app transaction (psrq.reindex_catalog, night), so running the same
+night twice changes nothing, and a night killed midway resumes where it stopped: committed
+steps are skipped, a codebook version already fitted by that night is reused."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import numpy as np
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from psrq.config import Config
+from psrq.quant.artifact import list_versions, load_artifact, read_manifest
+from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
+from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
+from psrq.stages.assign import assign
+from psrq.stages.codebooks import fit_stage
+from psrq.storage import AppTxn, open_engine
+
+log = logging.getLogger(__name__)
+APP = "psrq.reindex_catalog"
+
+
+def drift(errors: np.ndarray, layer1: np.ndarray, fit_diag: dict, k: int) -> dict:
+    """Pure: drift of new items against the fit's diagnostics."""
+    if len(errors) == 0:
+        return {"error_share": 0.0, "layer1_shift": 0.0}
+    share = float((errors > fit_diag["error_p95"]).mean())
+    fit_hist = np.asarray(fit_diag["layer1_hist"], dtype=np.float64)
+    new_hist = np.bincount(layer1, minlength=k).astype(np.float64)
+    shift = 0.5 * float(np.abs(new_hist / max(new_hist.sum(), 1) - fit_hist / max(fit_hist.sum(), 1)).sum())
+    return {"error_share": share, "layer1_shift": shift}
+
+
+def _reuse_or_fit(spark, cfg: Config, night: int) -> str:
+    """A codebook version fitted by this night already (a resumed run) is reused."""
+    root = cfg.codebooks_root()
+    for v in reversed(list_versions(root)):
+        if read_manifest(root, v).get("created_by", {}).get("reindex_night") == night:
+            log.info("reusing codebook %s fitted earlier by night %d", v, night)
+            return v
+    return fit_stage(spark, cfg, created_by={"job": "reindex_catalog", "reindex_night": night})["version"]
+
+
+def reindex(spark: SparkSession, cfg: Config) -> dict:
+    night = cfg.run.run_id
+    engine = open_engine(spark, cfg.storage.engine)
+    state_path, sid_path = cfg.table_path("reindex_state"), cfg.table_path("semantic_ids")
+    txn = AppTxn(APP, night)
+    done = engine.transaction_version(state_path, APP)
+    if done is not None and done >= night:
+        log.info("night %d already reindexed: nothing to do", night)
+        return {"night": night, "skipped": True}
+
+    items_path = cfg.table_path("items")
+    items_version = engine.version(items_path)
+    items = engine.read(items_path, items_version)
+    watermark = None
+    if engine.exists(state_path):
+        watermark = engine.read(state_path).agg(F.max("watermark")).first()[0]
+    has_ts = UPDATED_AT in items.columns
+    cutoff = items.agg(F.max(UPDATED_AT)).first()[0] if has_ts else None
+
+    cbs, manifest = load_artifact(cfg.codebooks_root(), cfg.codebooks.version)
+    if engine.exists(sid_path):
+        assigned = engine.read(sid_path).filter(F.col("codebook_version") == cbs.version).select(ITEM_ID)
+        unassigned = items.join(assigned, ITEM_ID, "left_anti")
+        changed = unassigned
+        if has_ts and watermark is not None:
+            changed = items.filter(F.col(UPDATED_AT) > F.lit(watermark)).unionByName(unassigned).dropDuplicates([ITEM_ID])
+    else:
+        changed = items
+    encoded = encode_items(spark, changed, cbs).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n_changed = encoded.count()
+        raise_on_problems(encoded, cbs)
+        primary = primary_space(cbs)
+        stats = encoded.select("error", F.element_at(f"{primary}_codes", 1).alias("c1")).toArrow()
+        d = drift(np.asarray(stats.column("error")), np.asarray(stats.column("c1"), dtype=np.int64),
+                  manifest["diagnostics"][primary], cbs.spec.k)
+        log.info("night %d: %d new/changed items; error share %.3f, layer-1 shift %.3f",
+                 night, n_changed, d["error_share"], d["layer1_shift"])
+        rc = cfg.reindex
+        refit = n_changed >= rc.min_items_for_drift and (
+            d["error_share"] > rc.max_error_share or d["layer1_shift"] > rc.max_layer1_shift)
+        if refit:
+            version = _reuse_or_fit(spark, cfg, night)
+            log.info("drift over threshold: reassigning the whole catalogue with codebook %s", version)
+            new_cbs, _ = load_artifact(cfg.codebooks_root(), version)
+            result = assign(spark, cfg, None, new_cbs, txn, engine)
+        elif n_changed:
+            result = assign(spark, cfg, changed, cbs, txn, engine)
+        else:
+            result = {"version": engine.version(sid_path), "codebook_version": cbs.version, "skipped": False}
+    finally:
+        encoded.unpersist()
+    row = {"night": night, "watermark": cutoff, "items_version": items_version,
+           "codebook_version": result["codebook_version"], "n_changed": n_changed,
+           "error_share": d["error_share"], "layer1_shift": d["layer1_shift"], "refit": refit,
+           "finished_at": datetime.now(timezone.utc)}
+    engine.write(spark.createDataFrame([row], REINDEX_STATE), state_path, "append" if engine.exists(state_path) else "create",
+                 txn, description=f"reindex night {night}")
+    return {**row, "semantic_ids_version": result["version"], "skipped": False}
