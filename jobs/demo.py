@@ -1,5 +1,6 @@
 """The main job end to end on the embedded default (Spark local mode, Delta on local disk,
-CPU): generate a small synthetic catalogue into Delta, validate it, print a summary.
+CPU): generate a synthetic catalogue into Delta, validate it, fit codebooks, assign semantic
+IDs, and print the codebook diagnostics of PSRQ beside RQ.
 
     python jobs/demo.py                      # what `make demo` runs
 """
@@ -7,21 +8,45 @@ import sys
 import time
 
 from psrq.cli import run_job
+from psrq.quant.diagnostics import format_side_by_side
+from psrq.stages.assign import assign
+from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
 from psrq.stages.summary import format_generation
 from psrq.stages.validate import validate_inputs
 
 
 def stage(spark, cfg):
-    t0 = time.time()
-    print(f"[demo] generating '{cfg.dataset.name}' into {cfg.storage.root}", flush=True)
-    generated = generate(spark, cfg)
-    t1 = time.time()
-    print(f"[demo] generated in {t1 - t0:.1f}s; validating", flush=True)
-    validated = validate_inputs(spark, cfg)
-    print(f"[demo] validated in {time.time() - t1:.1f}s\n", flush=True)
-    print(format_generation(generated, validated), flush=True)
-    return {"generated": generated, "validated": validated}
+    timings = {}
+
+    def step(name, fn):
+        print(f"[demo] {name} ...", flush=True)
+        t = time.time()
+        out = fn()
+        timings[name] = round(time.time() - t, 1)
+        print(f"[demo] {name}: {timings[name]}s", flush=True)
+        return out
+
+    generated = step("generate", lambda: generate(spark, cfg))
+    validated = step("validate", lambda: validate_inputs(spark, cfg))
+    print("\n" + format_generation(generated, validated) + "\n", flush=True)
+    fitted = {cfg.codebooks.method: step(f"fit {cfg.codebooks.method}", lambda: fit_stage(spark, cfg))}
+    assigned = step("assign", lambda: assign(spark, cfg))
+    for method in cfg.codebooks.compare:
+        if method not in fitted:
+            fitted[method] = step(f"fit {method}", lambda m=method: fit_stage(spark, cfg, m))
+    print(f"\nsemantic_ids: version {assigned['version']}, {assigned['items']:,} items, "
+          f"codebook {assigned['codebook_version']} ({cfg.codebooks.method}, K={cfg.codebooks.k}, L={cfg.codebooks.layers})")
+    print("codebook diagnostics on the fit sample (coh. = mean cosine to the mean of items sharing the code;"
+          " layer: that layer's code alone, rand: random codes of the same sizes, prefix: codes 1..l):")
+    diags = {m: f["diagnostics"] for m, f in fitted.items()}
+    for space in next(iter(diags.values())):
+        print("\n" + format_side_by_side(diags, space), flush=True)
+    print(f"\ncode distribution plots: {cfg.codebooks_root()}/<version>/code_distributions.png "
+          f"({', '.join(f['version'] for f in fitted.values())})")
+    print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
+    return {"generated": generated, "validated": validated, "assigned": assigned,
+            "codebooks": {m: f["version"] for m, f in fitted.items()}, "timings": timings}
 
 
 if __name__ == "__main__":

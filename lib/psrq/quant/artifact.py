@@ -40,9 +40,21 @@ def _versions(fs, root: str) -> dict[str, bool]:
     return out
 
 
-def list_versions(root: str) -> list[str]:
+def list_versions(root: str, method: str | None = None) -> list[str]:
+    """Complete versions, oldest first; only those of `method` when given."""
     fs, path = resolve(root)
-    return sorted(v for v, complete in _versions(fs, path).items() if complete)
+    versions = sorted(v for v, complete in _versions(fs, path).items() if complete)
+    if method is None:
+        return versions
+    return [v for v in versions if _manifest(fs, path, v).get("method") == method]
+
+
+def _manifest(fs, path: str, version: str) -> dict:
+    with fs.open_input_stream(f"{path}/{version}/{MANIFEST}") as f:
+        try:
+            return json.loads(f.read())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"codebook {version} under {path}: manifest is not valid JSON ({exc})") from None
 
 
 def spec_to_dict(spec: QuantSpec) -> dict:
@@ -88,24 +100,23 @@ def write_artifact(root: str, cbs: CodebookSet, manifest: dict, extra_files: dic
     return version
 
 
-def read_manifest(root: str, version: str | None = None) -> dict:
+def read_manifest(root: str, version: str | None = None, method: str | None = None) -> dict:
+    """Manifest of `version`, or of the latest complete version (of `method` when given)."""
     fs, path = resolve(root)
-    versions = list_versions(root)
-    if not versions:
-        raise ArtifactError(f"no codebook versions under {root}: run jobs/fit_codebooks.py first")
-    version = version or versions[-1]
-    if version not in versions:
-        raise ArtifactError(f"codebook version {version!r} not found under {root} (available: {', '.join(versions)})")
-    with fs.open_input_stream(f"{path}/{version}/{MANIFEST}") as f:
-        try:
-            return json.loads(f.read())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"codebook {version} under {root}: manifest is not valid JSON ({exc})") from None
+    if version is None:
+        versions = list_versions(root, method)
+        if not versions:
+            what = f"{method} codebook" if method else "codebook"
+            raise ArtifactError(f"no {what} versions under {root}: run jobs/fit_codebooks.py first")
+        version = versions[-1]
+    elif version not in list_versions(root):
+        raise ArtifactError(f"codebook version {version!r} not found under {root} (available: {', '.join(list_versions(root)) or 'none'})")
+    return _manifest(fs, path, version)
 
 
-def load_artifact(root: str, version: str | None = None) -> tuple[CodebookSet, dict]:
-    """Load and verify a version (latest complete one when None)."""
-    manifest = read_manifest(root, version)
+def load_artifact(root: str, version: str | None = None, method: str | None = None) -> tuple[CodebookSet, dict]:
+    """Load and verify a version (when None: the latest complete one, of `method` if given)."""
+    manifest = read_manifest(root, version, method)
     version = manifest["version"]
     fs, path = resolve(root)
     with fs.open_input_stream(f"{path}/{version}/{ARRAYS}") as f:

@@ -60,7 +60,7 @@ def assign(
     subset: merged by item_id. Bad embeddings stop the job before anything is written."""
     engine = engine or open_engine(spark, cfg.storage.engine)
     if cbs is None:
-        cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version)
+        cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
     full = items is None
     if full:
         items = engine.read(cfg.table_path("items"))

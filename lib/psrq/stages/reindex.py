@@ -48,7 +48,7 @@ def drift(errors: np.ndarray, layer1: np.ndarray, fit_diag: dict, k: int) -> dic
 def _reuse_or_fit(spark, cfg: Config, night: int) -> str:
     """A codebook version fitted by this night already (a resumed run) is reused."""
     root = cfg.codebooks_root()
-    for v in reversed(list_versions(root)):
+    for v in reversed(list_versions(root, cfg.codebooks.method)):
         if read_manifest(root, v).get("created_by", {}).get("reindex_night") == night:
             log.info("reusing codebook %s fitted earlier by night %d", v, night)
             return v
@@ -74,7 +74,7 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
     has_ts = UPDATED_AT in items.columns
     cutoff = items.agg(F.max(UPDATED_AT)).first()[0] if has_ts else None
 
-    cbs, manifest = load_artifact(cfg.codebooks_root(), cfg.codebooks.version)
+    cbs, manifest = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
     if engine.exists(sid_path):
         assigned = engine.read(sid_path).filter(F.col("codebook_version") == cbs.version).select(ITEM_ID)
         unassigned = items.join(assigned, ITEM_ID, "left_anti")
