@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from psrq import synthetic as syn
+from psrq.config import SyntheticConf
+from psrq.errors import ArtifactError, QuantizerError
+from psrq.quant import methods
+from psrq.quant.artifact import list_versions, load_artifact, read_manifest, write_artifact
+from psrq.quant.diagnostics import diagnose, group_coherence
+from psrq.quant.kmeans import KMeansSpec
+from psrq.quant.methods import QuantSpec
+from psrq.quant.spaces import JOINT, fit_codebooks, normalise
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    """Planted hierarchy: 6 genres x 4 sub-genres, 48-d text and 40-d audio embeddings."""
+    cfg = SyntheticConf(n_items=2400, block_size=2400, n_genres=6, subgenres_per_genre=4, latent_dim=12, item_noise=0.2)
+    it = syn.item_block(0, cfg, syn.make_world(cfg, {"text": 48, "audio": 40}))
+    return it
+
+
+def spec(method, k=24, layers=3, **kw):
+    return QuantSpec(method=method, k=k, layers=layers, kmeans=KMeansSpec(k=k, seed=5, iters=20), epochs=15, **kw)
+
+
+@pytest.mark.parametrize("method,layers,min_ari", [("vq", 1, 0.9), ("rq", 3, 0.9), ("psrq", 3, 0.9), ("pq", 4, 0.85), ("rqvae", 3, 0.7)])
+def test_each_quantizer_recovers_planted_clusters(method, layers, min_ari):
+    rng = np.random.default_rng(11)
+    centres = normalise(rng.normal(size=(24, 48)), "l2")
+    truth = rng.integers(0, 24, 2400)
+    x = normalise(centres[truth] + 0.02 * rng.normal(size=(2400, 48)), "l2")
+    s = spec(method, layers=layers, latent_dim=16, hidden_dim=64)
+    arrays = methods.fit(s, x)
+    codes = methods.encode(s, arrays, x)
+    assert codes.shape == (len(x), layers) and codes.min() >= 0 and codes.max() < 24
+    # the first code (for pq: all sub-space codes together) groups the planted sub-genres
+    first = codes[:, 0] if method != "pq" else np.unique(codes, axis=0, return_inverse=True)[1].ravel()
+    assert adjusted_rand_score(truth, first) > min_ari
+    recon = methods.decode(s, arrays, codes)
+    assert recon.shape == x.shape
+    assert ((x - recon) ** 2).sum(1).mean() < ((x - x.mean(0)) ** 2).sum(1).mean()
+
+
+def test_psrq_layer1_equals_rq_layer1(catalogue):
+    x = normalise(catalogue["audio_emb"], "l2")
+    rq, ps = spec("rq"), spec("psrq")
+    c_rq = methods.encode(rq, methods.fit(rq, x), x)
+    c_ps = methods.encode(ps, methods.fit(ps, x), x)
+    assert np.array_equal(c_rq[:, 0], c_ps[:, 0])
+    assert not np.array_equal(c_rq[:, 1:], c_ps[:, 1:])
+
+
+def test_psrq_centroids_are_twice_as_wide_and_prefix_is_an_option(catalogue):
+    x = normalise(catalogue["text_emb"], "l2")
+    a = methods.fit(spec("psrq"), x)
+    assert a["layer0"].shape == (24, 48) and a["layer1"].shape == (24, 96)
+    b = methods.fit(spec("psrq", prefix="input"), x)
+    assert np.array_equal(a["layer0"], b["layer0"]) and not np.allclose(a["layer1"], b["layer1"])
+
+
+@pytest.mark.parametrize("method", ["rq", "psrq", "pq", "rqvae"])
+def test_encode_is_deterministic_and_independent_of_batching(catalogue, method):
+    x = normalise(catalogue["text_emb"], "l2")
+    s = spec(method, layers=4 if method == "pq" else 3, latent_dim=16, hidden_dim=32)
+    a1, a2 = methods.fit(s, x), methods.fit(s, x)
+    assert all(np.array_equal(a1[k], a2[k]) for k in a1)
+    whole = methods.encode(s, a1, x)
+    parts = np.concatenate([methods.encode(s, a1, x[i : i + 333]) for i in range(0, len(x), 333)])
+    assert np.array_equal(whole, parts)
+
+
+def test_wrong_dimension_and_unknown_method(catalogue):
+    x = normalise(catalogue["text_emb"], "l2")
+    s = spec("rq")
+    arrays = methods.fit(s, x)
+    with pytest.raises(QuantizerError, match="dimension 40, the codebook expects 48"):
+        methods.encode(s, arrays, normalise(catalogue["audio_emb"], "l2"))
+    with pytest.raises(QuantizerError, match="unknown quantizer"):
+        methods.fit(QuantSpec(method="opq"), x)
+
+
+def test_group_coherence_by_hand():
+    x = np.array([[1, 0], [0, 1], [1, 0], [1, 0]], dtype=np.float32)
+    # group 0 = rows 0,1 (mean direction 45 degrees), group 1 = rows 2,3
+    got = group_coherence(x, np.array([0, 0, 1, 1]))
+    assert got == pytest.approx((np.cos(np.pi / 4) * 2 + 2) / 4, abs=1e-6)
+
+
+def test_diagnostics_show_the_psrq_trade_off(catalogue):
+    """Deep RQ codes alone group unrelated items (near random coherence); PSRQ's stay
+    coherent, at the price of more collisions of full codes."""
+    x = normalise(catalogue["text_emb"], "l2")
+    d = {}
+    for m in ("rq", "psrq"):
+        s = spec(m)
+        arrays = methods.fit(s, x)
+        codes = methods.encode(s, arrays, x)
+        d[m] = diagnose(x, codes, methods.decode(s, arrays, codes), 24, seed=0)
+    rq3, ps3 = d["rq"]["layers"][2], d["psrq"]["layers"][2]
+    assert ps3["coherence_layer"] > rq3["coherence_layer"] + 0.2
+    assert rq3["coherence_layer"] - rq3["coherence_random"] < 0.15
+    assert d["psrq"]["collision_rate"] > d["rq"]["collision_rate"]
+    assert d["rq"]["relative_error"] < d["psrq"]["relative_error"]
+    lay = d["psrq"]["layers"][0]
+    assert 0 < lay["utilisation"] <= 1 and 1 <= lay["perplexity"] <= 24 and lay["entropy_bits"] > 0
+
+
+def fitted_set(catalogue):
+    mods = {"text": {"column": "text_emb", "dim": 48}, "audio": {"column": "audio_emb", "dim": 40}}
+    embs = {"text": catalogue["text_emb"], "audio": catalogue["audio_emb"]}
+    return fit_codebooks(spec("psrq", k=8), embs, mods, "l2"), embs
+
+
+def test_joint_space_and_artifact_round_trip(catalogue, tmp_path):
+    cbs, embs = fitted_set(catalogue)
+    assert cbs.spaces == ["text", "audio", JOINT] and cbs.arrays[JOINT]["layer0"].shape == (8, 88)
+    root = str(tmp_path / "cb")
+    v1 = write_artifact(root, cbs, {"seed": 5})
+    v2 = write_artifact(root, cbs, {"seed": 6})
+    assert (v1, v2) == ("v0001", "v0002") and list_versions(root) == [v1, v2]
+    loaded, manifest = load_artifact(root, v1)
+    assert manifest["seed"] == 5 and loaded.version == v1 and loaded.spaces == cbs.spaces
+    assert list(loaded.modalities) == ["text", "audio"]
+    got, want = loaded.encode(embs), cbs.encode(embs)
+    assert all(np.array_equal(got[s], want[s]) for s in want)
+    assert read_manifest(root)["version"] == v2  # latest by default
+    assert list_versions(root, method="rq") == []
+    with pytest.raises(ArtifactError, match="no rq codebook versions"):
+        read_manifest(root, method="rq")
+
+
+def test_corrupt_missing_and_incomplete_artifacts(catalogue, tmp_path):
+    cbs, _ = fitted_set(catalogue)
+    root = str(tmp_path / "cb")
+    v = write_artifact(root, cbs, {})
+    with pytest.raises(ArtifactError, match="'v0009' not found .*available: v0001"):
+        load_artifact(root, "v0009")
+    (tmp_path / "cb" / "v0002").mkdir()  # a fit that died before its manifest
+    assert list_versions(root) == [v]
+    blob = tmp_path / "cb" / v / "codebooks.safetensors"
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="corrupt: codebooks.safetensors checksum"):
+        load_artifact(root, v)
+    with pytest.raises(ArtifactError, match="no codebook versions"):
+        load_artifact(str(tmp_path / "empty"))
