@@ -39,6 +39,7 @@ def small_config(tmp_path, *overrides):
 
     base = [
         f"storage.root={tmp_path}/delta",
+        f"storage.codebooks={tmp_path}/codebooks",
         "dataset.modalities.text.dim=16",
         "dataset.modalities.audio.dim=12",
         "synthetic.n_items=400",

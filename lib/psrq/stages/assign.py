@@ -56,8 +56,10 @@ def assign(
     spark: SparkSession, cfg: Config, items: Optional[DataFrame] = None, cbs: Optional[CodebookSet] = None,
     txn: Optional[AppTxn] = None, engine: Optional[DeltaEngine] = None,
 ) -> dict:
-    """Assign IDs. items=None: the whole catalogue, full overwrite of semantic_ids; a
-    subset: merged by item_id. Bad embeddings stop the job before anything is written."""
+    """Assign IDs. items=None: the whole catalogue, full overwrite of semantic_ids, keyed
+    for idempotence by (codebook version, run.run_id); a subset: merged by item_id, keyed
+    by `txn` when given (the caller knows what makes its subset's run unique). Bad
+    embeddings stop the job before anything is written."""
     engine = engine or open_engine(spark, cfg.storage.engine)
     if cbs is None:
         cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
@@ -66,7 +68,8 @@ def assign(
         items = engine.read(cfg.table_path("items"))
     check_compatible(cbs, cfg, items)
     out_path = cfg.table_path("semantic_ids")
-    txn = txn or AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
+    if txn is None and full:
+        txn = AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
     t0 = time.time()
     encoded = encode_items(spark, items, cbs).persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -1,0 +1,129 @@
+"""fit_codebooks -> assign_ids through Spark, against in-process encoding."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from psrq.embeddings import embeddings_to_numpy
+from psrq.errors import ArtifactError, InputValidationError, QuantizerError
+from psrq.quant.artifact import load_artifact
+from psrq.stages.assign import assign, lookup
+from psrq.stages.codebooks import fit_stage
+from psrq.stages.generate import generate
+from psrq.storage import open_engine
+
+from conftest import small_config
+
+CB = ["codebooks.k=16", "codebooks.sample_size=300", "codebooks.kmeans.iters=10"]
+
+
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("assign")
+    cfg = small_config(tmp, *CB)
+    generate(spark, cfg)
+    manifest = fit_stage(spark, cfg)
+    return cfg, manifest
+
+
+def test_fit_writes_a_versioned_artifact_with_diagnostics(world):
+    cfg, m = world
+    assert m["version"] == "v0001" and m["method"] == "psrq"
+    assert m["sample"]["size"] == 300 and m["source"]["delta_version"] == 0 and m["source"]["rows"] == 400
+    assert set(m["diagnostics"]) == {"text", "audio", "joint"}
+    layers = m["diagnostics"]["joint"]["layers"]
+    assert len(layers) == 3 and all(0 < ly["utilisation"] <= 1 for ly in layers)
+    cbs, manifest = load_artifact(cfg.codebooks_root())
+    assert manifest["checksums"] and manifest["spec"]["k"] == 16
+
+
+def test_sample_is_seeded_and_partition_independent(spark, world):
+    from psrq.stages.codebooks import sample_items
+
+    cfg, _ = world
+    items = open_engine(spark, "delta-rs").read(cfg.table_path("items"))
+    a = sorted(r[0] for r in sample_items(items, cfg.codebooks, 400).select("item_id").collect())
+    b = sorted(r[0] for r in sample_items(items.repartition(7), cfg.codebooks, 400).select("item_id").collect())
+    assert a == b and len(a) == 300
+
+
+def test_spark_assignment_equals_in_process_encoding(spark, world):
+    cfg, _ = world
+    res = assign(spark, cfg)
+    assert res["items"] == 400 and not res["skipped"]
+    engine = open_engine(spark, "delta-rs")
+    sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id").sort_index()
+    items = engine.read(cfg.table_path("items")).toArrow()
+    cbs, _ = load_artifact(cfg.codebooks_root())
+    embs = {m: embeddings_to_numpy(items.column(info["column"]), info["dim"])[0] for m, info in cbs.modalities.items()}
+    want = cbs.encode(embs)
+    order = np.argsort(np.asarray(items.column("item_id")))
+    for space, codes in want.items():
+        got = np.stack(sid[f"{space}_codes"].to_numpy())
+        assert np.array_equal(got, codes[order]), space
+    assert (sid["codebook_version"] == "v0001").all()
+    # dedup numbers items sharing a full joint code 0..n-1
+    for _, g in sid.groupby("code_key"):
+        assert sorted(g["dedup"]) == list(range(len(g)))
+    # a re-run of the same job run is a no-op
+    assert assign(spark, cfg)["skipped"]
+
+
+def test_reverse_lookup(spark, world):
+    cfg, _ = world
+    assign(spark, cfg)
+    engine = open_engine(spark, "delta-rs")
+    sid = engine.read(cfg.table_path("semantic_ids"))
+    top = sid.groupBy("joint_codes").count().orderBy(F.desc("count")).first()
+    found = lookup(engine, cfg.table_path("semantic_ids"), list(top.joint_codes), 16)
+    assert found.count() == top["count"]
+    assert {tuple(r.joint_codes) for r in found.collect()} == {tuple(top.joint_codes)}
+
+
+def test_merge_of_a_subset_continues_dedup(spark, world):
+    cfg, _ = world
+    assign(spark, cfg)
+    engine = open_engine(spark, "delta-rs")
+    path = cfg.table_path("semantic_ids")
+    before = engine.version(path)
+    subset = engine.read(cfg.table_path("items")).filter("item_id < 40")
+    res = assign(spark, cfg, subset, txn=None)
+    assert res["version"] == before + 1 and res["items"] == 40
+    sid = engine.read(path).toPandas()
+    assert len(sid) == 400 and not sid.duplicated(["code_key", "dedup"]).any()
+
+
+def test_bad_embeddings_stop_the_job_before_any_write(spark, world, tmp_path):
+    cfg, _ = world
+    engine = open_engine(spark, "delta-rs")
+    items = engine.read(cfg.table_path("items"))
+    bad = items.withColumn("text_emb", F.when(F.col("item_id") == 5, F.array_repeat(F.lit(float("nan")).cast("float"), 16))
+                           .when(F.col("item_id") == 9, F.array_repeat(F.lit(0.0).cast("float"), 16))
+                           .when(F.col("item_id") == 11, F.array_repeat(F.lit(1.0).cast("float"), 3))
+                           .otherwise(F.col("text_emb")))
+    other = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"root": str(tmp_path / "delta")})})
+    with pytest.raises(InputValidationError) as e:
+        assign(spark, other, bad, load_artifact(cfg.codebooks_root())[0])
+    msg = str(e.value)
+    assert "NaN or Inf" in msg and "(e.g. 5)" in msg and "all-zero" in msg and "(e.g. 9)" in msg
+    assert "dimension differs from the codebook's (16)" in msg and "(e.g. 11)" in msg
+    assert not engine.exists(other.table_path("semantic_ids"))
+
+
+def test_codebook_must_match_the_table(spark, world, tmp_path):
+    cfg, _ = world
+    home = Path(cfg.storage.root).parent
+    wrong = small_config(home, *CB, "dataset.modalities.audio.dim=13")
+    with pytest.raises(ArtifactError, match="fitted for modalities .*'dim': 12.* but the dataset configures .*'dim': 13"):
+        assign(spark, wrong)
+    missing = small_config(home, *CB, "codebooks.version=v0042")
+    with pytest.raises(ArtifactError, match="'v0042' not found"):
+        assign(spark, missing)
+
+
+def test_k_larger_than_the_sample(spark, world):
+    cfg, _ = world
+    small = cfg.model_copy(update={"codebooks": cfg.codebooks.model_copy(update={"k": 50, "sample_size": 30})})
+    with pytest.raises(QuantizerError, match="K=50 is larger than the sample \\(30 items of 400\\)"):
+        fit_stage(spark, small)

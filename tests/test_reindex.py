@@ -1,0 +1,126 @@
+"""The nightly reindex: incremental merge, drift-triggered refit, idempotence, crash safety."""
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from psrq import synthetic as syn
+from psrq.quant.artifact import list_versions
+from psrq.schemas import items_schema
+from psrq.stages.assign import assign
+from psrq.stages.codebooks import fit_stage
+from psrq.stages.generate import generate
+from psrq.stages.reindex import drift, reindex
+from psrq.storage import DeltaRsEngine, open_engine
+
+from conftest import small_config
+
+CB = ["codebooks.k=16", "codebooks.sample_size=400", "codebooks.kmeans.iters=10", "reindex.min_items_for_drift=50"]
+
+
+def new_items(spark, cfg, first_id: int, n: int, seed: int, when: datetime):
+    """Items from the generator's world for `seed` (seed != cfg's: another catalogue)."""
+    sc = cfg.synthetic.model_copy(update={"seed": seed, "n_items": first_id + n, "block_size": first_id + n})
+    dims = {m: c.dim for m, c in cfg.dataset.modalities.items()}
+    it = syn.item_block(0, sc, syn.make_world(sc, dims))
+    rows = [(int(i), it["text_emb"][i].tolist(), it["audio_emb"][i].tolist(), when) for i in range(first_id, first_id + n)]
+    return spark.createDataFrame(rows, items_schema(["text_emb", "audio_emb"]))
+
+
+@pytest.fixture
+def catalogue(spark, tmp_path):
+    cfg = small_config(tmp_path, *CB, "run.run_id=20261101")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    assign(spark, cfg)
+    return cfg
+
+
+def night(cfg, n):
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"run_id": n})})
+
+
+def test_drift_measures():
+    fit = {"error_p95": 1.0, "layer1_hist": [50, 50, 0, 0]}
+    same = drift(np.array([0.5] * 95 + [2.0] * 5), np.array([0, 1] * 50), fit, 4)
+    assert same == {"error_share": 0.05, "layer1_shift": 0.0}
+    moved = drift(np.array([2.0] * 10), np.array([2, 3] * 5), fit, 4)
+    assert moved == {"error_share": 1.0, "layer1_shift": 1.0}
+
+
+def test_nightly_merge_then_idempotent_rerun(spark, catalogue):
+    cfg = catalogue
+    engine = open_engine(spark, "delta-rs")
+    sid_path, items_path = cfg.table_path("semantic_ids"), cfg.table_path("items")
+    first = reindex(spark, night(cfg, 20261102))  # no state yet: nothing new (all assigned)
+    assert first["n_changed"] == 0 and not first["refit"]
+    # 60 new items from the same catalogue world, and 5 changed ones
+    later = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    engine.write(new_items(spark, cfg, 400, 60, cfg.synthetic.seed, later), items_path, "append")
+    changed = new_items(spark, cfg, 0, 5, cfg.synthetic.seed + 1, later)
+    engine.merge(changed, items_path, ["item_id"])
+    sid_before = engine.version(sid_path)
+    res = reindex(spark, night(cfg, 20261103))
+    assert res["n_changed"] == 65 and not res["refit"] and res["error_share"] < 0.5
+    assert engine.version(sid_path) == sid_before + 1
+    sid = engine.read(sid_path).toPandas()
+    assert len(sid) == 460 and set(range(400, 460)) <= set(sid.item_id)
+    assert (sid.codebook_version == "v0001").all() and not sid.duplicated(["code_key", "dedup"]).any()
+    # the same night again: nothing changes anywhere
+    state_v = engine.version(cfg.table_path("reindex_state"))
+    again = reindex(spark, night(cfg, 20261103))
+    assert again["skipped"]
+    assert engine.version(sid_path) == sid_before + 1 and engine.version(cfg.table_path("reindex_state")) == state_v
+    # the next night sees nothing new (watermark)
+    assert reindex(spark, night(cfg, 20261104))["n_changed"] == 0
+
+
+def test_drift_triggers_refit_and_full_reassignment(spark, catalogue):
+    cfg = catalogue
+    engine = open_engine(spark, "delta-rs")
+    sid_path = cfg.table_path("semantic_ids")
+    reindex(spark, night(cfg, 20261102))
+    v_before = engine.version(sid_path)
+    later = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    engine.write(new_items(spark, cfg, 400, 300, 4242, later), cfg.table_path("items"), "append")
+    res = reindex(spark, night(cfg, 20261103))
+    assert res["refit"] and res["codebook_version"] == "v0002"
+    assert list_versions(cfg.codebooks_root()) == ["v0001", "v0002"]
+    sid = engine.read(sid_path).toPandas()
+    assert len(sid) == 700 and (sid.codebook_version == "v0002").all()
+    old = engine.read(sid_path, v_before).toPandas()  # the previous assignment stays reachable
+    assert len(old) == 400 and (old.codebook_version == "v0001").all()
+
+
+@pytest.mark.parametrize("crash_at", [1, 2])
+def test_a_night_killed_midway_resumes_without_double_work(spark, catalogue, monkeypatch, crash_at):
+    """crash_at=1: killed before the semantic_ids commit (every table unchanged);
+    crash_at=2: killed between the semantic_ids and reindex_state commits."""
+    cfg = catalogue
+    engine = open_engine(spark, "delta-rs")
+    sid_path, state_path = cfg.table_path("semantic_ids"), cfg.table_path("reindex_state")
+    reindex(spark, night(cfg, 20261102))
+    later = datetime(2027, 1, 1, tzinfo=timezone.utc) + timedelta(days=1)
+    engine.write(new_items(spark, cfg, 400, 30, cfg.synthetic.seed, later), cfg.table_path("items"), "append")
+    before = {p: engine.version(p) for p in (sid_path, state_path)}
+    calls = {"n": 0}
+    real = DeltaRsEngine._commit
+
+    def dying(self, commit):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt("killed")
+        return real(self, commit)
+
+    monkeypatch.setattr(DeltaRsEngine, "_commit", dying)
+    with pytest.raises(KeyboardInterrupt):
+        reindex(spark, night(cfg, 20261103))
+    monkeypatch.undo()
+    after_crash = {p: engine.version(p) for p in (sid_path, state_path)}
+    assert after_crash[state_path] == before[state_path]
+    assert after_crash[sid_path] == before[sid_path] + (crash_at - 1)
+    res = reindex(spark, night(cfg, 20261103))
+    assert res["n_changed"] == 30  # watermark not advanced: re-encoded, the merge is skipped by its txn
+    final = {p: engine.version(p) for p in (sid_path, state_path)}
+    assert final == {sid_path: before[sid_path] + 1, state_path: before[state_path] + 1}
+    assert engine.read(sid_path).count() == 430
