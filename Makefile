@@ -8,6 +8,7 @@ help:
 	@echo "make demo    run the main job end to end on the embedded default (local Spark, Delta on disk, CPU)"
 	@echo "make test    run the test suite"
 	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached)"
+	@echo "make bench   run the benchmarks (JSON under benchmarks/results/)"
 	@echo "make package build dist/psrq.zip for spark-submit --py-files"
 
 setup:
@@ -21,6 +22,12 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+# Benchmarks write JSON under benchmarks/results/ (see benchmarks/README.md). About 30-40
+# minutes here at full size; BENCH=kmeans (or assign, assign_memory) runs one.
+BENCH ?= kmeans assign assign_memory
+bench: setup
+	@for b in $(BENCH); do echo "== benchmark $$b"; PYTHONPATH=benchmarks $(PY) benchmarks/bench_$$b.py $(ARGS) || exit 1; done
 
 package:
 	@mkdir -p dist && rm -f dist/psrq.zip

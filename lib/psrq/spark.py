@@ -32,6 +32,10 @@ def spark_settings(cfg: SparkConf) -> dict[str, str]:
                 "spark.sql.autoBroadcastJoinThreshold": str(32 * 1024 * 1024),
             }
         )
+    # Spark already runs one task per core: one BLAS thread per Python worker avoids
+    # oversubscribing the cores in the matrix products of encoding
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        settings[f"spark.executorEnv.{var}"] = "1"
     if cfg.delta_packages:
         settings.update(
             {

@@ -54,17 +54,17 @@ def semantic_rows(encoded: DataFrame, cbs: CodebookSet, existing: Optional[DataF
 
 def assign(
     spark: SparkSession, cfg: Config, items: Optional[DataFrame] = None, cbs: Optional[CodebookSet] = None,
-    txn: Optional[AppTxn] = None, engine: Optional[DeltaEngine] = None,
+    txn: Optional[AppTxn] = None, engine: Optional[DeltaEngine] = None, merge: Optional[bool] = None,
 ) -> dict:
     """Assign IDs. items=None: the whole catalogue, full overwrite of semantic_ids, keyed
     for idempotence by (codebook version, run.run_id); a subset: merged by item_id, keyed
-    by `txn` when given (the caller knows what makes its subset's run unique). Bad
-    embeddings stop the job before anything is written."""
+    by `txn` when given (the caller knows what makes its subset's run unique); `merge`
+    overrides the mode. Bad embeddings stop the job before anything is written."""
     engine = engine or open_engine(spark, cfg.storage.engine)
     if cbs is None:
         cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
-    full = items is None
-    if full:
+    full = items is None if merge is None else not merge
+    if items is None:
         items = engine.read(cfg.table_path("items"))
     check_compatible(cbs, cfg, items)
     out_path = cfg.table_path("semantic_ids")
