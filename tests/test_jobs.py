@@ -54,9 +54,36 @@ def test_a_bad_override_fails_before_spark_starts_and_names_the_key():
 
 @pytest.mark.slow
 def test_demo_job_end_to_end(tmp_path):
-    overrides = [f"storage.root={tmp_path}/delta", "synthetic.n_items=300", "synthetic.n_users=100",
+    overrides = [f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks",
+                 "synthetic.n_items=300", "synthetic.n_users=100", "codebooks.k=16",
                  "dataset.modalities.text.dim=32", "dataset.modalities.audio.dim=32", "spark.master=local[2]"]
     out = run(["jobs/demo.py", *overrides], timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "validation: items and interactions meet their contracts" in out.stdout
     assert "items                0         300" in out.stdout
+    assert "space: joint" in out.stdout and "psrq        3" in out.stdout and "rq          3" in out.stdout
+    assert (tmp_path / "codebooks" / "v0001" / "code_distributions.png").stat().st_size > 1000
+
+
+def load_job(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "jobs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_codebook_jobs_in_sequence(spark, tmp_path, capsys):
+    """fit_codebooks -> assign_ids -> reindex_catalog, through the jobs' own stage functions."""
+    cfg = small_config(tmp_path, "codebooks.k=16", "codebooks.sample_size=300", "run.run_id=20261123")
+    generate(spark, cfg)
+    manifest = load_job("fit_codebooks").stage(spark, cfg)
+    out = capsys.readouterr().out
+    assert manifest["version"] == "v0001" and "fitted on 300 items" in out and "space: joint" in out
+    res = load_job("assign_ids").stage(spark, cfg)
+    assert res["items"] == 400 and "semantic_ids version 0 with codebook v0001" in capsys.readouterr().out
+    load_job("reindex_catalog").stage(spark, cfg)
+    assert "night 20261123: 0 new/changed items" in capsys.readouterr().out
+    load_job("reindex_catalog").stage(spark, cfg)
+    assert "night 20261123: already done, nothing changed" in capsys.readouterr().out

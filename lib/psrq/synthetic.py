@@ -85,14 +85,29 @@ def zipf_ranks(u: np.ndarray, n: int, exponent: float) -> np.ndarray:
     return np.clip(x.astype(np.int64), 0, n - 1)
 
 
+def _classes(rng, n: int, cfg: SyntheticConf, world: World):
+    """Genre, text sub-genre and audio style (the sub-genre with prob. modality_agreement)."""
+    genre = rng.choice(cfg.n_genres, size=n, p=world.genre_p)
+    sub = rng.integers(0, cfg.subgenres_per_genre, size=n)
+    style = np.where(rng.random(n) < cfg.modality_agreement, sub, rng.integers(0, cfg.subgenres_per_genre, size=n))
+    return genre, sub, style
+
+
+def _latents(rng, world: World, genre, sub, style, noise: float, k: int) -> dict:
+    """Latent point per modality: genre centre + fine-class centre + noise."""
+    out = {}
+    for m, fine in (("text", sub), ("audio", style)):
+        z = world.genre_centres[m][genre] + world.sub_centres[m][genre, fine] + noise * rng.normal(size=(len(genre), k))
+        out[m] = z.astype(np.float32)
+    return out
+
+
 def item_block(block: int, cfg: SyntheticConf, world: World, with_embeddings: bool = True) -> dict:
     """Items of one block: ids, truth labels, latents z_<m> and (optionally) embeddings."""
     ids = block_range(block, cfg.block_size, cfg.n_items)
     rng = np.random.default_rng([cfg.seed, _ITEMS, block])
-    n, g, s, k = len(ids), cfg.n_genres, cfg.subgenres_per_genre, cfg.latent_dim
-    genre = rng.choice(g, size=n, p=world.genre_p)
-    sub = rng.integers(0, s, size=n)
-    style = np.where(rng.random(n) < cfg.modality_agreement, sub, rng.integers(0, s, size=n))
+    n = len(ids)
+    genre, sub, style = _classes(rng, n, cfg, world)
     out = {
         "item_id": ids,
         "genre": genre.astype(np.int32),
@@ -101,9 +116,8 @@ def item_block(block: int, cfg: SyntheticConf, world: World, with_embeddings: bo
         "popularity_rank": popularity_rank(ids, world, cfg.n_items).astype(np.int64),
         "updated_at_us": world.start_us + (rng.random(n) * cfg.days * _US_PER_DAY).astype(np.int64),
     }
-    for m, fine in (("text", sub), ("audio", style)):
-        z = world.genre_centres[m][genre] + world.sub_centres[m][genre, fine] + cfg.item_noise * rng.normal(size=(n, k))
-        out[f"z_{m}"] = z.astype(np.float32)
+    for m, z in _latents(rng, world, genre, sub, style, cfg.item_noise, cfg.latent_dim).items():
+        out[f"z_{m}"] = z
     if with_embeddings:
         for m in MODALITIES:
             proj = world.projections[m]
@@ -116,14 +130,11 @@ def user_block(block: int, cfg: SyntheticConf, world: World) -> dict:
     """Users of one block: tastes per modality, modality weight, activity."""
     ids = block_range(block, cfg.block_size, cfg.n_users)
     rng = np.random.default_rng([cfg.seed, _USERS, block])
-    n, g, s, k = len(ids), cfg.n_genres, cfg.subgenres_per_genre, cfg.latent_dim
-    genre = rng.choice(g, size=n, p=world.genre_p)
-    sub = rng.integers(0, s, size=n)
-    style = np.where(rng.random(n) < cfg.modality_agreement, sub, rng.integers(0, s, size=n))
+    n = len(ids)
+    genre, sub, style = _classes(rng, n, cfg, world)
     out = {"user_id": ids, "w_text": rng.beta(0.6, 0.6, size=n).astype(np.float32)}
-    for m, fine in (("text", sub), ("audio", style)):
-        t = world.genre_centres[m][genre] + world.sub_centres[m][genre, fine] + 0.3 * rng.normal(size=(n, k))
-        out[f"taste_{m}"] = t.astype(np.float32)
+    for m, t in _latents(rng, world, genre, sub, style, 0.3, cfg.latent_dim).items():
+        out[f"taste_{m}"] = t
     activity = rng.lognormal(0.0, 0.6, size=n)
     out["n_events"] = np.maximum(1, rng.poisson(cfg.mean_events_per_user * activity / np.exp(0.18))).astype(np.int64)
     # per-user event times and popularity draws, from the same block stream

@@ -86,16 +86,18 @@ def fit_kmeans(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
 
 
 def kmeans_pp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k-means++ seeding: each next centroid drawn with probability ~ squared distance."""
+    """k-means++ seeding: each next centroid drawn with probability ~ squared distance.
+    Distances via |x|^2 - 2 x.c + |c|^2 (one matrix-vector product per centroid)."""
     rng = np.random.default_rng(seed)
-    x64 = x.astype(np.float32)
+    sq = np.einsum("ij,ij->i", x, x)
     idx = [int(rng.integers(len(x)))]
-    d2 = ((x64 - x64[idx[0]]) ** 2).sum(1)
+    d2 = np.maximum(sq - 2.0 * (x @ x[idx[0]]) + sq[idx[0]], 0.0)
     for _ in range(1, k):
         total = float(d2.sum())
-        nxt = int(rng.choice(len(x), p=d2 / total)) if total > 0 else int(rng.integers(len(x)))
+        nxt = int(np.searchsorted(np.cumsum(d2), rng.random() * total)) if total > 0 else int(rng.integers(len(x)))
+        nxt = min(nxt, len(x) - 1)
         idx.append(nxt)
-        d2 = np.minimum(d2, ((x64 - x64[nxt]) ** 2).sum(1))
+        np.minimum(d2, np.maximum(sq - 2.0 * (x @ x[nxt]) + sq[nxt], 0.0), out=d2)
     return x[idx].copy()
 
 
