@@ -143,3 +143,24 @@ def test_timestamps_round_trip_as_utc(spark, engine, tmp_path):
     df = spark.sql("select 1L as item_id, timestamp'2026-03-01 12:34:56.789' as ts")
     engine.write(df, path, "create")
     assert engine.read(path).first().ts == df.first().ts
+
+
+def test_a_table_read_back_can_be_merged_and_appended(spark, engine, tmp_path):
+    """Spark relaxes nullability on read; writing such a frame back must still work."""
+    path = str(tmp_path / "n")
+    df = spark.createDataFrame([(1, [1, 2])], "item_id long not null, codes array<smallint>")
+    engine.write(df.selectExpr("item_id", "coalesce(codes, array()) as codes"), path, "create")
+    again = engine.read(path).selectExpr("item_id + 1 as item_id", "codes")
+    engine.merge(again, path, ["item_id"])
+    engine.write(engine.read(path).filter("item_id = 1").selectExpr("item_id + 10 as item_id", "codes"), path, "append")
+    assert sorted(r.item_id for r in engine.read(path).collect()) == [1, 2, 11]
+
+
+def test_nulls_into_a_not_null_column_are_refused(spark, engine, tmp_path):
+    path = str(tmp_path / "nn")
+    engine.write(spark.sql("select 1L as item_id, 'a' as name").selectExpr("item_id", "coalesce(name, 'x') as name"),
+                 path, "create")
+    bad = spark.sql("select 2L as item_id, cast(null as string) as name")
+    with pytest.raises(Exception, match="column 'name' holds nulls but the table declares it not-null"):
+        engine.write(bad, path, "append")
+    assert engine.version(path) == 0

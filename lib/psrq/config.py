@@ -68,6 +68,7 @@ class TablesConf(_Strict):
     item_truth: str = "item_truth"
     semantic_ids: str = "semantic_ids"
     reindex_state: str = "reindex_state"
+    item_vocab: str = "item_vocab"
 
 
 class StorageConf(_Strict):
@@ -114,6 +115,25 @@ class CodebooksConf(_Strict):
     compare: list[Literal["psrq", "rq", "vq", "pq", "rqvae"]] = Field(default_factory=lambda: ["rq"])
     # rows per encoding batch on the executors
     batch_rows: int = Field(8192, ge=1)
+
+
+class SamplesConf(_Strict):
+    path: str = "./data/samples"  # Parquet, one folder per split, and manifest.json
+    history_len: int = Field(20, ge=1)
+    # is_cold: the target has fewer than cold_threshold interactions (any label), counted
+    # over all splits ("all", as the paper's dataset statistics do) or the train split only
+    cold_threshold: int = Field(30, ge=1)
+    cold_scope: Literal["all", "train"] = "all"
+    # time-based split: events from these quantiles of event time on are valid / test
+    valid_from: float = Field(0.8, gt=0, lt=1)
+    test_from: float = Field(0.9, gt=0, lt=1)
+    row_group_mb: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.valid_from >= self.test_from:
+            raise ValueError(f"valid_from ({self.valid_from}) must be before test_from ({self.test_from})")
+        return self
 
 
 class ReindexConf(_Strict):
@@ -174,6 +194,7 @@ class Config(_Strict):
     synthetic: SyntheticConf = SyntheticConf()
     codebooks: CodebooksConf = CodebooksConf()
     reindex: ReindexConf = ReindexConf()
+    samples: SamplesConf = SamplesConf()
 
     def codebooks_root(self) -> str:
         root = self.storage.codebooks

@@ -74,3 +74,33 @@ REINDEX_STATE = T.StructType(
         T.StructField("finished_at", T.TimestampType(), False),
     ]
 )
+
+
+ITEM_VOCAB = T.StructType(
+    [T.StructField(ITEM_ID, T.LongType(), False), T.StructField("idx", T.IntegerType(), False)]
+)
+
+
+def samples_schema(spaces: list[str]) -> T.StructType:
+    """samples (Parquet, Petastorm-readable): see psrq.samples for the layout. Codes are
+    stored as code + 1 (0 = padding); hist_<space>_codes is the N x L history, flattened."""
+    codes = T.ArrayType(T.ShortType(), False)
+    return T.StructType(
+        [
+            T.StructField("user_id", T.LongType(), False),
+            T.StructField("item_id", T.LongType(), False),
+            T.StructField("item_idx", T.IntegerType(), False),
+            T.StructField("label", T.IntegerType(), False),
+            T.StructField("ts", T.TimestampType(), False),
+            T.StructField("split", T.StringType(), False),
+            T.StructField("is_cold", T.IntegerType(), False),
+            T.StructField("hist_len", T.IntegerType(), False),
+            T.StructField("hist_item_idx", T.ArrayType(T.IntegerType(), False), False),
+        ]
+        + [f for s in spaces for f in (T.StructField(f"target_{s}_codes", codes, False),
+                                       T.StructField(f"hist_{s}_codes", codes, False))]
+        + [
+            T.StructField("hist_last_ts", T.TimestampType(), True),
+            T.StructField("codebook_version", T.StringType(), False),
+        ]
+    )

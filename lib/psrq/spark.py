@@ -21,6 +21,8 @@ def spark_settings(cfg: SparkConf) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
         "spark.python.worker.reuse": "true",
+        # not INT96: readers outside Spark (pyarrow, petastorm) expect standard timestamps
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     }
     if cfg.master and cfg.master.startswith("local"):
         settings.update(

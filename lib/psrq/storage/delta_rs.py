@@ -108,14 +108,15 @@ class DeltaRsEngine:
             return WriteResult(table=path, version=self.version(path), skipped=True)
         return None
 
-    def _check_schema(self, dt: DeltaTable, schema: pa.Schema, path: str) -> None:
+    def _check_schema(self, dt: DeltaTable, schema: pa.Schema, path: str) -> pa.Schema:
+        """Column names and types must match (nullability aside: Spark relaxes it on read);
+        returns the table's schema, which the new files are written with."""
         have = pa.schema(dt.schema().to_arrow())
-        if [f.name for f in have] != [f.name for f in schema] or not all(
-            h.type.equals(w.type) for h, w in zip(have, schema)
-        ):
+        if [(f.name, _loose(f.type)) for f in have] != [(f.name, _loose(f.type)) for f in schema]:
             raise StorageError(
                 f"schema of the data does not match the Delta table at {path}:\n  table: {have}\n  data:  {schema}"
             )
+        return have
 
     def write(
         self, df: DataFrame, path: str, mode: WriteMode, txn: Optional[AppTxn] = None, description: str = ""
@@ -130,7 +131,7 @@ class DeltaRsEngine:
             raise StorageError(f"a Delta table already exists at {path}; use overwrite or append")
         schema = _arrow_schema(df)
         if exists and mode == "append":
-            self._check_schema(self._table(path), schema, path)
+            schema = self._check_schema(self._table(path), schema, path)
         adds = self._write_files(df, path, schema)
         rows = sum(_num_records(a) for a in adds)
         props = self._commit_properties(txn, description, {"rows": rows, "mode": mode})
@@ -204,6 +205,17 @@ class DeltaRsEngine:
             )
         )
         return WriteResult(path, self.version(path), False, len(adds), len(removes), rows)
+
+
+def _loose(t: pa.DataType) -> pa.DataType:
+    """The type with every nested field made nullable (for comparisons)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(_loose(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _loose(f.type)) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(_loose(t.key_type), _loose(t.item_type))
+    return t
 
 
 def _num_records(add: AddAction) -> int:

@@ -86,7 +86,7 @@ def write_task_file(
                 writer = pq.ParquetWriter(fs.open_output_stream(f"{root}/{rel}"), schema, compression="zstd")
                 rows_in_file, stats_acc = 0, {}
             take = min(batch.num_rows - start, max_rows_per_file - rows_in_file)
-            table = pa.Table.from_batches([batch.slice(start, take)]).cast(schema)
+            table = _conform(pa.Table.from_batches([batch.slice(start, take)]), schema)
             writer.write_table(table, row_group_size=row_group_rows)
             rows_in_file += take
             start += take
@@ -96,6 +96,15 @@ def write_task_file(
     meta = close()
     if meta is not None:
         yield meta
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast to the table schema; a null where the schema says not-null is an error (pyarrow
+    would write it silently)."""
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise ValueError(f"column '{field.name}' holds nulls but the table declares it not-null")
+    return table.select(schema.names).cast(schema)
 
 
 def _merge_stats(a: dict, b: dict) -> dict:

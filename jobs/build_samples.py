@@ -1,0 +1,22 @@
+"""Build training samples: the item vocabulary (Delta), and per event the target's codes and
+the user's last N earlier positives as item indices and text/audio/joint code sequences,
+split by time into train/valid/test Parquet folders readable by Petastorm.
+
+    spark-submit jobs/build_samples.py --profile cluster --dataset my_catalog samples.path=s3a://bucket/samples
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.stages.samples import build_samples
+
+
+def stage(spark, cfg):
+    info = build_samples(spark, cfg)
+    rows = ", ".join(f"{s} {o['rows']:,}" for s, o in info["splits"].items())
+    print(f"samples with codebook {info['codebook_version']} (history {info['history_len']}, "
+          f"vocabulary {info['vocab_size']:,}): {rows} -> {cfg.samples.path}", flush=True)
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,80 @@
+"""Training samples from one user's events (pure numpy/pyarrow; the Spark adapter is in
+psrq.stages.samples).
+
+Every event becomes a sample: its label, its target item (vocabulary index and semantic
+codes), and the user's last N positive events *strictly before* it (an equal timestamp is
+not before), oldest first, as item indices and code sequences. Codes are stored shifted by
+one so that 0 is padding: a code c is written as c + 1 everywhere in the samples.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+PAD = 0
+OOV = 1  # vocabulary index of items not seen in training
+FIRST_INDEX = 2
+
+
+def event_histories(ts: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """ts ascending. Returns (idx (m, n): positions of the last n positives strictly before
+    each event, oldest first, -1 as padding; lengths (m,))."""
+    pos = np.flatnonzero(labels == 1)
+    before = np.searchsorted(ts[pos], ts, side="left")  # positives with ts < ts_i
+    length = np.minimum(before, n)
+    grid = (before - length)[:, None] + np.arange(n)[None, :]
+    valid = np.arange(n)[None, :] < length[:, None]
+    if len(pos) == 0:
+        return np.full((len(ts), n), -1, dtype=np.int64), length
+    return np.where(valid, pos[np.minimum(grid, len(pos) - 1)], -1), length
+
+
+def split_of(ts: np.ndarray, valid_from: int, test_from: int) -> np.ndarray:
+    return np.where(ts >= test_from, "test", np.where(ts >= valid_from, "valid", "train"))
+
+
+def _fixed_lists(values: np.ndarray, dtype) -> pa.Array:
+    m, width = values.shape
+    offsets = pa.array(np.arange(0, (m + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1).astype(dtype)))
+
+
+def _matrix(col: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return np.asarray(arr.flatten()).reshape(-1, width)
+
+
+def user_samples(events: pa.Table, spaces: list[str], layers: int, n: int, valid_from: int, test_from: int,
+                 codebook_version: str) -> pa.Table:
+    """events: one user's rows with user_id, item_id, label, ts (timestamp[us]), item_idx,
+    is_cold and <space>_codes (raw codes, `layers` each)."""
+    ts_all = np.asarray(events.column("ts").cast(pa.int64()))
+    items = np.asarray(events.column("item_id"))
+    order = np.lexsort((items, ts_all))  # by time; equal times in a fixed order
+    ev = events.take(pa.array(order))
+    ts = ts_all[order]
+    labels = np.asarray(ev.column("label"))
+    idx, length = event_histories(ts, labels, n)
+    pad = idx < 0
+    safe = np.where(pad, 0, idx)
+    item_idx = np.asarray(ev.column("item_idx"), dtype=np.int32)
+    out = {
+        "user_id": ev.column("user_id"),
+        "item_id": ev.column("item_id"),
+        "item_idx": pa.array(item_idx),
+        "label": ev.column("label"),
+        "ts": ev.column("ts"),
+        "split": pa.array(split_of(ts, valid_from, test_from)),
+        "is_cold": pa.array(np.asarray(ev.column("is_cold"), dtype=np.int32)),
+        "hist_len": pa.array(length.astype(np.int32)),
+        "hist_item_idx": _fixed_lists(np.where(pad, PAD, item_idx[safe]), np.int32),
+    }
+    for s in spaces:
+        codes = _matrix(ev.column(f"{s}_codes"), layers).astype(np.int16) + 1
+        out[f"target_{s}_codes"] = _fixed_lists(codes, np.int16)
+        hist = np.where(pad[:, :, None], PAD, codes[safe])  # (m, n, layers)
+        out[f"hist_{s}_codes"] = _fixed_lists(hist.reshape(len(ts), n * layers), np.int16)
+    last = np.where(length > 0, ts[safe[np.arange(len(ts)), np.maximum(length - 1, 0)]], 0)
+    out["hist_last_ts"] = pa.array(last, type=pa.int64(), mask=length == 0).cast(pa.timestamp("us", tz="UTC"))
+    out["codebook_version"] = pa.array([codebook_version] * len(ts))
+    return pa.table(out)

@@ -1,0 +1,121 @@
+"""Stage: build training samples in Spark.
+
+interactions + semantic_ids (one codebook version) -> item vocabulary (Delta) -> per user,
+every event with its last N earlier positives (psrq.samples.user_samples, on the executors,
+one group per user) -> Parquet per split, row groups sized for Petastorm, and a manifest
+the trainer checks (codebook version, vocabulary size, spaces, K, L, N)."""
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from psrq.config import Config
+from psrq.errors import InputValidationError, Problem, StorageError
+from psrq.quant.artifact import read_manifest
+from psrq.samples import FIRST_INDEX, OOV, user_samples
+from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
+from psrq.storage import AppTxn, open_engine
+from psrq.storage.parquet_files import resolve
+from psrq.validation import validate_interactions
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+MANIFEST = "manifest.json"
+
+
+def _us(ts) -> int:
+    return int(ts.timestamp() * 1_000_000)
+
+
+def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float) -> tuple[int, int]:
+    """Event-time quantiles (µs) where valid and test begin."""
+    us = interactions.select((F.unix_micros(F.col("ts"))).alias("us"))
+    lo, hi = us.approxQuantile("us", [valid_from, test_from], 1e-4)
+    return int(lo), int(hi)
+
+
+def build_vocabulary(train: DataFrame) -> DataFrame:
+    """Contiguous indices FIRST_INDEX.. for items with a train interaction, by item_id;
+    0 is padding and 1 out-of-vocabulary. Distributed (zipWithIndex after a sort)."""
+    ids = train.select(ITEM_ID).distinct().orderBy(ITEM_ID)
+    rdd = ids.rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]) + FIRST_INDEX))
+    return rdd.toDF(ITEM_VOCAB)
+
+
+def semantic_codes(sid: DataFrame) -> tuple[DataFrame, list[str], str]:
+    versions = [r[0] for r in sid.select("codebook_version").distinct().limit(3).collect()]
+    if len(versions) != 1:
+        raise StorageError(f"semantic_ids must hold one codebook version to build samples; it holds {versions or 'none'}: "
+                           "run jobs/assign_ids.py for the version to train with")
+    spaces = [c[: -len("_codes")] for c in sid.columns if c.endswith("_codes")]
+    return sid.select(ITEM_ID, *[f"{s}_codes" for s in spaces]), spaces, versions[0]
+
+
+def build_samples(spark: SparkSession, cfg: Config) -> dict:
+    sc = cfg.samples
+    engine = open_engine(spark, cfg.storage.engine)
+    inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
+    versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
+    interactions = validate_interactions(engine.read(inter_path))
+    codes, spaces, cb_version = semantic_codes(engine.read(sid_path))
+    manifest = read_manifest(cfg.codebooks_root(), cb_version)
+    k = manifest["spec"]["k"]
+    layers = 1 if manifest["method"] == "vq" else manifest["spec"]["layers"]
+
+    valid_from, test_from = split_cutoffs(interactions, sc.valid_from, sc.test_from)
+    in_train = F.unix_micros("ts") < F.lit(valid_from)
+    counted = interactions if sc.cold_scope == "all" else interactions.filter(in_train)
+    counts = counted.groupBy(ITEM_ID).agg(F.count("*").alias("_n"))
+    vocab = build_vocabulary(interactions.filter(in_train))
+    vocab_path = cfg.table_path("item_vocab")
+    txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{cb_version}.{versions['interactions']}", cfg.run.run_id)
+    engine.write(vocab, vocab_path, "overwrite", txn, description=f"item vocabulary for samples ({cb_version})")
+    vocab = engine.read(vocab_path)
+    vocab_size = vocab.count() + FIRST_INDEX
+
+    events = (interactions.join(codes, ITEM_ID, "left").join(vocab, ITEM_ID, "left").join(counts, ITEM_ID, "left")
+              .select("user_id", ITEM_ID, "label", "ts", F.coalesce("idx", F.lit(OOV)).alias("item_idx"),
+                      (F.coalesce("_n", F.lit(0)) < sc.cold_threshold).cast("int").alias("is_cold"),
+                      *[f"{s}_codes" for s in spaces]))
+    missing = events.filter(F.col(f"{spaces[0]}_codes").isNull())
+    n_missing = missing.count()
+    if n_missing:
+        ex = [r[0] for r in missing.select(ITEM_ID).distinct().limit(5).collect()]
+        raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook {cb_version} "
+                                                             "(run jobs/reindex_catalog.py or assign_ids.py)", n_missing, ex)])
+    schema = samples_schema(spaces)
+    fn = partial(user_samples, spaces=spaces, layers=layers, n=sc.history_len, valid_from=valid_from,
+                 test_from=test_from, codebook_version=cb_version)
+    arrow_schema = to_arrow_schema(schema, timestamp_utc=True)
+    samples = events.groupBy("user_id").applyInArrow(lambda t: fn(t).select(schema.fieldNames()).cast(arrow_schema), schema)
+    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
+    counts_by_split = {r["split"]: r["count"] for r in samples.groupBy("split").count().collect()}
+    out = {}
+    try:
+        for split in SPLITS:
+            path = f"{sc.path.rstrip('/')}/{split}"
+            (samples.filter(F.col("split") == split).drop("split").repartition(max(1, spark.sparkContext.defaultParallelism))
+             .write.mode("overwrite").option("parquet.block.size", sc.row_group_mb * 2**20).parquet(path))
+            out[split] = {"path": path, "rows": counts_by_split.get(split, 0)}
+    finally:
+        samples.unpersist()
+    info = {
+        "codebook_version": cb_version, "k": k, "layers": layers, "spaces": spaces, "history_len": sc.history_len,
+        "vocab_size": vocab_size, "vocab_table": vocab_path, "vocab_version": engine.version(vocab_path),
+        "code_shift": 1, "padding": 0, "oov_index": OOV,
+        "split_from_us": {"valid": valid_from, "test": test_from}, "cold": {"threshold": sc.cold_threshold, "scope": sc.cold_scope},
+        "source_versions": versions, "splits": out,
+    }
+    fs, root = resolve(sc.path if "://" in sc.path else str(Path(sc.path).resolve()))
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{MANIFEST}") as f:  # written last: the samples are complete
+        f.write(json.dumps(info, indent=2).encode())
+    log.info("samples: %s", {s: o["rows"] for s, o in out.items()})
+    return info

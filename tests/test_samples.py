@@ -1,0 +1,125 @@
+"""Training samples: history sequences by hand, and the Spark job end to end (no leakage)."""
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from psrq.errors import StorageError
+from psrq.samples import event_histories, user_samples
+from psrq.stages.assign import assign
+from psrq.stages.codebooks import fit_stage
+from psrq.stages.generate import generate
+from psrq.stages.samples import build_samples
+from psrq.storage import open_engine
+
+from conftest import small_config
+
+
+def test_event_histories_by_hand():
+    #            t:  1  2  2  3  5  6
+    ts = np.array([1, 2, 2, 3, 5, 6])
+    labels = np.array([1, 1, 0, 1, 0, 1])
+    idx, length = event_histories(ts, labels, 2)
+    assert length.tolist() == [0, 1, 1, 2, 2, 2]
+    # event at t=2 sees only t=1 (the other t=2 positive is not strictly before)
+    assert idx.tolist() == [[-1, -1], [0, -1], [0, -1], [0, 1], [1, 3], [1, 3]]
+    none, zero = event_histories(ts, np.zeros(6, dtype=int), 3)
+    assert (none == -1).all() and zero.tolist() == [0] * 6
+
+
+def test_user_samples_by_hand():
+    t = lambda d: datetime(2026, 1, d, tzinfo=timezone.utc)  # noqa: E731
+    events = pa.table({
+        "user_id": [7, 7, 7, 7],
+        "item_id": [30, 10, 20, 40],
+        "label": [1, 1, 0, 1],
+        "ts": pa.array([t(3), t(1), t(2), t(9)], type=pa.timestamp("us", tz="UTC")),
+        "item_idx": [4, 2, 3, 1],
+        "is_cold": [0, 0, 1, 1],
+        "text_codes": pa.array([[3, 0], [1, 1], [2, 2], [0, 5]], type=pa.list_(pa.int16())),
+    })
+    got = user_samples(events, ["text"], 2, 2, valid_from=int(t(5).timestamp() * 1e6),
+                       test_from=int(t(8).timestamp() * 1e6), codebook_version="v0007").to_pylist()
+    assert [r["item_id"] for r in got] == [10, 20, 30, 40]  # ordered by time
+    assert [r["hist_len"] for r in got] == [0, 1, 1, 2]
+    assert [r["hist_item_idx"] for r in got] == [[0, 0], [2, 0], [2, 0], [2, 4]]
+    # codes + 1, 0 = padding, history flattened oldest first
+    assert [r["hist_text_codes"] for r in got] == [[0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0], [2, 2, 4, 1]]
+    assert [r["target_text_codes"] for r in got] == [[2, 2], [3, 3], [4, 1], [1, 6]]
+    assert [r["split"] for r in got] == ["train", "train", "train", "test"]
+    assert got[0]["hist_last_ts"] is None and got[3]["hist_last_ts"] == t(3)
+    assert {r["codebook_version"] for r in got} == {"v0007"}
+
+
+@pytest.fixture(scope="module")
+def built(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("samples")
+    cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=300", f"samples.path={tmp}/samples",
+                       "samples.history_len=5")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    assign(spark, cfg)
+    info = build_samples(spark, cfg)
+    return cfg, info
+
+
+def test_samples_job_no_leakage_and_splits(spark, built):
+    cfg, info = built
+    train = pq.read_table(info["splits"]["train"]["path"]).to_pandas()
+    test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
+    n = {s: info["splits"][s]["rows"] for s in ("train", "valid", "test")}
+    inter = open_engine(spark, "delta-rs").read(cfg.table_path("interactions")).count()
+    assert sum(n.values()) == inter and 0.7 < n["train"] / inter < 0.9
+    assert train.ts.max() < test.ts.min()
+    both = [train, test]
+    for df in both:
+        has = df[df.hist_len > 0]
+        assert (has.hist_last_ts < has.ts).all()  # no history element at or after its event
+        assert (df.hist_len <= 5).all() and len(df.hist_item_idx.iloc[0]) == 5
+        assert all(len(c) == 15 for c in df.hist_joint_codes.head(50))
+
+
+def test_targets_carry_their_semantic_ids_and_vocabulary(spark, built):
+    cfg, info = built
+    engine = open_engine(spark, "delta-rs")
+    sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id")
+    test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
+    row = test.iloc[0]
+    assert list(row.target_joint_codes) == [c + 1 for c in sid.loc[row.item_id, "joint_codes"]]
+    vocab = engine.read(cfg.table_path("item_vocab")).toPandas().set_index("item_id")["idx"]
+    assert vocab.min() == 2 and vocab.max() == info["vocab_size"] - 1 and vocab.is_unique
+    in_vocab = test.item_id.isin(vocab.index)
+    assert (test[~in_vocab].item_idx == 1).all()  # items never seen in train: out of vocabulary
+    assert (test[in_vocab].item_idx == vocab.loc[test[in_vocab].item_id].to_numpy()).all()
+    manifest = json.loads(open(f"{cfg.samples.path}/manifest.json").read())
+    assert manifest["codebook_version"] == "v0001" and manifest["spaces"] == ["text", "audio", "joint"]
+
+
+def test_samples_are_petastorm_readable(built):
+    from petastorm import make_batch_reader
+
+    _, info = built
+    rows = 0
+    with make_batch_reader(f"file://{info['splits']['valid']['path']}", num_epochs=1, workers_count=1) as reader:
+        for batch in reader:
+            rows += len(batch.label)
+            assert batch.hist_joint_codes.shape[1] == 15
+    assert rows == info["splits"]["valid"]["rows"]
+
+
+def test_mixed_codebook_versions_are_refused(spark, built):
+    cfg, _ = built
+    engine = open_engine(spark, "delta-rs")
+    path = cfg.table_path("semantic_ids")
+    from pyspark.sql import functions as F
+
+    one = engine.read(path).limit(1).withColumn("codebook_version", F.lit("v0099"))
+    engine.merge(one, path, ["item_id"])
+    try:
+        with pytest.raises(StorageError, match="one codebook version.*v0099"):
+            build_samples(spark, cfg)
+    finally:
+        engine.write(engine.read(path, engine.version(path) - 1), path, "overwrite")
