@@ -1,6 +1,6 @@
 """The main job end to end on the embedded default (Spark local mode, Delta on local disk,
 CPU): generate a synthetic catalogue into Delta, validate it, fit codebooks, assign semantic
-IDs, and print the codebook diagnostics of PSRQ beside RQ.
+IDs, print the codebook diagnostics of PSRQ beside RQ, and build training samples.
 
     python jobs/demo.py                      # what `make demo` runs
 """
@@ -12,6 +12,7 @@ from psrq.quant.diagnostics import format_side_by_side
 from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
+from psrq.stages.samples import build_samples
 from psrq.stages.summary import format_generation
 from psrq.stages.validate import validate_inputs
 
@@ -44,9 +45,12 @@ def stage(spark, cfg):
         print("\n" + format_side_by_side(diags, space), flush=True)
     print(f"\ncode distribution plots: {cfg.codebooks_root()}/<version>/code_distributions.png "
           f"({', '.join(f['version'] for f in fitted.values())})")
+    samples = step("build samples", lambda: build_samples(spark, cfg))
+    print("training samples: " + ", ".join(f"{s} {o['rows']:,}" for s, o in samples["splits"].items())
+          + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples.path}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned,
-            "codebooks": {m: f["version"] for m, f in fitted.items()}, "timings": timings}
+            "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "timings": timings}
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_a_bad_override_fails_before_spark_starts_and_names_the_key():
 
 @pytest.mark.slow
 def test_demo_job_end_to_end(tmp_path):
-    overrides = [f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks",
+    overrides = [f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks", f"samples.path={tmp_path}/samples",
                  "synthetic.n_items=300", "synthetic.n_users=100", "codebooks.k=16",
                  "dataset.modalities.text.dim=32", "dataset.modalities.audio.dim=32", "spark.master=local[2]"]
     out = run(["jobs/demo.py", *overrides], timeout=300)
@@ -63,6 +63,7 @@ def test_demo_job_end_to_end(tmp_path):
     assert "items                0         300" in out.stdout
     assert "space: joint" in out.stdout and "psrq        3" in out.stdout and "rq          3" in out.stdout
     assert (tmp_path / "codebooks" / "v0001" / "code_distributions.png").stat().st_size > 1000
+    assert "training samples: train" in out.stdout and (tmp_path / "samples" / "manifest.json").exists()
 
 
 def load_job(name):
