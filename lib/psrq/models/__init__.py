@@ -1,0 +1,1 @@
+"""Rankers: MCCA, DIN and their variants (torch)."""

@@ -1,0 +1,55 @@
+"""Building blocks of the rankers (torch)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SemanticEmbedding(nn.Module):
+    """One randomly initialised table per codebook layer; an item's embedding in a space is
+    the sum of its layers' embeddings (MCCA's hierarchical embedding layer). Codes arrive
+    shifted by one, 0 being padding, whose embedding is zero."""
+
+    def __init__(self, k: int, layers: int, dim: int):
+        super().__init__()
+        self.layers = layers
+        self.tables = nn.ModuleList(nn.Embedding(k + 1, dim, padding_idx=0) for _ in range(layers))
+        for t in self.tables:
+            nn.init.normal_(t.weight, std=0.05)
+            with torch.no_grad():
+                t.weight[0].zero_()
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (..., layers) -> (..., dim)."""
+        return sum(t(codes[..., i]) for i, t in enumerate(self.tables))
+
+
+class DinAttention(nn.Module):
+    """DIN's local activation unit: weight_j = MLP([q, k_j, q - k_j, q * k_j]); interest =
+    sum_j weight_j * k_j over the valid positions (no softmax, as in DIN). PReLU stands in
+    for DIN's Dice (a choice the MCCA paper leaves open)."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (80, 40)):
+        super().__init__()
+        layers, width = [], 4 * dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.PReLU()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """query (B, d), keys (B, N, d), mask (B, N) bool -> (B, d)."""
+        q = query.unsqueeze(1).expand_as(keys)
+        w = self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
+        w = w * mask.to(w.dtype)
+        return torch.einsum("bn,bnd->bd", w, keys)
+
+
+def mlp_head(width: int, hidden: tuple[int, ...] = (200, 80)) -> nn.Sequential:
+    layers = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.PReLU()]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
