@@ -29,6 +29,11 @@ def _require_columns(df: DataFrame, table: str, columns: list[str], what: str = 
         )
 
 
+def require_item_columns(df: DataFrame, embedding_columns, table: str = "items") -> None:
+    """item_id and every configured modality column must be there."""
+    _require_columns(df, table, [ITEM_ID, *embedding_columns], " (a configured modality column)")
+
+
 def _require_rows(df: DataFrame, table: str) -> None:
     if df.isEmpty():
         raise InputValidationError(table, [Problem("*", "the table is empty")])
@@ -67,7 +72,7 @@ def _embedding_reports(df: DataFrame, modalities: Mapping[str, int]) -> dict[str
 
 def validate_items(df: DataFrame, modalities: Mapping[str, int], table: str = "items") -> None:
     """modalities: embedding column -> dimension. Raises InputValidationError."""
-    _require_columns(df, table, [ITEM_ID, *modalities], " (a configured modality column)" if modalities else "")
+    require_item_columns(df, list(modalities), table)
     problems: list[Problem] = []
     for c in modalities:
         dt = df.schema[c].dataType

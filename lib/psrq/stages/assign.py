@@ -16,7 +16,7 @@ from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine, open_engine
-from psrq.validation import _require_columns
+from psrq.validation import require_item_columns
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def check_compatible(cbs: CodebookSet, cfg: Config, items: DataFrame) -> None:
             f"codebook {cbs.version} was fitted for modalities {cbs.modalities}, "
             f"but the dataset configures {want}: fit a new codebook version for this table"
         )
-    _require_columns(items, "items", [ITEM_ID, *[m["column"] for m in want.values()]], " (a configured modality column)")
+    require_item_columns(items, [m["column"] for m in want.values()])
 
 
 def with_dedup(new: DataFrame, existing: Optional[DataFrame]) -> DataFrame:

@@ -20,7 +20,7 @@ from psrq.quant.methods import QuantSpec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
 from psrq.schemas import ITEM_ID
 from psrq.storage import open_engine
-from psrq.validation import _require_columns
+from psrq.validation import require_item_columns
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
     items_version = engine.version(items_path)
     items = engine.read(items_path)
     modalities = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
-    _require_columns(items, "items", [ITEM_ID, *[m["column"] for m in modalities.values()]], " (a configured modality column)")
+    require_item_columns(items, [m["column"] for m in modalities.values()])
     n_items = items.count()
     t0 = time.time()
     ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items")

@@ -57,16 +57,17 @@ def write_task_file(
     """Write the task's batches to Parquet file(s); yield one metadata row per file."""
     fs, root = resolve(table_uri)
     fs.create_dir(f"{root}/{subdir}", recursive=True)
-    writer = rel = None
+    writer = sink = rel = None
     rows_in_file = 0
     stats_acc: dict = {}
 
     def close():
-        nonlocal writer
+        nonlocal writer, sink
         if writer is None:
             return None
         writer.close()
-        writer = None
+        sink.close()  # the writer does not close a stream it was given: flush it here
+        writer = sink = None
         info = fs.get_file_info(f"{root}/{rel}")
         return pa.RecordBatch.from_pydict(
             {
@@ -83,7 +84,8 @@ def write_task_file(
         while start < batch.num_rows:  # split batches so no file exceeds max_rows_per_file
             if writer is None:
                 rel = f"{subdir}/part-{partition_id:05d}-{uuid.uuid4().hex}.parquet"
-                writer = pq.ParquetWriter(fs.open_output_stream(f"{root}/{rel}"), schema, compression="zstd")
+                sink = fs.open_output_stream(f"{root}/{rel}")
+                writer = pq.ParquetWriter(sink, schema, compression="zstd")
                 rows_in_file, stats_acc = 0, {}
             take = min(batch.num_rows - start, max_rows_per_file - rows_in_file)
             table = _conform(pa.Table.from_batches([batch.slice(start, take)]), schema)
