@@ -136,6 +136,24 @@ class SamplesConf(_Strict):
         return self
 
 
+class TrainConf(_Strict):
+    model: Literal["mcca", "din", "din_codes", "mcca_wo_msc", "mcca_wo_mjc"] = "mcca"
+    # horovod and torch-distributor are not implemented yet (see README, "Status")
+    backend: Literal["single"] = "single"
+    reader: Literal["petastorm", "arrow"] = "petastorm"
+    num_proc: int = Field(2, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    dim: int = Field(64, ge=1)
+    seed: int = 0
+    max_steps: Optional[int] = Field(None, ge=1)
+    checkpoint_dir: str = "./data/checkpoints"
+    checkpoint_every: int = Field(200, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the codebook version the model is meant for; null: whatever the samples were built with
+    codebook_version: Optional[str] = None
+
+
 class ReindexConf(_Strict):
     # refit when more than this share of the new items reconstruct worse than the fit's
     # 95th-percentile error (about 0.05 when they look like the fit sample) ...
@@ -195,6 +213,7 @@ class Config(_Strict):
     codebooks: CodebooksConf = CodebooksConf()
     reindex: ReindexConf = ReindexConf()
     samples: SamplesConf = SamplesConf()
+    train: TrainConf = TrainConf()
 
     def codebooks_root(self) -> str:
         root = self.storage.codebooks

@@ -1,0 +1,22 @@
+"""Train a ranker (train.model: mcca, din, din_codes, mcca_wo_msc, mcca_wo_mjc) on the
+samples and print validation AUC, Cold AUC and Logloss. Single process for now.
+
+    python jobs/train_ranker.py train.model=mcca train.reader=arrow
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.training.stage import train_stage
+
+
+def stage(spark, cfg):
+    res = train_stage(cfg)
+    v = res["valid"]
+    print(f"{res['model']}: {res['steps']} steps, {res['samples_per_second']:,.0f} samples/s, train loss {res['train_loss']:.4f}; "
+          f"valid AUC {v['auc']:.4f}, cold AUC {v['cold_auc'] if v['cold_auc'] is None else round(v['cold_auc'], 4)}, "
+          f"logloss {v['logloss']:.4f}", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,1 @@
+"""Training the rankers: readers over the samples, the training loop, distributed backends."""

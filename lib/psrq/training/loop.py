@@ -1,0 +1,144 @@
+"""The training loop of one process (the distributed backends wrap it).
+
+Checkpoints hold tensors and plain numbers only, are written atomically (temp file, then
+rename) and loaded with `weights_only=True`. Reading order is deterministic, so a run
+killed and resumed from a checkpoint continues with the same batches and ends with the same
+weights as an uninterrupted run. A non-finite loss stops training, names the step, and
+leaves the last good checkpoint in place."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from psrq.errors import PsrqError
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(PsrqError):
+    """Training cannot go on (a NaN loss, a checkpoint that does not fit the model)."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples: int
+    seconds: float
+    last_loss: float
+    losses: list = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+def to_tensors(batch: dict, device: torch.device) -> dict:
+    # np.array copies: Arrow-backed arrays are read-only, torch wants writable memory
+    return {k: torch.from_numpy(np.array(v)).to(device) for k, v in batch.items() if v.dtype != object}
+
+
+def save_checkpoint(directory: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> str:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = os.path.join(directory, CHECKPOINT)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "meta": meta}, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+    return path
+
+
+def load_checkpoint(directory: str) -> Optional[dict]:
+    path = os.path.join(directory, CHECKPOINT)
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> int:
+    for key in ("model_name", "vocab_size", "k", "layers", "history_len", "codebook_version"):
+        if key in meta and ckpt["meta"].get(key) != meta[key]:
+            raise TrainingError(f"checkpoint was written for {key}={ckpt['meta'].get(key)!r}, "
+                                f"this run has {key}={meta[key]!r}: use another checkpoint folder")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optim"])
+    return int(ckpt["step"])
+
+
+def train_loop(
+    model: torch.nn.Module,
+    batches: Callable[[], Iterable[dict]],
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    checkpoint_dir: Optional[str] = None,
+    checkpoint_every: int = 0,
+    meta: Optional[dict] = None,
+    max_steps: Optional[int] = None,
+    on_step: Optional[Callable[[int, float], None]] = None,
+    after_backward: Optional[Callable[[], None]] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """One epoch over `batches()` (resuming from the checkpoint in checkpoint_dir, if any)."""
+    meta = meta or {}
+    start = 0
+    if checkpoint_dir and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
+        start = restore(ckpt, model, opt, meta)
+        log.info("resuming from step %d (%s)", start, checkpoint_dir)
+    model.train()
+    step, samples, losses = 0, 0, []
+    t0 = time.perf_counter()
+    bar = tqdm(desc="train", unit="batch", disable=not progress, mininterval=2.0)
+    last_good = start
+    for batch in batches():
+        if max_steps is not None and step >= max_steps:
+            break
+        if step < start:  # already trained before the resume: same order, so skip
+            step += 1
+            continue
+        data = to_tensors(batch, device)
+        logits = model(data)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, data["label"].float())
+        if not torch.isfinite(loss):
+            where = f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
+            raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
+        opt.zero_grad()
+        loss.backward()
+        if after_backward:
+            after_backward()
+        opt.step()
+        step += 1
+        n = len(batch["label"])
+        samples += n
+        losses.append(float(loss.item()))
+        if on_step:
+            on_step(step, losses[-1])
+        elapsed = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
+        if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir, model, opt, step, meta)
+            last_good = step
+    bar.close()
+    if checkpoint_dir and step > last_good:
+        save_checkpoint(checkpoint_dir, model, opt, step, meta)
+    return TrainResult(step, samples, time.perf_counter() - t0, losses[-1] if losses else float("nan"), losses)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches: Iterable[dict], device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, labels, is_cold) over all batches."""
+    model.eval()
+    scores, labels, cold = [], [], []
+    for batch in batches:
+        data = to_tensors(batch, device)
+        scores.append(torch.sigmoid(model(data)).cpu().numpy())
+        labels.append(batch["label"])
+        cold.append(batch.get("is_cold", np.zeros(len(batch["label"]), dtype=np.int32)))
+    return np.concatenate(scores), np.concatenate(labels), np.concatenate(cold)

@@ -1,0 +1,136 @@
+"""Readers of the samples Parquet, sharded by row group: each rank reads its own row groups
+(round-robin), so every row is read exactly once per epoch across ranks. Two readers with
+one interface (iterables of dict[str, np.ndarray] batches of `batch_size` rows, the last
+one smaller): `arrow` (pyarrow, reads row groups directly) and `petastorm`
+(make_batch_reader with the same sharding)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from psrq.errors import PsrqError
+
+
+class ShardError(PsrqError):
+    """A rank would get no data, or the data cannot be sharded as asked."""
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    file: str
+    index: int
+    rows: int
+
+
+def row_groups(path: str) -> list[RowGroup]:
+    files = sorted(str(p) for p in Path(path).glob("*.parquet"))
+    if not files:
+        raise ShardError(f"no Parquet files under {path}")
+    out = []
+    for f in files:
+        md = pq.ParquetFile(f).metadata
+        out += [RowGroup(f, i, md.row_group(i).num_rows) for i in range(md.num_row_groups) if md.row_group(i).num_rows]
+    return out
+
+
+def shard(groups: list[RowGroup], rank: int, world: int) -> list[RowGroup]:
+    """Round-robin by row group; an empty shard is an error (a rank with no data would hang
+    a collective or silently drop out)."""
+    if len(groups) < world:
+        raise ShardError(
+            f"{len(groups)} row group(s) for {world} processes: rank {len(groups)} and above would read nothing; "
+            "build samples with smaller row groups (samples.row_group_mb) or train with fewer processes"
+        )
+    return groups[rank::world]
+
+
+def _to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        n = len(arr)
+        flat = np.asarray(arr.flatten())
+        return flat.reshape(n, -1) if n else flat.reshape(0, 0)
+    if pa.types.is_timestamp(arr.type):
+        return np.asarray(arr.cast(pa.int64()))
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def rebatch(tables, batch_size: int):
+    """Arrow tables of any size -> dicts of numpy arrays of exactly batch_size rows (the
+    last batch of the shard smaller)."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for t in tables:
+        pending.append(t)
+        rows += t.num_rows
+        while rows >= batch_size:
+            whole = pa.concat_tables(pending)
+            yield {c: _to_numpy(whole.column(c).slice(0, batch_size)) for c in whole.column_names}
+            rest = whole.slice(batch_size)
+            pending, rows = ([rest] if rest.num_rows else []), rest.num_rows
+    if rows:
+        whole = pa.concat_tables(pending)
+        yield {c: _to_numpy(whole.column(c)) for c in whole.column_names}
+
+
+class ArrowReader:
+    def __init__(self, path: str, columns: list[str], batch_size: int, rank: int = 0, world: int = 1):
+        self.groups = shard(row_groups(path), rank, world)
+        self.columns, self.batch_size = list(columns), batch_size
+
+    @property
+    def rows(self) -> int:
+        return sum(g.rows for g in self.groups)
+
+    def __iter__(self):
+        def tables():
+            for g in self.groups:
+                yield pq.ParquetFile(g.file).read_row_group(g.index, columns=self.columns)
+
+        return rebatch(tables(), self.batch_size)
+
+
+class PetastormReader:
+    def __init__(self, path: str, columns: list[str], batch_size: int, rank: int = 0, world: int = 1, workers: int = 1):
+        self.groups = shard(row_groups(path), rank, world)  # the same check; petastorm shards the same way
+        self.path, self.columns, self.batch_size = str(Path(path).resolve()), list(columns), batch_size
+        self.rank, self.world, self.workers = rank, world, workers
+
+    @property
+    def rows(self) -> int:
+        return sum(g.rows for g in self.groups)
+
+    def __iter__(self):
+        from petastorm import make_batch_reader
+
+        def tables():
+            with make_batch_reader(f"file://{self.path}", schema_fields=self.columns, cur_shard=self.rank,
+                                   shard_count=self.world, num_epochs=1, shuffle_row_groups=False,
+                                   workers_count=self.workers) as reader:
+                for b in reader:
+                    d = b._asdict()
+                    yield pa.table({c: _column(d[c]) for c in self.columns})
+
+        return rebatch(tables(), self.batch_size)
+
+
+def _column(values: np.ndarray) -> pa.Array:
+    if values.ndim == 2:
+        n, w = values.shape
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * w, w, dtype=np.int32)), pa.array(values.reshape(-1)))
+    if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
+        return _column(np.stack(values))
+    return pa.array(values)
+
+
+READERS = {"arrow": ArrowReader, "petastorm": PetastormReader}
+
+
+def make_reader(kind: str, path: str, columns: list[str], batch_size: int, rank: int = 0, world: int = 1):
+    if kind not in READERS:
+        raise ShardError(f"unknown reader {kind!r} (arrow, petastorm)")
+    return READERS[kind](path, columns, batch_size, rank, world)

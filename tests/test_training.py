@@ -1,0 +1,138 @@
+"""Readers, the training loop (checkpoint/resume, NaN stop), and a model that learns."""
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from psrq.models.ranker import build_model
+from psrq.stages.assign import assign
+from psrq.stages.codebooks import fit_stage
+from psrq.stages.generate import generate
+from psrq.stages.samples import build_samples
+from psrq.training.loop import TrainingError, load_checkpoint, train_loop
+from psrq.training.readers import ShardError, make_reader
+from psrq.training.stage import train_stage
+
+from conftest import small_config
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory):
+    """7 row groups of uneven sizes, with a list column."""
+    d = tmp_path_factory.mktemp("rg")
+    start = 0
+    for f, sizes in enumerate([[100, 37], [64, 64, 10], [5, 250]]):
+        with pq.ParquetWriter(d / f"part-{f}.parquet", pa.schema([("id", pa.int64()), ("label", pa.int32()),
+                                                                  ("hist", pa.list_(pa.int32()))])) as w:
+            for n in sizes:
+                ids = np.arange(start, start + n)
+                w.write_table(pa.table({"id": ids, "label": (ids % 2).astype(np.int32),
+                                        "hist": pa.array([[int(i), 1, 2] for i in ids], type=pa.list_(pa.int32()))}))
+                start += n
+    return str(d), start
+
+
+@pytest.mark.parametrize("kind", ["arrow", "petastorm"])
+def test_readers_deliver_every_row_once_across_two_shards(parquet_dir, kind):
+    path, total = parquet_dir
+    seen = []
+    for rank in (0, 1):
+        sizes = []
+        for b in make_reader(kind, path, ["id", "label", "hist"], 64, rank, 2):
+            seen += b["id"].tolist()
+            sizes.append(len(b["id"]))
+            assert b["hist"].shape == (len(b["id"]), 3) and (b["hist"][:, 0] == b["id"]).all()
+        assert all(s == 64 for s in sizes[:-1]) and 0 < sizes[-1] <= 64  # full batches, one smaller last
+    assert sorted(seen) == list(range(total))
+
+
+def test_too_many_shards_is_an_error_not_a_hang(parquet_dir):
+    path, _ = parquet_dir
+    with pytest.raises(ShardError, match="7 row group\\(s\\) for 8 processes"):
+        make_reader("arrow", path, ["id"], 10, 0, 8)
+    with pytest.raises(ShardError, match="no Parquet files"):
+        make_reader("arrow", path + "/nothing", ["id"], 10)
+
+
+@pytest.fixture(scope="module")
+def samples_cfg(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = small_config(tmp, "synthetic.n_items=1500", "synthetic.n_users=1200", "synthetic.mean_events_per_user=40",
+                       "codebooks.k=32", "codebooks.sample_size=1500", f"samples.path={tmp}/samples",
+                       f"train.checkpoint_dir={tmp}/ckpt", "train.reader=arrow", "train.lr=0.002")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    assign(spark, cfg)
+    build_samples(spark, cfg)
+    return cfg
+
+
+def _train(cfg, ckpt, steps, every, model_name="mcca"):
+    from psrq.training.stage import samples_manifest
+
+    man = samples_manifest(cfg.samples.path)
+    torch.manual_seed(0)
+    model = build_model(model_name, man["vocab_size"], man["k"], man["layers"], man["history_len"], 16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cols = model.inputs + ["label"]
+    reader = lambda: make_reader("arrow", man["splits"]["train"]["path"], cols, 256)  # noqa: E731
+    meta = {"model_name": model_name, "vocab_size": man["vocab_size"]}
+    res = train_loop(model, reader, opt, torch.device("cpu"), ckpt, every, meta, steps, progress=False)
+    return model, res
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(samples_cfg, tmp_path):
+    whole, _ = _train(samples_cfg, str(tmp_path / "a"), 30, 10)
+    # the "killed" run stops after 20 steps (its last checkpoint), then resumes to 30
+    _train(samples_cfg, str(tmp_path / "b"), 20, 10)
+    assert load_checkpoint(str(tmp_path / "b"))["step"] == 20
+    resumed, res = _train(samples_cfg, str(tmp_path / "b"), 30, 10)
+    assert res.steps == 30 and len(res.losses) == 10
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(samples_cfg, tmp_path, monkeypatch):
+    ckpt = str(tmp_path / "n")
+    _train(samples_cfg, ckpt, 10, 5)
+    good = load_checkpoint(ckpt)
+    real = torch.nn.functional.binary_cross_entropy_with_logits
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k) * (float("nan") if calls["n"] == 4 else 1.0)
+
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 14.*last good checkpoint: step 10"):
+        _train(samples_cfg, ckpt, 30, 5)
+    after = load_checkpoint(ckpt)
+    assert after["step"] == 10
+    assert all(torch.equal(good["model"][k], after["model"][k]) for k in good["model"])
+
+
+def test_checkpoint_of_another_model_is_refused(samples_cfg, tmp_path):
+    ckpt = str(tmp_path / "m")
+    _train(samples_cfg, ckpt, 3, 3, "din")
+    with pytest.raises(TrainingError, match="checkpoint was written for model_name='din'"):
+        _train(samples_cfg, ckpt, 5, 3, "mcca")
+
+
+def test_samples_of_another_codebook_version_are_refused(samples_cfg):
+    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(update={"codebook_version": "v0042"})})
+    with pytest.raises(TrainingError, match="built with codebook v0001, the model expects v0042"):
+        train_stage(cfg, progress=False)
+
+
+def test_mcca_learns_and_codes_help_cold_items(samples_cfg, tmp_path):
+    """On planted modality-specific tastes: MCCA beats ID-only DIN and chance."""
+    res = {}
+    for name in ("din", "mcca"):
+        cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
+            update={"model": name, "checkpoint_dir": str(tmp_path / name)})})
+        res[name] = train_stage(cfg, progress=False)["valid"]
+    assert res["mcca"]["auc"] > 0.65 and res["mcca"]["auc"] > res["din"]["auc"] + 0.03
+    assert res["mcca"]["cold_auc"] > res["din"]["cold_auc"] + 0.03
