@@ -1,6 +1,7 @@
 """The main job end to end on the embedded default (Spark local mode, Delta on local disk,
 CPU): generate a synthetic catalogue into Delta, validate it, fit codebooks, assign semantic
-IDs, print the codebook diagnostics of PSRQ beside RQ, and build training samples.
+IDs, print the codebook diagnostics of PSRQ beside RQ, build training samples, train MCCA
+(train.backend, default horovod with 2 processes) and print its train loss and validation AUC.
 
     python jobs/demo.py                      # what `make demo` runs
 """
@@ -13,6 +14,7 @@ from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
 from psrq.stages.samples import build_samples
+from psrq.training.stage import train_stage
 from psrq.stages.summary import format_generation
 from psrq.stages.validate import validate_inputs
 
@@ -48,9 +50,15 @@ def stage(spark, cfg):
     samples = step("build samples", lambda: build_samples(spark, cfg))
     print("training samples: " + ", ".join(f"{s} {o['rows']:,}" for s, o in samples["splits"].items())
           + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples.path}")
+    trained = step(f"train {cfg.train.model}", lambda: train_stage(cfg, spark, progress=False))
+    v = trained["valid"]
+    cold = "n/a" if v["cold_auc"] is None else f"{v['cold_auc']:.4f}"
+    print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, "
+          f"{trained['samples_per_second']:,.0f} samples/s): train loss {trained['train_loss']:.4f}, "
+          f"validation AUC {v['auc']:.4f}, cold AUC {cold}, logloss {v['logloss']:.4f}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned,
-            "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "timings": timings}
+            "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained, "timings": timings}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Train a ranker (train.model: mcca, din, din_codes, mcca_wo_msc, mcca_wo_mjc) on the
-samples and print validation AUC, Cold AUC and Logloss. Single process for now.
+samples with train.backend (single, horovod through Spark, torch-distributor) and
+train.reader (petastorm, arrow), and print validation AUC, Cold AUC and Logloss.
 
-    python jobs/train_ranker.py train.model=mcca train.reader=arrow
+    spark-submit jobs/train_ranker.py --profile cluster train.backend=horovod train.num_proc=8
 """
 import sys
 
@@ -10,9 +11,9 @@ from psrq.training.stage import train_stage
 
 
 def stage(spark, cfg):
-    res = train_stage(cfg)
+    res = train_stage(cfg, spark)
     v = res["valid"]
-    print(f"{res['model']}: {res['steps']} steps, {res['samples_per_second']:,.0f} samples/s, train loss {res['train_loss']:.4f}; "
+    print(f"{res['model']} ({res['backend']}, {res['processes']} process(es)): {res['steps']} steps, {res['samples_per_second']:,.0f} samples/s, train loss {res['train_loss']:.4f}; "
           f"valid AUC {v['auc']:.4f}, cold AUC {v['cold_auc'] if v['cold_auc'] is None else round(v['cold_auc'], 4)}, "
           f"logloss {v['logloss']:.4f}", flush=True)
     return res

@@ -12,7 +12,7 @@ from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
 from psrq.stages.samples import build_samples
-from psrq.training.loop import TrainingError, load_checkpoint, train_loop
+from psrq.training.loop import TrainingError, load_checkpoint, resume, train_loop
 from psrq.training.readers import ShardError, make_reader
 from psrq.training.stage import train_stage
 
@@ -62,7 +62,8 @@ def samples_cfg(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     cfg = small_config(tmp, "synthetic.n_items=1500", "synthetic.n_users=1200", "synthetic.mean_events_per_user=40",
                        "codebooks.k=32", "codebooks.sample_size=1500", f"samples.path={tmp}/samples",
-                       f"train.checkpoint_dir={tmp}/ckpt", "train.reader=arrow", "train.lr=0.002")
+                       f"train.checkpoint_dir={tmp}/ckpt", "train.reader=arrow", "train.lr=0.002",
+                       "train.backend=single")
     generate(spark, cfg)
     fit_stage(spark, cfg)
     assign(spark, cfg)
@@ -80,7 +81,8 @@ def _train(cfg, ckpt, steps, every, model_name="mcca"):
     cols = model.inputs + ["label"]
     reader = lambda: make_reader("arrow", man["splits"]["train"]["path"], cols, 256)  # noqa: E731
     meta = {"model_name": model_name, "vocab_size": man["vocab_size"]}
-    res = train_loop(model, reader, opt, torch.device("cpu"), ckpt, every, meta, steps, progress=False)
+    start = resume(ckpt, model, opt, meta)
+    res = train_loop(model, reader, opt, torch.device("cpu"), ckpt, every, meta, steps, start, progress=False)
     return model, res
 
 
@@ -90,7 +92,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(samples_cfg, tmp_path
     _train(samples_cfg, str(tmp_path / "b"), 20, 10)
     assert load_checkpoint(str(tmp_path / "b"))["step"] == 20
     resumed, res = _train(samples_cfg, str(tmp_path / "b"), 30, 10)
-    assert res.steps == 30 and len(res.losses) == 10
+    assert res.steps == 10 and len(res.losses) == 10  # the 10 steps after the resume
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -136,3 +138,29 @@ def test_mcca_learns_and_codes_help_cold_items(samples_cfg, tmp_path):
         res[name] = train_stage(cfg, progress=False)["valid"]
     assert res["mcca"]["auc"] > 0.65 and res["mcca"]["auc"] > res["din"]["auc"] + 0.03
     assert res["mcca"]["cold_auc"] > res["din"]["cold_auc"] + 0.03
+
+
+@pytest.mark.parametrize("backend", ["horovod", "torch-distributor"])
+def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend):
+    from psrq.training.stage import samples_manifest
+
+    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
+        update={"backend": backend, "num_proc": 2, "checkpoint_dir": str(tmp_path), "batch_size": 256})})
+    res = train_stage(cfg, spark, progress=False)
+    ranks = res["ranks"]
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    # every train row read exactly once across the two shards (uneven shards included)
+    assert sum(r["rows"] for r in ranks) == sum(r["samples"] for r in ranks)
+    assert sum(r["rows"] for r in ranks) == samples_manifest(cfg.samples.path)["splits"]["train"]["rows"]
+    assert res["valid"]["auc"] > 0.6
+    assert load_checkpoint(res["checkpoint"])["step"] == max(r["steps"] for r in ranks)
+
+
+def test_a_rerun_on_the_same_samples_finds_the_training_done(samples_cfg, tmp_path):
+    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
+        update={"model": "din", "checkpoint_dir": str(tmp_path), "max_steps": 5})})
+    first = train_stage(cfg, progress=False)
+    again = train_stage(cfg, progress=False)
+    assert first["steps"] == 5 and again["steps"] == 0  # resumed at its end: nothing left to do
+    assert again["valid"] == first["valid"] and again["checkpoint"] == first["checkpoint"]

@@ -32,6 +32,9 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None) ->
     """stage(spark, cfg) -> dict (the job's summary)."""
     args = parse_args(description, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    # py4j's INFO lines report closed sockets as errors; faiss's list the CPU builds it tried
+    for noisy in ("py4j", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg: Config = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)
         from psrq.spark import build_spark  # after config: a bad key fails before the JVM starts

@@ -138,8 +138,7 @@ class SamplesConf(_Strict):
 
 class TrainConf(_Strict):
     model: Literal["mcca", "din", "din_codes", "mcca_wo_msc", "mcca_wo_mjc"] = "mcca"
-    # horovod and torch-distributor are not implemented yet (see README, "Status")
-    backend: Literal["single"] = "single"
+    backend: Literal["single", "horovod", "torch-distributor"] = "horovod"
     reader: Literal["petastorm", "arrow"] = "petastorm"
     num_proc: int = Field(2, ge=1)
     batch_size: int = Field(512, ge=1)

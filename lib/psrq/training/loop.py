@@ -62,14 +62,28 @@ def load_checkpoint(directory: str) -> Optional[dict]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> int:
-    for key in ("model_name", "vocab_size", "k", "layers", "history_len", "codebook_version"):
+def check_compatible(ckpt: dict, meta: dict) -> None:
+    """A checkpoint resumes only the run it was written for."""
+    for key in ("model_name", "vocab_size", "k", "layers", "history_len", "codebook_version", "samples"):
         if key in meta and ckpt["meta"].get(key) != meta[key]:
             raise TrainingError(f"checkpoint was written for {key}={ckpt['meta'].get(key)!r}, "
                                 f"this run has {key}={meta[key]!r}: use another checkpoint folder")
+
+
+def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> int:
+    check_compatible(ckpt, meta)
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optim"])
     return int(ckpt["step"])
+
+
+def resume(checkpoint_dir: Optional[str], model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> int:
+    """Restore model and optimizer from checkpoint_dir if it holds a checkpoint; the step."""
+    if checkpoint_dir and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
+        step = restore(ckpt, model, opt, meta)
+        log.info("resuming from step %d (%s)", step, checkpoint_dir)
+        return step
+    return 0
 
 
 def train_loop(
@@ -81,16 +95,16 @@ def train_loop(
     checkpoint_every: int = 0,
     meta: Optional[dict] = None,
     max_steps: Optional[int] = None,
-    on_step: Optional[Callable[[int, float], None]] = None,
-    after_backward: Optional[Callable[[], None]] = None,
+    start_step: int = 0,
+    state_model: Optional[torch.nn.Module] = None,
     progress: bool = True,
 ) -> TrainResult:
-    """One epoch over `batches()` (resuming from the checkpoint in checkpoint_dir, if any)."""
+    """One epoch over `batches()`, skipping the first `start_step` batches (a resumed run;
+    see `resume`). Checkpoints go to checkpoint_dir (None: this process writes none);
+    state_model is what they hold (the module inside a DDP wrapper)."""
     meta = meta or {}
-    start = 0
-    if checkpoint_dir and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
-        start = restore(ckpt, model, opt, meta)
-        log.info("resuming from step %d (%s)", start, checkpoint_dir)
+    start = start_step
+    state_model = state_model or model
     model.train()
     step, samples, losses = 0, 0, []
     t0 = time.perf_counter()
@@ -110,25 +124,20 @@ def train_loop(
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
         opt.zero_grad()
         loss.backward()
-        if after_backward:
-            after_backward()
         opt.step()
         step += 1
-        n = len(batch["label"])
-        samples += n
+        samples += len(batch["label"])
         losses.append(float(loss.item()))
-        if on_step:
-            on_step(step, losses[-1])
         elapsed = time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
         if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
-            save_checkpoint(checkpoint_dir, model, opt, step, meta)
+            save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
             last_good = step
     bar.close()
     if checkpoint_dir and step > last_good:
-        save_checkpoint(checkpoint_dir, model, opt, step, meta)
-    return TrainResult(step, samples, time.perf_counter() - t0, losses[-1] if losses else float("nan"), losses)
+        save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
+    return TrainResult(step - start, samples, time.perf_counter() - t0, losses[-1] if losses else float("nan"), losses)
 
 
 @torch.no_grad()

@@ -1,9 +1,9 @@
 """Stage: train a ranker on the samples (single process) and report validation metrics."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from psrq.config import Config
 from psrq.models.ranker import build_model
-from psrq.training.loop import TrainingError, predict, train_loop
+from psrq.training.loop import TrainingError, check_compatible, load_checkpoint, predict, resume, train_loop
 from psrq.training.readers import make_reader
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ def metrics(scores: np.ndarray, labels: np.ndarray, cold: np.ndarray) -> dict:
     return out
 
 
-def train_stage(cfg: Config, progress: bool = True) -> dict:
+def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
+    """Train cfg.train.model with cfg.train.backend; validation metrics from the result."""
     tc = cfg.train
     man = samples_manifest(cfg.samples.path)
     if tc.codebook_version and tc.codebook_version != man["codebook_version"]:
@@ -47,22 +48,56 @@ def train_stage(cfg: Config, progress: bool = True) -> dict:
                             f"the model expects {tc.codebook_version} (train.codebook_version): rebuild the samples")
     torch.manual_seed(tc.seed)
     model = build_model(tc.model, man["vocab_size"], man["k"], man["layers"], man["history_len"], tc.dim)
-    missing = [c for c in model.inputs if c.split("_codes")[0].split("_", 1)[-1] not in man["spaces"] and c.endswith("_codes")]
-    if missing:
-        raise TrainingError(f"model {tc.model} needs {missing}, the samples only have spaces {man['spaces']}")
+    needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}
+    if not needed <= set(man["spaces"]):
+        raise TrainingError(f"model {tc.model} needs code spaces {sorted(needed)}, the samples have {man['spaces']}")
     device = device_of(tc.device)
-    model.to(device)
     cols = model.inputs + ["label"]
     train_path = man["splits"]["train"]["path"]
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    # the checkpoint folder belongs to one model on one build of the samples: a new build
+    # trains afresh, a re-run of the same one resumes (or finds the training done)
+    key = hashlib.sha256(json.dumps({k: man[k] for k in ("codebook_version", "vocab_size", "splits", "source_versions",
+                                                        "split_from_us")}, sort_keys=True).encode()).hexdigest()[:10]
     meta = {"model_name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"], "layers": man["layers"],
-            "history_len": man["history_len"], "codebook_version": man["codebook_version"]}
-    ckpt_dir = os.path.join(tc.checkpoint_dir, tc.model)
-    result = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
-                        ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, progress=progress)
-    log.info("trained %s: %d steps, %.0f samples/s, last loss %.4f", tc.model, result.steps, result.samples_per_second, result.last_loss)
+            "history_len": man["history_len"], "codebook_version": man["codebook_version"], "samples": key}
+    ckpt_dir = str(Path(tc.checkpoint_dir, f"{tc.model}-{key}").resolve())
+    if (existing := load_checkpoint(ckpt_dir)) is not None:
+        check_compatible(existing, meta)  # before any worker starts
+    if tc.backend == "single":
+        model.to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        start = resume(ckpt_dir, model, opt, meta)
+        res = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
+                         ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress)
+        ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss}]
+    else:
+        job = {"seed": tc.seed, "lr": tc.lr, "reader": tc.reader, "path": train_path, "batch_size": tc.batch_size,
+               "checkpoint_dir": ckpt_dir, "checkpoint_every": tc.checkpoint_every, "max_steps": tc.max_steps,
+               "meta": meta, "model": {"name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"],
+                                      "layers": man["layers"], "history_len": man["history_len"], "dim": tc.dim}}
+        from psrq.training.distributed import run_horovod, run_torch_distributor
+
+        try:
+            if tc.backend == "horovod":
+                if spark is None:
+                    raise TrainingError("train.backend=horovod is launched through Spark: run it from a job")
+                ranks = run_horovod(spark, job, tc.num_proc)
+            else:
+                ranks = run_torch_distributor(job, tc.num_proc)
+        except Exception as exc:  # noqa: BLE001 - the workers' own tracebacks are on stderr above
+            if isinstance(exc, TrainingError):
+                raise
+            raise TrainingError(f"{tc.backend} training failed in a worker (its traceback is above): {exc}") from exc
+        if len({round(r["checksum"], 6) for r in ranks}) != 1:
+            raise TrainingError(f"parameters diverged across ranks: {[r['checksum'] for r in ranks]}")
+        model.load_state_dict(load_checkpoint(ckpt_dir)["model"])
+        model.to(device)
+    samples = sum(r["samples"] for r in ranks)
+    seconds = max(r["seconds"] for r in ranks)
+    log.info("trained %s (%s, %d process(es)): %.0f samples/s", tc.model, tc.backend, len(ranks), samples / max(seconds, 1e-9))
     valid = make_reader(tc.reader, man["splits"]["valid"]["path"], cols + ["is_cold"], 4096)
     scores, labels, cold = predict(model, valid, device)
-    return {"model": tc.model, "steps": result.steps, "samples_per_second": round(result.samples_per_second, 1),
-            "train_loss": result.last_loss, "valid": metrics(scores, labels, cold), "checkpoint": ckpt_dir,
-            "codebook_version": man["codebook_version"]}
+    return {"model": tc.model, "backend": tc.backend, "processes": len(ranks), "steps": max(r["steps"] for r in ranks),
+            "samples_per_second": round(samples / max(seconds, 1e-9), 1), "train_loss": ranks[0]["last_loss"],
+            "valid": metrics(scores, labels, cold), "checkpoint": ckpt_dir, "codebook_version": man["codebook_version"],
+            "ranks": ranks}
