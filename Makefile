@@ -25,7 +25,7 @@ test-fast: setup
 
 # Benchmarks write JSON under benchmarks/results/ (see benchmarks/README.md). About 30-40
 # minutes here at full size; BENCH=kmeans (or assign, assign_memory) runs one.
-BENCH ?= kmeans assign assign_memory
+BENCH ?= kmeans assign assign_memory training
 bench: setup
 	@for b in $(BENCH); do echo "== benchmark $$b"; PYTHONPATH=benchmarks $(PY) benchmarks/bench_$$b.py $(ARGS) || exit 1; done
 

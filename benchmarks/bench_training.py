@@ -1,0 +1,123 @@
+"""Training input and throughput on this machine:
+- reader rows/s, petastorm vs arrow, over >= 2M sample rows (one shard, batch 512,
+  the columns MCCA reads), in one run;
+- training samples/s in one process for MCCA and DIN (batch 512, history 20, dim 64);
+- 2-process horovod (through Spark) and TorchDistributor vs 1 process, MCCA.
+The sample rows are random but have the samples' exact schema and row-group size.
+
+    python benchmarks/bench_training.py [--rows 2000000] [--steps 150]
+"""
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from common import write_result
+from psrq.models.ranker import build_model
+from psrq.training.loop import train_loop
+from psrq.training.readers import make_reader, row_groups
+
+K, L, N, V, SPACES = 256, 3, 20, 200_000, ("text", "audio", "joint")
+
+
+def write_samples(root: Path, rows: int, files: int = 4, row_group_mb: int = 8) -> Path:
+    """Random rows with the samples' schema, in `files` files of ~row_group_mb row groups."""
+    train = root / "train"
+    if (root / "manifest.json").exists() and json.loads((root / "manifest.json").read_text())["rows"] == rows:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    train.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def lists(m, dtype):
+        n, w = m.shape
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * w, w, dtype=np.int32)), pa.array(m.reshape(-1).astype(dtype)))
+
+    per_file = rows // files
+    for f in range(files):
+        n = per_file if f < files - 1 else rows - per_file * (files - 1)
+        lens = rng.integers(0, N + 1, n)
+        mask = np.arange(N)[None, :] < lens[:, None]
+        cols = {"label": rng.integers(0, 2, n).astype(np.int32), "item_idx": rng.integers(1, V, n).astype(np.int32),
+                "is_cold": rng.integers(0, 2, n).astype(np.int32), "hist_len": lens.astype(np.int32),
+                "hist_item_idx": lists(rng.integers(2, V, (n, N)) * mask, np.int32)}
+        for s in SPACES:
+            cols[f"target_{s}_codes"] = lists(rng.integers(1, K + 1, (n, L)), np.int16)
+            cols[f"hist_{s}_codes"] = lists((rng.integers(1, K + 1, (n, N, L)) * mask[:, :, None]).reshape(n, N * L), np.int16)
+        table = pa.table(cols)
+        rg_rows = max(1, int(row_group_mb * 2**20 / (table.nbytes / n)))
+        pq.write_table(table, train / f"part-{f}.parquet", row_group_size=rg_rows)
+    (root / "manifest.json").write_text(json.dumps({"rows": rows}))
+    return root
+
+
+def reader_rate(kind: str, path: str, cols: list[str]) -> dict:
+    t = time.perf_counter()
+    rows = sum(len(b["label"]) for b in make_reader(kind, path, cols, 512))
+    s = time.perf_counter() - t
+    return {"rows": rows, "seconds": round(s, 2), "rows_per_second": round(rows / s)}
+
+
+def one_process(name: str, path: str, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(name, V, K, L, N, 64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], 512), opt,
+                     torch.device("cpu"), max_steps=steps, progress=False)
+    return {"steps": res.steps, "samples": res.samples, "seconds": round(res.seconds, 2),
+            "samples_per_second": round(res.samples_per_second), "torch_threads": torch.get_num_threads()}
+
+
+def two_process(backend: str, path: str, steps: int, spark) -> dict:
+    from psrq.training.distributed import run_horovod, run_torch_distributor
+
+    job = {"seed": 0, "lr": 1e-4, "reader": "arrow", "path": path, "batch_size": 512, "checkpoint_dir": None,
+           "checkpoint_every": 0, "max_steps": steps, "meta": {"model_name": "mcca"},
+           "model": {"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64}}
+    ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(job, 2)
+    samples, secs = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
+    return {"processes": 2, "steps_per_rank": steps, "samples": samples, "seconds": round(secs, 2),
+            "samples_per_second": round(samples / secs), "in_sync": len({r["checksum"] for r in ranks}) == 1}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--work", default="benchmarks/.work/training")
+    a = p.parse_args()
+    root = write_samples(Path(a.work), a.rows)
+    path = str(root / "train")
+    mcca_cols = build_model("mcca", V, K, L, N, 64).inputs + ["label"]
+    readers = {kind: reader_rate(kind, path, mcca_cols) for kind in ("arrow", "petastorm")}
+    print("readers", readers, flush=True)
+    single = {name: one_process(name, path, a.steps) for name in ("mcca", "din")}
+    print("one process", single, flush=True)
+    from psrq.config import SparkConf
+    from psrq.spark import build_spark
+
+    spark = build_spark(SparkConf(master="local[2]", app_name="bench-training"))
+    dist = {b: two_process(b, path, a.steps, spark) for b in ("horovod", "torch-distributor")}
+    spark.stop()
+    print("two processes", dist, flush=True)
+    base = single["mcca"]["samples_per_second"]
+    write_result("training", {
+        "sizes": {"rows": a.rows, "batch_size": 512, "history_len": N, "dim": 64, "k": K, "layers": L,
+                  "vocab_size": V, "steps": a.steps, "row_groups": len(row_groups(path))},
+        "reader_rows_per_second": readers,
+        "ratio_arrow_vs_petastorm": round(readers["arrow"]["rows_per_second"] / readers["petastorm"]["rows_per_second"], 2),
+        "one_process": single,
+        "two_processes_mcca": dist,
+        "scaling_vs_one_process_mcca": {b: round(d["samples_per_second"] / base, 2) for b, d in dist.items()},
+        "device": "cpu",
+    })
+
+
+if __name__ == "__main__":
+    main()
