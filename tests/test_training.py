@@ -164,3 +164,9 @@ def test_a_rerun_on_the_same_samples_finds_the_training_done(samples_cfg, tmp_pa
     again = train_stage(cfg, progress=False)
     assert first["steps"] == 5 and again["steps"] == 0  # resumed at its end: nothing left to do
     assert again["valid"] == first["valid"] and again["checkpoint"] == first["checkpoint"]
+
+
+def test_too_many_processes_is_refused_before_workers_start(spark, samples_cfg):
+    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(update={"backend": "horovod", "num_proc": 64})})
+    with pytest.raises(ShardError, match="for 64 processes"):
+        train_stage(cfg, spark, progress=False)

@@ -76,6 +76,9 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
                "meta": meta, "model": {"name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"],
                                       "layers": man["layers"], "history_len": man["history_len"], "dim": tc.dim}}
         from psrq.training.distributed import run_horovod, run_torch_distributor
+        from psrq.training.readers import row_groups, shard
+
+        shard(row_groups(train_path), 0, tc.num_proc)  # too few row groups: say so before any worker starts
 
         try:
             if tc.backend == "horovod":
