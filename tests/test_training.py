@@ -170,3 +170,11 @@ def test_too_many_processes_is_refused_before_workers_start(spark, samples_cfg):
     cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(update={"backend": "horovod", "num_proc": 64})})
     with pytest.raises(ShardError, match="for 64 processes"):
         train_stage(cfg, spark, progress=False)
+
+
+def test_a_checkpoint_of_another_width_is_refused(samples_cfg, tmp_path):
+    base = samples_cfg.train.model_copy(update={"model": "din", "checkpoint_dir": str(tmp_path), "max_steps": 2})
+    train_stage(samples_cfg.model_copy(update={"train": base}), progress=False)
+    wider = samples_cfg.model_copy(update={"train": base.model_copy(update={"dim": 32})})
+    with pytest.raises(TrainingError, match="checkpoint was written for dim=64, this run has dim=32"):
+        train_stage(wider, progress=False)

@@ -12,7 +12,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from psrq.config import Config
 from psrq.models.ranker import build_model
-from psrq.training.loop import TrainingError, check_compatible, load_checkpoint, predict, resume, train_loop
+from psrq.training.loop import TrainingError, check_compatible, load_checkpoint, predict, restore, train_loop
 from psrq.training.readers import make_reader
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,15 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     key = hashlib.sha256(json.dumps({k: man[k] for k in ("codebook_version", "vocab_size", "splits", "source_versions",
                                                         "split_from_us")}, sort_keys=True).encode()).hexdigest()[:10]
     meta = {"model_name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"], "layers": man["layers"],
-            "history_len": man["history_len"], "codebook_version": man["codebook_version"], "samples": key}
+            "history_len": man["history_len"], "codebook_version": man["codebook_version"], "samples": key,
+            "dim": tc.dim}
     ckpt_dir = str(Path(tc.checkpoint_dir, f"{tc.model}-{key}").resolve())
     if (existing := load_checkpoint(ckpt_dir)) is not None:
         check_compatible(existing, meta)  # before any worker starts
     if tc.backend == "single":
         model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-        start = resume(ckpt_dir, model, opt, meta)
+        start = restore(existing, model, opt, meta) if existing is not None else 0
         res = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
                          ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress)
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss}]
