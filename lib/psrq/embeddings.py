@@ -72,19 +72,25 @@ PROBLEM_TEXT = {
 }
 
 
+def classify(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix of an embedding column and each row's problem kind ('' when the row is fine),
+    the first that applies of: null, wrong_dim, non_finite, all_zero."""
+    arr = _as_array(column)
+    matrix, ok = embeddings_to_numpy(arr, dim)
+    valid = np.asarray(arr.is_valid(), dtype=bool)
+    kinds = np.select([~valid, ~ok, ~np.isfinite(matrix).all(axis=1), ~matrix.any(axis=1)],
+                      ["null", "wrong_dim", "non_finite", "all_zero"], "")
+    return matrix, kinds
+
+
 def checked_matrix(ids: np.ndarray, column, dim: int, report: EmbeddingReport | None = None) -> tuple[np.ndarray, EmbeddingReport]:
     """Matrix of one batch of an embedding column, and its problems accumulated in `report`."""
     report = report or EmbeddingReport()
-    arr = _as_array(column)
     ids = np.asarray(ids)
-    matrix, ok = embeddings_to_numpy(arr, dim)
-    valid = np.asarray(arr.is_valid(), dtype=bool)
+    matrix, kinds = classify(column, dim)
     report.n_rows += len(ids)
-    report.add("null", ids[~valid])
-    report.add("wrong_dim", ids[valid & ~ok])
-    finite = np.isfinite(matrix).all(axis=1)
-    report.add("non_finite", ids[ok & ~finite])
-    report.add("all_zero", ids[ok & finite & ~matrix.any(axis=1)])
+    for kind in PROBLEM_TEXT:
+        report.add(kind, ids[kinds == kind])
     return matrix, report
 
 

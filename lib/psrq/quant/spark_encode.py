@@ -10,19 +10,14 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from psrq.embeddings import embeddings_to_numpy
+from psrq.embeddings import PROBLEM_TEXT, classify
 from psrq.errors import InputValidationError, Problem
 from psrq.quant import methods
 from psrq.quant.artifact import spec_from_dict, spec_to_dict
 from psrq.quant.spaces import JOINT, CodebookSet
 from psrq.schemas import ITEM_ID, codes_column
 
-PROBLEMS = {
-    "null": "have a null embedding",
-    "wrong_dim": "have an embedding whose dimension differs from the codebook's ({dim})",
-    "non_finite": "have NaN or Inf values in the embedding",
-    "all_zero": "have an all-zero embedding",
-}
+PROBLEMS = {**PROBLEM_TEXT, "wrong_dim": "have an embedding whose dimension differs from the codebook's ({dim})"}
 
 
 def primary_space(cbs: CodebookSet) -> str:
@@ -64,12 +59,7 @@ def encode_batch(cbs: CodebookSet, batch: pa.RecordBatch) -> pa.RecordBatch:
     problem_col = np.array([None] * n, dtype=object)
     embs = {}
     for m, info in cbs.modalities.items():
-        col = batch.column(info["column"])
-        x, ok = embeddings_to_numpy(col, info["dim"])
-        valid = np.asarray(col.is_valid(), dtype=bool)
-        finite = np.isfinite(x).all(1)
-        kinds = np.where(~valid, "null", np.where(~ok, "wrong_dim", np.where(~finite, "non_finite",
-                         np.where(~x.any(1), "all_zero", ""))))
+        x, kinds = classify(batch.column(info["column"]), info["dim"])
         bad = (kinds != "") & (problem == None)  # noqa: E711 - elementwise on an object array
         problem[bad], problem_col[bad] = kinds[bad], info["column"]
         embs[m] = x

@@ -5,6 +5,8 @@ import logging
 import time
 from typing import Optional
 
+import numpy as np
+
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -13,7 +15,7 @@ from psrq.config import Config
 from psrq.errors import ArtifactError
 from psrq.quant.artifact import load_artifact
 from psrq.quant.spaces import CodebookSet
-from psrq.quant.spark_encode import encode_items, raise_on_problems
+from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine, open_engine
 from psrq.validation import require_item_columns
@@ -55,11 +57,14 @@ def semantic_rows(encoded: DataFrame, cbs: CodebookSet, existing: Optional[DataF
 def assign(
     spark: SparkSession, cfg: Config, items: Optional[DataFrame] = None, cbs: Optional[CodebookSet] = None,
     txn: Optional[AppTxn] = None, engine: Optional[DeltaEngine] = None, merge: Optional[bool] = None,
+    encoded: Optional[DataFrame] = None,
 ) -> dict:
     """Assign IDs. items=None: the whole catalogue, full overwrite of semantic_ids, keyed
     for idempotence by (codebook version, run.run_id); a subset: merged by item_id, keyed
     by `txn` when given (the caller knows what makes its subset's run unique); `merge`
-    overrides the mode. Bad embeddings stop the job before anything is written."""
+    overrides the mode. Bad embeddings stop the job before anything is written.
+    `encoded`: `items` already encoded with `cbs` and checked by the caller (kept cached
+    by it), so the embeddings are not read and encoded a second time."""
     engine = engine or open_engine(spark, cfg.storage.engine)
     if cbs is None:
         cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
@@ -71,10 +76,13 @@ def assign(
     if txn is None and full:
         txn = AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
     t0 = time.time()
-    encoded = encode_items(spark, items, cbs).persist(StorageLevel.MEMORY_AND_DISK)
+    owned = encoded is None
+    if owned:
+        encoded = encode_items(spark, items, cbs).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        n = encoded.count()  # the one pass over the embeddings
-        raise_on_problems(encoded, cbs)
+        n = encoded.count()  # the one pass over the embeddings (a cached frame when given)
+        if owned:
+            raise_on_problems(encoded, cbs)
         log.info("encoded %d items with codebook %s in %.1fs", n, cbs.version, time.time() - t0)
         if full:
             rows = semantic_rows(encoded, cbs, None)
@@ -89,7 +97,8 @@ def assign(
             rows = semantic_rows(encoded, cbs, existing)
             res = engine.merge(rows, out_path, [ITEM_ID], txn, description=f"assign_ids {cbs.version} (merge)")
     finally:
-        encoded.unpersist()
+        if owned:
+            encoded.unpersist()
     log.info("semantic_ids: version %d%s", res.version, " (skipped: already written by this run)" if res.skipped else "")
     return {"path": out_path, "version": res.version, "skipped": res.skipped, "items": n,
             "codebook_version": cbs.version, "seconds": round(time.time() - t0, 2)}
@@ -97,7 +106,5 @@ def assign(
 
 def lookup(engine: DeltaEngine, path: str, codes: list[int], k: int) -> DataFrame:
     """Items whose primary full code is `codes` (reverse lookup)."""
-    key = 0
-    for c in codes:
-        key = key * k + int(c)
+    key = int(pack_codes(np.asarray([codes], dtype=np.int64), k)[0])
     return engine.read(path).filter(F.col("code_key") == key)

@@ -102,7 +102,7 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
             new_cbs, _ = load_artifact(cfg.codebooks_root(), version)
             result = assign(spark, cfg, None, new_cbs, txn, engine)
         elif n_changed:
-            result = assign(spark, cfg, changed, cbs, txn, engine)
+            result = assign(spark, cfg, changed, cbs, txn, engine, encoded=encoded)
         else:
             result = {"version": engine.version(sid_path), "codebook_version": cbs.version, "skipped": False}
     finally:

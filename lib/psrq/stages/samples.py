@@ -30,10 +30,6 @@ SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 
 
-def _us(ts) -> int:
-    return int(ts.timestamp() * 1_000_000)
-
-
 def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float) -> tuple[int, int]:
     """Event-time quantiles (µs) where valid and test begin."""
     us = interactions.select((F.unix_micros(F.col("ts"))).alias("us"))
