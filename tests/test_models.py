@@ -1,10 +1,30 @@
 """Every model's forward/backward on a tiny batch; ablations really remove what they name."""
+import numpy as np
 import pytest
 import torch
 
-from psrq.models.ranker import ARCHITECTURES, build_model
+from psrq.content import ContentFeatures
+from psrq.models.ranker import MODELS, build_model
 
 B, N, L, K, V, D = 6, 5, 3, 16, 40, 8
+C, CD = 30, 4  # catalogue size, content width
+
+
+def content(seed=0):
+    rng = np.random.default_rng(seed)
+    mods = {m: rng.standard_normal((C + 1, CD)).astype(np.float32) for m in ("text", "audio")}
+    for v in mods.values():
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        v[0] = 0
+    codes = {"qarm_vq": rng.integers(1, 9, (C + 1, 1)).astype(np.int16), "qarm_rq": rng.integers(1, 9, (C + 1, 2)).astype(np.int16)}
+    for v in codes.values():
+        v[0] = 0
+    return ContentFeatures(np.arange(-1, C), mods, codes)
+
+
+def model(name, **options):
+    torch.manual_seed(0)
+    return build_model(name, V, K, L, N, D, content(), options)
 
 
 def batch(spaces=("text", "audio", "joint"), seed=0):
@@ -17,26 +37,35 @@ def batch(spaces=("text", "audio", "joint"), seed=0):
         b[f"target_{s}_codes"] = torch.randint(1, K + 1, (B, L), generator=g)
         codes = torch.randint(1, K + 1, (B, N, L), generator=g) * (torch.arange(N)[None, :, None] < lens[:, None, None])
         b[f"hist_{s}_codes"] = codes.view(B, N * L)
+    b["content_idx"] = torch.randint(1, C + 1, (B,), generator=g)
+    b["hist_content_idx"] = torch.randint(1, C + 1, (B, N), generator=g) * (torch.arange(N)[None] < lens[:, None])
     return b
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def loss_of(m, data):
+    from psrq.training.loop import batch_loss
+
+    return batch_loss(m, m, data)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_backward_on_a_tiny_batch(name):
-    torch.manual_seed(0)
-    model = build_model(name, V, K, L, N, D)
+    from psrq.training.loop import make_optimizer
+
+    m = model(name)
     data = batch()
-    logits = model(data)
+    logits = m(data)
     assert logits.shape == (B,) and torch.isfinite(logits).all()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, data["label"])
+    loss = loss_of(m, data)
     loss.backward()
-    used = [p for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
-    assert len(used) == len([p for p in model.parameters()])  # every parameter takes part
+    unused = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert unused == []  # every parameter takes part
     # a few steps of Adam lower the loss on the batch
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = make_optimizer(m, 1e-2)
     first = loss.item()
     for _ in range(30):
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(data), data["label"])
+        loss = loss_of(m, data)
         loss.backward()
         opt.step()
     assert loss.item() < first
@@ -44,19 +73,20 @@ def test_forward_backward_on_a_tiny_batch(name):
 
 def test_each_model_reads_only_what_it_needs():
     for name, spaces in {"din": [], "din_codes": ["text"], "mcca": ["audio", "joint", "text"],
-                         "mcca_wo_msc": ["joint"], "mcca_wo_mjc": ["audio", "text"]}.items():
-        model = build_model(name, V, K, L, N, D)
-        assert sorted(model.spaces) == spaces, name
+                         "mcca_wo_msc": ["joint"], "mcca_wo_mjc": ["audio", "text"], "qarm": ["qarm_rq", "qarm_vq"]}.items():
+        m = model(name)
+        assert sorted(m.spaces) == spaces, name
+    for name in MODELS:
+        m = model(name).eval()
         full = batch()
-        reduced = {k: v for k, v in full.items() if k in model.inputs}
-        model.eval()
-        assert torch.equal(model(full), model(reduced))  # nothing outside `inputs` is read
+        reduced = {k: v for k, v in full.items() if k in m.inputs}
+        assert torch.equal(m(full), m(reduced)), name  # nothing outside `inputs` is read
+        uses_content = "content_idx" in m.inputs
+        assert uses_content == (name in ("qarm", "vbpr", "simtier_make")), name
 
 
 def test_ablations_remove_what_they_name():
-    mcca = build_model("mcca", V, K, L, N, D)
-    wo_msc = build_model("mcca_wo_msc", V, K, L, N, D)
-    wo_mjc = build_model("mcca_wo_mjc", V, K, L, N, D)
+    mcca, wo_msc, wo_mjc = model("mcca"), model("mcca_wo_msc"), model("mcca_wo_mjc")
     # w/o MSC: no modal-specific codebooks or sequences
     assert not any(k.startswith(("semantic.text", "semantic.audio")) for k, _ in wo_msc.named_parameters())
     assert not any("hist_text" in c or "hist_audio" in c for c in wo_msc.inputs)
@@ -69,15 +99,73 @@ def test_ablations_remove_what_they_name():
 
 
 def test_padding_positions_do_not_matter():
-    model = build_model("mcca", V, K, L, N, D).eval()
     a = batch()
     b = {k: v.clone() for k, v in a.items()}
     # change what sits in padded history positions (beyond hist_len) only
     b["hist_item_idx"][0] = 7
     b["hist_joint_codes"][3, 3 * L:] = 5
-    assert torch.allclose(model(a), model(b))
+    b["hist_content_idx"][0] = 3
+    for name in MODELS:
+        m = model(name).eval()
+        assert torch.allclose(m(a), m(b)), name
 
 
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model 'vbpr2'"):
         build_model("vbpr2", V, K, L, N, D)
+
+
+@pytest.mark.parametrize("name", ["vbpr", "qarm", "simtier_make"])
+def test_content_models_need_content(name):
+    with pytest.raises(ValueError, match="samples.content.dim"):
+        build_model(name, V, K, L, N, D)
+
+
+@pytest.mark.parametrize("name", ["vbpr", "qarm", "simtier_make"])
+def test_content_reaches_cold_items(name):
+    """Two targets with the same (out-of-vocabulary) item index but different content must
+    score differently: the content, not the ID, tells cold items apart."""
+    m = model(name).eval()
+    data = batch()
+    data["item_idx"][:] = 1  # all OOV
+    a = m(data)
+    data["content_idx"] = data["content_idx"] % C + 1
+    assert not torch.allclose(a, m(data))
+
+
+def test_qarm_codes_are_the_content_codes():
+    m = model("qarm")
+    feats = content()
+    assert torch.equal(m.codes_qarm_rq, torch.from_numpy(feats.codes["qarm_rq"]).long())
+    assert m.semantic["qarm_vq"].layers == 1 and m.semantic["qarm_rq"].layers == 2
+    assert not any(k.startswith("codes_") for k in m.state_dict())  # frozen, not checkpointed
+
+
+def test_simtier_histograms_count_the_history():
+    m = model("simtier_make", tiers=4)
+    data = batch()
+    from psrq.models.layers import history_mask
+
+    h = m.simtier(data, history_mask(data["hist_len"], N))
+    assert h.shape == (B, 2 * 4)
+    # per modality, the tier counts add up to the history length (over N)
+    assert torch.allclose(h[:, :4].sum(1) * N, data["hist_len"].float())
+    # identical target and history content land in the top tier
+    data["hist_content_idx"] = data["content_idx"][:, None].expand(B, N) * (torch.arange(N)[None] < data["hist_len"][:, None])
+    h = m.simtier(data, history_mask(data["hist_len"], N))
+    assert torch.allclose(h[:, 3] * N, data["hist_len"].float())
+
+
+def test_make_keeps_the_ranking_loss_out_of_the_multimodal_part():
+    m = model("simtier_make")
+    data = batch()
+    torch.nn.functional.binary_cross_entropy_with_logits(m(data), data["label"]).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.multimodal_parameters())
+    m.zero_grad()
+    loss_of(m, data).backward()  # the auxiliary loss trains it
+    assert all(p.grad.abs().sum() > 0 for p in m.multimodal_parameters())
+    groups = m.param_groups(1e-3)
+    assert groups[1]["lr"] == pytest.approx(4e-3)
+    joint = model("simtier_make", make=False)
+    joint(data)
+    assert joint.aux_logits is None and joint.param_groups(1e-3)[1]["lr"] == pytest.approx(1e-3)

@@ -40,6 +40,7 @@ def test_user_samples_by_hand():
         "item_idx": [4, 2, 3, 1],
         "is_cold": [0, 0, 1, 1],
         "text_codes": pa.array([[3, 0], [1, 1], [2, 2], [0, 5]], type=pa.list_(pa.int16())),
+        "content_idx": [13, 11, 12, 14],
     })
     got = user_samples(events, ["text"], 2, 2, valid_from=int(t(5).timestamp() * 1e6),
                        test_from=int(t(8).timestamp() * 1e6), codebook_version="v0007").to_pylist()
@@ -49,6 +50,8 @@ def test_user_samples_by_hand():
     # codes + 1, 0 = padding, history flattened oldest first
     assert [r["hist_text_codes"] for r in got] == [[0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0], [2, 2, 4, 1]]
     assert [r["target_text_codes"] for r in got] == [[2, 2], [3, 3], [4, 1], [1, 6]]
+    assert [r["content_idx"] for r in got] == [11, 12, 13, 14]
+    assert [r["hist_content_idx"] for r in got] == [[0, 0], [11, 0], [11, 0], [11, 13]]
     assert [r["split"] for r in got] == ["train", "train", "train", "test"]
     assert got[0]["hist_last_ts"] is None and got[3]["hist_last_ts"] == t(3)
     assert {r["codebook_version"] for r in got} == {"v0007"}
@@ -123,3 +126,33 @@ def test_mixed_codebook_versions_are_refused(spark, built):
             build_samples(spark, cfg)
     finally:
         engine.write(engine.read(path, engine.version(path) - 1), path, "overwrite")
+
+
+def test_content_features_cover_the_catalogue(spark, built):
+    """content_idx indexes every catalogue item (cold ones too); the reduced content is the
+    item's own embedding, projected; QARM codes exist for every item."""
+    from psrq.content import projection, read_content, reduce
+    from psrq.embeddings import embeddings_to_numpy
+
+    cfg, info = built
+    feats = read_content(f"{cfg.samples.path}/{info['content']['file']}")
+    items = open_engine(spark, "delta-rs").read(cfg.table_path("items")).toPandas().set_index("item_id")
+    assert feats.size == len(items) + 1 and feats.item_ids[0] == -1
+    assert sorted(feats.item_ids[1:].tolist()) == sorted(items.index.tolist())
+    test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
+    assert (feats.item_ids[test.content_idx.to_numpy()] == test.item_id.to_numpy()).all()
+    cold = test[test.item_idx == 1].iloc[0]  # out of vocabulary, yet it has content
+    mc = cfg.dataset.modalities["text"]
+    raw, _ = embeddings_to_numpy(pa.array([items.loc[cold.item_id, mc.column].tolist()], pa.list_(pa.float32())), mc.dim)
+    want = reduce(raw, projection(mc.dim, cfg.samples.content.dim, "text", cfg.samples.content.seed))[0]
+    np.testing.assert_allclose(feats.modalities["text"][cold.content_idx], want, rtol=1e-5, atol=1e-6)
+    # history content indices point at the same items as the history vocabulary indices
+    row = test[test.hist_len > 2].iloc[0]
+    vocab = open_engine(spark, "delta-rs").read(cfg.table_path("item_vocab")).toPandas().set_index("item_id")["idx"]
+    hist_items = feats.item_ids[np.asarray(row.hist_content_idx[: row.hist_len])]
+    assert vocab.reindex(hist_items).fillna(1).astype(int).tolist() == list(row.hist_item_idx[: row.hist_len])
+    assert (row.hist_content_idx[row.hist_len:] == 0).all()
+    for name, width in {"qarm_vq": 1, "qarm_rq": cfg.samples.qarm.layers}.items():
+        codes = feats.codes[name]
+        assert codes.shape == (feats.size, width) and (codes[0] == 0).all() and (codes[1:] >= 1).all()
+    assert info["content"]["qarm_pairs"] > 0

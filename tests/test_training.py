@@ -140,12 +140,26 @@ def test_mcca_learns_and_codes_help_cold_items(samples_cfg, tmp_path):
     assert res["mcca"]["cold_auc"] > res["din"]["cold_auc"] + 0.03
 
 
-@pytest.mark.parametrize("backend", ["horovod", "torch-distributor"])
-def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend):
+def test_content_baselines_learn_and_reach_cold_items(samples_cfg, tmp_path):
+    """VBPR, QARM and SimTier+MAKE read item content by catalogue index: they learn, and on
+    cold items (shared OOV ID) they beat ID-only DIN."""
+    res = {}
+    for name in ("din", "vbpr", "qarm", "simtier_make"):
+        cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
+            update={"model": name, "checkpoint_dir": str(tmp_path / name)})})
+        res[name] = train_stage(cfg, progress=False)["valid"]
+    for name in ("vbpr", "qarm", "simtier_make"):
+        assert res[name]["auc"] > 0.65, (name, res[name])
+        assert res[name]["cold_auc"] > res["din"]["cold_auc"] + 0.03, (name, res)
+
+
+@pytest.mark.parametrize("backend,model", [("horovod", "mcca"), ("torch-distributor", "mcca"), ("horovod", "simtier_make")])
+def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend, model):
+    """simtier_make: parameter groups and an auxiliary loss under Horovod's optimizer."""
     from psrq.training.stage import samples_manifest
 
     cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
-        update={"backend": backend, "num_proc": 2, "checkpoint_dir": str(tmp_path), "batch_size": 256})})
+        update={"backend": backend, "num_proc": 2, "checkpoint_dir": str(tmp_path), "batch_size": 256, "model": model})})
     res = train_stage(cfg, spark, progress=False)
     ranks = res["ranks"]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
@@ -178,3 +192,10 @@ def test_a_checkpoint_of_another_width_is_refused(samples_cfg, tmp_path):
     wider = samples_cfg.model_copy(update={"train": base.model_copy(update={"dim": 32})})
     with pytest.raises(TrainingError, match="checkpoint was written for dim=64, this run has dim=32"):
         train_stage(wider, progress=False)
+
+
+def test_content_models_need_samples_with_content():
+    from psrq.training.stage import content_file
+
+    with pytest.raises(TrainingError, match="no content features.*samples.content.dim > 0"):
+        content_file("/data/samples", {"codebook_version": "v0001"})

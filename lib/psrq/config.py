@@ -117,6 +117,25 @@ class CodebooksConf(_Strict):
     batch_rows: int = Field(8192, ge=1)
 
 
+class ContentConf(_Strict):
+    # per modality, item embeddings reduced to this width for the content-reading baselines
+    # (VBPR, SimTier+MAKE, QARM); 0: no content features (those models cannot train)
+    dim: int = Field(32, ge=0)
+    seed: int = 0
+
+
+class QarmConf(_Strict):
+    """QARM's alignment (InfoNCE over consecutive positives of the train split) and codes."""
+    dim: int = Field(32, ge=2)
+    k: int = Field(64, ge=2, le=32767)
+    layers: int = Field(3, ge=1)
+    steps: int = Field(300, ge=0)
+    batch: int = Field(512, ge=2)
+    temperature: float = Field(0.1, gt=0)
+    max_pairs: int = Field(200_000, ge=1)
+    seed: int = 0
+
+
 class SamplesConf(_Strict):
     path: str = "./data/samples"  # Parquet, one folder per split, and manifest.json
     history_len: int = Field(20, ge=1)
@@ -128,6 +147,8 @@ class SamplesConf(_Strict):
     valid_from: float = Field(0.8, gt=0, lt=1)
     test_from: float = Field(0.9, gt=0, lt=1)
     row_group_mb: int = Field(8, ge=1)
+    content: ContentConf = ContentConf()
+    qarm: QarmConf = QarmConf()
 
     @model_validator(mode="after")
     def _order(self):
@@ -137,13 +158,15 @@ class SamplesConf(_Strict):
 
 
 class TrainConf(_Strict):
-    model: Literal["mcca", "din", "din_codes", "mcca_wo_msc", "mcca_wo_mjc"] = "mcca"
+    model: Literal["mcca", "din", "din_codes", "mcca_wo_msc", "mcca_wo_mjc", "vbpr", "qarm", "simtier_make"] = "mcca"
     backend: Literal["single", "horovod", "torch-distributor"] = "horovod"
     reader: Literal["petastorm", "arrow"] = "petastorm"
     num_proc: int = Field(2, ge=1)
     batch_size: int = Field(512, ge=1)
     lr: float = Field(5e-4, gt=0)
     dim: int = Field(64, ge=1)
+    # model-specific settings, e.g. simtier_make: {tiers: 10, make: true, make_lr_scale: 4.0}
+    model_options: dict = Field(default_factory=dict)
     seed: int = 0
     max_steps: Optional[int] = Field(None, ge=1)
     checkpoint_dir: str = "./data/checkpoints"

@@ -47,7 +47,7 @@ def _matrix(col: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
 def user_samples(events: pa.Table, spaces: list[str], layers: int, n: int, valid_from: int, test_from: int,
                  codebook_version: str) -> pa.Table:
     """events: one user's rows with user_id, item_id, label, ts (timestamp[us]), item_idx,
-    is_cold and <space>_codes (raw codes, `layers` each)."""
+    is_cold, <space>_codes (raw codes, `layers` each) and, optionally, content_idx."""
     ts_all = np.asarray(events.column("ts").cast(pa.int64()))
     items = np.asarray(events.column("item_id"))
     order = np.lexsort((items, ts_all))  # by time; equal times in a fixed order
@@ -69,6 +69,10 @@ def user_samples(events: pa.Table, spaces: list[str], layers: int, n: int, valid
         "hist_len": pa.array(length.astype(np.int32)),
         "hist_item_idx": _fixed_lists(np.where(pad, PAD, item_idx[safe]), np.int32),
     }
+    if "content_idx" in ev.column_names:
+        cidx = np.asarray(ev.column("content_idx"), dtype=np.int32)
+        out["content_idx"] = pa.array(cidx)
+        out["hist_content_idx"] = _fixed_lists(np.where(pad, PAD, cidx[safe]), np.int32)
     for s in spaces:
         codes = _matrix(ev.column(f"{s}_codes"), layers).astype(np.int16) + 1
         out[f"target_{s}_codes"] = _fixed_lists(codes, np.int16)

@@ -81,10 +81,13 @@ ITEM_VOCAB = T.StructType(
 )
 
 
-def samples_schema(spaces: list[str]) -> T.StructType:
+def samples_schema(spaces: list[str], content: bool = False) -> T.StructType:
     """samples (Parquet, Petastorm-readable): see psrq.samples for the layout. Codes are
-    stored as code + 1 (0 = padding); hist_<space>_codes is the N x L history, flattened."""
+    stored as code + 1 (0 = padding); hist_<space>_codes is the N x L history, flattened.
+    With content, content_idx / hist_content_idx index the catalogue (psrq.content)."""
     codes = T.ArrayType(T.ShortType(), False)
+    content_fields = [T.StructField("content_idx", T.IntegerType(), False),
+                      T.StructField("hist_content_idx", T.ArrayType(T.IntegerType(), False), False)] if content else []
     return T.StructType(
         [
             T.StructField("user_id", T.LongType(), False),
@@ -97,6 +100,7 @@ def samples_schema(spaces: list[str]) -> T.StructType:
             T.StructField("hist_len", T.IntegerType(), False),
             T.StructField("hist_item_idx", T.ArrayType(T.IntegerType(), False), False),
         ]
+        + content_fields
         + [f for s in spaces for f in (T.StructField(f"target_{s}_codes", codes, False),
                                        T.StructField(f"hist_{s}_codes", codes, False))]
         + [

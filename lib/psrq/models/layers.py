@@ -5,6 +5,17 @@ import torch
 from torch import nn
 
 
+def history_mask(hist_len: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n) bool: True at the valid positions (the first hist_len)."""
+    return torch.arange(n, device=hist_len.device)[None, :] < hist_len.long()[:, None]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, N, d), mask (B, N) -> (B, d); zero for an empty history."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 class SemanticEmbedding(nn.Module):
     """One randomly initialised table per codebook layer; an item's embedding in a space is
     the sum of its layers' embeddings (MCCA's hierarchical embedding layer). Codes arrive

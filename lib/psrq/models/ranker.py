@@ -14,6 +14,11 @@ ablation really lacks what it removes.
   mcca_wo_msc  joint history only (no modal-specific codebooks)
   mcca_wo_mjc  text and audio histories queried by the target's own text/audio
                embeddings; no joint codebook, no shared query
+  qarm         QARM: codes of an aligned multimodal representation (psrq.content: a VQ
+               code and RQ codes) as ID-like features, the history attended by the
+               target's own code embedding in each code kind; the codes are looked up by
+               catalogue index, so cold items have them too
+  vbpr, simtier_make   see psrq.models.baselines
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from psrq.models.layers import DinAttention, SemanticEmbedding, mlp_head
+import numpy as np
+
+from psrq.models.layers import DinAttention, SemanticEmbedding, history_mask, mlp_head
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,10 @@ ARCHITECTURES = {
     "mcca": Architecture((("text", "joint"), ("audio", "joint"), ("joint", "joint")), ("joint",)),
     "mcca_wo_msc": Architecture((("joint", "joint"),), ("joint",)),
     "mcca_wo_mjc": Architecture((("text", "text"), ("audio", "audio")), ("text", "audio")),
+    "qarm": Architecture((("qarm_vq", "qarm_vq"), ("qarm_rq", "qarm_rq")), ("qarm_vq", "qarm_rq")),
 }
+# spaces whose codes are looked up in the content features by catalogue index
+CONTENT_CODE_SPACES = ("qarm_vq", "qarm_rq")
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,8 @@ class ModelSpec:
 
 
 class Ranker(nn.Module):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, content_codes: dict[str, np.ndarray] | None = None):
         super().__init__()
-        if spec.name not in ARCHITECTURES:
-            raise ValueError(f"unknown model {spec.name!r} (choose from {', '.join(ARCHITECTURES)})")
         self.spec = spec
         self.arch = ARCHITECTURES[spec.name]
         d = spec.dim
@@ -64,7 +72,15 @@ class Ranker(nn.Module):
         nn.init.normal_(self.item.weight, std=0.05)
         self.id_attention = DinAttention(d)
         used = sorted({s for b in self.arch.branches for s in b} | set(self.arch.targets))
-        self.semantic = nn.ModuleDict({s: SemanticEmbedding(spec.k, spec.layers, d) for s in used})
+        self.lookup = [s for s in used if s in CONTENT_CODE_SPACES]
+        shapes = {s: (spec.k, spec.layers) for s in used}
+        for s in self.lookup:
+            if content_codes is None or s not in content_codes:
+                raise ValueError(f"model {spec.name} needs the content codes {s!r} (samples built with samples.content.dim > 0)")
+            codes = torch.from_numpy(np.asarray(content_codes[s], dtype=np.int64))
+            self.register_buffer(f"codes_{s}", codes, persistent=False)  # frozen, shipped with the samples
+            shapes[s] = (int(codes.max()), codes.shape[1])
+        self.semantic = nn.ModuleDict({s: SemanticEmbedding(*shapes[s], d) for s in used})
         self.attention = nn.ModuleDict({f"{h}_by_{q}": DinAttention(d) for h, q in self.arch.branches})
         self.head = mlp_head(d * (2 + len(self.arch.branches) + len(self.arch.targets)))
 
@@ -76,31 +92,63 @@ class Ranker(nn.Module):
     def inputs(self) -> list[str]:
         """The batch columns this model reads."""
         cols = ["item_idx", "hist_item_idx", "hist_len"]
-        cols += [f"hist_{h}_codes" for h, _ in self.arch.branches]
-        cols += [f"target_{s}_codes" for s in sorted({q for _, q in self.arch.branches} | set(self.arch.targets))]
-        return cols
+        cols += [f"hist_{h}_codes" for h, _ in self.arch.branches if h not in self.lookup]
+        cols += [f"target_{s}_codes" for s in sorted({q for _, q in self.arch.branches} | set(self.arch.targets))
+                 if s not in self.lookup]
+        return cols + (["content_idx", "hist_content_idx"] if self.lookup else [])
+
+    def _codes(self, batch: dict, space: str, which: str) -> torch.Tensor:
+        """(B, layers) target or (B, N, layers) history codes of a space."""
+        if space in self.lookup:
+            table = getattr(self, f"codes_{space}")
+            return table[batch["content_idx" if which == "target" else "hist_content_idx"].long()]
+        codes = batch[f"{which}_{space}_codes"].long()
+        return codes if which == "target" else codes.view(-1, self.spec.history_len, self.spec.layers)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits (B,)."""
-        n, L = self.spec.history_len, self.spec.layers
         hist_idx = batch["hist_item_idx"].long()
-        mask = torch.arange(n, device=hist_idx.device)[None, :] < batch["hist_len"].long()[:, None]
+        mask = history_mask(batch["hist_len"], self.spec.history_len)
         e_id = self.item(batch["item_idx"].long())
         h_id = self.id_attention(e_id, self.item(hist_idx), mask)
         target = {}
 
         def target_emb(space):
             if space not in target:
-                target[space] = self.semantic[space](batch[f"target_{space}_codes"].long())
+                target[space] = self.semantic[space](self._codes(batch, space, "target"))
             return target[space]
 
         interests = []
         for h, q in self.arch.branches:
-            codes = batch[f"hist_{h}_codes"].long().view(-1, n, L)
-            interests.append(self.attention[f"{h}_by_{q}"](target_emb(q), self.semantic[h](codes), mask))
+            interests.append(self.attention[f"{h}_by_{q}"](target_emb(q), self.semantic[h](self._codes(batch, h, "hist")), mask))
         feats = interests + [h_id, e_id] + [target_emb(s) for s in self.arch.targets]
         return self.head(torch.cat(feats, dim=-1)).squeeze(-1)
 
 
-def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64) -> Ranker:
-    return Ranker(ModelSpec(name, vocab_size, k, layers, history_len, dim))
+MODELS = (*ARCHITECTURES, "vbpr", "simtier_make")
+NEEDS_CONTENT = ("qarm", "vbpr", "simtier_make")
+
+
+def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
+                content=None, options: dict | None = None) -> nn.Module:
+    """content: psrq.content.ContentFeatures, for the models in NEEDS_CONTENT; options:
+    model-specific settings (train.model_options)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+    if name in NEEDS_CONTENT and content is None:
+        raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
+    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim)
+    if name == "vbpr":
+        from psrq.models.baselines import Vbpr
+
+        return Vbpr(spec, content.modalities)
+    if name == "simtier_make":
+        from psrq.models.baselines import SimTierMake
+
+        try:
+            return SimTierMake(spec, content.modalities, **(options or {}))
+        except TypeError as exc:
+            raise ValueError(f"train.model_options for simtier_make: {exc} (it takes tiers, make, make_lr_scale)") from None
+    if options:
+        raise ValueError(f"train.model_options {sorted(options)}: model {name} takes none")
+    return Ranker(spec, content.codes if content is not None else None)

@@ -19,6 +19,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from psrq.config import Config
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.quant.artifact import read_manifest
+from psrq.content import CONTENT_FILE, write_content
 from psrq.samples import FIRST_INDEX, OOV, user_samples
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
 from psrq.storage import AppTxn, open_engine
@@ -76,17 +77,25 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     vocab = engine.read(vocab_path)
     vocab_size = vocab.count() + FIRST_INDEX
 
-    events = (interactions.join(codes, ITEM_ID, "left").join(vocab, ITEM_ID, "left").join(counts, ITEM_ID, "left")
-              .select("user_id", ITEM_ID, "label", "ts", F.coalesce("idx", F.lit(OOV)).alias("item_idx"),
-                      (F.coalesce("_n", F.lit(0)) < sc.cold_threshold).cast("int").alias("is_cold"),
-                      *[f"{s}_codes" for s in spaces]))
+    with_content = sc.content.dim > 0
+    events = (interactions.join(codes, ITEM_ID, "left").join(vocab, ITEM_ID, "left").join(counts, ITEM_ID, "left"))
+    extra = []
+    if with_content:
+        from psrq.stages.content import build_content, catalogue_index
+
+        cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
+        events = events.join(cat, ITEM_ID, "left")
+        extra = [F.coalesce("content_idx", F.lit(0)).alias("content_idx")]
+    events = events.select("user_id", ITEM_ID, "label", "ts", F.coalesce("idx", F.lit(OOV)).alias("item_idx"),
+                           (F.coalesce("_n", F.lit(0)) < sc.cold_threshold).cast("int").alias("is_cold"),
+                           *[f"{s}_codes" for s in spaces], *extra)
     missing = events.filter(F.col(f"{spaces[0]}_codes").isNull())
     n_missing = missing.count()
     if n_missing:
         ex = [r[0] for r in missing.select(ITEM_ID).distinct().limit(5).collect()]
         raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook {cb_version} "
                                                              "(run jobs/reindex_catalog.py or assign_ids.py)", n_missing, ex)])
-    schema = samples_schema(spaces)
+    schema = samples_schema(spaces, with_content)
     fn = partial(user_samples, spaces=spaces, layers=layers, n=sc.history_len, valid_from=valid_from,
                  test_from=test_from, codebook_version=cb_version)
     arrow_schema = to_arrow_schema(schema, timestamp_utc=True)
@@ -109,8 +118,14 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
         "split_from_us": {"valid": valid_from, "test": test_from}, "cold": {"threshold": sc.cold_threshold, "scope": sc.cold_scope},
         "source_versions": versions, "splits": out,
     }
-    fs, root = resolve(sc.path if "://" in sc.path else str(Path(sc.path).resolve()))
+    base = sc.path if "://" in sc.path else str(Path(sc.path).resolve())
+    fs, root = resolve(base)
     fs.create_dir(root, recursive=True)
+    if with_content:
+        feats, info["content"] = build_content(cfg, engine.read(cfg.table_path("items")), cat, interactions.filter(in_train))
+        cat.unpersist()
+        write_content(f"{base.rstrip('/')}/{CONTENT_FILE}", feats)
+        info["content"]["file"] = CONTENT_FILE
     with fs.open_output_stream(f"{root}/{MANIFEST}") as f:  # written last: the samples are complete
         f.write(json.dumps(info, indent=2).encode())
     log.info("samples: %s", {s: o["rows"] for s, o in out.items()})

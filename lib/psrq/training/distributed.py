@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from psrq.training.loop import resume, train_loop
+from psrq.training.loop import make_optimizer, resume, train_loop
 from psrq.training.readers import make_reader
 
 
@@ -25,13 +25,16 @@ def param_checksum(model: torch.nn.Module) -> float:
 
 
 def _model_and_opt(job: dict):
+    from psrq.content import read_content
     from psrq.models.ranker import build_model
 
     torch.set_num_threads(job.get("threads", 1))
     torch.manual_seed(job["seed"])
     m = job["model"]
-    model = build_model(m["name"], m["vocab_size"], m["k"], m["layers"], m["history_len"], m["dim"])
-    opt = torch.optim.Adam(model.parameters(), lr=job["lr"])
+    content = read_content(m["content"]) if m.get("content") else None
+    model = build_model(m["name"], m["vocab_size"], m["k"], m["layers"], m["history_len"], m["dim"], content,
+                        m.get("options"))
+    opt = make_optimizer(model, job["lr"])
     start = resume(job["checkpoint_dir"], model, opt, job["meta"])
     return model, opt, start
 

@@ -46,6 +46,21 @@ def to_tensors(batch: dict, device: torch.device) -> dict:
     return {k: torch.from_numpy(np.array(v)).to(device) for k, v in batch.items() if v.dtype != object}
 
 
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam; models with parameter groups of their own (SimTier+MAKE) set per-group rates."""
+    groups = model.param_groups(lr) if hasattr(model, "param_groups") else model.parameters()
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def batch_loss(model: torch.nn.Module, state_model: torch.nn.Module, data: dict) -> torch.Tensor:
+    """Log loss of the logits, plus the model's auxiliary loss where it has one (MAKE's
+    separately optimised multimodal part leaves its logits in `aux_logits`)."""
+    labels = data["label"].float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(data), labels)
+    aux = getattr(state_model, "aux_logits", None)
+    return loss if aux is None else loss + torch.nn.functional.binary_cross_entropy_with_logits(aux, labels)
+
+
 def save_checkpoint(directory: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> str:
     Path(directory).mkdir(parents=True, exist_ok=True)
     path = os.path.join(directory, CHECKPOINT)
@@ -117,8 +132,7 @@ def train_loop(
             step += 1
             continue
         data = to_tensors(batch, device)
-        logits = model(data)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, data["label"].float())
+        loss = batch_loss(model, state_model, data)
         if not torch.isfinite(loss):
             where = f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")

@@ -11,8 +11,10 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from psrq.config import Config
-from psrq.models.ranker import build_model
-from psrq.training.loop import TrainingError, check_compatible, load_checkpoint, predict, restore, train_loop
+from psrq.content import read_content
+from psrq.models.ranker import NEEDS_CONTENT, build_model
+from psrq.training.loop import (TrainingError, check_compatible, load_checkpoint, make_optimizer, predict, restore,
+                                train_loop)
 from psrq.training.readers import make_reader
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,14 @@ def samples_manifest(path: str) -> dict:
     if not f.is_file():
         raise TrainingError(f"no samples at {path} (missing manifest.json): run jobs/build_samples.py first")
     return json.loads(f.read_text())
+
+
+def content_file(samples_path: str, man: dict) -> str:
+    if "content" not in man:
+        raise TrainingError(f"the samples at {samples_path} have no content features, which train.model needs: "
+                            "rebuild them with samples.content.dim > 0")
+    base = samples_path if "://" in samples_path else str(Path(samples_path).resolve())
+    return f"{base.rstrip('/')}/{man['content']['file']}"
 
 
 def device_of(choice: str) -> torch.device:
@@ -47,7 +57,10 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         raise TrainingError(f"samples at {cfg.samples.path} were built with codebook {man['codebook_version']}, "
                             f"the model expects {tc.codebook_version} (train.codebook_version): rebuild the samples")
     torch.manual_seed(tc.seed)
-    model = build_model(tc.model, man["vocab_size"], man["k"], man["layers"], man["history_len"], tc.dim)
+    content_path = content_file(cfg.samples.path, man) if tc.model in NEEDS_CONTENT else None
+    content = read_content(content_path) if content_path else None
+    model = build_model(tc.model, man["vocab_size"], man["k"], man["layers"], man["history_len"], tc.dim, content,
+                        tc.model_options)
     needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}
     if not needed <= set(man["spaces"]):
         raise TrainingError(f"model {tc.model} needs code spaces {sorted(needed)}, the samples have {man['spaces']}")
@@ -66,7 +79,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         check_compatible(existing, meta)  # before any worker starts
     if tc.backend == "single":
         model.to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        opt = make_optimizer(model, tc.lr)
         start = restore(existing, model, opt, meta) if existing is not None else 0
         res = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
                          ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress)
@@ -75,7 +88,8 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         job = {"seed": tc.seed, "lr": tc.lr, "reader": tc.reader, "path": train_path, "batch_size": tc.batch_size,
                "checkpoint_dir": ckpt_dir, "checkpoint_every": tc.checkpoint_every, "max_steps": tc.max_steps,
                "meta": meta, "model": {"name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"],
-                                      "layers": man["layers"], "history_len": man["history_len"], "dim": tc.dim}}
+                                      "layers": man["layers"], "history_len": man["history_len"], "dim": tc.dim,
+                                      "content": content_path, "options": tc.model_options}}
         from psrq.training.distributed import run_horovod, run_torch_distributor
         from psrq.training.readers import row_groups, shard
 
