@@ -69,6 +69,8 @@ class TablesConf(_Strict):
     semantic_ids: str = "semantic_ids"
     reindex_state: str = "reindex_state"
     item_vocab: str = "item_vocab"
+    predictions: str = "predictions"    # one Delta table per evaluated model under it
+    eval_metrics: str = "eval_metrics"
 
 
 class StorageConf(_Strict):
@@ -176,6 +178,12 @@ class TrainConf(_Strict):
     codebook_version: Optional[str] = None
 
 
+class EvaluateConf(_Strict):
+    split: Literal["valid", "test"] = "test"
+    batch_rows: int = Field(4096, ge=1)   # rows per forward pass on the executors
+    gauc: bool = True                     # also the user-grouped AUC
+
+
 class ReindexConf(_Strict):
     # refit when more than this share of the new items reconstruct worse than the fit's
     # 95th-percentile error (about 0.05 when they look like the fit sample) ...
@@ -236,6 +244,7 @@ class Config(_Strict):
     reindex: ReindexConf = ReindexConf()
     samples: SamplesConf = SamplesConf()
     train: TrainConf = TrainConf()
+    evaluate: EvaluateConf = EvaluateConf()
 
     def codebooks_root(self) -> str:
         root = self.storage.codebooks

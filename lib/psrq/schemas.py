@@ -108,3 +108,30 @@ def samples_schema(spaces: list[str], content: bool = False) -> T.StructType:
             T.StructField("codebook_version", T.StringType(), False),
         ]
     )
+
+
+# One row per evaluation (jobs/evaluate.py): what was evaluated on what, and its metrics.
+EVAL_METRICS = T.StructType(
+    [
+        T.StructField("eval_id", T.StringType(), False),
+        T.StructField("run_id", T.LongType(), False),
+        T.StructField("evaluated_at", T.TimestampType(), False),
+        T.StructField("dataset", T.StringType(), False),
+        T.StructField("model", T.StringType(), False),
+        T.StructField("seed", T.LongType(), False),
+        T.StructField("split", T.StringType(), False),
+        T.StructField("codebook_version", T.StringType(), False),
+        T.StructField("checkpoint", T.StringType(), False),
+        T.StructField("checkpoint_step", T.LongType(), False),
+        T.StructField("samples", T.StringType(), False),
+        T.StructField("data_versions", T.StringType(), False),  # JSON: source Delta table versions
+        T.StructField("config", T.StringType(), False),         # JSON: the run's configuration
+        T.StructField("predictions", T.StringType(), False),    # the predictions table
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("cold_rows", T.LongType(), False),
+        T.StructField("auc", T.DoubleType(), False),
+        T.StructField("cold_auc", T.DoubleType(), True),
+        T.StructField("logloss", T.DoubleType(), False),
+        T.StructField("gauc", T.DoubleType(), True),
+    ]
+)

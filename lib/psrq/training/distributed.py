@@ -30,10 +30,8 @@ def _model_and_opt(job: dict):
 
     torch.set_num_threads(job.get("threads", 1))
     torch.manual_seed(job["seed"])
-    m = job["model"]
-    content = read_content(m["content"]) if m.get("content") else None
-    model = build_model(m["name"], m["vocab_size"], m["k"], m["layers"], m["history_len"], m["dim"], content,
-                        m.get("options"))
+    content = read_content(job["content"]) if job.get("content") else None
+    model = build_model(**job["model"], content=content)
     opt = make_optimizer(model, job["lr"])
     start = resume(job["checkpoint_dir"], model, opt, job["meta"])
     return model, opt, start

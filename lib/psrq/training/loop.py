@@ -79,7 +79,8 @@ def load_checkpoint(directory: str) -> Optional[dict]:
 
 def check_compatible(ckpt: dict, meta: dict) -> None:
     """A checkpoint resumes only the run it was written for."""
-    for key in ("model_name", "vocab_size", "k", "layers", "history_len", "codebook_version", "samples", "dim"):
+    for key in ("model_name", "vocab_size", "k", "layers", "history_len", "codebook_version", "samples", "dim", "seed",
+                "model_options"):
         if key in meta and ckpt["meta"].get(key) != meta[key]:
             raise TrainingError(f"checkpoint was written for {key}={ckpt['meta'].get(key)!r}, "
                                 f"this run has {key}={meta[key]!r}: use another checkpoint folder")

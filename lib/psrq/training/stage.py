@@ -35,6 +35,36 @@ def content_file(samples_path: str, man: dict) -> str:
     return f"{base.rstrip('/')}/{man['content']['file']}"
 
 
+def samples_key(man: dict) -> str:
+    """One build of the samples."""
+    return hashlib.sha256(json.dumps({k: man[k] for k in ("codebook_version", "vocab_size", "splits", "source_versions",
+                                                         "split_from_us")}, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_meta(cfg: Config, man: dict) -> dict:
+    """What a checkpoint records and must match to be resumed or evaluated."""
+    tc = cfg.train
+    return {"model_name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"], "layers": man["layers"],
+            "history_len": man["history_len"], "codebook_version": man["codebook_version"], "samples": samples_key(man),
+            "dim": tc.dim, "seed": tc.seed, "model_options": json.dumps(tc.model_options, sort_keys=True)}
+
+
+def checkpoint_dir(cfg: Config, man: dict) -> str:
+    """The folder belongs to one model, seed and options on one build of the samples: a new
+    build trains afresh, a re-run of the same one resumes (or finds the training done)."""
+    tc = cfg.train
+    name = f"{tc.model}-{samples_key(man)}-s{tc.seed}"
+    if tc.model_options:
+        name += "-" + hashlib.sha256(json.dumps(tc.model_options, sort_keys=True).encode()).hexdigest()[:6]
+    return str(Path(tc.checkpoint_dir, name).resolve())
+
+
+def model_args(cfg: Config, man: dict) -> dict:
+    """build_model's arguments (content aside) for the samples' manifest."""
+    return {"name": cfg.train.model, "vocab_size": man["vocab_size"], "k": man["k"], "layers": man["layers"],
+            "history_len": man["history_len"], "dim": cfg.train.dim, "options": cfg.train.model_options}
+
+
 def device_of(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device=cuda but torch sees no CUDA device")
@@ -59,22 +89,15 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     torch.manual_seed(tc.seed)
     content_path = content_file(cfg.samples.path, man) if tc.model in NEEDS_CONTENT else None
     content = read_content(content_path) if content_path else None
-    model = build_model(tc.model, man["vocab_size"], man["k"], man["layers"], man["history_len"], tc.dim, content,
-                        tc.model_options)
+    model = build_model(**model_args(cfg, man), content=content)
     needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}
     if not needed <= set(man["spaces"]):
         raise TrainingError(f"model {tc.model} needs code spaces {sorted(needed)}, the samples have {man['spaces']}")
     device = device_of(tc.device)
     cols = model.inputs + ["label"]
     train_path = man["splits"]["train"]["path"]
-    # the checkpoint folder belongs to one model on one build of the samples: a new build
-    # trains afresh, a re-run of the same one resumes (or finds the training done)
-    key = hashlib.sha256(json.dumps({k: man[k] for k in ("codebook_version", "vocab_size", "splits", "source_versions",
-                                                        "split_from_us")}, sort_keys=True).encode()).hexdigest()[:10]
-    meta = {"model_name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"], "layers": man["layers"],
-            "history_len": man["history_len"], "codebook_version": man["codebook_version"], "samples": key,
-            "dim": tc.dim}
-    ckpt_dir = str(Path(tc.checkpoint_dir, f"{tc.model}-{key}").resolve())
+    meta = run_meta(cfg, man)
+    ckpt_dir = checkpoint_dir(cfg, man)
     if (existing := load_checkpoint(ckpt_dir)) is not None:
         check_compatible(existing, meta)  # before any worker starts
     if tc.backend == "single":
@@ -87,9 +110,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     else:
         job = {"seed": tc.seed, "lr": tc.lr, "reader": tc.reader, "path": train_path, "batch_size": tc.batch_size,
                "checkpoint_dir": ckpt_dir, "checkpoint_every": tc.checkpoint_every, "max_steps": tc.max_steps,
-               "meta": meta, "model": {"name": tc.model, "vocab_size": man["vocab_size"], "k": man["k"],
-                                      "layers": man["layers"], "history_len": man["history_len"], "dim": tc.dim,
-                                      "content": content_path, "options": tc.model_options}}
+               "meta": meta, "model": model_args(cfg, man), "content": content_path}
         from psrq.training.distributed import run_horovod, run_torch_distributor
         from psrq.training.readers import row_groups, shard
 

@@ -1,0 +1,25 @@
+"""Evaluate a trained ranker (train.model, train.seed, on the samples at samples.path) on
+evaluate.split: distributed scoring in Spark, predictions and a metrics record in Delta,
+exact All AUC, Cold AUC, Logloss and user-grouped AUC.
+
+    spark-submit jobs/evaluate.py --profile cluster train.model=mcca evaluate.split=test run.run_id=20261123
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.evaluation.stage import evaluate_stage
+
+
+def stage(spark, cfg):
+    res = evaluate_stage(spark, cfg)
+    m = res["metrics"]
+    cold = "n/a" if m["cold_auc"] is None else f"{m['cold_auc']:.4f}"
+    gauc = "n/a" if m.get("gauc") is None else f"{m['gauc']:.4f}"
+    print(f"{res['model']} (seed {res['seed']}) on {res['split']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
+          f"AUC {m['auc']:.4f}, cold AUC {cold}, logloss {m['logloss']:.4f}, GAUC {gauc}; "
+          f"predictions in {res['predictions']}", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,1 @@
+"""Offline evaluation: distributed scoring and exact metrics in Spark."""

@@ -1,0 +1,129 @@
+"""Offline evaluation: the distributed exact AUC equals scikit-learn's, Cold AUC reads the
+cold rows only, Logloss and GAUC match direct computations; the evaluate stage end to end."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+from psrq.evaluation.auc import EvaluationError, auc
+from psrq.evaluation.metrics import evaluate_predictions, exact_auc, grouped_auc, logloss
+
+from conftest import small_config
+
+
+def predictions(n=5000, seed=0, decimals=2):
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n)
+    score = np.clip(0.5 + 0.2 * (label - 0.5) + rng.normal(0, 0.25, n), 0, 1).round(decimals)  # many ties
+    return pd.DataFrame({"user_id": rng.integers(0, 60, n), "label": label.astype("int32"), "score": score,
+                         "is_cold": (rng.random(n) < 0.3).astype("int32")})
+
+
+def test_numpy_auc_equals_sklearn_with_ties():
+    df = predictions(decimals=1)
+    assert auc(df.score.to_numpy(), df.label.to_numpy()) == pytest.approx(roc_auc_score(df.label, df.score), abs=1e-12)
+    assert auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+def test_spark_exact_auc_equals_sklearn_with_ties(spark, partitions):
+    df = predictions(seed=partitions)
+    sdf = spark.createDataFrame(df).repartition(4)
+    got = exact_auc(sdf, partitions=partitions)
+    assert got == pytest.approx(roc_auc_score(df.label, df.score), abs=1e-12)
+
+
+def test_one_class_missing_is_a_clear_error(spark):
+    df = predictions(200)
+    df["label"] = 1
+    with pytest.raises(EvaluationError, match=r"both labels.*only label 1 \(200 rows\)"):
+        exact_auc(spark.createDataFrame(df))
+    with pytest.raises(EvaluationError, match="no rows"):
+        exact_auc(spark.createDataFrame(df).limit(0))
+
+
+def test_cold_auc_reads_exactly_the_cold_rows_and_logloss_gauc_match(spark):
+    df = predictions(3000, seed=5)
+    # warm rows ranked backwards, cold rows forwards: any warm row in Cold AUC would show
+    warm = df.is_cold == 0
+    df.loc[warm, "score"] = (1 - df.loc[warm, "score"]).round(2)
+    m = evaluate_predictions(spark.createDataFrame(df))
+    cold = df[df.is_cold == 1]
+    assert m["cold_rows"] == len(cold) and m["rows"] == len(df)
+    assert m["cold_auc"] == pytest.approx(roc_auc_score(cold.label, cold.score), abs=1e-12)
+    assert m["auc"] == pytest.approx(roc_auc_score(df.label, df.score), abs=1e-12)
+    direct = log_loss(df.label, np.clip(df.score, 1e-7, 1 - 1e-7))
+    assert m["logloss"] == pytest.approx(direct, rel=1e-9)
+    assert logloss(spark.createDataFrame(df)) == pytest.approx(direct, rel=1e-9)
+    per_user = [(roc_auc_score(g.label, g.score), len(g)) for _, g in df.groupby("user_id") if g.label.nunique() == 2]
+    want = sum(a * n for a, n in per_user) / sum(n for _, n in per_user)
+    gauc, users = grouped_auc(spark.createDataFrame(df))
+    assert users == len(per_user) and gauc == pytest.approx(want, abs=1e-12)
+    assert m["gauc"] == pytest.approx(want, abs=1e-12)
+
+
+def test_missing_cold_class_reports_none(spark):
+    df = predictions(500)
+    df.loc[df.is_cold == 1, "label"] = 0
+    assert evaluate_predictions(spark.createDataFrame(df), gauc=False)["cold_auc"] is None
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    from psrq.stages.assign import assign
+    from psrq.stages.codebooks import fit_stage
+    from psrq.stages.generate import generate
+    from psrq.stages.samples import build_samples
+    from psrq.training.stage import train_stage
+
+    tmp = tmp_path_factory.mktemp("eval")
+    cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", f"samples.path={tmp}/samples",
+                       "samples.history_len=5", f"train.checkpoint_dir={tmp}/ckpt", "train.backend=single",
+                       "train.reader=arrow", "train.model=simtier_make", "train.dim=8", "run.run_id=3")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    assign(spark, cfg)
+    build_samples(spark, cfg)
+    train_stage(cfg, progress=False)
+    return cfg
+
+
+def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
+    """Distributed scoring gives the scores of the trained model run on the driver, the
+    metrics are recorded in Delta, and a re-run of the same run commits nothing new."""
+    import torch
+
+    from psrq.content import read_content
+    from psrq.evaluation.stage import evaluate_stage
+    from psrq.models.ranker import build_model
+    from psrq.storage import open_engine
+    from psrq.training.loop import load_checkpoint, predict
+    from psrq.training.readers import make_reader
+    from psrq.training.stage import checkpoint_dir, model_args, samples_manifest
+
+    cfg = trained
+    res = evaluate_stage(spark, cfg)
+    engine = open_engine(spark, "delta-rs")
+    preds = engine.read(res["predictions"]).toPandas()
+    man = samples_manifest(cfg.samples.path)
+    assert len(preds) == man["splits"]["test"]["rows"] == res["metrics"]["rows"]
+    model = build_model(**model_args(cfg, man), content=read_content(f"{cfg.samples.path}/content.safetensors"))
+    model.load_state_dict(load_checkpoint(checkpoint_dir(cfg, man))["model"])
+    scores, labels, cold = predict(model, make_reader("arrow", man["splits"]["test"]["path"], model.inputs + ["label", "is_cold"], 512),
+                                   torch.device("cpu"))
+    assert np.allclose(np.sort(preds.score.to_numpy()), np.sort(scores), atol=1e-6)
+    assert res["metrics"]["auc"] == pytest.approx(roc_auc_score(preds.label, preds.score), abs=1e-12)
+    rows = engine.read(cfg.table_path("eval_metrics")).toPandas()
+    assert len(rows) == 1 and rows.model[0] == "simtier_make" and rows.codebook_version[0] == "v0001"
+    assert rows.auc[0] == pytest.approx(res["metrics"]["auc"]) and '"samples"' in rows.config[0]
+    again = evaluate_stage(spark, cfg)
+    assert len(engine.read(cfg.table_path("eval_metrics")).toPandas()) == 1
+    assert again["metrics"]["auc"] == pytest.approx(res["metrics"]["auc"])
+
+
+def test_evaluating_an_untrained_model_is_a_clear_error(spark, trained):
+    from psrq.evaluation.stage import evaluate_stage
+
+    cfg = trained.model_copy(update={"train": trained.train.model_copy(update={"seed": 99})})
+    with pytest.raises(EvaluationError, match="no trained simtier_make \\(seed 99\\)"):
+        evaluate_stage(spark, cfg)
