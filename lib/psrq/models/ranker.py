@@ -40,14 +40,22 @@ class Architecture:
     targets: tuple[str, ...]
 
 
-ARCHITECTURES = {
-    "din": Architecture((), ()),
-    "din_codes": Architecture((("text", "text"),), ("text",)),
-    "mcca": Architecture((("text", "joint"), ("audio", "joint"), ("joint", "joint")), ("joint",)),
-    "mcca_wo_msc": Architecture((("joint", "joint"),), ("joint",)),
-    "mcca_wo_mjc": Architecture((("text", "text"), ("audio", "audio")), ("text", "audio")),
-    "qarm": Architecture((("qarm_vq", "qarm_vq"), ("qarm_rq", "qarm_rq")), ("qarm_vq", "qarm_rq")),
-}
+def architecture(name: str, modalities: tuple[str, ...]) -> Architecture:
+    """The branches of a model for the data's modalities (the samples' spaces but joint);
+    the docstring above reads them for text and audio."""
+    mods = tuple(modalities)
+    text = "text" if "text" in mods else mods[0]  # din_codes: text codes, as the paper's Table 3
+    return {
+        "din": Architecture((), ()),
+        "din_codes": Architecture(((text, text),), (text,)),
+        "mcca": Architecture(tuple((m, "joint") for m in mods) + (("joint", "joint"),), ("joint",)),
+        "mcca_wo_msc": Architecture((("joint", "joint"),), ("joint",)),
+        "mcca_wo_mjc": Architecture(tuple((m, m) for m in mods), mods),
+        "qarm": Architecture((("qarm_vq", "qarm_vq"), ("qarm_rq", "qarm_rq")), ("qarm_vq", "qarm_rq")),
+    }[name]
+
+
+ARCHITECTURES = ("din", "din_codes", "mcca", "mcca_wo_msc", "mcca_wo_mjc", "qarm")
 # spaces whose codes are looked up in the content features by catalogue index
 CONTENT_CODE_SPACES = ("qarm_vq", "qarm_rq")
 
@@ -60,13 +68,14 @@ class ModelSpec:
     layers: int
     history_len: int
     dim: int = 64
+    modalities: tuple[str, ...] = ("text", "audio")
 
 
 class Ranker(nn.Module):
     def __init__(self, spec: ModelSpec, content_codes: dict[str, np.ndarray] | None = None):
         super().__init__()
         self.spec = spec
-        self.arch = ARCHITECTURES[spec.name]
+        self.arch = architecture(spec.name, spec.modalities)
         d = spec.dim
         self.item = nn.Embedding(spec.vocab_size, d, padding_idx=0)
         nn.init.normal_(self.item.weight, std=0.05)
@@ -130,14 +139,14 @@ NEEDS_CONTENT = ("qarm", "vbpr", "simtier_make")
 
 
 def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
-                content=None, options: dict | None = None) -> nn.Module:
+                content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio")) -> nn.Module:
     """content: psrq.content.ContentFeatures, for the models in NEEDS_CONTENT; options:
-    model-specific settings (train.model_options)."""
+    model-specific settings (train.model_options); modalities: the samples' spaces but joint."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     if name in NEEDS_CONTENT and content is None:
         raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
-    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim)
+    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities))
     if name == "vbpr":
         from psrq.models.baselines import Vbpr
 

@@ -62,7 +62,8 @@ def checkpoint_dir(cfg: Config, man: dict) -> str:
 def model_args(cfg: Config, man: dict) -> dict:
     """build_model's arguments (content aside) for the samples' manifest."""
     return {"name": cfg.train.model, "vocab_size": man["vocab_size"], "k": man["k"], "layers": man["layers"],
-            "history_len": man["history_len"], "dim": cfg.train.dim, "options": cfg.train.model_options}
+            "history_len": man["history_len"], "dim": cfg.train.dim, "options": cfg.train.model_options,
+            "modalities": [s for s in man["spaces"] if s != "joint"]}
 
 
 def device_of(choice: str) -> torch.device:

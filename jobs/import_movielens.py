@@ -1,0 +1,21 @@
+"""Import MovieLens-100k from movielens.path (default ../shared/data/ml-100k; read in
+place, never copied) into the items and interactions Delta tables: rating >= 4 -> label 1,
+items with the text "title | genres" and a genre vector. Then run jobs/embed_text.py.
+
+    python jobs/import_movielens.py --dataset movielens_100k movielens.path=/data/ml-100k
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.stages.movielens import import_movielens
+
+
+def stage(spark, cfg):
+    res = import_movielens(spark, cfg)
+    print(f"movielens: {res['items']['rows']:,} items, {res['interactions']['rows']:,} interactions "
+          f"(positive rate {res['positive_rate']:.1%})", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,30 @@
+"""Run the paper's experiment matrices (experiments.names: conf/experiments/table2, table3,
+table4) over experiments.seeds on the dataset, and write Markdown + PNG reports to
+experiments.reports. Finished cells are skipped: a killed run resumes.
+
+    python jobs/run_experiments.py --dataset synthetic_small train.backend=single
+    python jobs/run_experiments.py --dataset movielens_100k experiments.names=[table3] experiments.seeds=[0,1,2,3,4]
+"""
+import sys
+
+from psrq.cli import run_job
+from psrq.experiments.matrix import dataset_config, load_experiment
+from psrq.experiments.report import write_report
+from psrq.experiments.runner import read_results, run_experiment
+
+
+def stage(spark, cfg):
+    exps = [load_experiment(n) for n in cfg.experiments.names]  # all found before anything runs
+    reports = []
+    for exp in exps:
+        run_experiment(spark, cfg, exp, cfg.experiments.seeds, progress=lambda s: print(s, flush=True))
+        dcfg = dataset_config(cfg)
+        path = write_report(read_results(spark, dcfg), exp, cfg.dataset.name, dcfg.codebooks_root(), cfg.experiments.reports)
+        print(f"report: {path}", flush=True)
+        print(path.read_text().split("\n\n")[2], flush=True)  # the table
+        reports.append(str(path))
+    return {"reports": reports}
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(__doc__, stage))

@@ -1,0 +1,1 @@
+"""The paper's experiments as matrices of configuration cells (conf/experiments/)."""

@@ -1,0 +1,46 @@
+"""Experiment matrices: conf/experiments/<name>.yaml -> cells of configuration overrides."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from psrq.config import DEFAULT_CONF_DIR, Config
+from psrq.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    ours: str
+    cells: dict[str, dict]
+
+
+def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
+    path = Path(conf_dir or DEFAULT_CONF_DIR) / "experiments" / f"{name}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"experiment '{name}' not found at {path} (available: {', '.join(have) or 'none'})")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cells = raw.get("cells") or {}
+    if raw.get("ours") not in cells:
+        raise ConfigError(f"{path}: `ours` ({raw.get('ours')!r}) must name one of the cells ({', '.join(cells)})")
+    return Experiment(raw.get("name", name), raw.get("title", name), raw["ours"], {k: dict(v or {}) for k, v in cells.items()})
+
+
+def dataset_config(cfg: Config) -> Config:
+    """Everything of one dataset's experiments lives under experiments.root/<dataset>."""
+    root = f"{cfg.experiments.root.rstrip('/')}/{cfg.dataset.name}"
+    return cfg.with_overrides({"storage.root": f"{root}/delta", "storage.codebooks": f"{root}/codebooks",
+                               "train.checkpoint_dir": f"{root}/checkpoints", "samples.path": f"{root}/samples"})
+
+
+def cell_config(dcfg: Config, overrides: dict, seed: int) -> Config:
+    """A cell's configuration: its overrides, then semantic IDs, vocabulary and samples kept
+    apart per quantizer, so cells of different quantizers do not overwrite each other."""
+    c = dcfg.with_overrides(overrides)
+    m = c.codebooks.method
+    return c.with_overrides({"storage.tables.semantic_ids": f"semantic_ids_{m}", "storage.tables.item_vocab": f"item_vocab_{m}",
+                             "samples.path": f"{dcfg.samples.path}_{m}", "train.seed": seed, "run.run_id": seed})

@@ -1,0 +1,42 @@
+"""Stage: import MovieLens-100k (psrq.movielens) into the items and interactions Delta
+tables. Text embeddings come after, from jobs/embed_text.py on the `text` column."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from pyspark.sql import types as T
+
+from psrq.config import Config
+from psrq.movielens import read_interactions, read_items
+from psrq.schemas import INTERACTIONS
+from psrq.storage import AppTxn, open_engine
+
+log = logging.getLogger(__name__)
+
+ITEMS_TEXT = T.StructType([
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("title", T.StringType(), False),
+    T.StructField("genres", T.StringType(), False),
+    T.StructField("text", T.StringType(), False),
+    T.StructField("genre_emb", T.ArrayType(T.FloatType(), False), False),
+    T.StructField("updated_at", T.TimestampType(), True),
+])
+
+
+def import_movielens(spark, cfg: Config) -> dict:
+    mc = cfg.movielens
+    items = read_items(mc.path)
+    items["genre_emb"] = [v.tolist() for v in items.genre_emb]
+    items["updated_at"] = datetime(1998, 4, 23, tzinfo=timezone.utc)  # the data set's release
+    inter = read_interactions(mc.path, mc.positive_from)
+    engine = open_engine(spark, cfg.storage.engine)
+    out = {}
+    for name, pdf, schema in (("items", items, ITEMS_TEXT), ("interactions", inter, INTERACTIONS)):
+        df = spark.createDataFrame(pdf[schema.fieldNames()], schema).repartition(spark.sparkContext.defaultParallelism)
+        txn = AppTxn(f"psrq.import_movielens.{name}", cfg.run.run_id)
+        engine.write(df, cfg.table_path(name), "overwrite", txn, description=f"MovieLens-100k {name} from {mc.path}")
+        out[name] = {"rows": len(pdf), "version": engine.version(cfg.table_path(name))}
+    out["positive_rate"] = round(float(inter.label.mean()), 4)
+    log.info("movielens: %s", out)
+    return out
