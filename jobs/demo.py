@@ -1,7 +1,9 @@
 """The main job end to end on the embedded default (Spark local mode, Delta on local disk,
 CPU): generate a synthetic catalogue into Delta, validate it, fit codebooks, assign semantic
 IDs, print the codebook diagnostics of PSRQ beside RQ, build training samples, train MCCA
-(train.backend, default horovod with 2 processes) and print its train loss and validation AUC.
+(train.backend, default horovod with 2 processes) and the ID-only DIN baseline, evaluate
+both on the test split in Spark (predictions and metrics in Delta) and print the metrics
+table.
 
     python jobs/demo.py                      # what `make demo` runs
 """
@@ -14,6 +16,7 @@ from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
 from psrq.stages.samples import build_samples
+from psrq.evaluation.stage import evaluate_stage
 from psrq.training.stage import train_stage
 from psrq.stages.summary import format_generation
 from psrq.stages.validate import validate_inputs
@@ -56,9 +59,23 @@ def stage(spark, cfg):
     print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, "
           f"{trained['samples_per_second']:,.0f} samples/s): train loss {trained['train_loss']:.4f}, "
           f"validation AUC {v['auc']:.4f}, cold AUC {cold}, logloss {v['logloss']:.4f}")
+    evaluated = {}
+    baseline = cfg.with_overrides({"train.model": "din"})
+    for c in (cfg, baseline):
+        if c is baseline and cfg.train.model != "din":
+            step("train din (baseline)", lambda: train_stage(c, spark, progress=False))
+        evaluated[c.train.model] = step(f"evaluate {c.train.model}", lambda c=c: evaluate_stage(spark, c))
+    print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values()))['metrics']['rows']:,} predictions "
+          f"(metrics recorded in {cfg.table_path('eval_metrics')}):")
+    print(f"{'model':<14}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}")
+    for name, e in evaluated.items():
+        m = e["metrics"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"{name:<14}{fmt(m['auc']):>9}{fmt(m['cold_auc']):>10}{fmt(m['logloss']):>9}{fmt(m.get('gauc')):>8}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned,
-            "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained, "timings": timings}
+            "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,
+            "evaluated": {k: v["metrics"] for k, v in evaluated.items()}, "timings": timings}
 
 
 if __name__ == "__main__":
