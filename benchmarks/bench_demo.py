@@ -1,0 +1,37 @@
+"""The demo's end-to-end wall time per stage (generate → validate → fit → assign → samples →
+train MCCA → train DIN → evaluate both), on fresh folders under data/bench/demo, with the
+default configuration (horovod, 2 processes).
+
+    python benchmarks/bench_demo.py
+"""
+import importlib.util
+import shutil
+import time
+from pathlib import Path
+
+from common import write_result
+from psrq.config import load_config
+from psrq.spark import build_spark
+
+ROOT = Path("data/bench/demo").resolve()
+
+
+def main():
+    shutil.rmtree(ROOT, ignore_errors=True)
+    cfg = load_config("local", "synthetic_small", [f"storage.root={ROOT}/delta", f"storage.codebooks={ROOT}/codebooks",
+                                                   f"samples.path={ROOT}/samples", f"train.checkpoint_dir={ROOT}/checkpoints"])
+    spec = importlib.util.spec_from_file_location("demo", Path(__file__).resolve().parents[1] / "jobs" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    t0 = time.perf_counter()
+    spark = build_spark(cfg.spark)
+    t_spark = time.perf_counter() - t0
+    out = demo.stage(spark, cfg)
+    total = time.perf_counter() - t0
+    write_result("demo", {"stages_seconds": {"spark session": round(t_spark, 1), **out["timings"]},
+                          "total_seconds": round(total, 1), "metrics": out["evaluated"],
+                          "items": out["generated"].get("items") if isinstance(out["generated"], dict) else None})
+
+
+if __name__ == "__main__":
+    main()
