@@ -58,4 +58,6 @@ def test_improvement_and_significance_as_the_paper_prints_them():
     c = compare(res, s, exp)
     assert c["auc"]["best_other"] == "b" and c["auc"]["improvement_pct"] == pytest.approx(100 * (0.81 - 0.75) / 0.75)
     assert c["auc"]["p_value"] < 0.01 and c["auc"]["ours_better"]
+    lo, hi = c["auc"]["diff_ci95"]
+    assert 0 < lo < 0.06 < hi  # the difference of means (0.06) inside its interval, 0 outside
     assert c["logloss"]["best_other"] == "b" and not c["logloss"]["ours_better"]  # lower is better

@@ -111,24 +111,24 @@ def align(content: np.ndarray, pairs: np.ndarray, dim: int, steps: int, batch: i
     return out
 
 
-def read_content(path: str) -> ContentFeatures:
-    """content.safetensors (a local path or a URI)."""
-    from psrq.storage.parquet_files import resolve
+def read_content_bytes(path: str) -> bytes:
+    """content.safetensors (a local path or a URI), as it is stored."""
+    from psrq.storage.parquet_files import read_bytes
 
-    fs, p = resolve(path)
     try:
-        with fs.open_input_stream(p) as f:
-            return ContentFeatures.from_bytes(f.read())
+        return read_bytes(path)
     except FileNotFoundError:
         raise ContentError(f"no content features at {path}: build samples with samples.content.dim > 0") from None
 
 
-def write_content(path: str, content: ContentFeatures) -> None:
-    from psrq.storage.parquet_files import resolve
+def read_content(path: str) -> ContentFeatures:
+    return ContentFeatures.from_bytes(read_content_bytes(path))
 
-    fs, p = resolve(path)
-    with fs.open_output_stream(p) as f:
-        f.write(content.to_bytes())
+
+def write_content(path: str, content: ContentFeatures) -> None:
+    from psrq.storage.parquet_files import write_bytes
+
+    write_bytes(path, content.to_bytes())
 
 
 def quantise(aligned: np.ndarray, k: int, layers: int, seed: int) -> dict[str, np.ndarray]:

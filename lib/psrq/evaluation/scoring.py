@@ -60,9 +60,9 @@ def load_bundle(bundle: ModelBundle):
 def score_batch(model, batch: pa.RecordBatch, chunk: int) -> np.ndarray:
     import torch
 
-    from psrq.training.readers import _to_numpy
+    from psrq.training.readers import column_to_numpy
 
-    cols = {c: _to_numpy(batch.column(c)) for c in model.inputs}
+    cols = {c: column_to_numpy(batch.column(c)) for c in model.inputs}
     out = np.empty(batch.num_rows, dtype=np.float64)
     with torch.no_grad():
         for i in range(0, batch.num_rows, chunk):

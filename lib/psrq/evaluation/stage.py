@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from psrq.config import Config
-from psrq.content import CONTENT_FILE
+from psrq.content import CONTENT_FILE, read_content_bytes
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import evaluate_predictions
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
@@ -26,14 +26,6 @@ from psrq.training.stage import checkpoint_dir, content_file, model_args, run_me
 log = logging.getLogger(__name__)
 
 
-def _read_bytes(path: str) -> bytes:
-    from psrq.storage.parquet_files import resolve
-
-    fs, p = resolve(path)
-    with fs.open_input_stream(p) as f:
-        return f.read()
-
-
 def evaluate_stage(spark, cfg: Config) -> dict:
     ec, tc = cfg.evaluate, cfg.train
     man = samples_manifest(cfg.samples.path)
@@ -44,7 +36,7 @@ def evaluate_stage(spark, cfg: Config) -> dict:
                               f"(looked in {ckpt_dir}): run jobs/train_ranker.py with the same settings first")
     meta = run_meta(cfg, man)
     check_compatible(ckpt, meta)
-    content = _read_bytes(content_file(cfg.samples.path, man)) if tc.model in NEEDS_CONTENT else None
+    content = read_content_bytes(content_file(cfg.samples.path, man)) if tc.model in NEEDS_CONTENT else None
     eval_id = f"{Path(ckpt_dir).name}-{ec.split}"
     bundle = bundle_from_checkpoint(ckpt, f"{ckpt_dir}@{ckpt['step']}", model_args(cfg, man), content)
     bc = spark.sparkContext.broadcast(bundle)

@@ -28,6 +28,19 @@ def resolve(table_uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(table_uri)
 
 
+def read_bytes(uri: str) -> bytes:
+    """A whole small file (a local path or a URI)."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
 def file_stats(table: pa.Table) -> str:
     """Delta `stats` JSON: numRecords, and min/max/nullCount of numeric top-level columns
     (what lets readers skip files by key)."""

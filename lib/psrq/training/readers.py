@@ -48,7 +48,7 @@ def shard(groups: list[RowGroup], rank: int, world: int) -> list[RowGroup]:
     return groups[rank::world]
 
 
-def _to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         n = len(arr)
@@ -69,12 +69,12 @@ def rebatch(tables, batch_size: int):
         rows += t.num_rows
         while rows >= batch_size:
             whole = pa.concat_tables(pending)
-            yield {c: _to_numpy(whole.column(c).slice(0, batch_size)) for c in whole.column_names}
+            yield {c: column_to_numpy(whole.column(c).slice(0, batch_size)) for c in whole.column_names}
             rest = whole.slice(batch_size)
             pending, rows = ([rest] if rest.num_rows else []), rest.num_rows
     if rows:
         whole = pa.concat_tables(pending)
-        yield {c: _to_numpy(whole.column(c)) for c in whole.column_names}
+        yield {c: column_to_numpy(whole.column(c)) for c in whole.column_names}
 
 
 class ArrowReader:
