@@ -1,4 +1,5 @@
-"""Train a ranker (train.model: mcca, din, din_codes, mcca_wo_msc, mcca_wo_mjc) on the
+"""Train a ranker (train.model: mcca, din, din_codes, mcca_wo_msc, mcca_wo_mjc, vbpr, qarm,
+simtier_make) on the
 samples with train.backend (single, horovod through Spark, torch-distributor) and
 train.reader (petastorm, arrow), and print validation AUC, Cold AUC and Logloss.
 

@@ -254,6 +254,11 @@ class ExperimentsConf(_Strict):
     reports: str = "./docs/results"
 
 
+def absolute(location: str) -> str:
+    """A local path made absolute; a URI (scheme://...) as it is."""
+    return location if "://" in location else str(Path(location).resolve())
+
+
 class Config(_Strict):
     run: RunConf = RunConf()
     spark: SparkConf = SparkConf()
@@ -270,8 +275,11 @@ class Config(_Strict):
     experiments: ExperimentsConf = ExperimentsConf()
 
     def codebooks_root(self) -> str:
-        root = self.storage.codebooks
-        return root if "://" in root else str(Path(root).resolve())
+        return absolute(self.storage.codebooks)
+
+    def samples_root(self) -> str:
+        """samples.path, absolute (a URI as it is)."""
+        return absolute(self.samples.path)
 
     def table_path(self, name: str) -> str:
         """Location of a named table (a key of storage.tables) under storage.root."""

@@ -118,7 +118,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
         "split_from_us": {"valid": valid_from, "test": test_from}, "cold": {"threshold": sc.cold_threshold, "scope": sc.cold_scope},
         "source_versions": versions, "splits": out,
     }
-    base = sc.path if "://" in sc.path else str(Path(sc.path).resolve())
+    base = cfg.samples_root()
     fs, root = resolve(base)
     fs.create_dir(root, recursive=True)
     if with_content:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from psrq.config import Config
+from psrq.config import Config, absolute
 from psrq.content import read_content
 from psrq.models.ranker import NEEDS_CONTENT, build_model
 from psrq.training.loop import (TrainingError, check_compatible, load_checkpoint, make_optimizer, predict, restore,
@@ -31,8 +31,7 @@ def content_file(samples_path: str, man: dict) -> str:
     if "content" not in man:
         raise TrainingError(f"the samples at {samples_path} have no content features, which train.model needs: "
                             "rebuild them with samples.content.dim > 0")
-    base = samples_path if "://" in samples_path else str(Path(samples_path).resolve())
-    return f"{base.rstrip('/')}/{man['content']['file']}"
+    return f"{absolute(samples_path).rstrip('/')}/{man['content']['file']}"
 
 
 def samples_key(man: dict) -> str:
