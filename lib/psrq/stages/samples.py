@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from functools import partial
-from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
