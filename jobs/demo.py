@@ -10,7 +10,7 @@ table.
 import sys
 import time
 
-from psrq.cli import run_job
+from psrq.cli import format_metric, run_job
 from psrq.quant.diagnostics import format_side_by_side
 from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
@@ -55,10 +55,9 @@ def stage(spark, cfg):
           + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples.path}")
     trained = step(f"train {cfg.train.model}", lambda: train_stage(cfg, spark, progress=False))
     v = trained["valid"]
-    cold = "n/a" if v["cold_auc"] is None else f"{v['cold_auc']:.4f}"
     print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, "
           f"{trained['samples_per_second']:,.0f} samples/s): train loss {trained['train_loss']:.4f}, "
-          f"validation AUC {v['auc']:.4f}, cold AUC {cold}, logloss {v['logloss']:.4f}")
+          f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f}")
     evaluated = {}
     baseline = cfg.with_overrides({"train.model": "din"})
     for c in (cfg, baseline):
@@ -70,8 +69,7 @@ def stage(spark, cfg):
     print(f"{'model':<14}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}")
     for name, e in evaluated.items():
         m = e["metrics"]
-        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        print(f"{name:<14}{fmt(m['auc']):>9}{fmt(m['cold_auc']):>10}{fmt(m['logloss']):>9}{fmt(m.get('gauc')):>8}")
+        print(f"{name:<14}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}{format_metric(m.get('gauc')):>8}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned,
             "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,

@@ -6,17 +6,15 @@ exact All AUC, Cold AUC, Logloss and user-grouped AUC.
 """
 import sys
 
-from psrq.cli import run_job
+from psrq.cli import format_metric, run_job
 from psrq.evaluation.stage import evaluate_stage
 
 
 def stage(spark, cfg):
     res = evaluate_stage(spark, cfg)
     m = res["metrics"]
-    cold = "n/a" if m["cold_auc"] is None else f"{m['cold_auc']:.4f}"
-    gauc = "n/a" if m.get("gauc") is None else f"{m['gauc']:.4f}"
     print(f"{res['model']} (seed {res['seed']}) on {res['split']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
-          f"AUC {m['auc']:.4f}, cold AUC {cold}, logloss {m['logloss']:.4f}, GAUC {gauc}; "
+          f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, GAUC {format_metric(m.get('gauc'))}; "
           f"predictions in {res['predictions']}", flush=True)
     return res
 

@@ -7,7 +7,7 @@ train.reader (petastorm, arrow), and print validation AUC, Cold AUC and Logloss.
 """
 import sys
 
-from psrq.cli import run_job
+from psrq.cli import format_metric, run_job
 from psrq.training.stage import train_stage
 
 
@@ -15,7 +15,7 @@ def stage(spark, cfg):
     res = train_stage(cfg, spark)
     v = res["valid"]
     print(f"{res['model']} ({res['backend']}, {res['processes']} process(es)): {res['steps']} steps, {res['samples_per_second']:,.0f} samples/s, train loss {res['train_loss']:.4f}; "
-          f"valid AUC {v['auc']:.4f}, cold AUC {v['cold_auc'] if v['cold_auc'] is None else round(v['cold_auc'], 4)}, "
+          f"valid AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, "
           f"logloss {v['logloss']:.4f}", flush=True)
     return res
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import types as T
 
+from psrq.cli import format_metric
 from psrq.config import Config
 from psrq.experiments.matrix import Experiment, cell_config, dataset_config
 from psrq.storage import AppTxn, open_engine
@@ -113,7 +114,6 @@ def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progre
         engine.write(spark.createDataFrame([row], RESULTS), results_path(dcfg), "append",
                      AppTxn(f"psrq.experiments.{exp.name}.{cell}.{seed}", 0), description=f"{exp.name}/{cell}/seed {seed}")
         rows.append(row)
-        cold = "n/a" if m["cold_auc"] is None else f"{m['cold_auc']:.4f}"
         progress(f"[{exp.name} on {dcfg.dataset.name}] {i}/{len(todo)} {cell} seed {seed}: AUC {m['auc']:.4f}, "
-                 f"cold AUC {cold}, logloss {m['logloss']:.4f} ({trained['steps']} steps, {time.time() - t0:.0f}s)")
+                 f"cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f} ({trained['steps']} steps, {time.time() - t0:.0f}s)")
     return rows
