@@ -38,9 +38,10 @@ experiments: setup
 	$(PY) jobs/run_experiments.py --dataset synthetic_small $(EXP_ARGS) $(ARGS)
 	$(PY) jobs/run_experiments.py --dataset movielens_100k $(EXP_ARGS) $(ARGS)
 
-package:
+package: setup
 	@mkdir -p dist && rm -f dist/psrq.zip
-	cd lib && zip -qr ../dist/psrq.zip psrq -x '*/__pycache__/*'
+	@# Python's zipfile: the zip tool is not on every machine
+	$(PY) -c "import pathlib, zipfile; z = zipfile.ZipFile('dist/psrq.zip', 'w', zipfile.ZIP_DEFLATED); [z.write(p, p.relative_to('lib')) for p in sorted(pathlib.Path('lib/psrq').rglob('*')) if p.is_file() and '__pycache__' not in p.parts]; z.close()"
 	@echo "dist/psrq.zip: pass it to spark-submit --py-files"
 
 clean:

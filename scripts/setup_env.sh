@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the pinned stack (setup.cfg) plus horovod built from source.
+# Creates .venv and installs the pinned stack (setup.cfg), horovod built from source and the
+# JVM packages Spark needs (Delta, hadoop-aws) resolved by Maven.
 # Idempotent: a second run checks what is there and does nothing more; the horovod wheel
 # is cached under $PSRQ_WHEEL_CACHE so a fresh clone on the same machine does not rebuild it.
 set -euo pipefail
@@ -16,9 +17,10 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 command -v java >/dev/null || die "Java 17+ is required by Spark 4 and was not found on PATH (install openjdk-17-jre-headless)."
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
 [ -n "$java_major" ] && [ "$java_major" -ge 17 ] || die "Java 17+ is required by Spark 4; found '$(java -version 2>&1 | head -1)'."
+command -v mvn >/dev/null || die "Maven (mvn) is required to resolve the Delta and hadoop-aws jars for Spark and was not found on PATH (install maven)."
 command -v "$PY" >/dev/null || die "$PY not found; Python 3.11 is required."
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
-  || die "Python 3.11 is required (torch 2.13 CPU wheel, horovod build); $PY is $("$PY" --version 2>&1)."
+  || die "Python 3.11 is required (the pinned torch and the horovod build); $PY is $("$PY" --version 2>&1)."
 
 # --- virtual environment -----------------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then
@@ -39,7 +41,7 @@ else
   say "pinned dependencies up to date"
 fi
 
-# --- horovod, built from its sdist with C++17 ---------------------------------------------
+# --- horovod, built from its sdist ------------------------------------------------------------
 native() { "$VPY" - "$1" <<'PYEOF'
 import configparser, sys
 c = configparser.ConfigParser(); c.read("setup.cfg")
@@ -48,17 +50,27 @@ PYEOF
 }
 HVD_VERSION=$(native horovod)
 CXX_STD=$(native horovod_cxx_standard)
-TORCH_VERSION=$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')
+# the full version (2.13.0+cu130): the wheel links against this torch build's C++ library
+TORCH_VERSION=$("$VPY" -c 'import torch; print(torch.__version__)')
+TORCH_MINOR=$("$VPY" -c 'import torch; print(*torch.__version__.split(".")[:2], sep=".")')
+"$VPY" - "$TORCH_MINOR" "$CXX_STD" <<'PYEOF' || die "setup.cfg horovod_cxx_standard=$CXX_STD is too old for torch $TORCH_MINOR (its headers need C++20 from 2.14 on)"
+import sys
+major, minor = map(int, sys.argv[1].split("."))
+sys.exit(0 if int(sys.argv[2]) >= (20 if (major, minor) >= (2, 14) else 17) else 1)
+PYEOF
+BUILD_MODE=cpu-gloo
 have=$("$VPY" -c 'import horovod, horovod.torch; print(horovod.__version__)' 2>/dev/null || true)
 if [ "$have" = "$HVD_VERSION" ]; then
   say "horovod $HVD_VERSION present"
 else
-  # the wheel links against torch's C++ ABI: the cache key includes the torch version
-  slot="$CACHE/horovod-$HVD_VERSION-torch$TORCH_VERSION-cxx$CXX_STD"
+  slot="$CACHE/horovod-$HVD_VERSION-torch$TORCH_VERSION-cxx$CXX_STD-$BUILD_MODE"
   mkdir -p "$slot"
   wheel=$(ls "$slot"/horovod-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$wheel" ]; then
-    say "building horovod $HVD_VERSION from source (gloo + pytorch, C++$CXX_STD; about 5-10 minutes)"
+    for tool in cmake g++ make; do
+      command -v "$tool" >/dev/null || die "$tool is required to build horovod $HVD_VERSION from source and was not found on PATH (install cmake, g++ and make)."
+    done
+    say "building horovod $HVD_VERSION from source ($BUILD_MODE, pytorch, C++$CXX_STD; about 2-5 minutes)"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     "$VPY" -m pip download --quiet --no-deps --no-binary :all: "horovod==$HVD_VERSION" -d "$work"
@@ -68,10 +80,31 @@ else
     sed -i "s/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD $CXX_STD)/" \
       "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
     grep -q "CMAKE_CXX_STANDARD $CXX_STD" "$src/horovod/torch/CMakeLists.txt" || die "could not patch horovod's C++ standard"
-    (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+    # PyPI's torch is a CUDA build, and horovod's CMake turns CUDA on as soon as it finds any
+    # trace of a toolkit (nvcc on PATH, CUDA_HOME, /usr/local/cuda): add_cuda() for torch and
+    # enable_language(CUDA) at the top, which stop when that toolkit is partial. A CPU build
+    # must not depend on what the machine happens to have: both are switched off (Gloo
+    # operations, CPU tensors).
+    "$VPY" - "$src" <<'PYEOF' || die "could not patch horovod's CUDA detection for a CPU build"
+import pathlib, sys
+src = pathlib.Path(sys.argv[1])
+patches = {
+    "CMakeLists.txt": ("check_language(CUDA)\nif(NOT CMAKE_CUDA_COMPILER)",
+                       "set(CMAKE_CUDA_COMPILER \"\")  # psrq: CPU-only build\nif(FALSE)"),
+    "cmake/Modules/FindPytorch.cmake": ('string(TOUPPER "${Pytorch_CUDA}" Pytorch_CUDA)',
+                                        "set(Pytorch_CUDA FALSE)  # psrq: CPU-only build"),
+}
+for name, (old, new) in patches.items():
+    f = src / name
+    text = f.read_text()
+    if text.count(old) != 1:
+        sys.exit(f"{f}: expected the text to patch exactly once")
+    f.write_text(text.replace(old, new))
+PYEOF
+    (cd "$src" && env -u CUDA_HOME -u CUDA_PATH -u HOROVOD_CUDA_HOME HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
       HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
       MAKEFLAGS="-j$(nproc)" "$VPY" -m pip wheel --no-deps --no-build-isolation -w "$slot" . \
-      > "$work/build.log" 2>&1) || { tail -40 "$work/build.log" >&2; die "horovod build failed (log above)"; }
+      > "$work/build.log" 2>&1) || { grep -A8 "CMake Error" "$work/build.log" >&2; tail -25 "$work/build.log" >&2; die "horovod build failed (log above)"; }
     wheel=$(ls "$slot"/horovod-*.whl | head -1)
     say "cached $wheel"
   else
@@ -85,4 +118,22 @@ check=$("$VENV/bin/horovodrun" --check-build)
 grep -q '\[X\] PyTorch' <<<"$check" || die "horovod was built without PyTorch support"
 grep -q '\[X\] Gloo' <<<"$check" || die "horovod was built without Gloo support"
 say "horovod build: PyTorch and Gloo available"
+
+# --- JVM packages: Delta and hadoop-aws, resolved by Maven ------------------------------------
+# Versions follow the pinned Python packages (lib/psrq/jvm.py); Maven keeps the jars in its
+# local repository and the class path of each bundle is recorded in the environment.
+for bundle in delta s3a; do
+  if "$VPY" -m psrq.jvm check "$bundle"; then
+    say "jars for $bundle up to date"
+    continue
+  fi
+  coords=$("$VPY" -m psrq.jvm packages "$bundle")
+  say "resolving $coords with Maven (into ~/.m2; hadoop-aws brings the 560 MB AWS SDK bundle)"
+  mwork=$(mktemp -d)
+  "$VPY" -m psrq.jvm pom "$bundle" > "$mwork/pom.xml"
+  mvn -q -B -f "$mwork/pom.xml" dependency:build-classpath -Dmdep.outputFile="$mwork/classpath.txt" \
+    > "$mwork/mvn.log" 2>&1 || { tail -30 "$mwork/mvn.log" >&2; die "Maven could not resolve $coords (log above)"; }
+  "$VPY" -m psrq.jvm record "$bundle" "$mwork/classpath.txt" | sed 's/^/[setup] /'
+  rm -rf "$mwork"
+done
 say "environment ready: $VENV"

@@ -14,11 +14,11 @@ def spark():
     from psrq.config import SparkConf
     from psrq.spark import build_spark
 
-    # PSRQ_TEST_DELTA_PACKAGES=io.delta:delta-spark_2.13:4.0.0 runs the delta-spark tests
-    # where Maven is reachable.
+    # The Delta jars setup resolved are on the class path, so the delta-spark engine is
+    # tested for real; tests that run stages pick their engine explicitly (small_config).
     cfg = SparkConf(
         master="local[2]", app_name="psrq-tests", shuffle_partitions=2, driver_memory="2g",
-        delta_packages=os.environ.get("PSRQ_TEST_DELTA_PACKAGES") or None,
+        jvm_packages=["delta"],
         conf={"spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2"},
     )
     session = build_spark(cfg)
@@ -40,6 +40,8 @@ def small_config(tmp_path, *overrides):
     base = [
         f"storage.root={tmp_path}/delta",
         f"storage.codebooks={tmp_path}/codebooks",
+        # the shared session has the Delta jars: without this, engine=auto would pick delta-spark
+        "storage.engine=delta-rs",
         "dataset.modalities.text.dim=16",
         "dataset.modalities.audio.dim=12",
         "synthetic.n_items=400",

@@ -17,6 +17,7 @@ def test_cluster_profile_leaves_master_to_spark_submit(monkeypatch):
     cfg = load_config("cluster", "synthetic_1m")
     assert cfg.spark.master is None
     assert cfg.storage.engine == "delta-spark"
+    assert cfg.spark.jvm_packages == ["delta", "s3a"]
     assert cfg.table_path("items") == "s3a://bucket/psrq/items"
 
 

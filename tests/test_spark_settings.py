@@ -10,9 +10,17 @@ def test_local_settings_for_a_small_machine():
 
 
 def test_cluster_settings_load_delta_and_leave_resources_to_spark_submit(monkeypatch):
+    from importlib.metadata import version
+
+    from psrq import jvm
+
     monkeypatch.setenv("PSRQ_STORAGE_ROOT", "hdfs:///psrq")
+    # a driver where setup did not resolve the jars: Spark resolves the pinned coordinates
+    monkeypatch.setattr(jvm, "resolved", lambda bundle, manifest=None: None)
     s = spark_settings(load_config("cluster", "synthetic_1m").spark)
-    assert s["spark.jars.packages"].startswith("io.delta:delta-spark_2.13:4.0")
+    delta, aws = s["spark.jars.packages"].split(",")
+    assert delta == f"io.delta:delta-spark_2.13:{version('delta-spark')}" and aws.startswith("org.apache.hadoop:hadoop-aws:")
+    assert "spark.jars" not in s
     assert s["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert "spark.driver.memory" not in s and s["spark.dynamicAllocation.enabled"] == "true"
 

@@ -1,17 +1,19 @@
-"""The same storage API through delta-spark: runs only where the Delta jars load
-(set PSRQ_TEST_DELTA_PACKAGES=io.delta:delta-spark_2.13:4.0.0 with Maven reachable)."""
+"""The same storage API through delta-spark, with the Delta jars setup resolved by Maven on
+the shared session's class path (no skip: `make setup` always resolves them)."""
 import pytest
 
-from psrq.storage import AppTxn
+from psrq.storage import AppTxn, DeltaRsEngine, open_engine
 from psrq.storage.delta_spark import DeltaSparkEngine, delta_jars_loaded
 
 
 @pytest.fixture(scope="module")
 def spark_engine(spark):
-    if not delta_jars_loaded(spark):
-        pytest.skip("Delta JVM jars are not on the classpath (Maven is unreachable here); "
-                    "set PSRQ_TEST_DELTA_PACKAGES=io.delta:delta-spark_2.13:4.0.0 to run these")
+    assert delta_jars_loaded(spark), "the Delta jars resolved by setup are not on the test session's class path"
     return DeltaSparkEngine(spark)
+
+
+def test_auto_picks_delta_spark_when_the_jars_are_loaded(spark):
+    assert open_engine(spark, "auto").name == "delta-spark"
 
 
 def test_write_merge_time_travel_and_idempotence(spark, spark_engine, tmp_path):
@@ -19,9 +21,25 @@ def test_write_merge_time_travel_and_idempotence(spark, spark_engine, tmp_path):
     df = spark.range(10).selectExpr("id as item_id", "cast(id as double) as v")
     assert spark_engine.write(df, path, "create", AppTxn("job", 1)).version == 0
     assert spark_engine.write(df, path, "append", AppTxn("job", 1)).skipped
+    assert spark_engine.transaction_version(path, "job") == 1
     src = spark.range(5, 15).selectExpr("id as item_id", "-1.0d as v")
-    spark_engine.merge(src, path, ["item_id"])
+    assert spark_engine.merge(src, path, ["item_id"]).version == 1
     cur = {r.item_id: r.v for r in spark_engine.read(path).collect()}
     assert len(cur) == 15 and cur[7] == -1.0 and cur[2] == 2.0
-    assert spark_engine.read(path, 0).count() == 10
-    assert len(spark_engine.history(path)) == 2
+    # time travel to the first commit
+    old = {r.item_id: r.v for r in spark_engine.read(path, 0).collect()}
+    assert old == {i: float(i) for i in range(10)}
+    assert [h["operation"] for h in spark_engine.history(path)] == ["MERGE", "WRITE"]
+
+
+def test_both_engines_read_each_others_tables(spark, spark_engine, tmp_path):
+    rs = DeltaRsEngine(spark)
+    by_spark, by_rs = str(tmp_path / "by_spark"), str(tmp_path / "by_rs")
+    df = spark.range(7).selectExpr("id as item_id", "id * 2 as v")
+    spark_engine.write(df, by_spark, "create")
+    rs.write(df, by_rs, "create")
+    assert sorted(r.v for r in rs.read(by_spark).collect()) == [0, 2, 4, 6, 8, 10, 12]
+    assert sorted(r.v for r in spark_engine.read(by_rs).collect()) == [0, 2, 4, 6, 8, 10, 12]
+    rs.write(spark.range(3).selectExpr("id as item_id", "id as v"), by_spark, "append", AppTxn("night", 5))
+    assert spark_engine.read(by_spark).count() == 10 and spark_engine.version(by_spark) == 1
+    assert spark_engine.transaction_version(by_spark, "night") == 5

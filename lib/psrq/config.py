@@ -37,8 +37,9 @@ class SparkConf(_Strict):
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(8, ge=1)
     arrow_batch_rows: int = Field(4096, ge=1)
-    # Maven coordinates of the Delta jars; None means "no jars: use delta-rs".
-    delta_packages: Optional[str] = None
+    # JVM packages to load (psrq.jvm): delta (Delta Lake for Spark), s3a (hadoop-aws).
+    # Their versions follow the pinned Python packages; setup resolves them with Maven.
+    jvm_packages: list[Literal["delta", "s3a"]] = Field(default_factory=list)
     conf: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("conf", mode="before")
@@ -173,6 +174,8 @@ class TrainConf(_Strict):
     max_steps: Optional[int] = Field(None, ge=1)
     checkpoint_dir: str = "./data/checkpoints"
     checkpoint_every: int = Field(200, ge=0)
+    # move an unreadable or foreign checkpoint folder aside (<folder>.moved-<time>) and start over
+    restart: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # the codebook version the model is meant for; null: whatever the samples were built with
     codebook_version: Optional[str] = None

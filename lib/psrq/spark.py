@@ -1,7 +1,7 @@
 """SparkSession from the `spark` section of the configuration.
 
 local profile: local[*] with settings for a small machine; cluster profile: master and
-resources from spark-submit, Delta jars through spark.jars.packages."""
+resources from spark-submit. JVM packages (Delta, hadoop-aws) from psrq.jvm."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from psrq import jvm
 from psrq.config import SparkConf
 
 
@@ -38,16 +39,24 @@ def spark_settings(cfg: SparkConf) -> dict[str, str]:
     # oversubscribing the cores in the matrix products of encoding
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         settings[f"spark.executorEnv.{var}"] = "1"
-    if cfg.delta_packages:
-        settings.update(
-            {
-                "spark.jars.packages": cfg.delta_packages,
-                "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-                "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-            }
-        )
+    settings.update(jvm_settings(cfg.jvm_packages))
     settings.update(cfg.conf)
     return settings
+
+
+def jvm_settings(bundles: list[str]) -> dict[str, str]:
+    """The jars of the requested JVM packages: those setup resolved with Maven (`spark.jars`,
+    nothing downloaded at start), or else their coordinates for Spark to resolve itself."""
+    if not bundles:
+        return {}
+    if all(jvm.resolved(b) is not None for b in bundles):
+        out = {"spark.jars": ",".join(jvm.local_jars(bundles))}
+    else:
+        out = {"spark.jars.packages": jvm.packages(bundles)}
+    if "delta" in bundles:
+        out["spark.sql.extensions"] = "io.delta.sql.DeltaSparkSessionExtension"
+        out["spark.sql.catalog.spark_catalog"] = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    return out
 
 
 def build_spark(cfg: SparkConf) -> SparkSession:

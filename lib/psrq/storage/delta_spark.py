@@ -8,6 +8,7 @@ from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
 
+from psrq import jvm
 from psrq.errors import StorageError
 from psrq.storage.base import AppTxn, WriteMode, WriteResult
 
@@ -17,7 +18,9 @@ _SPARK_MODE = {"create": "errorifexists", "append": "append", "overwrite": "over
 def delta_jars_loaded(spark: SparkSession) -> bool:
     """True when the Delta JVM classes are on the session's classpath."""
     try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # noqa: SLF001
+        # jars from spark.jars / --packages live in Spark's class loader, not the system one
+        loader = spark._jvm.java.lang.Thread.currentThread().getContextClassLoader()  # noqa: SLF001
+        loader.loadClass("io.delta.tables.DeltaTable")
         return "DeltaSparkSessionExtension" in spark.conf.get("spark.sql.extensions", "")
     except Exception:  # noqa: BLE001 - any JVM error means "not available"
         return False
@@ -29,8 +32,8 @@ class DeltaSparkEngine:
     def __init__(self, spark: SparkSession):
         if not delta_jars_loaded(spark):
             raise StorageError(
-                "storage.engine=delta-spark needs the Delta jars: set spark.delta_packages "
-                "(e.g. io.delta:delta-spark_2.13:4.0.0) or pass --packages to spark-submit"
+                "storage.engine=delta-spark needs the Delta jars: add delta to spark.jvm_packages "
+                f"(spark.jvm_packages=[delta]), or pass --packages {jvm.packages(['delta'])} to spark-submit"
             )
         from delta.tables import DeltaTable  # imported late: needs the JVM classes
 
