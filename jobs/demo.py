@@ -55,8 +55,8 @@ def stage(spark, cfg):
           + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples.path}")
     trained = step(f"train {cfg.train.model}", lambda: train_stage(cfg, spark, progress=False))
     v = trained["valid"]
-    print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, "
-          f"{trained['samples_per_second']:,.0f} samples/s): train loss {trained['train_loss']:.4f}, "
+    print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, {trained['status']}, "
+          f"{trained['samples_per_second']:,.0f} samples/s): train loss {format_metric(trained['train_loss'])}, "
           f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f}")
     evaluated = {}
     baseline = cfg.with_overrides({"train.model": "din"})

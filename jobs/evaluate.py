@@ -13,7 +13,8 @@ from psrq.evaluation.stage import evaluate_stage
 def stage(spark, cfg):
     res = evaluate_stage(spark, cfg)
     m = res["metrics"]
-    print(f"{res['model']} (seed {res['seed']}) on {res['split']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
+    print(f"{res['model']} (seed {res['seed']}, step {res['checkpoint_step']}) on {res['split']}: evaluation {res['eval_id']} "
+          f"{res['status']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
           f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, GAUC {format_metric(m.get('gauc'))}; "
           f"predictions in {res['predictions']}", flush=True)
     return res

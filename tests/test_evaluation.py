@@ -1,5 +1,7 @@
 """Offline evaluation: the distributed exact AUC equals scikit-learn's, Cold AUC reads the
 cold rows only, Logloss and GAUC match direct computations; the evaluate stage end to end."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,17 +101,18 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     from psrq.storage import open_engine
     from psrq.training.loop import load_checkpoint, predict
     from psrq.training.readers import make_reader
-    from psrq.training.stage import checkpoint_dir, model_args, samples_manifest
+    from psrq.samples import SamplesManifest
+    from psrq.training.stage import identity_and_folder, model_args
 
     cfg = trained
     res = evaluate_stage(spark, cfg)
     engine = open_engine(spark, "delta-rs")
     preds = engine.read(res["predictions"]).toPandas()
-    man = samples_manifest(cfg.samples.path)
-    assert len(preds) == man["splits"]["test"]["rows"] == res["metrics"]["rows"]
+    man = SamplesManifest.read(cfg.samples.path)
+    assert len(preds) == man.splits["test"]["rows"] == res["metrics"]["rows"]
     model = build_model(**model_args(cfg, man), content=read_content(f"{cfg.samples.path}/content.safetensors"))
-    model.load_state_dict(load_checkpoint(checkpoint_dir(cfg, man))["model"])
-    scores, labels, cold = predict(model, make_reader("arrow", man["splits"]["test"]["path"], model.inputs + ["label", "is_cold"], 512),
+    model.load_state_dict(load_checkpoint(identity_and_folder(cfg, man)[1])["model"])
+    scores, labels, cold = predict(model, make_reader("arrow", man.split_path("test"), model.inputs + ["label", "is_cold"], 512),
                                    torch.device("cpu"))
     assert np.allclose(np.sort(preds.score.to_numpy()), np.sort(scores), atol=1e-6)
     assert res["metrics"]["auc"] == pytest.approx(roc_auc_score(preds.label, preds.score), abs=1e-12)
@@ -118,7 +121,40 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     assert rows.auc[0] == pytest.approx(res["metrics"]["auc"]) and '"samples"' in rows.config[0]
     again = evaluate_stage(spark, cfg)
     assert len(engine.read(cfg.table_path("eval_metrics")).toPandas()) == 1
-    assert again["metrics"]["auc"] == pytest.approx(res["metrics"]["auc"])
+    assert res["status"] == "evaluated" and again["status"] == "already done"
+    assert again["metrics"] == pytest.approx(res["metrics"]) and again["eval_id"] == res["eval_id"]
+
+
+def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, trained):
+    """Two states of the model evaluated in turn with the same run id: each is scored and
+    recorded with its own metrics; neither reports the other's numbers."""
+    import torch
+
+    from psrq.evaluation.stage import evaluate_stage
+    from psrq.samples import SamplesManifest
+    from psrq.storage import open_engine
+    from psrq.training.loop import load_checkpoint
+    from psrq.training.stage import identity_and_folder
+
+    cfg = trained.with_overrides({"evaluate.split": "valid"})
+    first = evaluate_stage(spark, cfg)
+    _, folder = identity_and_folder(cfg, SamplesManifest.read(cfg.samples.path))
+    path = Path(folder, "checkpoint.pt")
+    original = path.read_bytes()
+    ckpt = load_checkpoint(folder)
+    # another state of the same run: the weights moved on (a resumed training, say)
+    ckpt["model"] = {k: (v * 0.5 if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    torch.save(ckpt, path)
+    try:
+        second = evaluate_stage(spark, cfg)
+    finally:
+        path.write_bytes(original)
+    assert second["status"] == "evaluated" and second["eval_id"] != first["eval_id"]
+    assert second["weights"] != first["weights"] and second["predictions"] != first["predictions"]
+    assert second["metrics"]["logloss"] != pytest.approx(first["metrics"]["logloss"])
+    rows = open_engine(spark, "delta-rs").read(cfg.table_path("eval_metrics")).toPandas().set_index("eval_id")
+    assert rows.loc[first["eval_id"], "logloss"] == pytest.approx(first["metrics"]["logloss"])
+    assert rows.loc[second["eval_id"], "logloss"] == pytest.approx(second["metrics"]["logloss"])
 
 
 def test_evaluating_an_untrained_model_is_a_clear_error(spark, trained):

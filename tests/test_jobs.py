@@ -88,3 +88,39 @@ def test_codebook_jobs_in_sequence(spark, tmp_path, capsys):
     assert "night 20261123: 0 new/changed items" in capsys.readouterr().out
     load_job("reindex_catalog").stage(spark, cfg)
     assert "night 20261123: already done, nothing changed" in capsys.readouterr().out
+
+
+def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spark, tmp_path):
+    """A finished training re-run is "already done" (valid JSON, no NaN); a changed learning
+    rate trains anew; --json prints exactly one JSON document on stdout."""
+    import json
+
+    from psrq.stages.assign import assign
+    from psrq.stages.codebooks import fit_stage
+    from psrq.stages.samples import build_samples
+
+    cfg = small_config(tmp_path, "codebooks.k=16", "codebooks.sample_size=300", f"samples.path={tmp_path}/samples",
+                       "samples.history_len=5", "samples.content.dim=0")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    assign(spark, cfg)
+    build_samples(spark, cfg)
+    common = [f"storage.root={tmp_path}/delta", "storage.engine=delta-rs", f"samples.path={tmp_path}/samples",
+              f"train.checkpoint_dir={tmp_path}/ckpt", "train.model=din", "train.backend=single", "train.reader=arrow",
+              "train.max_steps=3", "train.dim=8", "spark.master=local[1]", "dataset.modalities.text.dim=16",
+              "dataset.modalities.audio.dim=12"]
+
+    def job(name, *extra):
+        out = run([f"jobs/{name}.py", "--json", *common, *extra], timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout)  # the whole of stdout is one document
+
+    first, again = job("train_ranker"), job("train_ranker")
+    assert first["status"] == "trained" and first["steps"] == 3
+    assert again["status"] == "already done" and again["steps_this_run"] == 0 and again["identity"] == first["identity"]
+    faster = job("train_ranker", "train.lr=0.5")
+    assert faster["status"] == "trained" and faster["identity"] != first["identity"]
+    ev, ev_again = job("evaluate"), job("evaluate")
+    assert ev["status"] == "evaluated" and ev_again["status"] == "already done" and ev_again["eval_id"] == ev["eval_id"]
+    ev_fast = job("evaluate", "train.lr=0.5", "run.run_id=1")
+    assert ev_fast["eval_id"] != ev["eval_id"] and ev_fast["train_identity"] == faster["identity"]

@@ -1,5 +1,9 @@
 """Readers, the training loop (checkpoint/resume, NaN stop), and a model that learns."""
+import json
+import os
+import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -8,13 +12,14 @@ import pytest
 import torch
 
 from psrq.models.ranker import build_model
+from psrq.samples import SamplesManifest
 from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
 from psrq.stages.samples import build_samples
 from psrq.training.loop import TrainingError, load_checkpoint, resume, train_loop
 from psrq.training.readers import ShardError, make_reader
-from psrq.training.stage import train_stage
+from psrq.training.stage import identity_and_folder, train_stage
 
 from conftest import small_config
 
@@ -72,15 +77,13 @@ def samples_cfg(spark, tmp_path_factory):
 
 
 def _train(cfg, ckpt, steps, every, model_name="mcca"):
-    from psrq.training.stage import samples_manifest
-
-    man = samples_manifest(cfg.samples.path)
+    man = SamplesManifest.read(cfg.samples.path)
     torch.manual_seed(0)
-    model = build_model(model_name, man["vocab_size"], man["k"], man["layers"], man["history_len"], 16)
+    model = build_model(model_name, man.vocab_size, man.k, man.layers, man.history_len, 16)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cols = model.inputs + ["label"]
-    reader = lambda: make_reader("arrow", man["splits"]["train"]["path"], cols, 256)  # noqa: E731
-    meta = {"model_name": model_name, "vocab_size": man["vocab_size"]}
+    reader = lambda: make_reader("arrow", man.split_path("train"), cols, 256)  # noqa: E731
+    meta = {"model_name": model_name, "vocab_size": man.vocab_size}
     start = resume(ckpt, model, opt, meta)
     res = train_loop(model, reader, opt, torch.device("cpu"), ckpt, every, meta, steps, start, progress=False)
     return model, res
@@ -119,7 +122,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(samples_cfg, tmp_path
 def test_checkpoint_of_another_model_is_refused(samples_cfg, tmp_path):
     ckpt = str(tmp_path / "m")
     _train(samples_cfg, ckpt, 3, 3, "din")
-    with pytest.raises(TrainingError, match="checkpoint was written for model_name='din'"):
+    with pytest.raises(TrainingError, match="written for another run: model_name='din' \\(this run: 'mcca'\\)"):
         _train(samples_cfg, ckpt, 5, 3, "mcca")
 
 
@@ -156,8 +159,6 @@ def test_content_baselines_learn_and_reach_cold_items(samples_cfg, tmp_path):
 @pytest.mark.parametrize("backend,model", [("horovod", "mcca"), ("torch-distributor", "mcca"), ("horovod", "simtier_make")])
 def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend, model):
     """simtier_make: parameter groups and an auxiliary loss under Horovod's optimizer."""
-    from psrq.training.stage import samples_manifest
-
     cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
         update={"backend": backend, "num_proc": 2, "checkpoint_dir": str(tmp_path), "batch_size": 256, "model": model})})
     res = train_stage(cfg, spark, progress=False)
@@ -166,18 +167,74 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     # every train row read exactly once across the two shards (uneven shards included)
     assert sum(r["rows"] for r in ranks) == sum(r["samples"] for r in ranks)
-    assert sum(r["rows"] for r in ranks) == samples_manifest(cfg.samples.path)["splits"]["train"]["rows"]
+    assert sum(r["rows"] for r in ranks) == SamplesManifest.read(cfg.samples.path).splits["train"]["rows"]
     assert res["valid"]["auc"] > 0.6
     assert load_checkpoint(res["checkpoint"])["step"] == max(r["steps"] for r in ranks)
 
 
-def test_a_rerun_on_the_same_samples_finds_the_training_done(samples_cfg, tmp_path):
-    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
-        update={"model": "din", "checkpoint_dir": str(tmp_path), "max_steps": 5})})
+def _with(cfg, **train):
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
+
+
+def test_an_identical_rerun_is_already_done_and_any_changed_setting_trains(samples_cfg, tmp_path):
+    cfg = _with(samples_cfg, model="din", checkpoint_dir=str(tmp_path), max_steps=5)
     first = train_stage(cfg, progress=False)
     again = train_stage(cfg, progress=False)
-    assert first["steps"] == 5 and again["steps"] == 0  # resumed at its end: nothing left to do
+    assert first["status"] == "trained" and first["steps"] == first["steps_this_run"] == 5
+    assert again["status"] == "already done" and again["steps_this_run"] == 0 and again["steps"] == 5
     assert again["valid"] == first["valid"] and again["checkpoint"] == first["checkpoint"]
+    assert again["identity"] == first["identity"]
+    # every setting that changes the weights is a new run in its own folder
+    for change in ({"lr": 0.5}, {"batch_size": 128}, {"max_steps": 6}, {"seed": 1}, {"dim": 32}, {"reader": "petastorm"}):
+        other = train_stage(_with(cfg, **change), progress=False)
+        assert other["status"] == "trained" and other["steps_this_run"] > 0, change
+        assert other["identity"] != first["identity"] and other["checkpoint"] != first["checkpoint"], change
+    assert json.loads(json.dumps(again, allow_nan=False))["identity"] == first["identity"]
+
+
+def test_a_checkpoint_of_another_run_is_refused_by_name(samples_cfg, tmp_path):
+    base = _with(samples_cfg, model="din", checkpoint_dir=str(tmp_path), max_steps=2)
+    done = train_stage(base, progress=False)
+    wider = _with(base, dim=32)
+    _, folder = identity_and_folder(wider, SamplesManifest.read(base.samples.path))
+    Path(folder).mkdir(parents=True)
+    shutil.copy(Path(done["checkpoint"], "checkpoint.pt"), folder)  # a foreign checkpoint in its folder
+    with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint.pt was written for another run: dim=64 \(this run: 32\).*train.restart=true"):
+        train_stage(wider, progress=False)
+    res = train_stage(_with(wider, restart=True), progress=False)
+    assert res["status"] == "trained" and load_checkpoint(folder)["meta"]["dim"] == 32
+    assert len(list(Path(folder).parent.glob(Path(folder).name + ".moved-*"))) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_damaged_checkpoints_give_a_clear_error_and_restart_recovers(samples_cfg, tmp_path):
+    cfg = _with(samples_cfg, model="din", checkpoint_dir=str(tmp_path), max_steps=4, checkpoint_every=2)
+    _, folder = identity_and_folder(cfg, SamplesManifest.read(cfg.samples.path))
+    Path(folder).mkdir(parents=True)
+    ckpt = Path(folder, "checkpoint.pt")
+    # a truncated file (a disk that filled up, a copy cut short)
+    torch.save({"model": {"w": torch.zeros(1000)}, "optim": {}, "step": 2, "meta": {}}, ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:300])
+    with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint.pt is unreadable \(truncated or corrupt.*train.restart=true"):
+        train_stage(cfg, progress=False)
+    # a pickle that would run code: refused, nothing runs, and no advice to unpickle it
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(ckpt, "wb") as f:
+        pickle.dump(Evil(), f)
+    with pytest.raises(TrainingError) as err:
+        train_stage(cfg, progress=False)
+    assert "refused, nothing in it was run" in str(err.value) and "weights_only=False" not in str(err.value)
+    assert not marker.exists()
+    # a stale temporary of a killed writer is cleaned; restart moves the damaged folder aside
+    Path(folder, "checkpoint.pt.tmp-999999999").write_bytes(b"partial")
+    res = train_stage(_with(cfg, restart=True), progress=False)
+    assert res["status"] == "trained" and res["steps"] == 4
+    assert not list(Path(folder).glob("checkpoint.pt.tmp-*"))
 
 
 def test_too_many_processes_is_refused_before_workers_start(spark, samples_cfg):
@@ -186,16 +243,10 @@ def test_too_many_processes_is_refused_before_workers_start(spark, samples_cfg):
         train_stage(cfg, spark, progress=False)
 
 
-def test_a_checkpoint_of_another_width_is_refused(samples_cfg, tmp_path):
-    base = samples_cfg.train.model_copy(update={"model": "din", "checkpoint_dir": str(tmp_path), "max_steps": 2})
-    train_stage(samples_cfg.model_copy(update={"train": base}), progress=False)
-    wider = samples_cfg.model_copy(update={"train": base.model_copy(update={"dim": 32})})
-    with pytest.raises(TrainingError, match="checkpoint was written for dim=64, this run has dim=32"):
-        train_stage(wider, progress=False)
-
-
 def test_content_models_need_samples_with_content():
     from psrq.training.stage import content_file
 
     with pytest.raises(TrainingError, match="no content features.*samples.content.dim > 0"):
-        content_file("/data/samples", {"codebook_version": "v0001"})
+        man = SamplesManifest(path="/data/samples", codebook_version="v0001", k=4, layers=2, spaces=("text",),
+                              history_len=5, vocab_size=10, splits={}, source_versions={}, split_from_us={}, content=None)
+        content_file("/data/samples", man)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +43,13 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None) ->
     # py4j's INFO lines report closed sockets as errors; faiss's list the CPU builds it tried
     for noisy in ("py4j", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # --json: stdout carries the one JSON document only. Everything else written to file
+    # descriptor 1 while the job runs (its own lines, the JVM and the workers it starts,
+    # which inherit the descriptor) goes to stderr.
+    json_out = os.dup(1) if args.json else None
+    if json_out is not None:
+        sys.stdout.flush()
+        os.dup2(2, 1)
     try:
         cfg: Config = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)
         from psrq.spark import build_spark  # after config: a bad key fails before the JVM starts
@@ -52,6 +61,22 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None) ->
     except PsrqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if json_out is not None:
+            sys.stdout.flush()
+            os.dup2(json_out, 1)
+            os.close(json_out)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False), flush=True)
     return 0
+
+
+def json_safe(value):
+    """NaN and infinities become null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

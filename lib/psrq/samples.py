@@ -8,6 +8,12 @@ one so that 0 is padding: a code c is written as c + 1 everywhere in the samples
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
 import numpy as np
 import pyarrow as pa
 
@@ -82,3 +88,54 @@ def user_samples(events: pa.Table, spaces: list[str], layers: int, n: int, valid
     out["hist_last_ts"] = pa.array(last, type=pa.int64(), mask=length == 0).cast(pa.timestamp("us", tz="UTC"))
     out["codebook_version"] = pa.array([codebook_version] * len(ts))
     return pa.table(out)
+
+
+@dataclass(frozen=True)
+class SamplesManifest:
+    """What build_samples hands to training and evaluation (`manifest.json` beside the
+    splits, written last). `raw` keeps the whole document for reports."""
+
+    path: str
+    codebook_version: str
+    k: int
+    layers: int
+    spaces: tuple
+    history_len: int
+    vocab_size: int
+    splits: dict          # split -> {"path", "rows"}
+    source_versions: dict
+    split_from_us: dict
+    content: Optional[dict]
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    FILE = "manifest.json"
+
+    @classmethod
+    def read(cls, path: str) -> "SamplesManifest":
+        from psrq.training.loop import TrainingError
+
+        f = Path(path) / cls.FILE
+        if not f.is_file():
+            raise TrainingError(f"no samples at {path} (missing {cls.FILE}): run jobs/build_samples.py first")
+        try:
+            m = json.loads(f.read_text())
+            return cls(path=path, codebook_version=m["codebook_version"], k=int(m["k"]), layers=int(m["layers"]),
+                       spaces=tuple(m["spaces"]), history_len=int(m["history_len"]), vocab_size=int(m["vocab_size"]),
+                       splits=m["splits"], source_versions=m["source_versions"], split_from_us=m["split_from_us"],
+                       content=m.get("content"), raw=m)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TrainingError(f"the samples manifest {f} is unreadable or incomplete ({exc!r}): rebuild the samples") from exc
+
+    @property
+    def key(self) -> str:
+        """One build of the samples."""
+        return hashlib.sha256(json.dumps({"codebook_version": self.codebook_version, "vocab_size": self.vocab_size,
+                                          "splits": self.splits, "source_versions": self.source_versions,
+                                          "split_from_us": self.split_from_us}, sort_keys=True).encode()).hexdigest()[:10]
+
+    def split_path(self, split: str) -> str:
+        return self.splits[split]["path"]
+
+    @property
+    def modalities(self) -> list[str]:
+        return [s for s in self.spaces if s != "joint"]

@@ -123,6 +123,8 @@ EVAL_METRICS = T.StructType(
         T.StructField("codebook_version", T.StringType(), False),
         T.StructField("checkpoint", T.StringType(), False),
         T.StructField("checkpoint_step", T.LongType(), False),
+        T.StructField("train_identity", T.StringType(), False),  # psrq.training.identity.TrainIdentity.key
+        T.StructField("weights", T.StringType(), False),         # hash of the evaluated weights
         T.StructField("samples", T.StringType(), False),
         T.StructField("data_versions", T.StringType(), False),  # JSON: source Delta table versions
         T.StructField("config", T.StringType(), False),         # JSON: the run's configuration

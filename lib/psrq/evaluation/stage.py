@@ -1,16 +1,19 @@
 """Stage: evaluate a trained ranker on a split of the samples, in Spark.
 
-checkpoint (of train.model, train.seed on these samples) -> broadcast -> scores on the
-executors -> predictions Delta table -> exact All AUC, Cold AUC, Logloss, GAUC from the
-table -> one row in the eval_metrics Delta table. Both writes carry the app transaction
-(eval id, run.run_id): a re-run of the same run recomputes the metrics from the stored
-predictions and commits nothing new."""
+checkpoint (found by the training run's identity) -> broadcast -> scores on the executors ->
+predictions Delta table -> exact All AUC, Cold AUC, Logloss, GAUC from the table -> one row
+in the eval_metrics Delta table. An evaluation's identity is the training's identity, the
+checkpoint's step and a hash of its weights, the split and the samples build: its eval_id
+names the predictions table and the record. The same identity evaluated again reports the
+recorded metrics with status "already done"; any other state of the model is a new
+evaluation with its own predictions and record."""
 from __future__ import annotations
 
 import json
 import logging
 from datetime import datetime, timezone
-from pathlib import Path
+
+from pyspark.sql import functions as F
 
 from psrq.config import Config
 from psrq.content import CONTENT_FILE, read_content_bytes
@@ -18,33 +21,55 @@ from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import evaluate_predictions
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
 from psrq.models.ranker import NEEDS_CONTENT
+from psrq.samples import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, open_engine
-from psrq.training.loop import check_compatible, load_checkpoint
-from psrq.training.stage import checkpoint_dir, content_file, model_args, run_meta, samples_key, samples_manifest
+from psrq.training.identity import EvalIdentity, weights_hash
+from psrq.training.loop import CHECKPOINT, check_compatible, load_checkpoint
+from psrq.training.stage import checkpoint_meta, content_file, identity_and_folder, model_args
 
 log = logging.getLogger(__name__)
+_METRICS = ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc")
+
+
+def _summary(record: dict, status: str, content: bool) -> dict:
+    out = {k: v for k, v in record.items() if k != "config"}
+    out["evaluated_at"] = record["evaluated_at"].isoformat() if hasattr(record["evaluated_at"], "isoformat") else record["evaluated_at"]
+    return {**out, "status": status, "metrics": {k: record.get(k) for k in _METRICS},
+            "content_file": CONTENT_FILE if content else None}
 
 
 def evaluate_stage(spark, cfg: Config) -> dict:
     ec, tc = cfg.evaluate, cfg.train
-    man = samples_manifest(cfg.samples.path)
-    ckpt_dir = checkpoint_dir(cfg, man)
+    man = SamplesManifest.read(cfg.samples.path)
+    ident, ckpt_dir = identity_and_folder(cfg, man)
     ckpt = load_checkpoint(ckpt_dir)
     if ckpt is None:
-        raise EvaluationError(f"no trained {tc.model} (seed {tc.seed}) for the samples at {cfg.samples.path} "
-                              f"(looked in {ckpt_dir}): run jobs/train_ranker.py with the same settings first")
-    meta = run_meta(cfg, man)
-    check_compatible(ckpt, meta)
-    content = read_content_bytes(content_file(cfg.samples.path, man)) if tc.model in NEEDS_CONTENT else None
-    eval_id = f"{Path(ckpt_dir).name}-{ec.split}"
-    bundle = bundle_from_checkpoint(ckpt, f"{ckpt_dir}@{ckpt['step']}", model_args(cfg, man), content)
-    bc = spark.sparkContext.broadcast(bundle)
-    split_path = man["splits"][ec.split]["path"]
+        raise EvaluationError(f"no trained {tc.model} (seed {tc.seed}) with these training settings for the samples at "
+                              f"{cfg.samples.path} (run {ident.key}, looked in {ckpt_dir}): run jobs/train_ranker.py "
+                              "with the same settings first")
+    check_compatible(ckpt, checkpoint_meta(ident), f"{ckpt_dir}/{CHECKPOINT} ")
+    eid = EvalIdentity(train_key=ident.key, model=tc.model, step=int(ckpt["step"]), weights=weights_hash(ckpt["model"]),
+                       split=ec.split, samples=man.key)
+    eval_id = eid.eval_id
     engine = open_engine(spark, cfg.storage.engine)
+    metrics_path = cfg.table_path("eval_metrics")
+    needs_content = tc.model in NEEDS_CONTENT
+    if engine.exists(metrics_path):
+        done = engine.read(metrics_path).filter(F.col("eval_id") == eval_id).limit(1).collect()
+        if done:
+            log.info("evaluation %s already recorded in %s: reporting it", eval_id, metrics_path)
+            return _summary(done[0].asDict(), "already done", needs_content)
+    content = read_content_bytes(content_file(cfg.samples.path, man)) if needs_content else None
+    bundle = bundle_from_checkpoint(ckpt, eval_id, model_args(cfg, man), content)
+    bc = spark.sparkContext.broadcast(bundle)
+    split_path = man.split_path(ec.split)
     pred_path = f"{cfg.table_path('predictions').rstrip('/')}/{eval_id}"
+    # one app transaction per evaluation identity: a crash after the predictions commit
+    # re-uses them (they are this identity's), never another model state's
     txn = AppTxn(f"psrq.evaluate.{eval_id}", cfg.run.run_id)
-    log.info("scoring %s rows of %s with %s (step %d)", f"{man['splits'][ec.split]['rows']:,}", ec.split, tc.model, ckpt["step"])
+    log.info("scoring %s rows of %s with %s (step %d, weights %s)", f"{man.splits[ec.split]['rows']:,}", ec.split,
+             tc.model, eid.step, eid.weights)
     try:
         engine.write(score(spark.read.parquet(split_path), bc, ec.batch_rows), pred_path, "overwrite", txn,
                      description=f"predictions of {eval_id}")
@@ -53,16 +78,15 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     metrics = evaluate_predictions(engine.read(pred_path), ec.gauc)
     record = {
         "eval_id": eval_id, "run_id": cfg.run.run_id, "evaluated_at": datetime.now(timezone.utc), "dataset": cfg.dataset.name,
-        "model": tc.model, "seed": tc.seed, "split": ec.split, "codebook_version": man["codebook_version"],
-        "checkpoint": ckpt_dir, "checkpoint_step": int(ckpt["step"]), "samples": samples_key(man),
-        "data_versions": json.dumps(man["source_versions"], sort_keys=True),
+        "model": tc.model, "seed": tc.seed, "split": ec.split, "codebook_version": man.codebook_version,
+        "checkpoint": ckpt_dir, "checkpoint_step": eid.step, "train_identity": ident.key, "weights": eid.weights,
+        "samples": man.key, "data_versions": json.dumps(man.source_versions, sort_keys=True),
         "config": json.dumps({s: getattr(cfg, s).model_dump(mode="json") for s in ("dataset", "codebooks", "samples", "train", "evaluate")},
                              sort_keys=True),
         "predictions": pred_path, "rows": metrics["rows"], "cold_rows": metrics["cold_rows"], "auc": metrics["auc"],
         "cold_auc": metrics["cold_auc"], "logloss": metrics["logloss"], "gauc": metrics.get("gauc"),
     }
-    engine.write(spark.createDataFrame([record], EVAL_METRICS), cfg.table_path("eval_metrics"), "append", txn,
+    engine.write(spark.createDataFrame([record], EVAL_METRICS), metrics_path, "append", txn,
                  description=f"metrics of {eval_id}")
     log.info("%s on %s: AUC %.4f, cold AUC %s, logloss %.4f", tc.model, ec.split, metrics["auc"], metrics["cold_auc"], metrics["logloss"])
-    return {**{k: v for k, v in record.items() if k not in ("config",)}, "evaluated_at": record["evaluated_at"].isoformat(),
-            "metrics": metrics, "content_file": CONTENT_FILE if content else None}
+    return _summary(record, "evaluated", needs_content)

@@ -71,11 +71,11 @@ def prepare_data(spark, dcfg: Config) -> None:
 
 def prepare_method(spark, c: Config) -> dict:
     """Codebooks, semantic IDs and samples for c.codebooks.method, unless already built."""
-    from psrq.stages.samples import MANIFEST, build_samples
-    from psrq.training.stage import samples_manifest
+    from psrq.samples import SamplesManifest
+    from psrq.stages.samples import build_samples
 
-    if (Path(c.samples.path) / MANIFEST).is_file():
-        return samples_manifest(c.samples.path)
+    if (Path(c.samples.path) / SamplesManifest.FILE).is_file():
+        return SamplesManifest.read(c.samples.path).raw
     from psrq.stages.assign import assign
     from psrq.stages.codebooks import fit_stage
 

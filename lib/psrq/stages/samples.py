@@ -19,7 +19,7 @@ from psrq.config import Config
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.quant.artifact import read_manifest
 from psrq.content import CONTENT_FILE, write_content
-from psrq.samples import FIRST_INDEX, OOV, user_samples
+from psrq.samples import FIRST_INDEX, OOV, SamplesManifest, user_samples
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
 from psrq.storage import AppTxn, open_engine
 from psrq.storage.parquet_files import resolve
@@ -27,7 +27,6 @@ from psrq.validation import validate_interactions
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
-MANIFEST = "manifest.json"
 
 
 def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float) -> tuple[int, int]:
@@ -125,7 +124,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
         cat.unpersist()
         write_content(f"{base.rstrip('/')}/{CONTENT_FILE}", feats)
         info["content"]["file"] = CONTENT_FILE
-    with fs.open_output_stream(f"{root}/{MANIFEST}") as f:  # written last: the samples are complete
+    with fs.open_output_stream(f"{root}/{SamplesManifest.FILE}") as f:  # written last: the samples are complete
         f.write(json.dumps(info, indent=2).encode())
     log.info("samples: %s", {s: o["rows"] for s, o in out.items()})
     return info

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ class TrainResult:
     steps: int
     samples: int
     seconds: float
-    last_loss: float
+    last_loss: Optional[float]  # None when no step ran
     losses: list = field(default_factory=list)
 
     @property
@@ -70,20 +71,59 @@ def save_checkpoint(directory: str, model: torch.nn.Module, opt: torch.optim.Opt
     return path
 
 
+_RESTART = "set train.restart=true to move the folder aside and train afresh"
+
+
 def load_checkpoint(directory: str) -> Optional[dict]:
+    """The checkpoint in `directory`, None when there is none. Loaded with weights_only: a
+    file holding anything but tensors and plain values is refused before any of it runs."""
     path = os.path.join(directory, CHECKPOINT)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False: never follow that advice here
+        raise TrainingError(f"checkpoint {path} holds objects other than tensors and plain values, which this "
+                            f"project never writes: refused, nothing in it was run ({_RESTART}, or delete it)") from exc
+    except Exception as exc:  # noqa: BLE001 - zip, EOF and torch errors all mean a damaged file
+        raise TrainingError(f"checkpoint {path} is unreadable (truncated or corrupt: {str(exc).splitlines()[0][:200]}); "
+                            f"{_RESTART}") from exc
+    if not isinstance(ckpt, dict) or not {"model", "optim", "step", "meta"} <= set(ckpt):
+        raise TrainingError(f"checkpoint {path} is not a checkpoint of this project (no model/optim/step/meta); {_RESTART}")
+    return ckpt
 
 
-def check_compatible(ckpt: dict, meta: dict) -> None:
-    """A checkpoint resumes only the run it was written for."""
-    for key in ("model_name", "vocab_size", "k", "layers", "history_len", "codebook_version", "samples", "dim", "seed",
-                "model_options"):
-        if key in meta and ckpt["meta"].get(key) != meta[key]:
-            raise TrainingError(f"checkpoint was written for {key}={ckpt['meta'].get(key)!r}, "
-                                f"this run has {key}={meta[key]!r}: use another checkpoint folder")
+def check_compatible(ckpt: dict, meta: dict, where: str = "") -> None:
+    """A checkpoint resumes or is evaluated only under the identity it was written for."""
+    diff = [f"{key}={ckpt['meta'].get(key)!r} (this run: {meta[key]!r})"
+            for key in meta if ckpt["meta"].get(key) != meta[key]]
+    if diff:
+        raise TrainingError(f"checkpoint {where or ''}was written for another run: " + ", ".join(diff)
+                            + f"; {_RESTART}")
+
+
+def clean_stale_temporaries(directory: str) -> list[str]:
+    """Remove `checkpoint.pt.tmp-<pid>` files left by killed writers (pid no longer alive)."""
+    removed = []
+    for tmp in Path(directory).glob(f"{CHECKPOINT}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(str(tmp))
+    if removed:
+        log.info("removed %d temporary checkpoint file(s) of killed runs in %s", len(removed), directory)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> int:
@@ -152,7 +192,7 @@ def train_loop(
     bar.close()
     if checkpoint_dir and step > last_good:
         save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
-    return TrainResult(step - start, samples, time.perf_counter() - t0, losses[-1] if losses else float("nan"), losses)
+    return TrainResult(step - start, samples, time.perf_counter() - t0, losses[-1] if losses else None, losses)
 
 
 @torch.no_grad()
