@@ -1,4 +1,5 @@
 """fit_codebooks -> assign_ids through Spark, against in-process encoding."""
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,22 @@ def test_fit_writes_a_versioned_artifact_with_diagnostics(world):
     assert len(layers) == 3 and all(0 < ly["utilisation"] <= 1 for ly in layers)
     cbs, manifest = load_artifact(cfg.codebooks_root())
     assert manifest["checksums"] and manifest["spec"]["k"] == 16
+
+
+def test_fit_is_idempotent_per_run_and_settings(spark, world, tmp_path):
+    """A retried fit of the same run keeps its version (every item keeps its ID); another
+    run id or another setting fits a new version."""
+    cfg, m = world
+    again = fit_stage(spark, cfg)
+    assert again["status"] == "already done" and again["version"] == m["version"] == "v0001"
+    assert again["fit_identity"] == m["fit_identity"]
+    shutil.copytree(cfg.codebooks_root(), tmp_path / "cb")
+    cfg = cfg.with_overrides({"storage.codebooks": str(tmp_path / "cb")})  # the module's root stays as it is
+    other_run = fit_stage(spark, cfg.with_overrides({"run.run_id": 5}))
+    assert other_run["status"] == "fitted" and other_run["version"] == "v0002"
+    other_k = fit_stage(spark, cfg.with_overrides({"run.run_id": 5, "codebooks.k": 8}))
+    assert other_k["status"] == "fitted" and other_k["version"] == "v0003"
+    assert fit_stage(spark, cfg.with_overrides({"run.run_id": 5}))["version"] == "v0002"
 
 
 def test_sample_is_seeded_and_partition_independent(spark, world):

@@ -147,3 +147,38 @@ def test_corrupt_missing_and_incomplete_artifacts(catalogue, tmp_path):
         load_artifact(root, v)
     with pytest.raises(ArtifactError, match="no codebook versions"):
         load_artifact(str(tmp_path / "empty"))
+
+
+def test_a_hand_edited_manifest_is_refused_and_a_broken_one_blocks_no_other(catalogue, tmp_path):
+    import json
+
+    cbs, _ = fitted_set(catalogue)
+    root = str(tmp_path / "cb")
+    v1, v2 = write_artifact(root, cbs, {}), write_artifact(root, cbs, {})
+    f = tmp_path / "cb" / v1 / "manifest.json"
+    m = json.loads(f.read_text())
+    m["spec"]["k"] = 16  # 8 in the arrays
+    f.write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="v0001.*manifest.json was modified after it was written"):
+        load_artifact(root, v1)
+    # the broken version is skipped when listing (with a warning) and blocks nothing else
+    assert list_versions(root) == [v2]
+    loaded, _ = load_artifact(root)
+    assert loaded.version == v2
+    # a manifest without its own checksum (an older format) is still checked against the arrays
+    del m["checksums"]["manifest"]
+    f.write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="layer0 has 8 codes, the manifest's spec says k=16"):
+        load_artifact(root, v1)
+
+
+def test_every_kmeans_setting_reaches_each_layer():
+    from dataclasses import replace
+
+    from psrq.quant.kmeans import KMeansSpec
+    from psrq.quant.methods import layer_kmeans
+
+    km = KMeansSpec(k=99, iters=7, seed=3, max_points_per_centroid=11, backend="torch", init="random")
+    s = replace(spec("rq", k=16), kmeans=km)
+    layer2 = layer_kmeans(s, 2)
+    assert layer2 == replace(km, k=16, seed=5)

@@ -164,3 +164,56 @@ def test_nulls_into_a_not_null_column_are_refused(spark, engine, tmp_path):
     with pytest.raises(Exception, match="column 'name' holds nulls but the table declares it not-null"):
         engine.write(bad, path, "append")
     assert engine.version(path) == 0
+
+
+@pytest.mark.parametrize("op", ["append", "overwrite", "merge"])
+def test_app_transaction_is_checked_at_commit(spark, engine, tmp_path, monkeypatch, op):
+    """Two writers of one run both found the transaction not yet done; the first commits,
+    the second loses the commit race, sees the run's transaction and reports it as done:
+    exactly one commit, and the loser's files are removed."""
+    path = str(tmp_path / "race")
+    engine.write(frame(spark, range(10)), path, "create")
+    stale = DeltaTable(path)  # the snapshot both writers checked
+    txn = AppTxn("job", 7)
+    engine.write(frame(spark, range(100, 105)), path, "append", txn)  # the first writer wins
+    assert engine.version(path) == 1
+    files_before = sum(len(f) for _, _, f in os.walk(os.path.join(path, "data")))
+    checks = {"n": 0}
+    real_done, real_table = engine._already_done, engine._table
+
+    def checked_before_the_winner(p, t):
+        checks["n"] += 1
+        return None if checks["n"] == 1 else real_done(p, t)
+
+    def stale_once(p, version=None):  # until its commit fails, the loser sees the snapshot it checked
+        return stale if checks["n"] == 1 and version is None else real_table(p, version)
+
+    monkeypatch.setattr(engine, "_already_done", checked_before_the_winner)
+    monkeypatch.setattr(engine, "_table", stale_once)
+    if op == "merge":
+        res = engine.merge(frame(spark, [1, 500], 3.0), path, ["item_id"], txn)
+    else:
+        res = engine.write(frame(spark, range(200, 210)), path, op, txn)
+    monkeypatch.undo()
+    assert res.skipped and engine.version(path) == 1 and checks["n"] == 2
+    assert sorted(r[0] for r in rows(engine, path)) == list(range(10)) + list(range(100, 105))
+    assert sum(len(f) for _, _, f in os.walk(os.path.join(path, "data"))) == files_before
+
+
+def test_a_concurrent_writer_of_another_run_is_retried_not_lost(spark, engine, tmp_path, monkeypatch):
+    path = str(tmp_path / "other")
+    engine.write(frame(spark, range(10)), path, "create")
+    stale = DeltaTable(path)
+    engine.write(frame(spark, range(100, 105)), path, "append", AppTxn("other-job", 1))
+    calls = {"n": 0}
+    real_table = engine._table
+
+    def first_stale(p, version=None):
+        calls["n"] += 1
+        return stale if calls["n"] == 1 and version is None else real_table(p, version)
+
+    monkeypatch.setattr(engine, "_table", first_stale)
+    res = engine.write(frame(spark, range(200, 203)), path, "append", AppTxn("job", 1))
+    monkeypatch.undo()
+    assert not res.skipped and engine.version(path) == 2 and len(rows(engine, path)) == 18
+    assert engine.transaction_version(path, "job") == 1 and engine.transaction_version(path, "other-job") == 1

@@ -133,3 +133,47 @@ def test_fractional_labels_are_not_silently_truncated(spark):
 def test_missing_interaction_column(spark):
     with pytest.raises(InputValidationError, match="(?s)column 'label'.*is missing"):
         validate_interactions(inter(spark, [(1, 0, 1, "2026-01-02")]).drop("label"))
+
+
+def test_ids_of_the_wrong_type_are_named_not_cast(spark):
+    from psrq.validation import require_item_columns
+
+    df = spark.createDataFrame([("a1", [1.0, 0.5, 1.0], [0.2, 1.0])], "item_id string, text_emb array<float>, audio_emb array<float>")
+    with pytest.raises(InputValidationError, match="(?s)table 'items'.*item_id.*integer column \\(long\\), not string"):
+        require_item_columns(df, list(MODS))
+    strings = spark.createDataFrame([(1, "7", 1, "2026-01-02")], "user_id long, item_id string, label int, ts string")
+    with pytest.raises(InputValidationError, match="(?s)table 'interactions'.*item_id.*integer column \\(long\\), not string"):
+        validate_interactions(strings)
+
+
+def test_timestamps_outside_the_plausible_window(spark):
+    from psrq.validation import TimeWindow
+
+    df = inter(spark, [(1, 0, 1, "2026-01-02"), (2, 1, 0, "1960-05-01"), (3, 2, 1, "9999-12-31")])
+    with pytest.raises(InputValidationError) as e:
+        validate_interactions(df, window=TimeWindow("1990-01-01", 1))
+    p = problems(e)
+    bad = next(v for (c, m), v in p.items() if c == "ts" and "plausible window [1990-01-01" in m)
+    assert bad.n_rows == 2 and sorted(bad.examples) == ["(user_id=2, item_id=1)", "(user_id=3, item_id=2)"]
+    # the window is configurable: 1960 is fine for a catalogue of old recordings
+    assert validate_interactions(df.filter("user_id < 3"), window=TimeWindow("1950-01-01", 1)).count() == 2
+
+
+def test_assign_refuses_duplicate_ids_without_validate_inputs(spark, tmp_path):
+    """assign_ids checks the ids itself: 3 duplicated ids never become 503 rows for 500 items."""
+    from psrq.stages.assign import assign
+    from psrq.stages.codebooks import fit_stage
+    from psrq.stages.generate import generate
+    from psrq.storage import open_engine
+
+    from conftest import small_config
+
+    cfg = small_config(tmp_path, "codebooks.k=8", "codebooks.sample_size=300")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    engine = open_engine(spark, "delta-rs")
+    items = engine.read(cfg.table_path("items"))
+    engine.write(items.unionByName(items.filter("item_id < 3")), cfg.table_path("items"), "overwrite")
+    with pytest.raises(InputValidationError, match="(?s)item_id values occur more than once.*e.g. 0, 1, 2"):
+        assign(spark, cfg)
+    assert not engine.exists(cfg.table_path("semantic_ids"))

@@ -197,6 +197,26 @@ class ReindexConf(_Strict):
     min_items_for_drift: int = Field(200, ge=1)
 
 
+class ValidationConf(_Strict):
+    # plausible event times: an interaction before min_ts or later than max_future_days
+    # after now is refused (a unit or sentinel error upstream)
+    min_ts: str = "1990-01-01"
+    max_future_days: int = Field(1, ge=0)
+
+    @field_validator("min_ts")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        from datetime import date
+
+        date.fromisoformat(value)  # ValueError names the key
+        return value
+
+    def window(self):
+        from psrq.validation import TimeWindow
+
+        return TimeWindow(self.min_ts, self.max_future_days)
+
+
 class ModalityConf(_Strict):
     column: str
     dim: int = Field(..., ge=1)
@@ -270,6 +290,7 @@ class Config(_Strict):
     synthetic: SyntheticConf = SyntheticConf()
     codebooks: CodebooksConf = CodebooksConf()
     reindex: ReindexConf = ReindexConf()
+    validation: ValidationConf = ValidationConf()
     samples: SamplesConf = SamplesConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()

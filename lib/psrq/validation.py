@@ -6,6 +6,8 @@ all problems of a table are gathered into one InputValidationError.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +22,18 @@ from psrq.schemas import INTERACTIONS, ITEM_ID
 MAX_EXAMPLES = 5
 
 
+@dataclass(frozen=True)
+class TimeWindow:
+    """Plausible event times: from min_ts to max_future_days after now (UTC)."""
+
+    min_ts: str = "1990-01-01"
+    max_future_days: int = 1
+
+    def bounds(self) -> tuple[datetime, datetime]:
+        lo = datetime.fromisoformat(self.min_ts).replace(tzinfo=timezone.utc)
+        return lo, datetime.now(timezone.utc) + timedelta(days=self.max_future_days)
+
+
 def _require_columns(df: DataFrame, table: str, columns: list[str], what: str = "") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -29,9 +43,41 @@ def _require_columns(df: DataFrame, table: str, columns: list[str], what: str = 
         )
 
 
+_INTEGRAL = (T.LongType, T.IntegerType, T.ShortType, T.ByteType)
+
+
+def _require_integral(df: DataFrame, table: str, columns: list[str]) -> None:
+    """Ids and labels are integers: a string or a float is refused, never silently cast."""
+    bad = [Problem(c, f"must be an integer column (long), not {df.schema[c].dataType.simpleString()}")
+           for c in columns if not isinstance(df.schema[c].dataType, _INTEGRAL)]
+    if bad:
+        raise InputValidationError(table, bad)
+
+
 def require_item_columns(df: DataFrame, embedding_columns, table: str = "items") -> None:
-    """item_id and every configured modality column must be there."""
+    """item_id (an integer) and every configured modality column must be there."""
     _require_columns(df, table, [ITEM_ID, *embedding_columns], " (a configured modality column)")
+    _require_integral(df, table, [ITEM_ID])
+
+
+def id_problems(df: DataFrame) -> list[Problem]:
+    """Null and duplicate item ids: every job that reads items checks them (one pass)."""
+    counts = df.groupBy(ITEM_ID).count()
+    stats = counts.agg(F.sum(F.when(F.col(ITEM_ID).isNull(), F.col("count")).otherwise(0)).alias("nulls"),
+                       F.sum(F.when(F.col(ITEM_ID).isNotNull() & (F.col("count") > 1), 1).otherwise(0)).alias("dups")).first()
+    problems = []
+    if stats["nulls"]:
+        problems.append(Problem(ITEM_ID, "have a null item_id", stats["nulls"]))
+    if stats["dups"]:
+        ex = [r[0] for r in counts.filter(F.col(ITEM_ID).isNotNull() & (F.col("count") > 1)).select(ITEM_ID)
+              .orderBy(ITEM_ID).limit(MAX_EXAMPLES).collect()]
+        problems.append(Problem(ITEM_ID, "item_id values occur more than once", stats["dups"], ex))
+    return problems
+
+
+def check_item_ids(df: DataFrame, table: str = "items") -> None:
+    if problems := id_problems(df):
+        raise InputValidationError(table, problems)
 
 
 def _require_rows(df: DataFrame, table: str) -> None:
@@ -85,14 +131,7 @@ def validate_items(df: DataFrame, modalities: Mapping[str, int], table: str = "i
         raise InputValidationError(table, problems)
     _require_rows(df, table)
 
-    n_null = df.filter(F.col(ITEM_ID).isNull()).count()
-    if n_null:
-        problems.append(Problem(ITEM_ID, "have a null item_id", n_null))
-    dups = df.filter(F.col(ITEM_ID).isNotNull()).groupBy(ITEM_ID).count().filter("count > 1")
-    n_dup = dups.count()
-    if n_dup:
-        ex = [r[0] for r in dups.select(ITEM_ID).limit(MAX_EXAMPLES).collect()]
-        problems.append(Problem(ITEM_ID, "item_id values occur more than once", n_dup, ex))
+    problems.extend(id_problems(df))
     for col, report in _embedding_reports(df, modalities).items():
         for kind in PROBLEM_TEXT:
             if kind in report.counts:
@@ -106,6 +145,7 @@ def normalise_interactions(df: DataFrame, table: str = "interactions") -> DataFr
     """Cast to the interactions schema: ts from timestamp, ISO string or epoch seconds.
     Unparseable timestamps become null (and are reported by validate_interactions)."""
     _require_columns(df, table, INTERACTIONS.fieldNames())
+    _require_integral(df, table, ["user_id", "item_id"])  # labels: 0.0/1.0 doubles are fine, fractions are not
     ts_type = df.schema["ts"].dataType
     if isinstance(ts_type, T.StringType):
         ts = F.try_to_timestamp(F.col("ts"))
@@ -123,13 +163,18 @@ def normalise_interactions(df: DataFrame, table: str = "interactions") -> DataFr
     )
 
 
-def validate_interactions(df: DataFrame, items: DataFrame | None = None, table: str = "interactions") -> DataFrame:
+def validate_interactions(df: DataFrame, items: DataFrame | None = None, table: str = "interactions",
+                          window: TimeWindow | None = None) -> DataFrame:
     """Validate and return the interactions in their contract schema.
 
-    items: when given, every item_id must exist there."""
+    items: when given, every item_id must exist there. window: the plausible event times
+    (a timestamp outside it is a unit or parsing error upstream: 1970 from a zero, 9999
+    from a sentinel)."""
     norm = normalise_interactions(df, table)
     _require_rows(norm, table)
     key = ["user_id", "item_id"]
+    window = window or TimeWindow()
+    lo, hi = window.bounds()
     checks = {
         "user_id": (F.col("user_id").isNull(), "have a null user_id"),
         "item_id": (F.col("item_id").isNull(), "have a null item_id"),
@@ -138,13 +183,16 @@ def validate_interactions(df: DataFrame, items: DataFrame | None = None, table: 
             "have a label other than 0/1",
         ),
         "ts": (F.col("ts").isNull(), "have a null or unparseable timestamp"),
+        "ts_window": (F.col("ts").isNotNull() & ((F.col("ts") < F.lit(lo)) | (F.col("ts") > F.lit(hi))),
+                      f"have a timestamp outside the plausible window [{lo:%Y-%m-%d}, {hi:%Y-%m-%d}] "
+                      "(validation.min_ts, validation.max_future_days)"),
     }
     counts = norm.agg(*[F.sum(F.when(cond, 1).otherwise(0)).alias(c) for c, (cond, _) in checks.items()]).first()
     problems = []
     for c, (cond, text) in checks.items():
         if counts[c]:
-            ex_cols = key if c in ("label", "ts") else [k for k in key if k != c] or key
-            problems.append(Problem(c, text, counts[c], _examples(norm, cond, ex_cols)))
+            ex_cols = key if c in ("label", "ts", "ts_window") else [k for k in key if k != c] or key
+            problems.append(Problem(c.removesuffix("_window"), text, counts[c], _examples(norm, cond, ex_cols)))
     if items is not None:
         unknown = norm.filter(F.col("item_id").isNotNull()).join(
             items.select(ITEM_ID), on=ITEM_ID, how="left_anti"

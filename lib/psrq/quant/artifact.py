@@ -1,11 +1,14 @@
 """Versioned codebook artifacts: <root>/vNNNN/ with codebooks.safetensors (no pickle) and
-manifest.json. The manifest is written last and carries the arrays' checksum: a version is
-complete only when its manifest is there, and loading verifies the checksum."""
+manifest.json. The manifest is written last and carries the arrays' checksum and its own: a
+version is complete only when its manifest is there, and loading verifies both checksums
+and the manifest's settings against the arrays' shapes. Listing skips a broken version
+(and says so) instead of letting it block every other one."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import time
 
@@ -24,6 +27,14 @@ ARRAYS = "codebooks.safetensors"
 MANIFEST = "manifest.json"
 FORMAT = 1
 _VERSION = re.compile(r"^v(\d{4,})$")
+SELF = "manifest"  # key of the manifest's own checksum in "checksums"
+log = logging.getLogger(__name__)
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest without its own checksum, in canonical JSON."""
+    body = {**manifest, "checksums": {k: v for k, v in manifest.get("checksums", {}).items() if k != SELF}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _versions(fs, root: str) -> dict[str, bool]:
@@ -41,20 +52,44 @@ def _versions(fs, root: str) -> dict[str, bool]:
 
 
 def list_versions(root: str, method: str | None = None) -> list[str]:
-    """Complete versions, oldest first; only those of `method` when given."""
+    """Complete, intact versions, oldest first; only those of `method` when given. A version
+    whose manifest is broken is logged and skipped."""
     fs, path = resolve(root)
-    versions = sorted(v for v, complete in _versions(fs, path).items() if complete)
-    if method is None:
-        return versions
-    return [v for v in versions if _manifest(fs, path, v).get("method") == method]
+    out = []
+    for v in sorted(v for v, complete in _versions(fs, path).items() if complete):
+        try:
+            m = _manifest(fs, path, v)
+        except ArtifactError as exc:
+            log.warning("skipping codebook version %s: %s", v, exc)
+            continue
+        if method is None or m.get("method") == method:
+            out.append(v)
+    return out
 
 
 def _manifest(fs, path: str, version: str) -> dict:
     with fs.open_input_stream(f"{path}/{version}/{MANIFEST}") as f:
         try:
-            return json.loads(f.read())
+            m = json.loads(f.read())
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"codebook {version} under {path}: manifest is not valid JSON ({exc})") from None
+    want = m.get("checksums", {}).get(SELF) if isinstance(m, dict) else None
+    if want is not None and want != manifest_checksum(m):
+        raise ArtifactError(f"codebook {version} under {path}: manifest.json was modified after it was written "
+                            "(its checksum does not match its content)")
+    if not isinstance(m, dict) or m.get("version") != version or "spec" not in m or "spaces" not in m:
+        raise ArtifactError(f"codebook {version} under {path}: manifest.json is not a codebook manifest of this version")
+    return m
+
+
+def find_fit(root: str, fit_identity: str) -> dict | None:
+    """The manifest of the version a fit with this identity wrote, if any."""
+    fs, path = resolve(root)
+    for v in reversed(list_versions(root)):
+        m = _manifest(fs, path, v)
+        if m.get("fit_identity") == fit_identity:
+            return m
+    return None
 
 
 def spec_to_dict(spec: QuantSpec) -> dict:
@@ -94,6 +129,7 @@ def write_artifact(root: str, cbs: CodebookSet, manifest: dict, extra_files: dic
         **manifest,
         "checksums": {ARRAYS: hashlib.sha256(blob).hexdigest()},
     }
+    full["checksums"][SELF] = manifest_checksum(full)
     with fs.open_output_stream(f"{vdir}/{MANIFEST}") as f:  # last: marks the version complete
         f.write(json.dumps(full, indent=2, sort_keys=True).encode())
     cbs.version = version
@@ -109,9 +145,9 @@ def read_manifest(root: str, version: str | None = None, method: str | None = No
             what = f"{method} codebook" if method else "codebook"
             raise ArtifactError(f"no {what} versions under {root}: run jobs/fit_codebooks.py first")
         version = versions[-1]
-    elif version not in list_versions(root):
+    elif not _versions(fs, path).get(version):
         raise ArtifactError(f"codebook version {version!r} not found under {root} (available: {', '.join(list_versions(root)) or 'none'})")
-    return _manifest(fs, path, version)
+    return _manifest(fs, path, version)  # asked for by name: a broken manifest is an error, not skipped
 
 
 def load_artifact(root: str, version: str | None = None, method: str | None = None) -> tuple[CodebookSet, dict]:
@@ -133,7 +169,25 @@ def load_artifact(root: str, version: str | None = None, method: str | None = No
     spaces = [s["name"] for s in manifest["spaces"]]
     if set(arrays) != set(spaces):
         raise ArtifactError(f"codebook {version}: arrays hold spaces {sorted(arrays)}, manifest says {sorted(spaces)}")
+    check_shapes(manifest, arrays, f"codebook {version} under {root}")
     modalities = {m["name"]: {"column": m["column"], "dim": m["dim"]} for m in manifest["modalities"]}
     ordered = {s: arrays[s] for s in spaces}
     cbs = CodebookSet(spec_from_dict(manifest["spec"]), manifest["normalisation"], modalities, ordered, version)
     return cbs, manifest
+
+
+def check_shapes(manifest: dict, arrays: dict, where: str) -> None:
+    """The manifest's settings must describe the arrays: recorded shapes, K rows in every
+    layer codebook, one codebook per layer."""
+    spec = manifest["spec"]
+    k, layers = spec["k"], (1 if spec["method"] == "vq" else spec["layers"])
+    for s in manifest["spaces"]:
+        got = {n: list(a.shape) for n, a in arrays[s["name"]].items()}
+        if got != s["arrays"]:
+            raise ArtifactError(f"{where}: space {s['name']} arrays have shapes {got}, the manifest records {s['arrays']}")
+        books = sorted(n for n in got if re.fullmatch(r"layer\d+", n))
+        if len(books) != layers:
+            raise ArtifactError(f"{where}: space {s['name']} has {len(books)} layer codebooks, the manifest's spec says {layers}")
+        for n in books:
+            if got[n][0] != k:
+                raise ArtifactError(f"{where}: space {s['name']} {n} has {got[n][0]} codes, the manifest's spec says k={k}")

@@ -15,6 +15,8 @@ Methods:
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,8 +49,9 @@ class QuantSpec:
         return 1 if self.method == "vq" else self.layers
 
 
-def _km(spec: QuantSpec, layer: int) -> KMeansSpec:
-    return KMeansSpec(spec.k, spec.kmeans.iters, spec.kmeans.seed + layer, spec.kmeans.max_points_per_centroid, spec.kmeans.backend)
+def layer_kmeans(spec: QuantSpec, layer: int) -> KMeansSpec:
+    """The layer's k-means: every configured setting, with the spec's K and a per-layer seed."""
+    return dataclasses.replace(spec.kmeans, k=spec.k, seed=spec.kmeans.seed + layer)
 
 
 def _check(x: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -70,7 +73,7 @@ def _residual_fit(spec: QuantSpec, x: np.ndarray) -> dict[str, np.ndarray]:
     arrays, r, d = {}, x.copy(), x.shape[1]
     for l in range(spec.n_layers()):
         z = r if (spec.method != "psrq" or l == 0) else _psrq_input(spec, x, r)
-        c = fit_kmeans(z, _km(spec, l))
+        c = fit_kmeans(z, layer_kmeans(spec, l))
         arrays[f"layer{l}"] = c
         r = r - c[nearest(z, c)][:, :d]
     return arrays
@@ -104,7 +107,7 @@ def _pq_splits(d: int, m: int) -> list[np.ndarray]:
 
 
 def _pq_fit(spec: QuantSpec, x: np.ndarray) -> dict[str, np.ndarray]:
-    return {f"layer{l}": fit_kmeans(x[:, s], _km(spec, l)) for l, s in enumerate(_pq_splits(x.shape[1], spec.layers))}
+    return {f"layer{l}": fit_kmeans(x[:, s], layer_kmeans(spec, l)) for l, s in enumerate(_pq_splits(x.shape[1], spec.layers))}
 
 
 def _pq_encode(spec: QuantSpec, arrays: dict, x: np.ndarray) -> np.ndarray:

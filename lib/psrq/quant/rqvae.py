@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from psrq.quant.kmeans import KMeansSpec, fit_kmeans, nearest
+from psrq.quant.kmeans import fit_kmeans, nearest
 
 
 def _mlp_np(arrays: dict, prefix: str, x: np.ndarray) -> np.ndarray:
@@ -21,6 +21,8 @@ def fit_rqvae(spec, x: np.ndarray) -> dict[str, np.ndarray]:
     import torch
     from torch import nn
 
+    from psrq.quant.methods import layer_kmeans  # methods imports this module lazily
+
     seed = spec.kmeans.seed
     torch.manual_seed(seed)
     d = x.shape[1]
@@ -31,7 +33,7 @@ def fit_rqvae(spec, x: np.ndarray) -> dict[str, np.ndarray]:
         r = enc(X).numpy()
     books = []
     for l in range(spec.layers):
-        c = fit_kmeans(r, KMeansSpec(spec.k, spec.kmeans.iters, seed + l, spec.kmeans.max_points_per_centroid, spec.kmeans.backend))
+        c = fit_kmeans(r, layer_kmeans(spec, l))
         books.append(nn.Parameter(torch.from_numpy(c)))
         r = r - c[nearest(r, c)]
     params = list(enc.parameters()) + list(dec.parameters()) + books

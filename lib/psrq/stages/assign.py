@@ -18,7 +18,7 @@ from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine, open_engine
-from psrq.validation import require_item_columns
+from psrq.validation import check_item_ids, require_item_columns
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def check_compatible(cbs: CodebookSet, cfg: Config, items: DataFrame) -> None:
             f"but the dataset configures {want}: fit a new codebook version for this table"
         )
     require_item_columns(items, [m["column"] for m in want.values()])
+    check_item_ids(items)  # a duplicate would get two IDs; assign does not rely on validate_inputs
 
 
 def with_dedup(new: DataFrame, existing: Optional[DataFrame]) -> DataFrame:

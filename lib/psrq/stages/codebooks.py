@@ -1,7 +1,9 @@
 """Stage: sample item embeddings in Spark, fit codebooks on the driver, write a version."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import time
 
@@ -13,14 +15,14 @@ from psrq.config import CodebooksConf, Config
 from psrq.embeddings import PROBLEM_TEXT, checked_matrix
 from psrq.errors import InputValidationError, Problem, QuantizerError
 from psrq.quant import methods
-from psrq.quant.artifact import write_artifact
+from psrq.quant.artifact import find_fit, spec_to_dict, write_artifact
 from psrq.quant.diagnostics import diagnose, plot_code_distributions
 from psrq.quant.kmeans import KMeansSpec, resolve_backend
 from psrq.quant.methods import QuantSpec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
 from psrq.schemas import ITEM_ID
 from psrq.storage import open_engine
-from psrq.validation import require_item_columns
+from psrq.validation import check_item_ids, require_item_columns
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +71,35 @@ def sample_diagnostics(cbs: CodebookSet, embs: dict[str, np.ndarray], seed: int)
     return diags, codes_by_space
 
 
+def fit_identity(cfg: Config, spec: QuantSpec, modalities: dict, items_path: str, items_version, created_by: dict) -> str:
+    """What makes a fit what it is: the run, every quantizer and sampling setting, and the
+    exact source table version. The same identity never writes a second version."""
+    cc = cfg.codebooks
+    return hashlib.sha256(json.dumps({
+        "run_id": cfg.run.run_id, "spec": spec_to_dict(spec), "normalisation": cc.normalisation, "joint": cc.joint,
+        "modalities": modalities, "seed": cc.seed, "sample_size": cc.sample_size, "sample_fraction": cc.sample_fraction,
+        "source": {"table": items_path, "delta_version": items_version}, "created_by": created_by,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, created_by: dict | None = None) -> dict:
     """Fit `method` (default codebooks.method) for every modality and the joint space and
-    write a new codebook version. Returns its manifest."""
+    write a new codebook version. Returns its manifest, with `status`: "fitted", or
+    "already done" when this run already fitted the same settings on the same source
+    version (a retried nightly run keeps every item's semantic ID)."""
     cc = cfg.codebooks
     spec = quant_spec(cc, method)
     engine = open_engine(spark, cfg.storage.engine)
     items_path = cfg.table_path("items")
     items_version = engine.version(items_path)
-    items = engine.read(items_path)
     modalities = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
+    ident = fit_identity(cfg, spec, modalities, items_path, items_version, created_by or {})
+    if (done := find_fit(cfg.codebooks_root(), ident)) is not None:
+        log.info("codebook %s already fitted by this run (fit %s): nothing to do", done["version"], ident)
+        return {**done, "status": "already done"}
+    items = engine.read(items_path)
     require_item_columns(items, [m["column"] for m in modalities.values()])
+    check_item_ids(items)
     n_items = items.count()
     t0 = time.time()
     ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items")
@@ -102,7 +122,9 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
         "fit_seconds": round(fit_s, 2),
         "diagnostics": diags,
         "created_by": created_by or {},
+        "fit_identity": ident,
+        "run_id": cfg.run.run_id,
     }
     version = write_artifact(cfg.codebooks_root(), cbs, manifest, {"code_distributions.png": png.getvalue()})
     log.info("codebook %s written under %s (%s, fit %.1fs)", version, cfg.codebooks_root(), spec.method, fit_s)
-    return {**manifest, "version": version, "method": spec.method}
+    return {**manifest, "version": version, "method": spec.method, "status": "fitted"}

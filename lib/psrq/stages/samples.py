@@ -58,7 +58,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     engine = open_engine(spark, cfg.storage.engine)
     inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
     versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
-    interactions = validate_interactions(engine.read(inter_path))
+    interactions = validate_interactions(engine.read(inter_path), window=cfg.validation.window())
     codes, spaces, cb_version = semantic_codes(engine.read(sid_path))
     manifest = read_manifest(cfg.codebooks_root(), cb_version)
     k = manifest["spec"]["k"]

@@ -20,7 +20,7 @@ def validate_inputs(spark: SparkSession, cfg: Config, cold_threshold: int = 30) 
     items = engine.read(items_path)
     modalities = {m.column: m.dim for m in cfg.dataset.modalities.values()}
     validate_items(items, modalities)
-    interactions = validate_interactions(engine.read(inter_path), items)
+    interactions = validate_interactions(engine.read(inter_path), items, window=cfg.validation.window())
     n_items = items.count()
     stats = interactions.agg(
         F.count("*").alias("n"), F.avg("label").alias("positive_rate"),

@@ -14,7 +14,7 @@ from typing import Optional
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
@@ -26,6 +26,11 @@ from psrq.storage.base import AppTxn, WriteMode, WriteResult
 from psrq.storage.parquet_files import FILE_META_SCHEMA, write_task_file
 
 DATA_DIR = "data"
+_ATTEMPTS = 5
+
+
+class _Conflict(Exception):
+    """A concurrent commit of another writer won the version this one was committing."""
 
 
 def _arrow_schema(df: DataFrame) -> pa.Schema:
@@ -91,14 +96,46 @@ class DeltaRsEngine:
     def _commit_properties(self, txn: Optional[AppTxn], description: str, extra: dict) -> CommitProperties:
         meta = {"psrq.description": description, **{f"psrq.{k}": v for k, v in extra.items()}}
         apps = [Transaction(txn.app_id, txn.version, int(time.time() * 1000))] if txn else None
-        return CommitProperties(custom_metadata=meta, app_transactions=apps)
+        # With an app transaction the commit must land on exactly the version after the one
+        # where the transaction was checked: no silent rebase onto a concurrent commit, which
+        # could be the same run's (see _commit_once)
+        return CommitProperties(custom_metadata=meta, app_transactions=apps, max_commit_retries=0 if txn else None)
 
     def _commit(self, commit) -> None:
         """The single point where a write becomes visible (tests inject crashes here)."""
         try:
             commit()
+        except CommitFailedError:
+            raise  # a concurrent commit won: _commit_once decides
         except DeltaError as exc:
             raise StorageError(f"Delta commit failed: {exc}") from exc
+
+    def _commit_once(self, path: str, txn: Optional[AppTxn], adds: list[AddAction], commit) -> Optional[WriteResult]:
+        """Commit; when a concurrent writer got there first, check the app transaction again
+        *after* its commit: the same run → our files are dropped and the write reports
+        "already done" (skipped); another writer → None (the caller decides to retry)."""
+        try:
+            self._commit(commit)
+            return None
+        except CommitFailedError as exc:
+            if txn is None or not self.exists(path):
+                raise StorageError(f"Delta commit to {path} failed: {exc}") from exc
+            self._drop_files(path, adds)
+            done = self._already_done(path, txn)
+            if done:
+                return done
+            raise _Conflict(str(exc)) from exc
+
+    def _drop_files(self, path: str, adds: list[AddAction]) -> None:
+        """Files written for a commit that did not happen: nobody references them."""
+        from psrq.storage.parquet_files import resolve
+
+        fs, root = resolve(path)
+        for a in adds:
+            try:
+                fs.delete_file(f"{root.rstrip('/')}/{a.path}")
+            except (FileNotFoundError, OSError):
+                pass
 
     def _already_done(self, path: str, txn: Optional[AppTxn]) -> Optional[WriteResult]:
         if txn is None or not self.exists(path):
@@ -135,22 +172,30 @@ class DeltaRsEngine:
         adds = self._write_files(df, path, schema)
         rows = sum(_num_records(a) for a in adds)
         props = self._commit_properties(txn, description, {"rows": rows, "mode": mode})
-        if exists:
-            dt = self._table(path)
-            tx_mode = "append" if mode == "append" else "overwrite"
-            removed = 0 if mode == "append" else len(dt.file_uris())
-            self._commit(
-                lambda: dt.create_write_transaction(adds, mode=tx_mode, schema=Schema.from_arrow(schema), commit_properties=props)
-            )
-        else:
-            self._commit(
-                lambda: create_table_with_add_actions(
+        for attempt in range(_ATTEMPTS):
+            if exists:
+                dt = self._table(path)
+                tx_mode = "append" if mode == "append" else "overwrite"
+                removed = 0 if mode == "append" else len(dt.file_uris())
+                commit = lambda: dt.create_write_transaction(  # noqa: E731
+                    adds, mode=tx_mode, schema=Schema.from_arrow(schema), commit_properties=props)
+            else:
+                removed = 0
+                commit = lambda: create_table_with_add_actions(  # noqa: E731
                     path, Schema.from_arrow(schema), adds, mode="error",
-                    storage_options=self.storage_options, commit_properties=props,
-                )
-            )
-            removed = 0
-        return WriteResult(path, self.version(path), False, len(adds), removed, rows)
+                    storage_options=self.storage_options, commit_properties=props)
+            try:
+                done = self._commit_once(path, txn, adds, commit)
+            except _Conflict:
+                if attempt == _ATTEMPTS - 1:
+                    raise StorageError(f"Delta commit to {path} kept conflicting with concurrent writers; re-run the job") from None
+                adds = self._write_files(df, path, schema)  # ours were dropped with the conflict
+                exists = True
+                continue
+            if done:
+                return done
+            return WriteResult(path, self.version(path), False, len(adds), removed, rows)
+        raise AssertionError("unreachable")
 
     def merge(
         self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = ""
@@ -199,11 +244,14 @@ class DeltaRsEngine:
         removes = [RemoveAction(f["path"], True, now, f["size_bytes"]) for f in touched]
         rows = sum(_num_records(a) for a in adds)
         props = self._commit_properties(txn, description, {"rows": rows, "mode": "merge"})
-        self._commit(
-            lambda: dt.create_write_transaction(
-                removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props
-            )
-        )
+        try:
+            done = self._commit_once(path, txn, adds, lambda: dt.create_write_transaction(
+                removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props))
+        except _Conflict as exc:
+            # the files this merge rewrote may have changed under it: never rebase a merge
+            raise StorageError(f"merge into {path} conflicted with a concurrent write ({exc}); re-run the job") from None
+        if done:
+            return done
         return WriteResult(path, self.version(path), False, len(adds), len(removes), rows)
 
 
