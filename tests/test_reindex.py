@@ -92,17 +92,7 @@ def test_drift_triggers_refit_and_full_reassignment(spark, catalogue):
     assert len(old) == 400 and (old.codebook_version == "v0001").all()
 
 
-@pytest.mark.parametrize("crash_at", [1, 2])
-def test_a_night_killed_midway_resumes_without_double_work(spark, catalogue, monkeypatch, crash_at):
-    """crash_at=1: killed before the semantic_ids commit (every table unchanged);
-    crash_at=2: killed between the semantic_ids and reindex_state commits."""
-    cfg = catalogue
-    engine = open_engine(spark, "delta-rs")
-    sid_path, state_path = cfg.table_path("semantic_ids"), cfg.table_path("reindex_state")
-    reindex(spark, night(cfg, 20261102))
-    later = datetime(2027, 1, 1, tzinfo=timezone.utc) + timedelta(days=1)
-    engine.write(new_items(spark, cfg, 400, 30, cfg.synthetic.seed, later), cfg.table_path("items"), "append")
-    before = {p: engine.version(p) for p in (sid_path, state_path)}
+def _kill_at_commit(monkeypatch, crash_at):
     calls = {"n": 0}
     real = DeltaRsEngine._commit
 
@@ -113,14 +103,52 @@ def test_a_night_killed_midway_resumes_without_double_work(spark, catalogue, mon
         return real(self, commit)
 
     monkeypatch.setattr(DeltaRsEngine, "_commit", dying)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3])
+def test_a_night_killed_midway_resumes_without_double_work(spark, catalogue, monkeypatch, crash_at):
+    """Killed at the plan commit (1: every table unchanged), between the plan and the
+    semantic_ids commit (2), between the semantic_ids and the outcome commit (3)."""
+    cfg = catalogue
+    engine = open_engine(spark, "delta-rs")
+    sid_path, state_path = cfg.table_path("semantic_ids"), cfg.table_path("reindex_state")
+    reindex(spark, night(cfg, 20261102))
+    later = datetime(2027, 1, 1, tzinfo=timezone.utc) + timedelta(days=1)
+    engine.write(new_items(spark, cfg, 400, 30, cfg.synthetic.seed, later), cfg.table_path("items"), "append")
+    before = {p: engine.version(p) for p in (sid_path, state_path)}
+    _kill_at_commit(monkeypatch, crash_at)
     with pytest.raises(KeyboardInterrupt):
         reindex(spark, night(cfg, 20261103))
     monkeypatch.undo()
     after_crash = {p: engine.version(p) for p in (sid_path, state_path)}
-    assert after_crash[state_path] == before[state_path]
-    assert after_crash[sid_path] == before[sid_path] + (crash_at - 1)
+    assert after_crash[state_path] == before[state_path] + (crash_at > 1)
+    assert after_crash[sid_path] == before[sid_path] + (crash_at > 2)
     res = reindex(spark, night(cfg, 20261103))
-    assert res["n_changed"] == 30  # watermark not advanced: re-encoded, the merge is skipped by its txn
+    assert res["n_changed"] == 30 and res["status"] == "done" and not res["refit"]
     final = {p: engine.version(p) for p in (sid_path, state_path)}
-    assert final == {sid_path: before[sid_path] + 1, state_path: before[state_path] + 1}
+    assert final == {sid_path: before[sid_path] + 1, state_path: before[state_path] + 2}  # plan + outcome
     assert engine.read(sid_path).count() == 430
+    rows = engine.read(state_path).filter("night = 20261103").toPandas()
+    assert sorted(rows.status) == ["done", "planned"] and (rows.n_changed == 30).all()
+
+
+def test_a_refit_night_killed_before_its_record_records_what_it_did(spark, catalogue, monkeypatch):
+    """The issue's case: killed between the full reassignment and the outcome row; the
+    re-run must record 300 changed items, the refit and the new codebook, not a quiet night."""
+    cfg = catalogue
+    engine = open_engine(spark, "delta-rs")
+    sid_path, state_path = cfg.table_path("semantic_ids"), cfg.table_path("reindex_state")
+    reindex(spark, night(cfg, 20261102))
+    later = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    engine.write(new_items(spark, cfg, 400, 300, 4242, later), cfg.table_path("items"), "append")
+    _kill_at_commit(monkeypatch, 3)  # plan, semantic_ids, [killed] outcome
+    with pytest.raises(KeyboardInterrupt):
+        reindex(spark, night(cfg, 20261103))
+    monkeypatch.undo()
+    assert (engine.read(sid_path).toPandas().codebook_version == "v0002").all()
+    sid_version = engine.version(sid_path)
+    res = reindex(spark, night(cfg, 20261103))
+    assert res["refit"] and res["n_changed"] == 300 and res["codebook_version"] == "v0002"
+    assert engine.version(sid_path) == sid_version and list_versions(cfg.codebooks_root()) == ["v0001", "v0002"]
+    done = engine.read(state_path).filter("night = 20261103 and status = 'done'").toPandas()
+    assert len(done) == 1 and done.refit[0] and done.n_changed[0] == 300 and done.codebook_version[0] == "v0002"

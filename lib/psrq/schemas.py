@@ -71,6 +71,9 @@ REINDEX_STATE = T.StructType(
         T.StructField("error_share", T.DoubleType(), True),
         T.StructField("layer1_shift", T.DoubleType(), True),
         T.StructField("refit", T.BooleanType(), False),
+        # "planned": written before any other write of the night (what it will do, measured
+        # on the items version it read); "done": its outcome, written last
+        T.StructField("status", T.StringType(), False),
         T.StructField("finished_at", T.TimestampType(), False),
     ]
 )

@@ -7,11 +7,14 @@
    fit sample), and the total-variation shift of their layer-1 code distribution.
 3. No drift: merge their IDs into `semantic_ids`. Drift: fit a new codebook version and
    reassign the whole catalogue; older versions stay reachable (artifacts and time travel).
-4. Record the night in `reindex_state`.
+4. Record the night in `reindex_state`: its plan (the items version read, the codebook, the
+   changed count, the drift and the decision) before any other write, its outcome last.
 
-Every write carries the app transaction (psrq.reindex_catalog, night), so running the same
-night twice changes nothing, and a night killed midway resumes where it stopped: committed
-steps are skipped, a codebook version already fitted by that night is reused."""
+Every write carries an app transaction keyed by the night, so running the same night twice
+changes nothing. A night killed midway resumes its recorded plan: the same items version,
+codebook and decision; committed steps are skipped, a codebook version already fitted by
+that night is reused, and the outcome row records what the night really did.
+"""
 from __future__ import annotations
 
 import logging
@@ -55,26 +58,51 @@ def _reuse_or_fit(spark, cfg: Config, night: int) -> str:
     return fit_stage(spark, cfg, created_by={"job": "reindex_catalog", "reindex_night": night})["version"]
 
 
+def _stored_plan(engine, state_path: str, night: int) -> dict | None:
+    if not engine.exists(state_path):
+        return None
+    rows = (engine.read(state_path).filter((F.col("night") == night) & (F.col("status") == "planned"))
+            .limit(1).collect())
+    return rows[0].asDict() if rows else None
+
+
+def _state_row(spark, plan: dict, status: str):
+    row = {**plan, "status": status, "finished_at": datetime.now(timezone.utc)}
+    return spark.createDataFrame([{k: row[k] for k in REINDEX_STATE.fieldNames()}], REINDEX_STATE)
+
+
 def reindex(spark: SparkSession, cfg: Config) -> dict:
     night = cfg.run.run_id
     engine = open_engine(spark, cfg.storage.engine)
     state_path, sid_path = cfg.table_path("reindex_state"), cfg.table_path("semantic_ids")
-    txn = AppTxn(APP, night)
+    txn, plan_txn = AppTxn(APP, night), AppTxn(f"{APP}.plan", night)
     done = engine.transaction_version(state_path, APP)
     if done is not None and done >= night:
         log.info("night %d already reindexed: nothing to do", night)
-        return {"night": night, "skipped": True}
+        return {"night": night, "skipped": True, "status": "already done"}
 
+    plan = _stored_plan(engine, state_path, night)
+    if plan is not None:
+        log.info("night %d resumes its recorded plan: items v%d, codebook %s, %d changed, refit %s",
+                 night, plan["items_version"], plan["codebook_version"], plan["n_changed"], plan["refit"])
     items_path = cfg.table_path("items")
-    items_version = engine.version(items_path)
+    items_version = plan["items_version"] if plan else engine.version(items_path)
     items = engine.read(items_path, items_version)
     watermark = None
     if engine.exists(state_path):
-        watermark = engine.read(state_path).agg(F.max("watermark")).first()[0]
+        watermark = engine.read(state_path).filter(F.col("status") == "done").agg(F.max("watermark")).first()[0]
     has_ts = UPDATED_AT in items.columns
     cutoff = items.agg(F.max(UPDATED_AT)).first()[0] if has_ts else None
 
-    cbs, manifest = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
+    cb_version = plan["codebook_version"] if plan else cfg.codebooks.version
+    cbs, manifest = load_artifact(cfg.codebooks_root(), cb_version, cfg.codebooks.method)
+    sid_done = (engine.transaction_version(sid_path, APP) or -1) >= night if engine.exists(sid_path) else False
+    if plan is not None and sid_done:
+        # killed after semantic_ids moved, before the outcome: only the record is missing
+        version = _reuse_or_fit(spark, cfg, night) if plan["refit"] else cbs.version
+        result = {"version": engine.version(sid_path), "codebook_version": version}
+        return _finish(spark, engine, state_path, txn, plan, result)
+
     if engine.exists(sid_path):
         assigned = engine.read(sid_path).filter(F.col("codebook_version") == cbs.version).select(ITEM_ID)
         unassigned = items.join(assigned, ITEM_ID, "left_anti")
@@ -96,21 +124,28 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
         rc = cfg.reindex
         refit = n_changed >= rc.min_items_for_drift and (
             d["error_share"] > rc.max_error_share or d["layer1_shift"] > rc.max_layer1_shift)
-        if refit:
+        if plan is None:
+            plan = {"night": night, "watermark": cutoff, "items_version": items_version, "codebook_version": cbs.version,
+                    "n_changed": n_changed, "error_share": d["error_share"], "layer1_shift": d["layer1_shift"],
+                    "refit": refit}
+            engine.write(_state_row(spark, plan, "planned"), state_path, "append" if engine.exists(state_path) else "create",
+                         plan_txn, description=f"reindex night {night}: plan")
+        if plan["refit"]:
             version = _reuse_or_fit(spark, cfg, night)
             log.info("drift over threshold: reassigning the whole catalogue with codebook %s", version)
             new_cbs, _ = load_artifact(cfg.codebooks_root(), version)
-            result = assign(spark, cfg, None, new_cbs, txn, engine)
+            result = assign(spark, cfg, None, new_cbs, AppTxn(APP, night), engine)
         elif n_changed:
-            result = assign(spark, cfg, changed, cbs, txn, engine, encoded=encoded)
+            result = assign(spark, cfg, changed, cbs, AppTxn(APP, night), engine, encoded=encoded)
         else:
             result = {"version": engine.version(sid_path), "codebook_version": cbs.version, "skipped": False}
     finally:
         encoded.unpersist()
-    row = {"night": night, "watermark": cutoff, "items_version": items_version,
-           "codebook_version": result["codebook_version"], "n_changed": n_changed,
-           "error_share": d["error_share"], "layer1_shift": d["layer1_shift"], "refit": refit,
-           "finished_at": datetime.now(timezone.utc)}
-    engine.write(spark.createDataFrame([row], REINDEX_STATE), state_path, "append" if engine.exists(state_path) else "create",
-                 txn, description=f"reindex night {night}")
-    return {**row, "semantic_ids_version": result["version"], "skipped": False}
+    return _finish(spark, engine, state_path, txn, plan, result)
+
+
+def _finish(spark, engine, state_path: str, txn: AppTxn, plan: dict, result: dict) -> dict:
+    outcome = {**plan, "codebook_version": result["codebook_version"]}
+    engine.write(_state_row(spark, outcome, "done"), state_path, "append", txn,
+                 description=f"reindex night {plan['night']}: outcome")
+    return {**outcome, "semantic_ids_version": result["version"], "skipped": False, "status": "done"}
