@@ -18,5 +18,9 @@ def stage(spark, cfg):
     return info
 
 
+def main(argv=None) -> int:
+    return run_job(__doc__, stage, argv, writes=("storage.root", "samples.path"))
+
+
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__, stage))
+    sys.exit(main())

@@ -49,7 +49,7 @@ def stage(spark, cfg):
     for space in next(iter(diags.values())):
         print("\n" + format_side_by_side(diags, space), flush=True)
     print(f"\ncode distribution plots: {cfg.codebooks_root()}/<version>/code_distributions.png "
-          f"({', '.join(f['version'] for f in fitted.values())})")
+          f"({", ".join(f['version'] for f in fitted.values())})")
     samples = step("build samples", lambda: build_samples(spark, cfg))
     print("training samples: " + ", ".join(f"{s} {o['rows']:,}" for s, o in samples["splits"].items())
           + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples.path}")
@@ -76,5 +76,9 @@ def stage(spark, cfg):
             "evaluated": {k: v["metrics"] for k, v in evaluated.items()}, "timings": timings}
 
 
+def main(argv=None) -> int:
+    return run_job(__doc__, stage, argv, writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"))
+
+
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__, stage))
+    sys.exit(main())

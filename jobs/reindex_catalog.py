@@ -22,5 +22,9 @@ def stage(spark, cfg):
     return res
 
 
+def main(argv=None) -> int:
+    return run_job(__doc__, stage, argv, writes=("storage.root", "storage.codebooks"))
+
+
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__, stage))
+    sys.exit(main())

@@ -26,5 +26,9 @@ def stage(spark, cfg):
     return {"reports": reports}
 
 
+def main(argv=None) -> int:
+    return run_job(__doc__, stage, argv, writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"))
+
+
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__, stage))
+    sys.exit(main())

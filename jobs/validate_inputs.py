@@ -17,5 +17,9 @@ def stage(spark, cfg):
     return summary
 
 
+def main(argv=None) -> int:
+    return run_job(__doc__, stage, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_job(__doc__, stage))
+    sys.exit(main())

@@ -48,7 +48,7 @@ def test_bad_enum_and_malformed_override():
 
 
 def test_missing_layer_lists_what_exists():
-    with pytest.raises(ConfigError, match=r"profile 'laptop' not found .*available: .*local"):
+    with pytest.raises(ConfigError, match=r"profile 'laptop' not found .*\(available: cluster, local\)$"):
         load_config("laptop", "synthetic_small")
     with pytest.raises(ConfigError, match=r"dataset 'nope' not found .*synthetic_small"):
         load_config("local", "nope")

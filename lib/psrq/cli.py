@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from psrq.config import Config, load_config
 from psrq.errors import PsrqError
+from psrq.storage.probe import output_locations, probe_writable
 
 log = logging.getLogger("psrq")
 
@@ -36,8 +37,9 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     return p.parse_args(argv)
 
 
-def run_job(description: str, stage: Callable, argv: list[str] | None = None) -> int:
-    """stage(spark, cfg) -> dict (the job's summary)."""
+def run_job(description: str, stage: Callable, argv: list[str] | None = None, writes: tuple[str, ...] = ()) -> int:
+    """stage(spark, cfg) -> dict (the job's summary). writes: the configuration keys of the
+    locations the job writes (probed before Spark starts)."""
     args = parse_args(description, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     # py4j's INFO lines report closed sockets as errors; faiss's list the CPU builds it tried
@@ -52,7 +54,8 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None) ->
         os.dup2(2, 1)
     try:
         cfg: Config = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)
-        from psrq.spark import build_spark  # after config: a bad key fails before the JVM starts
+        probe_writable(output_locations(cfg, writes))
+        from psrq.spark import build_spark  # after config and probes: a bad key fails before the JVM starts
 
         t0 = time.time()
         spark = build_spark(cfg.spark)

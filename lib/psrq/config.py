@@ -334,7 +334,8 @@ class Config(_Strict):
 
 def _layer(path: Path, what: str):
     if not path.is_file():
-        options = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        # base.yaml is the layer under every profile, not a profile itself
+        options = sorted(p.stem for p in path.parent.glob("*.yaml") if p.name != "base.yaml")
         raise ConfigError(f"{what} '{path.stem}' not found at {path} (available: {', '.join(options) or 'none'})")
     try:
         return OmegaConf.load(path)

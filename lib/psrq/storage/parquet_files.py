@@ -25,6 +25,9 @@ def resolve(table_uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow filesystem and path for a table location (local path or URI)."""
     if "://" not in table_uri:
         return pafs.LocalFileSystem(), table_uri
+    scheme, rest = table_uri.split("://", 1)
+    if scheme in ("s3a", "s3n"):  # Hadoop's names for S3; pyarrow knows it as s3
+        table_uri = f"s3://{rest}"
     return pafs.FileSystem.from_uri(table_uri)
 
 

@@ -1,0 +1,36 @@
+"""Write probes: before a job starts Spark work, each location it will write to is
+created and a small file is written and removed there. A location that cannot take it
+stops the job with one line naming the configuration key and the path."""
+from __future__ import annotations
+
+import os
+import uuid
+
+from psrq.errors import StorageError
+from psrq.storage.parquet_files import resolve
+
+
+def probe_writable(locations: dict[str, str]) -> None:
+    """locations: configuration key -> local path or URI."""
+    for key, location in locations.items():
+        try:
+            fs, path = resolve(location)
+            fs.create_dir(path, recursive=True)
+            probe = f"{path.rstrip('/')}/.psrq-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            fs.delete_file(probe)
+        except Exception as exc:  # noqa: BLE001 - any filesystem error means "not writable here"
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise StorageError(f"{key}: cannot write to {location} ({reason}); nothing was started") from None
+
+
+def output_locations(cfg, keys: tuple[str, ...]) -> dict[str, str]:
+    """The configured locations a job writes, by key (storage.root, storage.codebooks,
+    samples.path, train.checkpoint_dir)."""
+    values = {"storage.root": cfg.storage.root, "storage.codebooks": cfg.codebooks_root(),
+              "samples.path": cfg.samples_root(), "train.checkpoint_dir": cfg.train.checkpoint_dir}
+    unknown = [k for k in keys if k not in values]
+    if unknown:
+        raise ValueError(f"unknown output keys {unknown}")
+    return {k: values[k] for k in keys}

@@ -1,0 +1,266 @@
+"""The fault suite: every bad input, broken artifact and crash a user can meet, through the
+real jobs. Each case asserts the exit code, that the message names what is wrong, and that
+every Delta table version and artifact is unchanged (docs/RELIABILITY.md lists them).
+
+Bad inputs run the jobs' own `main(argv)` in this process (parse, configuration, write
+probes, stage, error handling: all of it but the interpreter start). Crashes are real:
+a job in its own process kills itself with SIGKILL at a chosen point (tests/faults/kill_at.py)
+and is then run again."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+KILL_AT = os.path.join(ROOT, "tests", "faults", "kill_at.py")
+
+
+def job_main(name):
+    spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def base_args(root: Path) -> list[str]:
+    return [f"storage.root={root}/delta", f"storage.codebooks={root}/codebooks", f"samples.path={root}/samples",
+            f"train.checkpoint_dir={root}/ckpt", "storage.engine=delta-rs", "spark.shuffle_partitions=2",
+            "dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12", "synthetic.n_items=400",
+            "synthetic.n_users=120", "synthetic.block_size=64", "synthetic.mean_events_per_user=30",
+            "codebooks.k=16", "codebooks.sample_size=300", "samples.history_len=5", "samples.content.dim=0",
+            "train.model=din", "train.backend=single", "train.reader=arrow", "train.max_steps=6",
+            "train.checkpoint_every=2", "train.dim=8"]
+
+
+def snapshot(root: Path) -> dict:
+    """Every Delta table's version and every other file's content hash under root."""
+    from deltalake import DeltaTable
+
+    out = {}
+    for dirpath, dirnames, files in os.walk(root):
+        if "_delta_log" in dirnames:
+            out[os.path.relpath(dirpath, root)] = ("delta", DeltaTable(dirpath).version())
+            dirnames[:] = []  # the table's data files are covered by its version
+            continue
+        for f in files:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, spark):
+    """A complete small pipeline: tables, a codebook, IDs, samples, a trained model."""
+    root = tmp_path_factory.mktemp("faults")
+    args = base_args(root)
+    for name in ("generate_synthetic", "fit_codebooks", "assign_ids", "build_samples", "train_ranker"):
+        assert job_main(name)(args) == 0, name
+    return root, args
+
+
+def run_fault(capsys, root: Path, job: str, args: list[str]):
+    before = snapshot(root)
+    code = job_main(job)(args)
+    err = capsys.readouterr().err
+    assert snapshot(root) == before, f"{job} changed what it should not have"
+    return code, err
+
+
+CONFIG_CASES = [
+    ("validate_inputs", ["nonsense.key=1"], r"nonsense: Extra inputs are not permitted"),
+    ("generate_synthetic", ["synthetic.n_items=-3"], r"synthetic.n_items: Input should be greater than or equal to 1"),
+    ("assign_ids", ["codebooks.version=v9999"], r"codebook version 'v9999' not found .*available: v0001"),
+    ("assign_ids", ["dataset.modalities.audio.dim=13"], r"codebook v0001 was fitted for modalities .*fit a new codebook"),
+    ("evaluate", ["train.seed=99"], r"no trained din \(seed 99\)"),
+    ("train_ranker", ["validation.min_ts=yesterday"], r"validation.min_ts: Value error"),
+]
+
+
+@pytest.mark.parametrize("job,extra,message", CONFIG_CASES, ids=[f"{c[0]}-{c[1][0]}" for c in CONFIG_CASES])
+def test_bad_configuration_and_missing_artifacts(world, capsys, job, extra, message):
+    root, args = world
+    code, err = run_fault(capsys, root, job, [*args, *extra])
+    assert code == 2 and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_an_unwritable_or_unsupported_location_stops_before_any_work(world, capsys, tmp_path):
+    root, args = world
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run_fault(capsys, root, "generate_synthetic", [*args, f"storage.root={blocker}/delta"])
+    assert code == 2 and f"storage.root: cannot write to {blocker}/delta" in err and "nothing was started" in err
+    code, err = run_fault(capsys, root, "train_ranker", [*args, "train.checkpoint_dir=nosuchfs://bucket/ckpt"])
+    assert code == 2 and "train.checkpoint_dir: cannot write to nosuchfs://bucket/ckpt" in err
+
+
+def _bad_tables(spark, root: Path, items=None, interactions=None) -> None:
+    from psrq.storage import open_engine
+
+    engine = open_engine(spark, "delta-rs")
+    if items is not None:
+        engine.write(items, f"{root}/delta/items", "create")
+    if interactions is not None:
+        engine.write(interactions, f"{root}/delta/interactions", "create")
+
+
+ITEMS_DDL = "item_id long, text_emb array<float>, audio_emb array<float>"
+
+
+def _item(i, text=None, audio=None):
+    return (i, text or [1.0] * 15 + [float(i + 1)], audio or [0.5] * 11 + [float(i + 1)])
+
+
+BAD_TABLES = {
+    "nan-embeddings": ("validate_inputs", lambda s: (s.createDataFrame([_item(1), _item(2, [float("nan")] * 16)], ITEMS_DDL), None),
+                       r"text_emb.*1 row\(s\) have NaN or Inf values in the embedding \(e.g. 2\)"),
+    "wrong-dimension": ("assign_ids", lambda s: (s.createDataFrame([_item(1), _item(2, [1.0] * 7)], ITEMS_DDL), None),
+                        r"text_emb.*1 row\(s\) have an embedding whose dimension differs from the codebook's \(16\) \(e.g. 2\)"),
+    "null-ids": ("assign_ids", lambda s: (s.createDataFrame([_item(1), (None, *_item(2)[1:])], ITEMS_DDL), None),
+                 r"item_id.*have a null item_id"),
+    "duplicate-ids": ("assign_ids", lambda s: (s.createDataFrame([_item(1), _item(1), _item(2)], ITEMS_DDL), None),
+                      r"item_id values occur more than once \(e.g. 1\)"),
+    "string-ids": ("assign_ids", lambda s: (s.createDataFrame([("a", *_item(1)[1:])], "item_id string, text_emb array<float>, audio_emb array<float>"), None),
+                   r"item_id.*integer column \(long\), not string"),
+    "empty-items": ("validate_inputs", lambda s: (s.createDataFrame([], ITEMS_DDL), None), r"items.*the table is empty"),
+    "unknown-items": ("validate_inputs", lambda s: (s.createDataFrame([_item(1)], ITEMS_DDL),
+                                                    s.createDataFrame([(1, 1, 1, "2026-01-02"), (1, 77, 0, "2026-01-03")], "user_id long, item_id long, label int, ts string")),
+                      r"point at items that are not in the items table \(e.g. 77\)"),
+    "labels": ("validate_inputs", lambda s: (s.createDataFrame([_item(1)], ITEMS_DDL),
+                                             s.createDataFrame([(1, 1, 2, "2026-01-02")], "user_id long, item_id long, label int, ts string")),
+               r"label.*have a label other than 0/1"),
+    "old-timestamps": ("validate_inputs", lambda s: (s.createDataFrame([_item(1)], ITEMS_DDL),
+                                                     s.createDataFrame([(1, 1, 1, "1960-01-02"), (2, 1, 1, "9999-12-31")], "user_id long, item_id long, label int, ts string")),
+                       r"2 row\(s\) have a timestamp outside the plausible window"),
+    "string-item-in-interactions": ("validate_inputs", lambda s: (s.createDataFrame([_item(1)], ITEMS_DDL),
+                                                                  s.createDataFrame([(1, "1", 1, "2026-01-02")], "user_id long, item_id string, label int, ts string")),
+                                    r"interactions.*item_id.*integer column \(long\), not string"),
+    "empty-interactions": ("validate_inputs", lambda s: (s.createDataFrame([_item(1)], ITEMS_DDL),
+                                                         s.createDataFrame([], "user_id long, item_id long, label int, ts string")),
+                           r"interactions.*the table is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_bad_tables_are_refused_by_the_job_that_reads_them(spark, capsys, tmp_path, world, case):
+    _, args = world
+    job, make, message = BAD_TABLES[case]
+    items, interactions = make(spark)
+    if interactions is None and job == "validate_inputs":
+        interactions = spark.createDataFrame([(1, 1, 1, "2026-01-02")], "user_id long, item_id long, label int, ts string")
+    _bad_tables(spark, tmp_path, items, interactions)
+    if job == "assign_ids":  # a valid codebook of the world, so only the table is wrong
+        import shutil
+
+        shutil.copytree(world[0] / "codebooks", tmp_path / "codebooks")
+    code, err = run_fault(capsys, tmp_path, job, [*args, f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks"])
+    assert code == 2 and "Traceback" not in err and "nothing was written" in err
+    assert re.search(message, err, re.S), err
+
+
+def test_a_tampered_codebook_manifest_is_refused(world, capsys, tmp_path):
+    import json
+    import shutil
+
+    root, args = world
+    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
+    f = tmp_path / "codebooks" / "v0001" / "manifest.json"
+    m = json.loads(f.read_text())
+    m["spec"]["k"] = 32
+    f.write_text(json.dumps(m))
+    code, err = run_fault(capsys, root, "assign_ids", [*args, f"storage.codebooks={tmp_path}/codebooks", "codebooks.version=v0001"])
+    assert code == 2 and "manifest.json was modified after it was written" in err
+
+
+def test_a_truncated_checkpoint_names_the_file_and_restart_recovers(world, capsys, tmp_path):
+    import shutil
+
+    root, args = world
+    shutil.copytree(root / "ckpt", tmp_path / "ckpt")
+    ckpt = next((tmp_path / "ckpt").glob("din-*/checkpoint.pt"))
+    (ckpt.parent / "result.json").unlink()  # an unfinished run, so the checkpoint is read
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    run_args = [*args, f"train.checkpoint_dir={tmp_path}/ckpt"]
+    code, err = run_fault(capsys, root, "train_ranker", run_args)
+    assert code == 2 and f"checkpoint {ckpt} is unreadable (truncated or corrupt" in err and "train.restart=true" in err
+    assert "weights_only=False" not in err
+    assert job_main("train_ranker")([*run_args, "train.restart=true"]) == 0
+    assert len(list((tmp_path / "ckpt").glob("din-*.moved-*"))) == 1
+
+
+def run_job_process(args: list[str], kill: tuple[str, int] | None = None, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    cmd = [sys.executable, KILL_AT, kill[0], str(kill[1]), *args] if kill else [sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def _table(spark, path):
+    from psrq.storage import open_engine
+
+    return open_engine(spark, "delta-rs").read(path).toPandas()
+
+
+def test_assign_killed_at_its_commit_then_rerun_equals_an_uninterrupted_run(spark, world, tmp_path):
+    import shutil
+
+    root, args = world
+    shutil.copytree(root / "delta", tmp_path / "delta")
+    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
+    run_args = [*args, f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks", "run.run_id=7"]
+    before = snapshot(tmp_path)
+    killed = run_job_process(["jobs/assign_ids.py", *run_args], kill=("commit", 1))
+    assert killed.returncode == -9
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if v[0] == "delta"} == {k: v for k, v in before.items() if v[0] == "delta"}
+    again = run_job_process(["jobs/assign_ids.py", *run_args])
+    assert again.returncode == 0, again.stderr[-2000:]
+    cols = ["item_id", "joint_codes", "code_key", "dedup", "codebook_version"]
+    got = _table(spark, f"{tmp_path}/delta/semantic_ids")[cols].sort_values("item_id").reset_index(drop=True)
+    want = _table(spark, f"{root}/delta/semantic_ids")[cols].sort_values("item_id").reset_index(drop=True)
+    assert got.astype(str).equals(want.astype(str))
+
+
+def test_two_concurrent_assign_runs_of_one_run_id_commit_once(spark, world, tmp_path):
+    import shutil
+
+    root, args = world
+    shutil.copytree(root / "delta", tmp_path / "delta")
+    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
+    from deltalake import DeltaTable
+
+    sid = f"{tmp_path}/delta/semantic_ids"
+    v0 = DeltaTable(sid).version()
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    cmd = [sys.executable, "jobs/assign_ids.py", *args, f"storage.root={tmp_path}/delta",
+           f"storage.codebooks={tmp_path}/codebooks", "run.run_id=11"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    assert DeltaTable(sid).version() == v0 + 1  # exactly one commit of run 11
+    assert sum("skipped (already written by this run)" in o[0] for o in outs) == 1
+
+
+def test_single_process_training_killed_after_a_checkpoint_resumes_to_the_same_weights(world, tmp_path):
+    import torch
+
+    root, args = world
+    run_args = lambda d: ["jobs/train_ranker.py", *args, f"train.checkpoint_dir={tmp_path}/{d}", "train.model=mcca"]  # noqa: E731
+    whole = run_job_process(run_args("whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run_job_process(run_args("killed"), kill=("checkpoint", 2))  # after the step-4 checkpoint
+    assert killed.returncode == -9
+    resumed = run_job_process(run_args("killed"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed" in resumed.stdout and "(2 this run)" in resumed.stdout
+    a = torch.load(next((tmp_path / "whole").glob("mcca-*/checkpoint.pt")), weights_only=True)
+    b = torch.load(next((tmp_path / "killed").glob("mcca-*/checkpoint.pt")), weights_only=True)
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
