@@ -264,3 +264,42 @@ def test_single_process_training_killed_after_a_checkpoint_resumes_to_the_same_w
     b = torch.load(next((tmp_path / "killed").glob("mcca-*/checkpoint.pt")), weights_only=True)
     assert a["step"] == b["step"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_clean_orphans_removes_what_killed_runs_left_and_nothing_else(spark, world, tmp_path):
+    import json
+    import shutil
+
+    from deltalake import DeltaTable
+
+    root, args = world
+    shutil.copytree(root / "delta", tmp_path / "delta")
+    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
+    run_args = [*args, f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks",
+                f"train.checkpoint_dir={tmp_path}/ckpt", "run.run_id=9"]
+    assert run_job_process(["jobs/assign_ids.py", *run_args], kill=("commit", 1)).returncode == -9
+    (tmp_path / "codebooks" / "v0002").mkdir()  # a fit killed before its manifest
+    (tmp_path / "codebooks" / "v0002" / "codebooks.safetensors").write_bytes(b"partial")
+    (tmp_path / "ckpt" / "din-x").mkdir(parents=True)
+    (tmp_path / "ckpt" / "din-x" / "checkpoint.pt.tmp-999999").write_bytes(b"partial")
+    sid = f"{tmp_path}/delta/semantic_ids"
+    live = set(DeltaTable(sid).file_uris())
+    rows_before = _table(spark, sid).sort_values("item_id").reset_index(drop=True)
+
+    def clean(*extra):
+        out = run_job_process(["jobs/clean_orphans.py", "--json", *run_args, *extra])
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    assert clean()["files"] == 0  # everything is younger than the grace period
+    listed = clean("maintenance.min_age_hours=0", "maintenance.dry_run=true")
+    assert listed["files"] >= 2 and listed["folders"] == 1 and listed["dry_run"]
+    assert any("/semantic_ids/" in p for p in listed["paths"]) and any(".tmp-999999" in p for p in listed["paths"])
+    assert (tmp_path / "codebooks" / "v0002").exists()  # a dry run deletes nothing
+    done = clean("maintenance.min_age_hours=0")
+    assert done["paths"] == listed["paths"]
+    assert not (tmp_path / "codebooks" / "v0002").exists() and not list((tmp_path / "ckpt").rglob("*.tmp-*"))
+    on_disk = {str(p) for p in Path(sid).rglob("*.parquet")}
+    assert on_disk == {u.removeprefix("file://") for u in live}  # exactly the committed files remain
+    assert _table(spark, sid).sort_values("item_id").reset_index(drop=True).astype(str).equals(rows_before.astype(str))
+    assert clean("maintenance.min_age_hours=0")["files"] == 0  # a second run finds nothing

@@ -37,9 +37,10 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     return p.parse_args(argv)
 
 
-def run_job(description: str, stage: Callable, argv: list[str] | None = None, writes: tuple[str, ...] = ()) -> int:
+def run_job(description: str, stage: Callable, argv: list[str] | None = None, writes: tuple[str, ...] = (),
+            needs_spark: bool = True) -> int:
     """stage(spark, cfg) -> dict (the job's summary). writes: the configuration keys of the
-    locations the job writes (probed before Spark starts)."""
+    locations the job writes (probed before Spark starts). needs_spark=False: stage(None, cfg)."""
     args = parse_args(description, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     # py4j's INFO lines report closed sockets as errors; faiss's list the CPU builds it tried
@@ -57,9 +58,11 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None, wr
         probe_writable(output_locations(cfg, writes))
         from psrq.spark import build_spark  # after config and probes: a bad key fails before the JVM starts
 
-        t0 = time.time()
-        spark = build_spark(cfg.spark)
-        log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
+        spark = None
+        if needs_spark:
+            t0 = time.time()
+            spark = build_spark(cfg.spark)
+            log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
         result = stage(spark, cfg)
     except PsrqError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -217,6 +217,12 @@ class ValidationConf(_Strict):
         return TimeWindow(self.min_ts, self.max_future_days)
 
 
+class MaintenanceConf(_Strict):
+    # jobs/clean_orphans.py: files younger than this are left alone (a writer may be running)
+    min_age_hours: float = Field(1.0, ge=0)
+    dry_run: bool = False
+
+
 class ModalityConf(_Strict):
     column: str
     dim: int = Field(..., ge=1)
@@ -291,6 +297,7 @@ class Config(_Strict):
     codebooks: CodebooksConf = CodebooksConf()
     reindex: ReindexConf = ReindexConf()
     validation: ValidationConf = ValidationConf()
+    maintenance: MaintenanceConf = MaintenanceConf()
     samples: SamplesConf = SamplesConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
