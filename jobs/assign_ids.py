@@ -1,5 +1,7 @@
 """Assign semantic IDs to every item with a codebook version (codebooks.version, default
-the latest) and overwrite the semantic_ids Delta table.
+the latest fitted): its rows in the semantic_ids Delta table are replaced, other versions'
+rows stay beside them, and the version is marked current (codebooks.mark_current=false to
+roll it out later with jobs/mark_current.py).
 
     spark-submit jobs/assign_ids.py --profile cluster --dataset my_catalog run.run_id=20261123
 """
@@ -12,7 +14,8 @@ from psrq.stages.assign import assign
 def stage(spark, cfg):
     res = assign(spark, cfg)
     state = "skipped (already written by this run)" if res["skipped"] else f"{res['items']:,} items in {res['seconds']}s"
-    print(f"semantic_ids version {res['version']} with codebook {res['codebook_version']}: {state}", flush=True)
+    current = f"; {res['current']} is current" if res.get("current") else ""
+    print(f"semantic_ids version {res['version']} with codebook {res['codebook_version']}: {state}{current}", flush=True)
     return res
 
 

@@ -93,7 +93,7 @@ def test_reverse_lookup(spark, world):
     engine = open_engine(spark, "delta-rs")
     sid = engine.read(cfg.table_path("semantic_ids"))
     top = sid.groupBy("joint_codes").count().orderBy(F.desc("count")).first()
-    found = lookup(engine, cfg.table_path("semantic_ids"), list(top.joint_codes), 16)
+    found = lookup(engine, cfg.table_path("semantic_ids"), list(top.joint_codes), 16, "v0001")
     assert found.count() == top["count"]
     assert {tuple(r.joint_codes) for r in found.collect()} == {tuple(top.joint_codes)}
 
@@ -109,6 +109,38 @@ def test_merge_of_a_subset_continues_dedup(spark, world):
     assert res["version"] == before + 1 and res["items"] == 40
     sid = engine.read(path).toPandas()
     assert len(sid) == 400 and not sid.duplicated(["code_key", "dedup"]).any()
+
+
+def test_codebook_versions_coexist_and_marking_current_is_its_own_step(spark, world, tmp_path):
+    """A rollout: v2 assigned beside v1 without marking it; readers stay on v1 until v2 is
+    marked current (one commit); v1's rows are untouched by v2's assignment and re-runs."""
+    from psrq.stages.current import current_version, mark_current, version_in_use
+
+    cfg, _ = world
+    shutil.copytree(cfg.codebooks_root(), tmp_path / "cb")
+    cfg = cfg.with_overrides({"storage.codebooks": str(tmp_path / "cb"), "storage.root": str(tmp_path / "delta")})
+    engine = open_engine(spark, "delta-rs")
+    shutil.copytree(Path(world[0].table_path("items")), tmp_path / "delta" / "items")
+    first = assign(spark, cfg)
+    assert first["codebook_version"] == "v0001" and first["current"] == "v0001"
+    v2 = fit_stage(spark, cfg.with_overrides({"run.run_id": 2}))["version"]
+    rollout = cfg.with_overrides({"codebooks.version": v2, "codebooks.mark_current": False, "run.run_id": 2})
+    second = assign(spark, rollout)
+    assert second["codebook_version"] == v2 and second["current"] is None
+    sid = engine.read(cfg.table_path("semantic_ids")).toPandas()
+    assert sorted(sid.groupby("codebook_version").size().items()) == [("v0001", 400), (v2, 400)]
+    assert current_version(engine, cfg) == "v0001" and version_in_use(engine, cfg) == "v0001"
+    again = assign(spark, rollout)  # a retried run of the rollout: nothing moves
+    assert again["skipped"] and engine.read(cfg.table_path("semantic_ids")).count() == 800
+    current_before = engine.version(cfg.table_path("codebook_current"))
+    marked = mark_current(spark, engine, cfg.with_overrides({"run.run_id": 2}), v2)
+    assert marked["codebook_version"] == v2 and not marked["skipped"]
+    assert engine.version(cfg.table_path("codebook_current")) == current_before + 1
+    assert version_in_use(engine, cfg) == v2
+    assert mark_current(spark, engine, cfg.with_overrides({"run.run_id": 3}), "v0001")["codebook_version"] == "v0001"  # rollback
+    assert version_in_use(engine, cfg) == "v0001"
+    with pytest.raises(ArtifactError, match="not found"):
+        mark_current(spark, engine, cfg, "v0042")
 
 
 def test_bad_embeddings_stop_the_job_before_any_write(spark, world, tmp_path):

@@ -10,6 +10,7 @@ from psrq.schemas import items_schema
 from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
+from psrq.stages.current import current_version
 from psrq.stages.reindex import drift, reindex
 from psrq.storage import DeltaRsEngine, open_engine
 
@@ -87,7 +88,9 @@ def test_drift_triggers_refit_and_full_reassignment(spark, catalogue):
     assert res["refit"] and res["codebook_version"] == "v0002"
     assert list_versions(cfg.codebooks_root()) == ["v0001", "v0002"]
     sid = engine.read(sid_path).toPandas()
-    assert len(sid) == 700 and (sid.codebook_version == "v0002").all()
+    # the new version's rows sit beside the old ones, and the new version is the one in use
+    assert (sid.codebook_version == "v0002").sum() == 700 and (sid.codebook_version == "v0001").sum() == 400
+    assert current_version(engine, cfg) == "v0002"
     old = engine.read(sid_path, v_before).toPandas()  # the previous assignment stays reachable
     assert len(old) == 400 and (old.codebook_version == "v0001").all()
 
@@ -132,23 +135,26 @@ def test_a_night_killed_midway_resumes_without_double_work(spark, catalogue, mon
     assert sorted(rows.status) == ["done", "planned"] and (rows.n_changed == 30).all()
 
 
-def test_a_refit_night_killed_before_its_record_records_what_it_did(spark, catalogue, monkeypatch):
-    """The issue's case: killed between the full reassignment and the outcome row; the
-    re-run must record 300 changed items, the refit and the new codebook, not a quiet night."""
+@pytest.mark.parametrize("crash_at", [3, 4])
+def test_a_refit_night_killed_before_its_record_records_what_it_did(spark, catalogue, monkeypatch, crash_at):
+    """Killed after the full reassignment, before the current marker (3) or before the
+    outcome row (4); the re-run must mark the new version current and record 300 changed
+    items, the refit and the new codebook, not a quiet night."""
     cfg = catalogue
     engine = open_engine(spark, "delta-rs")
     sid_path, state_path = cfg.table_path("semantic_ids"), cfg.table_path("reindex_state")
     reindex(spark, night(cfg, 20261102))
     later = datetime(2027, 1, 1, tzinfo=timezone.utc)
     engine.write(new_items(spark, cfg, 400, 300, 4242, later), cfg.table_path("items"), "append")
-    _kill_at_commit(monkeypatch, 3)  # plan, semantic_ids, [killed] outcome
+    _kill_at_commit(monkeypatch, crash_at)  # plan, semantic_ids, current marker, outcome
     with pytest.raises(KeyboardInterrupt):
         reindex(spark, night(cfg, 20261103))
     monkeypatch.undo()
-    assert (engine.read(sid_path).toPandas().codebook_version == "v0002").all()
+    assert (engine.read(sid_path).toPandas().codebook_version == "v0002").sum() == 700
     sid_version = engine.version(sid_path)
     res = reindex(spark, night(cfg, 20261103))
     assert res["refit"] and res["n_changed"] == 300 and res["codebook_version"] == "v0002"
     assert engine.version(sid_path) == sid_version and list_versions(cfg.codebooks_root()) == ["v0001", "v0002"]
     done = engine.read(state_path).filter("night = 20261103 and status = 'done'").toPandas()
     assert len(done) == 1 and done.refit[0] and done.n_changed[0] == 300 and done.codebook_version[0] == "v0002"
+    assert current_version(engine, cfg) == "v0002"

@@ -217,3 +217,19 @@ def test_a_concurrent_writer_of_another_run_is_retried_not_lost(spark, engine, t
     monkeypatch.undo()
     assert not res.skipped and engine.version(path) == 2 and len(rows(engine, path)) == 18
     assert engine.transaction_version(path, "job") == 1 and engine.transaction_version(path, "other-job") == 1
+
+
+def test_replace_where_rewrites_one_value_and_leaves_the_others(spark, engine, tmp_path):
+    path = str(tmp_path / "versions")
+    v1 = spark.range(6).selectExpr("id as item_id", "'v1' as version")
+    engine.write(v1, path, "create")
+    v2 = spark.range(4).selectExpr("id as item_id", "'v2' as version")
+    assert engine.replace_where(v2, path, "version", "v2", AppTxn("assign.v2", 1)).version == 1
+    again = spark.range(3).selectExpr("id + 100 as item_id", "'v2' as version")
+    assert engine.replace_where(again, path, "version", "v2", AppTxn("assign.v2", 1)).skipped  # same run: a no-op
+    res = engine.replace_where(again, path, "version", "v2", AppTxn("assign.v2", 2))
+    assert res.version == 2 and res.files_removed >= 1
+    got = engine.read(path).toPandas().groupby("version").item_id.apply(sorted).to_dict()
+    assert got == {"v1": list(range(6)), "v2": [100, 101, 102]}
+    with pytest.raises(StorageError, match="must all have version = 'v3'"):
+        engine.replace_where(v1, path, "version", "v3")

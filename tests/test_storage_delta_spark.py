@@ -43,3 +43,15 @@ def test_both_engines_read_each_others_tables(spark, spark_engine, tmp_path):
     rs.write(spark.range(3).selectExpr("id as item_id", "id as v"), by_spark, "append", AppTxn("night", 5))
     assert spark_engine.read(by_spark).count() == 10 and spark_engine.version(by_spark) == 1
     assert spark_engine.transaction_version(by_spark, "night") == 5
+
+
+def test_replace_where_through_delta_spark(spark, spark_engine, tmp_path):
+    path = str(tmp_path / "versions")
+    spark_engine.write(spark.range(6).selectExpr("id as item_id", "'v1' as version"), path, "create")
+    spark_engine.replace_where(spark.range(4).selectExpr("id as item_id", "'v2' as version"), path, "version", "v2")
+    spark_engine.replace_where(spark.range(2).selectExpr("id + 100 as item_id", "'v2' as version"), path, "version", "v2",
+                               AppTxn("assign.v2", 1))
+    assert spark_engine.replace_where(spark.range(1).selectExpr("id as item_id", "'v2' as version"), path, "version", "v2",
+                                      AppTxn("assign.v2", 1)).skipped
+    got = spark_engine.read(path).toPandas().groupby("version").item_id.apply(sorted).to_dict()
+    assert got == {"v1": list(range(6)), "v2": [100, 101]}

@@ -68,6 +68,7 @@ class TablesConf(_Strict):
     interactions: str = "interactions"
     item_truth: str = "item_truth"
     semantic_ids: str = "semantic_ids"
+    codebook_current: str = "codebook_current"  # which codebook version's IDs are in use
     reindex_state: str = "reindex_state"
     item_vocab: str = "item_vocab"
     predictions: str = "predictions"    # one Delta table per evaluated model under it
@@ -112,8 +113,12 @@ class CodebooksConf(_Strict):
     seed: int = 0
     kmeans: KMeansConf = KMeansConf()
     rqvae: RqVaeConf = RqVaeConf()
-    # which version assign_ids / reindex use; null: the latest
+    # the version jobs use; null: assign_ids takes the latest fitted, build_samples and the
+    # nightly reindex the one marked current (psrq.stages.current)
     version: Optional[str] = None
+    # assign_ids and a refitting reindex mark what they assigned current; false: roll out in
+    # two steps (assign beside the old version, check, then jobs/mark_current.py)
+    mark_current: bool = True
     # methods whose diagnostics the demo prints beside `method`
     compare: list[Literal["psrq", "rq", "vq", "pq", "rqvae"]] = Field(default_factory=lambda: ["rq"])
     # rows per encoding batch on the executors

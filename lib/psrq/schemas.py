@@ -61,6 +61,15 @@ def semantic_ids_schema(spaces: list[str]) -> T.StructType:
     )
 
 
+CODEBOOK_CURRENT = T.StructType(
+    [
+        T.StructField("method", T.StringType(), False),
+        T.StructField("codebook_version", T.StringType(), False),
+        T.StructField("run_id", T.LongType(), False),
+        T.StructField("marked_at", T.TimestampType(), False),
+    ]
+)
+
 REINDEX_STATE = T.StructType(
     [
         T.StructField("night", T.LongType(), False),

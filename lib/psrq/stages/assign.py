@@ -60,9 +60,11 @@ def assign(
     txn: Optional[AppTxn] = None, engine: Optional[DeltaEngine] = None, merge: Optional[bool] = None,
     encoded: Optional[DataFrame] = None,
 ) -> dict:
-    """Assign IDs. items=None: the whole catalogue, full overwrite of semantic_ids, keyed
-    for idempotence by (codebook version, run.run_id); a subset: merged by item_id, keyed
-    by `txn` when given (the caller knows what makes its subset's run unique); `merge`
+    """Assign IDs. items=None: the whole catalogue; the rows of this codebook version in
+    semantic_ids are replaced (other versions' rows stay beside them), keyed for idempotence
+    by (codebook version, run.run_id), then the version is marked current unless
+    codebooks.mark_current=false. A subset: merged by (item_id, codebook_version), keyed by
+    `txn` when given (the caller knows what makes its subset's run unique); `merge`
     overrides the mode. Bad embeddings stop the job before anything is written.
     `encoded`: `items` already encoded with `cbs` and checked by the caller (kept cached
     by it), so the embeddings are not read and encoded a second time."""
@@ -89,23 +91,30 @@ def assign(
             rows = semantic_rows(encoded, cbs, None)
             # sorted by code_key: file and row-group statistics make reverse lookups cheap
             rows = rows.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "code_key").sortWithinPartitions("code_key", ITEM_ID)
-            res = engine.write(rows, out_path, "overwrite", txn, description=f"assign_ids {cbs.version}")
+            res = engine.replace_where(rows, out_path, "codebook_version", cbs.version, txn,
+                                       description=f"assign_ids {cbs.version}")
         else:
             existing = None
             if engine.exists(out_path):
                 existing = (engine.read(out_path).filter(F.col("codebook_version") == cbs.version)
                             .join(encoded.select(ITEM_ID), ITEM_ID, "left_anti"))
             rows = semantic_rows(encoded, cbs, existing)
-            res = engine.merge(rows, out_path, [ITEM_ID], txn, description=f"assign_ids {cbs.version} (merge)")
+            res = engine.merge(rows, out_path, [ITEM_ID, "codebook_version"], txn,
+                               description=f"assign_ids {cbs.version} (merge)")
     finally:
         if owned:
             encoded.unpersist()
     log.info("semantic_ids: version %d%s", res.version, " (skipped: already written by this run)" if res.skipped else "")
+    current = None
+    if full and cfg.codebooks.mark_current:
+        from psrq.stages.current import mark_current
+
+        current = mark_current(spark, engine, cfg, cbs.version)["codebook_version"]
     return {"path": out_path, "version": res.version, "skipped": res.skipped, "items": n,
-            "codebook_version": cbs.version, "seconds": round(time.time() - t0, 2)}
+            "codebook_version": cbs.version, "current": current, "seconds": round(time.time() - t0, 2)}
 
 
-def lookup(engine: DeltaEngine, path: str, codes: list[int], k: int) -> DataFrame:
-    """Items whose primary full code is `codes` (reverse lookup)."""
+def lookup(engine: DeltaEngine, path: str, codes: list[int], k: int, codebook_version: str) -> DataFrame:
+    """Items whose primary full code is `codes` under one codebook version (reverse lookup)."""
     key = int(pack_codes(np.asarray([codes], dtype=np.int64), k)[0])
-    return engine.read(path).filter(F.col("code_key") == key)
+    return engine.read(path).filter((F.col("codebook_version") == codebook_version) & (F.col("code_key") == key))

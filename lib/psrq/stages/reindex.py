@@ -5,8 +5,9 @@
 2. Encode them with the current codebook and measure drift against the fit: the share whose
    reconstruction error exceeds the fit's 95th percentile (about 5% when they look like the
    fit sample), and the total-variation shift of their layer-1 code distribution.
-3. No drift: merge their IDs into `semantic_ids`. Drift: fit a new codebook version and
-   reassign the whole catalogue; older versions stay reachable (artifacts and time travel).
+3. No drift: merge their IDs into `semantic_ids`. Drift: fit a new codebook version, assign
+   the whole catalogue with it beside the old version's rows, and mark it current (unless
+   codebooks.mark_current=false: then the old version stays in use until it is marked).
 4. Record the night in `reindex_state`: its plan (the items version read, the codebook, the
    changed count, the drift and the decision) before any other write, its outcome last.
 
@@ -31,6 +32,7 @@ from psrq.quant.spark_encode import encode_items, primary_space, raise_on_proble
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
 from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
+from psrq.stages.current import current_version, mark_current
 from psrq.storage import AppTxn, open_engine
 
 log = logging.getLogger(__name__)
@@ -94,12 +96,16 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
     has_ts = UPDATED_AT in items.columns
     cutoff = items.agg(F.max(UPDATED_AT)).first()[0] if has_ts else None
 
-    cb_version = plan["codebook_version"] if plan else cfg.codebooks.version
+    # tonight's codebook: the plan's; else codebooks.version, the one marked current, or (a
+    # first night, before anything was marked) the latest fitted of the method
+    cb_version = plan["codebook_version"] if plan else (cfg.codebooks.version or current_version(engine, cfg))
     cbs, manifest = load_artifact(cfg.codebooks_root(), cb_version, cfg.codebooks.method)
     sid_done = (engine.transaction_version(sid_path, APP) or -1) >= night if engine.exists(sid_path) else False
     if plan is not None and sid_done:
-        # killed after semantic_ids moved, before the outcome: only the record is missing
+        # killed after semantic_ids moved, before the outcome: only the records are missing
         version = _reuse_or_fit(spark, cfg, night) if plan["refit"] else cbs.version
+        if plan["refit"] and cfg.codebooks.mark_current:
+            mark_current(spark, engine, cfg, version)
         result = {"version": engine.version(sid_path), "codebook_version": version}
         return _finish(spark, engine, state_path, txn, plan, result)
 

@@ -1,6 +1,7 @@
 """Stage: build training samples in Spark.
 
-interactions + semantic_ids (one codebook version) -> item vocabulary (Delta) -> per user,
+interactions + semantic_ids (of the codebook version in use: codebooks.version, else the one
+marked current) -> item vocabulary (Delta) -> per user,
 every event with its last N earlier positives (psrq.samples.user_samples, on the executors,
 one group per user) -> Parquet per split, row groups sized for Petastorm, and a manifest
 the trainer checks (codebook version, vocabulary size, spaces, K, L, N)."""
@@ -21,6 +22,7 @@ from psrq.quant.artifact import read_manifest
 from psrq.content import CONTENT_FILE, write_content
 from psrq.samples import FIRST_INDEX, OOV, SamplesManifest, user_samples
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
+from psrq.stages.current import version_in_use
 from psrq.storage import AppTxn, open_engine
 from psrq.storage.parquet_files import resolve
 from psrq.validation import validate_interactions
@@ -44,13 +46,15 @@ def build_vocabulary(train: DataFrame) -> DataFrame:
     return rdd.toDF(ITEM_VOCAB)
 
 
-def semantic_codes(sid: DataFrame) -> tuple[DataFrame, list[str], str]:
-    versions = [r[0] for r in sid.select("codebook_version").distinct().limit(3).collect()]
-    if len(versions) != 1:
-        raise StorageError(f"semantic_ids must hold one codebook version to build samples; it holds {versions or 'none'}: "
-                           "run jobs/assign_ids.py for the version to train with")
+def semantic_codes(sid: DataFrame, version: str) -> tuple[DataFrame, list[str]]:
+    """The codes of one codebook version (semantic_ids may hold several side by side)."""
+    rows = sid.filter(F.col("codebook_version") == version)
+    if rows.isEmpty():
+        held = [r[0] for r in sid.select("codebook_version").distinct().limit(5).collect()]
+        raise StorageError(f"semantic_ids holds no rows of codebook {version} (it holds {held or 'none'}): "
+                           f"run jobs/assign_ids.py codebooks.version={version}")
     spaces = [c[: -len("_codes")] for c in sid.columns if c.endswith("_codes")]
-    return sid.select(ITEM_ID, *[f"{s}_codes" for s in spaces]), spaces, versions[0]
+    return rows.select(ITEM_ID, *[f"{s}_codes" for s in spaces]), spaces
 
 
 def build_samples(spark: SparkSession, cfg: Config) -> dict:
@@ -59,7 +63,8 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
     versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
     interactions = validate_interactions(engine.read(inter_path), window=cfg.validation.window())
-    codes, spaces, cb_version = semantic_codes(engine.read(sid_path))
+    cb_version = version_in_use(engine, cfg)
+    codes, spaces = semantic_codes(engine.read(sid_path), cb_version)
     manifest = read_manifest(cfg.codebooks_root(), cb_version)
     k = manifest["spec"]["k"]
     layers = 1 if manifest["method"] == "vq" else manifest["spec"]["layers"]

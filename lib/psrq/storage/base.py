@@ -44,6 +44,13 @@ class DeltaEngine(Protocol):
         self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = ""
     ) -> WriteResult: ...
 
+    def replace_where(
+        self, df: DataFrame, path: str, column: str, value: str, txn: Optional[AppTxn] = None, description: str = ""
+    ) -> WriteResult:
+        """Replace the rows whose `column` equals `value` with `df` (every row of which must
+        have that value) in one commit; other rows stay as they are."""
+        ...
+
     def read(self, path: str, version: Optional[int] = None) -> DataFrame: ...
 
     def history(self, path: str) -> list[dict]: ...

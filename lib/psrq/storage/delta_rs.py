@@ -197,6 +197,48 @@ class DeltaRsEngine:
             return WriteResult(path, self.version(path), False, len(adds), removed, rows)
         raise AssertionError("unreachable")
 
+    def replace_where(
+        self, df: DataFrame, path: str, column: str, value: str, txn: Optional[AppTxn] = None, description: str = ""
+    ) -> WriteResult:
+        """Copy-on-write replacement of one value's rows: the files holding any row with that
+        value are removed and the new rows added, in one commit. Callers keep one value per
+        file (every write of the table carries a single value), so no other row moves."""
+        done = self._already_done(path, txn)
+        if done:
+            return done
+        if not self.exists(path):
+            return self.write(df, path, "create", txn, description)
+        dt = self._table(path)
+        schema = pa.schema(dt.schema().to_arrow())
+        source = df.select(*schema.names)
+        self._check_schema(dt, _arrow_schema(source), path)
+        wrong = source.filter(F.col(column).isNull() | (F.col(column) != F.lit(value))).limit(1).count()
+        if wrong:
+            raise StorageError(f"replace_where on {path}: the new rows must all have {column} = {value!r}")
+        files = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+        by_name = {f["path"].rsplit("/", 1)[-1]: f for f in files}
+        target = self.read(path, dt.version())
+        touched = [by_name[r[0].rsplit("/", 1)[-1]] for r in
+                   target.filter(F.col(column) == F.lit(value)).select(F.input_file_name()).distinct().collect()]
+        mixed = (self.spark.read.schema(self.spark_schema(dt)).parquet(*[f"{path.rstrip('/')}/{t['path']}" for t in touched])
+                 .filter(F.col(column) != F.lit(value)).limit(1).count()) if touched else 0
+        if mixed:
+            raise StorageError(f"replace_where on {path}: files mix {column} values; refusing to rewrite other rows")
+        adds = self._write_files(source, path, schema)
+        now = int(time.time() * 1000)
+        removes = [RemoveAction(f["path"], True, now, f["size_bytes"]) for f in touched]
+        rows = sum(_num_records(a) for a in adds)
+        props = self._commit_properties(txn, description, {"rows": rows, "mode": f"replace {column}={value}"})
+        try:
+            done = self._commit_once(path, txn, adds, lambda: dt.create_write_transaction(
+                removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props))
+        except _Conflict as exc:
+            raise StorageError(f"replacing {column}={value} in {path} conflicted with a concurrent write ({exc}); "
+                               "re-run the job") from None
+        if done:
+            return done
+        return WriteResult(path, self.version(path), False, len(adds), len(removes), rows)
+
     def merge(
         self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = ""
     ) -> WriteResult:

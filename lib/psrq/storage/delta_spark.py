@@ -101,6 +101,24 @@ class DeltaSparkEngine:
             raise StorageError(f"Delta write to {path} failed: {exc}") from exc
         return WriteResult(path, self.version(path))
 
+    def replace_where(self, df: DataFrame, path: str, column: str, value: str, txn: Optional[AppTxn] = None,
+                      description: str = "") -> WriteResult:
+        if not self.exists(path):
+            return self.write(df, path, "create", txn, description)
+        skipped = self._skip(path, txn)
+        if skipped:
+            return skipped
+        literal = str(value).replace("'", "''")
+        writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` = '{literal}'")
+                  .option("userMetadata", description))
+        if txn:
+            writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
+        try:
+            writer.save(path)
+        except Exception as exc:  # noqa: BLE001 - surface the JVM message with the path
+            raise StorageError(f"Delta write to {path} failed: {exc}") from exc
+        return WriteResult(path, self.version(path))
+
     def merge(self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = "") -> WriteResult:
         if not self.exists(path):
             return self.write(df, path, "create", txn, description)
