@@ -49,7 +49,7 @@ def stage(spark, cfg):
     for space in next(iter(diags.values())):
         print("\n" + format_side_by_side(diags, space), flush=True)
     print(f"\ncode distribution plots: {cfg.codebooks_root()}/<version>/code_distributions.png "
-          f"({", ".join(f['version'] for f in fitted.values())})")
+          f"({', '.join(f['version'] for f in fitted.values())})")
     samples = step("build samples", lambda: build_samples(spark, cfg))
     print("training samples: " + ", ".join(f"{s} {o['rows']:,}" for s, o in samples["splits"].items())
           + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples.path}")

@@ -250,3 +250,25 @@ def test_content_models_need_samples_with_content():
         man = SamplesManifest(path="/data/samples", codebook_version="v0001", k=4, layers=2, spaces=("text",),
                               history_len=5, vocab_size=10, splits={}, source_versions={}, split_from_us={}, content=None)
         content_file("/data/samples", man)
+
+
+def test_ranks_that_disagree_fail_the_run_and_it_is_never_recorded_done(spark, samples_cfg, tmp_path, monkeypatch):
+    """Diverging ranks are simulated (the real 3-rank divergence is issue 13's): the stage
+    must fail, write no result, and set the last checkpoint aside so a re-run starts afresh."""
+    from psrq.training import distributed
+    from psrq.training.loop import save_checkpoint
+
+    cfg = _with(samples_cfg, model="din", backend="horovod", num_proc=2, checkpoint_dir=str(tmp_path), max_steps=3)
+
+    def diverged(spark_, job, num_proc):
+        model = build_model(**job["model"])
+        save_checkpoint(job["checkpoint_dir"], model, torch.optim.Adam(model.parameters()), 3, job["meta"])
+        return [{"rank": r, "steps": 3, "samples": 10, "seconds": 1.0, "last_loss": 0.5, "checksum": 1.0 + r, "rows": 10}
+                for r in range(2)]
+
+    monkeypatch.setattr(distributed, "run_horovod", diverged)
+    with pytest.raises(TrainingError, match="parameters diverged across ranks.*not recorded as finished"):
+        train_stage(cfg, spark, progress=False)
+    _, folder = identity_and_folder(cfg, SamplesManifest.read(cfg.samples.path))
+    assert not Path(folder, "result.json").exists() and not Path(folder, "checkpoint.pt").exists()
+    assert len(list(Path(folder).glob("checkpoint.diverged-*.pt"))) == 1
