@@ -303,3 +303,64 @@ def test_clean_orphans_removes_what_killed_runs_left_and_nothing_else(spark, wor
     assert on_disk == {u.removeprefix("file://") for u in live}  # exactly the committed files remain
     assert _table(spark, sid).sort_values("item_id").reset_index(drop=True).astype(str).equals(rows_before.astype(str))
     assert clean("maintenance.min_age_hours=0")["files"] == 0  # a second run finds nothing
+
+
+def _descendants_alive(sid: int) -> list[int]:
+    """Processes still running in the session the killed job started."""
+    alive = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.getsid(int(pid)) == sid:
+                    alive.append(int(pid))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return alive
+
+
+def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishes(world, tmp_path):
+    """kill -9 of the whole job (driver, JVM, Spark workers, both Horovod ranks) once rank 0
+    wrote its first checkpoint; the re-run resumes from it and finishes the same run."""
+    import json
+    import signal
+    import time
+
+    import torch
+
+    root, args = world
+    run_args = [*args, f"train.checkpoint_dir={tmp_path}/ckpt", "train.backend=horovod", "train.num_proc=2",
+                "train.max_steps=1000", "train.checkpoint_every=5", "train.batch_size=32", "spark.master=local[2]"]
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    job = subprocess.Popen([sys.executable, "jobs/train_ranker.py", *run_args], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    ckpt = None
+    while time.time() < deadline and job.poll() is None:
+        found = list((tmp_path / "ckpt").glob("din-*/checkpoint.pt"))
+        if found:
+            ckpt = found[0]
+            break
+        time.sleep(0.2)
+    assert ckpt is not None, "no checkpoint appeared"
+    # every process of the job's session: driver, JVM, Python workers, ranks (some of them
+    # run in process groups of their own)
+    for pid in _descendants_alive(job.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait(timeout=30)
+    for _ in range(50):
+        if not _descendants_alive(job.pid):
+            break
+        time.sleep(0.2)
+    assert _descendants_alive(job.pid) == []  # nothing of the killed job lingers
+    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert step_at_kill > 0 and not (ckpt.parent / "result.json").exists()
+    out = run_job_process(["jobs/train_ranker.py", "--json", *run_args], timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    final = torch.load(ckpt, weights_only=True)
+    assert res["status"] == "resumed" and res["steps"] == final["step"] > step_at_kill
+    assert res["steps_this_run"] > 0 and res["processes"] == 2
+    assert (ckpt.parent / "result.json").exists()

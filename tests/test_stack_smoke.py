@@ -15,7 +15,7 @@ def test_horovod_two_processes_over_gloo():
     assert re.search(r"\[X\] PyTorch", check.stdout) and re.search(r"\[X\] Gloo", check.stdout)
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     out = subprocess.run(
-        [hvdrun, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, os.path.join(HERE, "smoke", "hvd_allreduce.py")],
+        [hvdrun, "--gloo", "--network-interface", "lo", "-np", "2", "-H", "localhost:2", sys.executable, os.path.join(HERE, "smoke", "hvd_allreduce.py")],
         capture_output=True, text=True, timeout=180, env=env,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

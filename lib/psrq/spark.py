@@ -28,6 +28,9 @@ def spark_settings(cfg: SparkConf) -> dict[str, str]:
     if cfg.master and cfg.master.startswith("local"):
         settings.update(
             {
+                # one machine: the driver listens on the loopback address only
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.memory": cfg.driver_memory,
                 "spark.ui.enabled": "false",
                 "spark.sql.adaptive.coalescePartitions.enabled": "true",
@@ -63,6 +66,8 @@ def build_spark(cfg: SparkConf) -> SparkSession:
     # workers must run the same interpreter (and so the same pinned packages) as the driver
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if cfg.master and cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # before the JVM starts
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master:
         builder = builder.master(cfg.master)

@@ -93,6 +93,9 @@ class DeltaSparkEngine:
         writer = df.write.format("delta").mode(_SPARK_MODE[mode]).option("userMetadata", description)
         if mode == "overwrite":
             writer = writer.option("overwriteSchema", "true")
+        return self._save(writer, path, txn)
+
+    def _save(self, writer, path: str, txn: Optional[AppTxn]) -> WriteResult:
         if txn:
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
         try:
@@ -111,13 +114,7 @@ class DeltaSparkEngine:
         literal = str(value).replace("'", "''")
         writer = (df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` = '{literal}'")
                   .option("userMetadata", description))
-        if txn:
-            writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
-        try:
-            writer.save(path)
-        except Exception as exc:  # noqa: BLE001 - surface the JVM message with the path
-            raise StorageError(f"Delta write to {path} failed: {exc}") from exc
-        return WriteResult(path, self.version(path))
+        return self._save(writer, path, txn)
 
     def merge(self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = "") -> WriteResult:
         if not self.exists(path):

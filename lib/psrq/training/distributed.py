@@ -63,7 +63,9 @@ def run_horovod(spark, job: dict, num_proc: int) -> list[dict]:
     import horovod.spark
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return horovod.spark.run(horovod_worker, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0, env=env)
+    # local mode: every rank is on this machine, so Gloo talks over the loopback interface only
+    nics = {"lo"} if spark.sparkContext.master.startswith("local") else None
+    return horovod.spark.run(horovod_worker, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0, env=env, nics=nics)
 
 
 def ddp_worker(job: dict) -> list[dict]:
