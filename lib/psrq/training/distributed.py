@@ -94,4 +94,6 @@ def ddp_worker(job: dict) -> list[dict]:
 def run_torch_distributor(job: dict, num_proc: int) -> list[dict]:
     from pyspark.ml.torch.distributor import TorchDistributor
 
+    # local mode: torchrun's processes run here; Gloo over the loopback interface only
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return TorchDistributor(num_processes=num_proc, local_mode=True, use_gpu=False).run(ddp_worker, job)
