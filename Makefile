@@ -39,10 +39,7 @@ experiments: setup
 	$(PY) jobs/run_experiments.py --dataset movielens_100k $(EXP_ARGS) $(ARGS)
 
 package: setup
-	@mkdir -p dist && rm -f dist/psrq.zip
-	@# Python's zipfile: the zip tool is not on every machine
-	$(PY) -c "import pathlib, zipfile; z = zipfile.ZipFile('dist/psrq.zip', 'w', zipfile.ZIP_DEFLATED); [z.write(p, p.relative_to('lib')) for p in sorted(pathlib.Path('lib/psrq').rglob('*')) if p.is_file() and '__pycache__' not in p.parts]; z.close()"
-	@echo "dist/psrq.zip: pass it to spark-submit --py-files"
+	$(PY) scripts/package.py
 
 clean:
 	rm -rf data dist build .pytest_cache lib/*.egg-info

@@ -6,7 +6,7 @@ from psrq.errors import ConfigError
 
 def test_defaults_load_and_layers_merge():
     cfg = load_config("local", "synthetic_small")
-    assert cfg.spark.master == "local[*]"
+    assert cfg.spark.master is None  # profiles carry no master: spark-submit's, else local[*]
     assert cfg.dataset.modalities["text"].column == "text_emb"
     assert cfg.dataset.modalities["audio"].dim == 768
     assert cfg.synthetic.n_items == 3000  # from the dataset layer, over the model default

@@ -34,5 +34,38 @@ def test_each_job_line_parses_and_its_overrides_are_valid(line):
     assert out.returncode == 0 and "key=value" in out.stdout, out.stderr[-1000:]
 
 
-def test_spark_submit_example_uses_the_derived_packages():
-    assert f"--packages {jvm.packages(['delta', 's3a'])}" in README
+SUBMIT_LINES = [m.group(1) for m in re.finditer(r"\.venv/bin/python -m psrq\.submit ([^>\n]*)", README)]
+
+
+def test_the_readme_shows_the_launcher():
+    assert len(SUBMIT_LINES) >= 5
+
+
+@pytest.mark.parametrize("line", SUBMIT_LINES)
+def test_each_launcher_line_builds_its_spark_submit_command(line, tmp_path):
+    args = shlex.split(line.replace("$(date +\\%Y\\%m\\%d)", "20261124"))
+    if "--dry-run" not in args:
+        args = ["--dry-run", *args]
+    package = tmp_path / "psrq.zip"
+    package.write_bytes(b"")
+    out = subprocess.run([sys.executable, "-m", "psrq.submit", "--package", str(package), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PSRQ_STORAGE_ROOT": "/tmp/psrq"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    cmd = shlex.split(out.stdout)
+    job = next(a for a in args if a.startswith("jobs/"))
+    run_id = next(a.split("=", 1)[1] for a in args if a.startswith("run.run_id="))
+    assert cmd[0].endswith("spark-submit") and cmd[cmd.index("--master") + 1] == args[args.index("--master") + 1]
+    assert cmd[cmd.index("--name") + 1] == f"psrq-{Path(job).stem}-{run_id}"
+    assert cmd[cmd.index("--py-files") + 1] == str(package)
+    # the cluster profile's JVM packages: the jars setup resolved (derived from the pins)
+    assert cmd[cmd.index("--jars") + 1].split(",") == jvm.local_jars(["delta", "s3a"])
+    assert "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension" in cmd
+
+
+def test_without_resolved_jars_the_launcher_passes_the_derived_coordinates(monkeypatch):
+    from psrq import submit
+
+    monkeypatch.setattr(jvm, "resolved", lambda bundle, manifest=None: None)
+    monkeypatch.setenv("PSRQ_STORAGE_ROOT", "/tmp/psrq")
+    cmd = submit.command("jobs/assign_ids.py", ["--profile", "cluster", "run.run_id=1"], "yarn", "dist/psrq.zip")
+    assert cmd[cmd.index("--packages") + 1] == jvm.packages(["delta", "s3a"]) and "--jars" not in cmd

@@ -4,6 +4,7 @@ and one clear message instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from psrq.config import Config, load_config
 from psrq.errors import PsrqError
@@ -32,7 +34,8 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     p.add_argument("--profile", default="local", help="conf/<profile>.yaml: local (default) or cluster")
     p.add_argument("--dataset", default="synthetic_small", help="conf/datasets/<dataset>.yaml")
     p.add_argument("--conf-dir", default=None, help="folder with base.yaml, profiles and datasets/")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (only it: logs go to stderr)")
+    p.add_argument("--master", default=None, help="Spark master (default: spark-submit's, else local[*])")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p.parse_args(argv)
 
@@ -54,14 +57,15 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None, wr
         sys.stdout.flush()
         os.dup2(2, 1)
     try:
-        cfg: Config = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)
+        overrides = [*args.overrides, *([f"spark.master={args.master}"] if args.master else [])]
+        cfg: Config = load_config(args.profile, args.dataset, overrides, args.conf_dir)
         probe_writable(output_locations(cfg, writes))
         from psrq.spark import build_spark  # after config and probes: a bad key fails before the JVM starts
 
         spark = None
         if needs_spark:
             t0 = time.time()
-            spark = build_spark(cfg.spark)
+            spark = build_spark(cfg.spark, app_name(cfg, job_name(stage)))
             log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
         result = stage(spark, cfg)
     except PsrqError as exc:
@@ -75,6 +79,15 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None, wr
     if args.json:
         print(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False), flush=True)
     return 0
+
+
+def job_name(stage: Callable) -> str:
+    return Path(inspect.getfile(stage)).stem
+
+
+def app_name(cfg: Config, job: str) -> str:
+    """psrq-<job>-<run_id>: every application is told apart in the cluster's UI and logs."""
+    return f"{cfg.spark.app_name}-{job}-{cfg.run.run_id}"
 
 
 def json_safe(value):

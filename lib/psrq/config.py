@@ -17,7 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from psrq.errors import ConfigError
 
-DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+def default_conf_dir():
+    """The default configuration: `psrq/conf` inside the package when it carries one (the
+    zip `make package` builds for spark-submit, read through importlib.resources whether
+    it is a folder or a zip), else the repository's `conf/` beside `lib/`."""
+    from importlib.resources import files
+
+    packaged = files("psrq").joinpath("conf")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+DEFAULT_CONF_DIR = default_conf_dir()
 
 
 class _Strict(BaseModel):
@@ -31,8 +43,10 @@ class RunConf(_Strict):
 
 
 class SparkConf(_Strict):
-    # None leaves the master to spark-submit (cluster profile).
-    master: Optional[str] = "local[*]"
+    # Set only to force one (spark.master=local[2]): otherwise the master is spark-submit's
+    # --master when run through it, else local[*] (psrq.spark.resolve_master). Profiles
+    # carry tuning, never a master.
+    master: Optional[str] = None
     app_name: str = "psrq"
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(8, ge=1)
@@ -344,13 +358,16 @@ class Config(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _layer(path: Path, what: str):
+def read_layer(folder, name: str, what: str):
+    """folder: a Path or an importlib.resources Traversable (a folder inside a zip)."""
+    path = folder.joinpath(f"{name}.yaml")
     if not path.is_file():
         # base.yaml is the layer under every profile, not a profile itself
-        options = sorted(p.stem for p in path.parent.glob("*.yaml") if p.name != "base.yaml")
-        raise ConfigError(f"{what} '{path.stem}' not found at {path} (available: {', '.join(options) or 'none'})")
+        options = sorted(p.name[: -len(".yaml")] for p in (folder.iterdir() if folder.is_dir() else [])
+                         if p.name.endswith(".yaml") and p.name != "base.yaml")
+        raise ConfigError(f"{what} '{name}' not found at {path} (available: {', '.join(options) or 'none'})")
     try:
-        return OmegaConf.load(path)
+        return OmegaConf.create(path.read_text())
     except (OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"{path}: cannot parse YAML: {exc}") from exc
 
@@ -382,9 +399,9 @@ def load_config(
 ) -> Config:
     conf_dir = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
     merged = OmegaConf.merge(
-        _layer(conf_dir / "base.yaml", "base config"),
-        _layer(conf_dir / f"{profile}.yaml", "profile"),
-        _layer(conf_dir / "datasets" / f"{dataset}.yaml", "dataset"),
+        read_layer(conf_dir, "base", "base config"),
+        read_layer(conf_dir, profile, "profile"),
+        read_layer(conf_dir.joinpath("datasets"), dataset, "dataset"),
         _overrides(list(overrides)),
     )
     try:

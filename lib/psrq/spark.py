@@ -1,7 +1,8 @@
 """SparkSession from the `spark` section of the configuration.
 
-local profile: local[*] with settings for a small machine; cluster profile: master and
-resources from spark-submit. JVM packages (Delta, hadoop-aws) from psrq.jvm."""
+The master: `spark.master` when set, else spark-submit's (`--master`), else local[*] (the
+embedded default). Local masters get settings for a small machine and the loopback address;
+the profiles carry tuning only. JVM packages (Delta, hadoop-aws) from psrq.jvm."""
 from __future__ import annotations
 
 import os
@@ -13,8 +14,22 @@ from psrq import jvm
 from psrq.config import SparkConf
 
 
-def spark_settings(cfg: SparkConf) -> dict[str, str]:
-    """Every setting the builder applies (pure: testable without a JVM)."""
+def submitted() -> bool:
+    """True in a driver started by spark-submit (it hands the Python process its gateway)."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
+def resolve_master(cfg: SparkConf) -> str | None:
+    """None: spark-submit's --master applies."""
+    if cfg.master:
+        return cfg.master
+    return None if submitted() else "local[*]"
+
+
+def spark_settings(cfg: SparkConf, master: str | None = None) -> dict[str, str]:
+    """Every setting the builder applies (pure: testable without a JVM). master: the
+    resolved master (default: resolve_master(cfg))."""
+    master = master if master is not None else resolve_master(cfg)
     settings = {
         # one time zone everywhere: Delta stores timestamps as UTC instants
         "spark.sql.session.timeZone": "UTC",
@@ -25,7 +40,7 @@ def spark_settings(cfg: SparkConf) -> dict[str, str]:
         # not INT96: readers outside Spark (pyarrow, petastorm) expect standard timestamps
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     }
-    if cfg.master and cfg.master.startswith("local"):
+    if master and master.startswith("local"):
         settings.update(
             {
                 # one machine: the driver listens on the loopback address only
@@ -62,16 +77,18 @@ def jvm_settings(bundles: list[str]) -> dict[str, str]:
     return out
 
 
-def build_spark(cfg: SparkConf) -> SparkSession:
-    # workers must run the same interpreter (and so the same pinned packages) as the driver
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if cfg.master and cfg.master.startswith("local"):
+def build_spark(cfg: SparkConf, app_name: str | None = None) -> SparkSession:
+    master = resolve_master(cfg)
+    if master and master.startswith("local"):
+        # local workers run the driver's interpreter (and so the same pinned packages); on a
+        # cluster the executors' Python comes from spark-submit (spark.pyspark.python)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # before the JVM starts
-    builder = SparkSession.builder.appName(cfg.app_name)
-    if cfg.master:
-        builder = builder.master(cfg.master)
-    for key, value in spark_settings(cfg).items():
+    builder = SparkSession.builder.appName(app_name or cfg.app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in spark_settings(cfg, master or "").items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from psrq.config import DEFAULT_CONF_DIR, Config
+from psrq.config import DEFAULT_CONF_DIR, Config, read_layer
 from psrq.errors import ConfigError
 
 
@@ -19,11 +19,9 @@ class Experiment:
 
 
 def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
-    path = Path(conf_dir or DEFAULT_CONF_DIR) / "experiments" / f"{name}.yaml"
-    if not path.is_file():
-        have = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"experiment '{name}' not found at {path} (available: {', '.join(have) or 'none'})")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    folder = (Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR).joinpath("experiments")
+    path = folder.joinpath(f"{name}.yaml")
+    raw = OmegaConf.to_container(read_layer(folder, name, "experiment"), resolve=True)
     cells = raw.get("cells") or {}
     if raw.get("ours") not in cells:
         raise ConfigError(f"{path}: `ours` ({raw.get('ours')!r}) must name one of the cells ({', '.join(cells)})")

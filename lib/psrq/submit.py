@@ -1,0 +1,91 @@
+"""The documented way to run a job on a cluster: builds and runs the spark-submit command.
+
+    python -m psrq.submit --master spark://host:7077 jobs/assign_ids.py --profile cluster run.run_id=20261124
+
+It ships the package with its default configuration (dist/psrq.zip, `make package`), names
+the application psrq-<job>-<run_id>, passes the profile's Spark settings, and hands over
+the JVM packages the configuration asks for: the jars setup resolved (`--jars`, nothing is
+downloaded by the cluster) or else their Maven coordinates (`--packages`), both derived
+from the pinned Python packages. `--dry-run` prints the command instead of running it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from psrq import jvm
+from psrq.cli import app_name, parse_args
+from psrq.config import load_config
+from psrq.errors import PsrqError
+from psrq.spark import spark_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spark_submit_binary() -> str:
+    import pyspark
+
+    return os.environ.get("SPARK_SUBMIT") or str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+
+
+def command(job: str, job_args: list[str], master: str, package: str, python: str | None = None,
+            deploy_mode: str | None = None, extra_conf: list[str] = ()) -> list[str]:
+    """The spark-submit command line (pure: tested without running it)."""
+    args = parse_args("", job_args)
+    cfg = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)
+    cmd = [spark_submit_binary(), "--master", master, "--name", app_name(cfg, Path(job).stem), "--py-files", package]
+    if deploy_mode:
+        cmd += ["--deploy-mode", deploy_mode]
+    bundles = list(cfg.spark.jvm_packages)
+    if bundles:
+        if all(jvm.resolved(b) is not None for b in bundles):
+            cmd += ["--jars", ",".join(jvm.local_jars(bundles))]
+        else:
+            cmd += ["--packages", jvm.packages(bundles)]
+    settings = spark_settings(cfg.spark, master="" if not master.startswith("local") else master)
+    for key in ("spark.jars", "spark.jars.packages"):
+        settings.pop(key, None)
+    if python:  # the executors' (and in cluster deploy mode the driver's) interpreter
+        settings["spark.pyspark.python"] = python
+    for key, value in sorted(settings.items()):
+        cmd += ["--conf", f"{key}={value}"]
+    for kv in extra_conf:
+        cmd += ["--conf", kv]
+    return [*cmd, job, *job_args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m psrq.submit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--master", required=True, help="spark://host:port, yarn, k8s://https://host:port, local[N]")
+    p.add_argument("--deploy-mode", choices=["client", "cluster"], default=None)
+    p.add_argument("--package", default=str(ROOT / "dist" / "psrq.zip"), help="the zip `make package` builds")
+    p.add_argument("--python", default=None, help="spark.pyspark.python for the executors (e.g. ./env/bin/python)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="more spark-submit --conf")
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
+    p.add_argument("job", help="jobs/<job>.py")
+    p.add_argument("job_args", nargs=argparse.REMAINDER, help="the job's own arguments")
+    a = p.parse_args(argv)
+    if not Path(a.job).is_file():
+        print(f"error: no job at {a.job}", file=sys.stderr)
+        return 2
+    if not Path(a.package).is_file():
+        print(f"error: {a.package} not found: run `make package` first", file=sys.stderr)
+        return 2
+    try:
+        cmd = command(a.job, a.job_args, a.master, a.package, a.python, a.deploy_mode, a.conf)
+    except PsrqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if a.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
