@@ -197,47 +197,58 @@ class DeltaRsEngine:
             return WriteResult(path, self.version(path), False, len(adds), removed, rows)
         raise AssertionError("unreachable")
 
+    def _open_for_rewrite(self, df: DataFrame, path: str, txn: Optional[AppTxn], description: str):
+        """(result, None, None) when nothing is left to do here (the run's transaction is
+        committed, or there is no table yet and `df` creates it); else (None, table, schema)."""
+        done = self._already_done(path, txn)
+        if done:
+            return done, None, None
+        if not self.exists(path):
+            return self.write(df, path, "create", txn, description), None, None
+        dt = self._table(path)
+        return None, dt, pa.schema(dt.schema().to_arrow())
+
+    def _with_files(self, dt: DeltaTable, path: str) -> DataFrame:
+        """The table at dt's version, each row with the file it is in (`_file`)."""
+        return self.read(path, dt.version()).withColumn("_file", F.input_file_name())
+
+    def _rewrite(self, dt: DeltaTable, path: str, schema: pa.Schema, rows: DataFrame, touched_uris: list[str],
+                 txn: Optional[AppTxn], description: str, what: str) -> WriteResult:
+        """One commit that removes the touched files and adds `rows`, never rebased onto a
+        concurrent commit (the touched files may have changed under it)."""
+        files = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+        by_name = {f["path"].rsplit("/", 1)[-1]: f for f in files}
+        touched = [by_name[u.rsplit("/", 1)[-1]] for u in touched_uris]
+        adds = self._write_files(rows, path, schema)
+        now = int(time.time() * 1000)
+        removes = [RemoveAction(f["path"], True, now, f["size_bytes"]) for f in touched]
+        n = sum(_num_records(a) for a in adds)
+        props = self._commit_properties(txn, description, {"rows": n, "mode": what})
+        try:
+            done = self._commit_once(path, txn, adds, lambda: dt.create_write_transaction(
+                removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props))
+        except _Conflict as exc:
+            raise StorageError(f"{what} on {path} conflicted with a concurrent write ({exc}); re-run the job") from None
+        return done or WriteResult(path, self.version(path), False, len(adds), len(removes), n)
+
     def replace_where(
         self, df: DataFrame, path: str, column: str, value: str, txn: Optional[AppTxn] = None, description: str = ""
     ) -> WriteResult:
         """Copy-on-write replacement of one value's rows: the files holding any row with that
         value are removed and the new rows added, in one commit. Callers keep one value per
         file (every write of the table carries a single value), so no other row moves."""
-        done = self._already_done(path, txn)
-        if done:
-            return done
-        if not self.exists(path):
-            return self.write(df, path, "create", txn, description)
-        dt = self._table(path)
-        schema = pa.schema(dt.schema().to_arrow())
+        result, dt, schema = self._open_for_rewrite(df, path, txn, description)
+        if result:
+            return result
         source = df.select(*schema.names)
         self._check_schema(dt, _arrow_schema(source), path)
-        wrong = source.filter(F.col(column).isNull() | (F.col(column) != F.lit(value))).limit(1).count()
-        if wrong:
+        if source.filter(F.col(column).isNull() | (F.col(column) != F.lit(value))).limit(1).count():
             raise StorageError(f"replace_where on {path}: the new rows must all have {column} = {value!r}")
-        files = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
-        by_name = {f["path"].rsplit("/", 1)[-1]: f for f in files}
-        target = self.read(path, dt.version())
-        touched = [by_name[r[0].rsplit("/", 1)[-1]] for r in
-                   target.filter(F.col(column) == F.lit(value)).select(F.input_file_name()).distinct().collect()]
-        mixed = (self.spark.read.schema(self.spark_schema(dt)).parquet(*[f"{path.rstrip('/')}/{t['path']}" for t in touched])
-                 .filter(F.col(column) != F.lit(value)).limit(1).count()) if touched else 0
-        if mixed:
+        rows = self._with_files(dt, path)
+        touched = [r[0] for r in rows.filter(F.col(column) == F.lit(value)).select("_file").distinct().collect()]
+        if touched and rows.filter(F.col("_file").isin(touched) & (F.col(column) != F.lit(value))).limit(1).count():
             raise StorageError(f"replace_where on {path}: files mix {column} values; refusing to rewrite other rows")
-        adds = self._write_files(source, path, schema)
-        now = int(time.time() * 1000)
-        removes = [RemoveAction(f["path"], True, now, f["size_bytes"]) for f in touched]
-        rows = sum(_num_records(a) for a in adds)
-        props = self._commit_properties(txn, description, {"rows": rows, "mode": f"replace {column}={value}"})
-        try:
-            done = self._commit_once(path, txn, adds, lambda: dt.create_write_transaction(
-                removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props))
-        except _Conflict as exc:
-            raise StorageError(f"replacing {column}={value} in {path} conflicted with a concurrent write ({exc}); "
-                               "re-run the job") from None
-        if done:
-            return done
-        return WriteResult(path, self.version(path), False, len(adds), len(removes), rows)
+        return self._rewrite(dt, path, schema, source, touched, txn, description, f"replace {column}={value}")
 
     def merge(
         self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = ""
@@ -247,13 +258,9 @@ class DeltaRsEngine:
         the new. All of it runs on the executors."""
         if not keys:
             raise StorageError("merge needs at least one key column")
-        done = self._already_done(path, txn)
-        if done:
-            return done
-        if not self.exists(path):
-            return self.write(df, path, "create", txn, description)
-        dt = self._table(path)
-        schema = pa.schema(dt.schema().to_arrow())
+        result, dt, schema = self._open_for_rewrite(df, path, txn, description)
+        if result:
+            return result
         missing = [c for c in schema.names if c not in df.columns]
         if missing:
             raise StorageError(f"merge source lacks columns of the table at {path}: {missing}")
@@ -262,39 +269,13 @@ class DeltaRsEngine:
         dup = source.groupBy(*keys).count().filter("count > 1").limit(3).collect()
         if dup:
             raise StorageError(f"merge source has duplicate keys {keys}: e.g. {[tuple(r)[:-1] for r in dup]}")
-
-        files = pa.table(dt.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
-        by_name = {f["path"].rsplit("/", 1)[-1]: f for f in files}
-        target = self.read(path, dt.version())
-        touched_uris = [
-            r[0]
-            for r in target.withColumn("_file", F.input_file_name())
-            .join(source.select(*keys), keys, "left_semi")
-            .select("_file")
-            .distinct()
-            .collect()
-        ]
-        touched = [by_name[u.rsplit("/", 1)[-1]] for u in touched_uris]
-        spark_schema = self.spark_schema(dt)
-        if touched_uris:
-            kept = self.spark.read.schema(spark_schema).parquet(*touched_uris).join(source.select(*keys), keys, "left_anti")
+        touched = [r[0] for r in self._with_files(dt, path).join(source.select(*keys), keys, "left_semi")
+                   .select("_file").distinct().collect()]
+        rewritten = source
+        if touched:
+            kept = self.spark.read.schema(self.spark_schema(dt)).parquet(*touched).join(source.select(*keys), keys, "left_anti")
             rewritten = kept.unionByName(source)
-        else:
-            rewritten = source
-        adds = self._write_files(rewritten, path, schema)
-        now = int(time.time() * 1000)
-        removes = [RemoveAction(f["path"], True, now, f["size_bytes"]) for f in touched]
-        rows = sum(_num_records(a) for a in adds)
-        props = self._commit_properties(txn, description, {"rows": rows, "mode": "merge"})
-        try:
-            done = self._commit_once(path, txn, adds, lambda: dt.create_write_transaction(
-                removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props))
-        except _Conflict as exc:
-            # the files this merge rewrote may have changed under it: never rebase a merge
-            raise StorageError(f"merge into {path} conflicted with a concurrent write ({exc}); re-run the job") from None
-        if done:
-            return done
-        return WriteResult(path, self.version(path), False, len(adds), len(removes), rows)
+        return self._rewrite(dt, path, schema, rewritten, touched, txn, description, "merge")
 
 
 def _loose(t: pa.DataType) -> pa.DataType:
