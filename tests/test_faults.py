@@ -364,3 +364,46 @@ def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishe
     assert res["status"] == "resumed" and res["steps"] == final["step"] > step_at_kill
     assert res["steps_this_run"] > 0 and res["processes"] == 2
     assert (ckpt.parent / "result.json").exists()
+
+
+@pytest.mark.parametrize("crash_at", [2, 3])
+def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, world, tmp_path, crash_at):
+    """kill -9 of reindex_catalog after its plan (2: before the semantic_ids commit) or after
+    the semantic_ids commit (3: before the outcome row): the re-run ends with the IDs and the
+    audit rows of an uninterrupted night."""
+    import shutil
+    from datetime import datetime, timezone
+
+    from pyspark.sql import functions as F
+
+    from psrq.storage import open_engine
+
+    root, args = world
+    engine = open_engine(spark, "delta-rs")
+    runs = {}
+    for name in ("whole", "killed"):
+        shutil.copytree(root / "delta", tmp_path / name / "delta")
+        shutil.copytree(root / "codebooks", tmp_path / name / "codebooks")
+        where = [*args, f"storage.root={tmp_path}/{name}/delta", f"storage.codebooks={tmp_path}/{name}/codebooks",
+                 "reindex.min_items_for_drift=1000"]
+        assert job_main("reindex_catalog")([*where, "run.run_id=20261130"]) == 0  # a first night sets the watermark
+        items = engine.read(f"{tmp_path}/{name}/delta/items")
+        # 25 changed items: new embeddings from another item's, a later updated_at
+        changed = (items.filter("item_id < 25").alias("a").join(items.filter("item_id >= 200 and item_id < 225").alias("b"),
+                                                                F.expr("b.item_id = a.item_id + 200"))
+                   .selectExpr("a.item_id", "b.text_emb", "b.audio_emb")
+                   .withColumn("updated_at", F.lit(datetime(2027, 1, 1, tzinfo=timezone.utc))))
+        engine.merge(changed.select(*items.columns), f"{tmp_path}/{name}/delta/items", ["item_id"])
+        runs[name] = [*where, "run.run_id=20261201"]
+    assert run_job_process(["jobs/reindex_catalog.py", *runs["whole"]]).returncode == 0
+    assert run_job_process(["jobs/reindex_catalog.py", *runs["killed"]], kill=("commit", crash_at)).returncode == -9
+    again = run_job_process(["jobs/reindex_catalog.py", *runs["killed"]])
+    assert again.returncode == 0, again.stderr[-2000:]
+    cols = ["item_id", "joint_codes", "code_key", "dedup", "codebook_version"]
+    ids = {n: _table(spark, f"{tmp_path}/{n}/delta/semantic_ids")[cols].sort_values("item_id").reset_index(drop=True).astype(str)
+           for n in runs}
+    assert ids["killed"].equals(ids["whole"])
+    audit_cols = ["night", "status", "items_version", "codebook_version", "n_changed", "refit", "error_share"]
+    audit = {n: _table(spark, f"{tmp_path}/{n}/delta/reindex_state")[audit_cols].sort_values(["night", "status"])
+             .reset_index(drop=True).astype(str) for n in runs}
+    assert audit["killed"].equals(audit["whole"]) and "25" in set(audit["whole"].n_changed)
