@@ -52,6 +52,18 @@ def small_config(tmp_path, *overrides):
     return load_config("local", "synthetic_small", [*base, *overrides])
 
 
+def job_env() -> dict:
+    """The environment a job started by a test runs with (the source tree's package first)."""
+    return {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+
+
+def run_python(args: list[str], **kw):
+    """This interpreter on `args`, from the repository, output captured as text."""
+    import subprocess
+
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=job_env(), **kw)
+
+
 @pytest.fixture
 def python_exe():
     return sys.executable

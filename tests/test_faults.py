@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, job_env, run_python
 
 KILL_AT = os.path.join(ROOT, "tests", "faults", "kill_at.py")
 
@@ -197,9 +197,7 @@ def test_a_truncated_checkpoint_names_the_file_and_restart_recovers(world, capsy
 
 
 def run_job_process(args: list[str], kill: tuple[str, int] | None = None, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
-    cmd = [sys.executable, KILL_AT, kill[0], str(kill[1]), *args] if kill else [sys.executable, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    return run_python([KILL_AT, kill[0], str(kill[1]), *args] if kill else args, timeout=timeout)
 
 
 def _table(spark, path):
@@ -238,7 +236,7 @@ def test_two_concurrent_assign_runs_of_one_run_id_commit_once(spark, world, tmp_
 
     sid = f"{tmp_path}/delta/semantic_ids"
     v0 = DeltaTable(sid).version()
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    env = job_env()
     cmd = [sys.executable, "jobs/assign_ids.py", *args, f"storage.root={tmp_path}/delta",
            f"storage.codebooks={tmp_path}/codebooks", "run.run_id=11"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -330,7 +328,7 @@ def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishe
     root, args = world
     run_args = [*args, f"train.checkpoint_dir={tmp_path}/ckpt", "train.backend=horovod", "train.num_proc=2",
                 "train.max_steps=1000", "train.checkpoint_every=5", "train.batch_size=32", "spark.master=local[2]"]
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    env = job_env()
     job = subprocess.Popen([sys.executable, "jobs/train_ranker.py", *run_args], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240

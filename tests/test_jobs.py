@@ -1,7 +1,5 @@
 """The stages behind the jobs, and the jobs' command line."""
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -10,7 +8,7 @@ from psrq.stages.generate import generate
 from psrq.stages.validate import validate_inputs
 from psrq.storage import open_engine
 
-from conftest import ROOT, small_config
+from conftest import ROOT, run_python, small_config
 
 
 def test_generate_validate_and_rerun_is_a_no_op(spark, tmp_path):
@@ -41,9 +39,7 @@ def test_validation_of_a_table_with_the_wrong_dimension(spark, tmp_path):
         validate_inputs(spark, wrong)
 
 
-def run(args, **kw):
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, **kw)
+run = run_python
 
 
 def test_a_bad_override_fails_before_spark_starts_and_names_the_key():

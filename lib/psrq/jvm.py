@@ -44,15 +44,16 @@ def _spark_jars_dir() -> Path:
     return Path(pyspark.__file__).parent / "jars"
 
 
+def _artifact(jar_name: str) -> tuple[str, str] | None:
+    """(artifact, version) of a Maven-named jar file (`delta-storage-4.0.1.jar`)."""
+    m = re.match(r"(.+?)-(\d[\w.\-]*)\.jar$", jar_name)
+    return (m.group(1), m.group(2)) if m else None
+
+
 @lru_cache(maxsize=1)
 def _shipped_with_spark() -> dict[str, str]:
     """artifact name → version of every jar pyspark ships."""
-    out = {}
-    for jar in _spark_jars_dir().glob("*.jar"):
-        m = re.match(r"(.+?)-(\d[\w.\-]*)\.jar$", jar.name)
-        if m:
-            out[m.group(1)] = m.group(2)
-    return out
+    return dict(a for jar in _spark_jars_dir().glob("*.jar") if (a := _artifact(jar.name)))
 
 
 def scala_binary_version() -> str:
@@ -106,10 +107,9 @@ def without_spark_jars(classpath: list[str]) -> list[str]:
     shipped = _shipped_with_spark()
     kept = []
     for jar in classpath:
-        m = re.match(r"(.+?)-(\d[\w.\-]*)\.jar$", Path(jar).name)
-        if m and m.group(1) in shipped:
-            continue
-        kept.append(jar)
+        artifact = _artifact(Path(jar).name)
+        if artifact is None or artifact[0] not in shipped:
+            kept.append(jar)
     return kept
 
 

@@ -51,11 +51,11 @@ def _versions(fs, root: str) -> dict[str, bool]:
     return out
 
 
-def list_versions(root: str, method: str | None = None) -> list[str]:
-    """Complete, intact versions, oldest first; only those of `method` when given. A version
-    whose manifest is broken is logged and skipped."""
+def manifests(root: str, method: str | None = None) -> dict[str, dict]:
+    """version -> manifest of the complete, intact versions, oldest first; only those of
+    `method` when given. A version whose manifest is broken is logged and skipped."""
     fs, path = resolve(root)
-    out = []
+    out = {}
     for v in sorted(v for v, complete in _versions(fs, path).items() if complete):
         try:
             m = _manifest(fs, path, v)
@@ -63,8 +63,13 @@ def list_versions(root: str, method: str | None = None) -> list[str]:
             log.warning("skipping codebook version %s: %s", v, exc)
             continue
         if method is None or m.get("method") == method:
-            out.append(v)
+            out[v] = m
     return out
+
+
+def list_versions(root: str, method: str | None = None) -> list[str]:
+    """Complete, intact versions, oldest first; only those of `method` when given."""
+    return list(manifests(root, method))
 
 
 def _manifest(fs, path: str, version: str) -> dict:
@@ -84,12 +89,7 @@ def _manifest(fs, path: str, version: str) -> dict:
 
 def find_fit(root: str, fit_identity: str) -> dict | None:
     """The manifest of the version a fit with this identity wrote, if any."""
-    fs, path = resolve(root)
-    for v in reversed(list_versions(root)):
-        m = _manifest(fs, path, v)
-        if m.get("fit_identity") == fit_identity:
-            return m
-    return None
+    return next((m for m in reversed(manifests(root).values()) if m.get("fit_identity") == fit_identity), None)
 
 
 def spec_to_dict(spec: QuantSpec) -> dict:

@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from psrq.config import Config
-from psrq.quant.artifact import list_versions, load_artifact, read_manifest
+from psrq.quant.artifact import load_artifact, manifests
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
 from psrq.stages.assign import assign
@@ -52,9 +52,8 @@ def drift(errors: np.ndarray, layer1: np.ndarray, fit_diag: dict, k: int) -> dic
 
 def _reuse_or_fit(spark, cfg: Config, night: int) -> str:
     """A codebook version fitted by this night already (a resumed run) is reused."""
-    root = cfg.codebooks_root()
-    for v in reversed(list_versions(root, cfg.codebooks.method)):
-        if read_manifest(root, v).get("created_by", {}).get("reindex_night") == night:
+    for v, m in reversed(manifests(cfg.codebooks_root(), cfg.codebooks.method).items()):
+        if m.get("created_by", {}).get("reindex_night") == night:
             log.info("reusing codebook %s fitted earlier by night %d", v, night)
             return v
     return fit_stage(spark, cfg, created_by={"job": "reindex_catalog", "reindex_night": night})["version"]

@@ -23,7 +23,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from psrq.errors import StorageError
 from psrq.storage.base import AppTxn, WriteMode, WriteResult
-from psrq.storage.parquet_files import FILE_META_SCHEMA, write_task_file
+from psrq.storage.parquet_files import FILE_META_SCHEMA, resolve, write_task_file
 
 DATA_DIR = "data"
 _ATTEMPTS = 5
@@ -128,8 +128,6 @@ class DeltaRsEngine:
 
     def _drop_files(self, path: str, adds: list[AddAction]) -> None:
         """Files written for a commit that did not happen: nobody references them."""
-        from psrq.storage.parquet_files import resolve
-
         fs, root = resolve(path)
         for a in adds:
             try:

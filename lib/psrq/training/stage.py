@@ -135,19 +135,21 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         res = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
                          ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress)
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss}]
+        step = start + res.steps  # the step of the checkpoint the loop left
     else:
         ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path)
-        model.load_state_dict(load_checkpoint(ckpt_dir)["model"])
+        final = load_checkpoint(ckpt_dir)  # rank 0's weights: the ranks were checked equal
+        model.load_state_dict(final["model"])
         model.to(device)
+        step = int(final["step"])
     samples = sum(r["samples"] for r in ranks)
     seconds = max(r["seconds"] for r in ranks)
     log.info("trained %s (%s, %d process(es)): %.0f samples/s", tc.model, tc.backend, len(ranks), samples / max(seconds, 1e-9))
     valid = make_reader(tc.reader, man.split_path("valid"), cols + ["is_cold"], 4096)
     scores, labels, cold = predict(model, valid, device)
-    final = load_checkpoint(ckpt_dir)
     result = {"status": "resumed" if existing is not None else "trained", "identity": ident.key,
               "settings": ident.as_dict(), "model": tc.model, "backend": tc.backend, "processes": len(ranks),
-              "steps": int(final["step"]) if final else 0, "steps_this_run": max(r["steps"] for r in ranks),
+              "steps": step, "steps_this_run": max(r["steps"] for r in ranks),
               "samples_per_second": round(samples / max(seconds, 1e-9), 1),
               "train_loss": _finite(ranks[0]["last_loss"]), "valid": metrics(scores, labels, cold),
               "checkpoint": ckpt_dir, "codebook_version": man.codebook_version,
