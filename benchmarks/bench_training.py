@@ -20,6 +20,7 @@ import torch
 
 from common import write_result
 from psrq.models.ranker import build_model
+from psrq.storage import fs
 from psrq.training.loop import train_loop
 from psrq.training.readers import make_reader, row_groups
 
@@ -79,8 +80,9 @@ def two_process(backend: str, path: str, steps: int, spark) -> dict:
 
     job = {"seed": 0, "lr": 1e-4, "reader": "arrow", "path": path, "batch_size": 512, "checkpoint_dir": None,
            "checkpoint_every": 0, "max_steps": steps, "meta": {"model_name": "mcca"},
-           "model": {"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64}}
-    ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(job, 2)
+           "model": {"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64},
+           "device": "cpu", "fs": fs.current()}
+    ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(spark, job, 2)
     samples, secs = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     return {"processes": 2, "steps_per_rank": steps, "samples": samples, "seconds": round(secs, 2),
             "samples_per_second": round(samples / secs), "in_sync": len({r["checksum"] for r in ranks}) == 1}

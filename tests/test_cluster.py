@@ -7,8 +7,6 @@ The cluster is stopped by the PIDs this test started."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,71 +19,70 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from psrq.standalone import StandaloneCluster
+
+    with StandaloneCluster(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="2g") as c:
+        yield c.url, c.logs
 
 
-def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in {log} after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=10)
+SMALL = ["spark.shuffle_partitions=4", "dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12",
+         "synthetic.n_items=400", "synthetic.n_users=120", "synthetic.block_size=64", "synthetic.mean_events_per_user=30",
+         "codebooks.k=16", "codebooks.sample_size=300", "samples.history_len=5", "samples.content.dim=0",
+         "train.max_steps=30", "train.dim=16", "train.backend=horovod", "train.num_proc=2", "train.reader=petastorm",
+         "run.run_id=3"]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    import pyspark
+def submit(cluster, tmp_path_factory):
+    """Runs `python -m psrq.submit --master <cluster> --python <executors' python> jobs/<job>.py
+    --json ...` (the README's launcher line) from a folder outside the repository; the
+    job's JSON document."""
+    import json
 
-    home = Path(pyspark.__file__).parent
-    logs = tmp_path_factory.mktemp("cluster-logs")
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
-           "SPARK_MASTER_HOST": "127.0.0.1"}
-    port = _free_port()
-    url = f"spark://127.0.0.1:{port}"
-    spark_class = str(home / "bin" / "spark-class")
-    procs = []
-
-    def start(args, log):
-        f = open(log, "w")  # noqa: SIM115 - closed when the process ends
-        p = subprocess.Popen([spark_class, *args], env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                             cwd=str(logs))
-        procs.append(p)
-        return p
-
-    try:
-        master = start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                        "--webui-port", str(_free_port())], logs / "master.log")
-        _wait_for(logs / "master.log", "I have been elected leader", master)
-        for i in (1, 2):
-            work = tmp_path_factory.mktemp(f"worker{i}")
-            w = start(["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1", "--memory", "2g",
-                       "--work-dir", str(work), "--webui-port", str(_free_port()), url], logs / f"worker{i}.log")
-            _wait_for(logs / f"worker{i}.log", "Successfully registered with master", w)
-        yield url, logs
-    finally:
-        _stop(procs)
-
-
-def test_pipeline_through_the_launcher_on_a_standalone_cluster(cluster, tmp_path, spark):
     url, logs = cluster
+    base = tmp_path_factory.mktemp("submit")
+    # the executors' Python: the same environment reached through another path
+    other_env = base / "executor-env"
+    other_env.symlink_to(Path(sys.executable).parent.parent)
+    executor_python = str(other_env / "bin" / "python")
+    work = base / "cwd"
+    work.mkdir()
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "package.py")], check=True, capture_output=True)
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env.pop("PYSPARK_PYTHON", None)
+
+    def run(job: str, *overrides: str) -> dict:
+        cmd = [sys.executable, "-m", "psrq.submit", "--master", url, "--python", executor_python,
+               "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=1g",
+               os.path.join(ROOT, "jobs", f"{job}.py"), "--json", *overrides]
+        t = time.time()
+        out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, f"{job}:\n{out.stderr[-4000:]}"
+        run_id = next(o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("run.run_id="))
+        # the application ran on the cluster, under its own name
+        assert f"Registered app psrq-{job}-{run_id} with ID" in (logs / "master.log").read_text()
+        doc = json.loads(out.stdout)
+        doc["_seconds"] = round(time.time() - t, 1)
+        return doc
+
+    run.executor_python = executor_python
+    return run
+
+
+def _ranks_ran_on_executors(trained: dict, executor_python: str) -> None:
+    ranks = trained["ranks"]
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and len({r["pid"] for r in ranks}) == 2
+    # started by the executors with their interpreter, not the driver's
+    assert all(r["python"] == executor_python != sys.executable for r in ranks), ranks
+    assert all(r["device"] == "cpu" for r in ranks)
+
+
+def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path, spark):
+    """delta-rs engine, every location a file:// URI: the demo (generate, validate, fit,
+    assign, build samples, train MCCA and DIN with Horovod, evaluate) as one application,
+    then the nightly reindex and a TorchDistributor training as their own."""
     from psrq.stages.assign import assign
     from psrq.stages.codebooks import fit_stage
     from psrq.stages.generate import generate
@@ -93,32 +90,31 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(cluster, tmp_path
 
     from conftest import small_config
 
-    # the executors' Python: the same environment reached through another path
-    other_env = tmp_path / "executor-env"
-    other_env.symlink_to(Path(sys.executable).parent.parent)
-    executor_python = str(other_env / "bin" / "python")
-    work = tmp_path / "submit-cwd"
-    work.mkdir()
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "package.py")], check=True, capture_output=True)
     data = tmp_path / "data"
-    overrides = [f"storage.root={data}/delta", f"storage.codebooks={data}/codebooks", f"samples.path={data}/samples",
-                 "storage.engine=delta-rs", "spark.shuffle_partitions=4", "dataset.modalities.text.dim=16",
-                 "dataset.modalities.audio.dim=12", "synthetic.n_items=400", "synthetic.n_users=120",
-                 "synthetic.block_size=64", "synthetic.mean_events_per_user=30", "codebooks.k=16",
-                 "codebooks.sample_size=300", "samples.history_len=5", "samples.content.dim=0", "run.run_id=3"]
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_DRIVER_PYTHON": sys.executable}
-    env.pop("PYSPARK_PYTHON", None)
-    for job in ("generate_synthetic", "validate_inputs", "fit_codebooks", "assign_ids", "build_samples"):
-        cmd = [sys.executable, "-m", "psrq.submit", "--master", url, "--python", executor_python,
-               "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=1g",
-               os.path.join(ROOT, "jobs", f"{job}.py"), "--json", *overrides]
-        out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=400)
-        assert out.returncode == 0, f"{job}:\n{out.stderr[-4000:]}"
-        if job == "generate_synthetic":
-            assert '"rows_written"' in out.stdout
-        # the application ran on the cluster, under its own name
-        assert f"Registered app psrq-{job}-3 with ID" in (logs / "master.log").read_text()
+    overrides = [f"storage.root=file://{data}/delta", f"storage.codebooks=file://{data}/codebooks",
+                 f"samples.path=file://{data}/samples", f"train.checkpoint_dir=file://{data}/checkpoints",
+                 "storage.engine=delta-rs", "codebooks.compare=[]", *SMALL]
+    demo = submit("demo", *overrides)
+    night = submit("reindex_catalog", *overrides, "run.run_id=20261128")
+    ddp = submit("train_ranker", *overrides, "train.backend=torch-distributor")
+    assert demo["generated"]["items"]["version"] == 0 and demo["assigned"]["version"] == 0
+    assert night["n_changed"] == 0 and not night["refit"]
     engine = open_engine(spark, "delta-rs")
+    versions = {t: engine.version(f"{data}/delta/{t}") for t in ("items", "interactions", "semantic_ids",
+                                                                  "codebook_current", "reindex_state", "eval_metrics")}
+    assert versions == {"items": 0, "interactions": 0, "semantic_ids": 0, "codebook_current": 0, "reindex_state": 1,
+                        "eval_metrics": 1}
+    # Horovod (the demo's MCCA) and TorchDistributor ranks ran on the executors
+    _ranks_ran_on_executors(demo["trained"], submit.executor_python)
+    assert ddp["status"] == "trained" and ddp["identity"] != demo["trained"]["identity"]
+    _ranks_ran_on_executors(ddp, submit.executor_python)
+    # the metrics the evaluations recorded are the ones the job reported
+    metrics = engine.read(f"{data}/delta/eval_metrics").toPandas().set_index("model")
+    assert sorted(metrics.index) == ["din", "mcca"]
+    assert metrics.loc["mcca", "train_identity"] == demo["trained"]["identity"]
+    for model, m in demo["evaluated"].items():
+        assert abs(metrics.loc[model, "auc"] - m["auc"]) < 1e-12 and 0 < m["auc"] < 1
+
     on_cluster = engine.read(f"{data}/delta/semantic_ids").toPandas()
     # the same data and seed in local mode, in this process
     local = small_config(tmp_path / "local", "codebooks.k=16", "codebooks.sample_size=300", "run.run_id=3")
@@ -130,4 +126,23 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(cluster, tmp_path
     a = on_cluster[cols].sort_values("item_id").reset_index(drop=True).astype(str)
     b = in_local[cols].sort_values("item_id").reset_index(drop=True).astype(str)
     assert len(a) == 400 and a.equals(b)
-    assert (data / "samples" / "manifest.json").is_file()
+    print("cluster seconds (delta-rs):", {"demo": demo["_seconds"], "reindex": night["_seconds"],
+                                          "torch-distributor": ddp["_seconds"]}, demo["timings"])
+
+
+def test_demo_with_delta_spark_through_the_launcher(submit, tmp_path):
+    """delta-spark engine, the Delta jars shipped by the launcher (--jars): the whole demo as
+    one application, Horovod ranks on the executors."""
+    from deltalake import DeltaTable
+
+    data = tmp_path / "data"
+    doc = submit("demo", f"storage.root=file://{data}/delta", f"storage.codebooks=file://{data}/codebooks",
+                 f"samples.path=file://{data}/samples", f"train.checkpoint_dir=file://{data}/checkpoints",
+                 "storage.engine=delta-spark", "spark.jvm_packages=[delta]", "codebooks.compare=[]", *SMALL)
+    assert doc["assigned"]["items"] == 400 and doc["trained"]["status"] == "trained"
+    _ranks_ran_on_executors(doc["trained"], submit.executor_python)
+    assert set(doc["evaluated"]) == {"mcca", "din"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())
+    # written by Delta's own writer (delta-spark), read back by delta-rs
+    history = DeltaTable(f"{data}/delta/semantic_ids").history()
+    assert "Delta-Lake" in history[0].get("engineInfo", "")  # the newest commit, by Delta's own writer
+    print("cluster seconds (delta-spark demo):", doc["_seconds"], doc["timings"])

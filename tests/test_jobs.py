@@ -120,3 +120,39 @@ def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spar
     assert ev["status"] == "evaluated" and ev_again["status"] == "already done" and ev_again["eval_id"] == ev["eval_id"]
     ev_fast = job("evaluate", "train.lr=0.5", "run.run_id=1")
     assert ev_fast["eval_id"] != ev["eval_id"] and ev_fast["train_identity"] == faster["identity"]
+
+
+def _job_main(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_every_pipeline_job_prints_exactly_one_json_document(spark, tmp_path, capfd):
+    """--json: stdout holds one JSON document and nothing else (logs and progress on stderr),
+    for each job of the pipeline in order (in this process, on the shared session)."""
+    import json
+
+    common = ["--json", f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks",
+              f"samples.path={tmp_path}/samples", f"train.checkpoint_dir={tmp_path}/ckpt", "storage.engine=delta-rs",
+              "dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12", "synthetic.n_items=400",
+              "synthetic.n_users=120", "synthetic.block_size=64", "synthetic.mean_events_per_user=30",
+              "codebooks.k=16", "codebooks.sample_size=300", "samples.history_len=5", "samples.content.dim=0",
+              "train.model=din", "train.backend=single", "train.reader=arrow", "train.max_steps=2", "train.dim=8",
+              "run.run_id=7"]
+    jobs = [("generate_synthetic", []), ("validate_inputs", []), ("fit_codebooks", []), ("assign_ids", []),
+            ("mark_current", ["codebooks.version=v0001"]), ("reindex_catalog", ["run.run_id=20261128"]),
+            ("build_samples", []), ("train_ranker", []), ("evaluate", []), ("clean_orphans", ["maintenance.dry_run=true"])]
+    docs = {}
+    for name, extra in jobs:
+        capfd.readouterr()
+        code = _job_main(name)([*common, *extra])
+        out, err = capfd.readouterr()
+        assert code == 0, f"{name}: {err[-3000:]}"
+        docs[name] = json.loads(out)  # the whole of stdout parses as one document
+    assert docs["generate_synthetic"]["generated"]["items"]["rows_written"] == 400
+    assert docs["assign_ids"]["codebook_version"] == "v0001" and docs["train_ranker"]["status"] == "trained"
+    assert docs["reindex_catalog"]["n_changed"] == 0 and docs["evaluate"]["status"] == "evaluated"

@@ -4,6 +4,7 @@ and one clear message instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -16,9 +17,13 @@ from pathlib import Path
 
 from psrq.config import Config, load_config
 from psrq.errors import PsrqError
+from psrq.storage import fs
 from psrq.storage.probe import output_locations, probe_writable
 
 log = logging.getLogger("psrq")
+# where --json writes its document when set (psrq.submit sets it: under spark-submit the
+# driver's stdout and stderr reach the caller as one stream)
+JSON_OUT = "PSRQ_JSON_OUT"
 
 
 def format_metric(value: float | None) -> str:
@@ -52,33 +57,47 @@ def run_job(description: str, stage: Callable, argv: list[str] | None = None, wr
     # --json: stdout carries the one JSON document only. Everything else written to file
     # descriptor 1 while the job runs (its own lines, the JVM and the workers it starts,
     # which inherit the descriptor) goes to stderr.
+    # Python's own sys.stdout is pointed at stderr as well (it may not be descriptor 1).
     json_out = os.dup(1) if args.json else None
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     if json_out is not None:
         sys.stdout.flush()
         os.dup2(2, 1)
     try:
+        with quiet:
+            code, result = _run(args, stage, writes, needs_spark)
+    finally:
+        if json_out is not None:
+            sys.stdout.flush()
+            os.dup2(json_out, 1)
+            os.close(json_out)
+    if code == 0 and args.json:
+        doc = json.dumps(json_safe(result), indent=2, default=str, allow_nan=False)
+        if os.environ.get(JSON_OUT):  # the launcher's file: spark-submit merges our stderr into stdout
+            Path(os.environ[JSON_OUT]).write_text(doc + "\n")
+        else:
+            print(doc, flush=True)
+    return code
+
+
+def _run(args, stage: Callable, writes: tuple[str, ...], needs_spark: bool) -> tuple[int, dict | None]:
+    try:
         overrides = [*args.overrides, *([f"spark.master={args.master}"] if args.master else [])]
         cfg: Config = load_config(args.profile, args.dataset, overrides, args.conf_dir)
+        fs.configure(cfg.fs_options())  # every location below resolves with the configured storage options
         probe_writable(output_locations(cfg, writes))
         from psrq.spark import build_spark  # after config and probes: a bad key fails before the JVM starts
 
         spark = None
         if needs_spark:
             t0 = time.time()
-            spark = build_spark(cfg.spark, app_name(cfg, job_name(stage)))
+            spark = build_spark(cfg.spark, app_name(cfg, job_name(stage)), fs.spark_hadoop_conf())
             log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
         result = stage(spark, cfg)
     except PsrqError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if json_out is not None:
-            sys.stdout.flush()
-            os.dup2(json_out, 1)
-            os.close(json_out)
-    if args.json:
-        print(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False), flush=True)
-    return 0
+        return 2, None
+    return 0, result
 
 
 def job_name(stage: Callable) -> str:

@@ -89,12 +89,23 @@ class TablesConf(_Strict):
     eval_metrics: str = "eval_metrics"
 
 
+class S3Conf(_Strict):
+    """Object storage options every engine gets from psrq.storage.fs (never credentials:
+    those come from each process's environment or instance role)."""
+    endpoint: Optional[str] = None   # an S3-compatible endpoint URL (http://127.0.0.1:9000); null: AWS
+    region: Optional[str] = None
+    path_style: bool = False         # bucket in the path, as most S3-compatible servers want
+    # delta-rs commits on S3: conditional_put (If-None-Match) or unsafe_rename (one writer per table)
+    delta_rs_commit: Literal["conditional_put", "unsafe_rename"] = "conditional_put"
+
+
 class StorageConf(_Strict):
     root: str = "./data/delta"
     engine: Literal["auto", "delta-rs", "delta-spark"] = "auto"
     tables: TablesConf = TablesConf()
     # versioned codebook artifacts (not a Delta table): <codebooks>/vNNNN/
     codebooks: str = "./data/codebooks"
+    s3: S3Conf = S3Conf()
 
 
 class KMeansConf(_Strict):
@@ -169,6 +180,9 @@ class SamplesConf(_Strict):
     valid_from: float = Field(0.8, gt=0, lt=1)
     test_from: float = Field(0.9, gt=0, lt=1)
     row_group_mb: int = Field(8, ge=1)
+    # smaller row groups for small splits, so that this many training processes get data
+    min_row_groups: int = Field(16, ge=1)
+    order_seed: int = 0   # rows are written in a seeded random order (psrq.stages.samples.in_seeded_order)
     content: ContentConf = ContentConf()
     qarm: QarmConf = QarmConf()
 
@@ -302,6 +316,10 @@ class ExperimentsConf(_Strict):
     reports: str = "./docs/results"
 
 
+# every configured location: a local path or a URI of a scheme psrq.storage.fs supports
+LOCATION_KEYS = ("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir", "experiments.root")
+
+
 def absolute(location: str) -> str:
     """A local path made absolute; a URI (scheme://...) as it is."""
     return location if "://" in location else str(Path(location).resolve())
@@ -323,6 +341,23 @@ class Config(_Strict):
     movielens: MovieLensConf = MovieLensConf()
     embed_text: EmbedTextConf = EmbedTextConf()
     experiments: ExperimentsConf = ExperimentsConf()
+
+    @model_validator(mode="after")
+    def _locations(self):
+        from psrq.storage.fs import check_location
+
+        for key in LOCATION_KEYS:
+            section, name = key.split(".")
+            check_location(key, getattr(getattr(self, section), name))
+        return self
+
+    def fs_options(self):
+        """The filesystem layer's options (psrq.storage.fs)."""
+        from psrq.storage.fs import FsOptions
+
+        s3 = self.storage.s3
+        return FsOptions(endpoint=s3.endpoint, region=s3.region, path_style=s3.path_style,
+                         delta_rs_s3_commit=s3.delta_rs_commit)
 
     def codebooks_root(self) -> str:
         return absolute(self.storage.codebooks)

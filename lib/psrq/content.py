@@ -113,7 +113,7 @@ def align(content: np.ndarray, pairs: np.ndarray, dim: int, steps: int, batch: i
 
 def read_content_bytes(path: str) -> bytes:
     """content.safetensors (a local path or a URI), as it is stored."""
-    from psrq.storage.parquet_files import read_bytes
+    from psrq.storage.fs import read_bytes
 
     try:
         return read_bytes(path)
@@ -126,7 +126,7 @@ def read_content(path: str) -> ContentFeatures:
 
 
 def write_content(path: str, content: ContentFeatures) -> None:
-    from psrq.storage.parquet_files import write_bytes
+    from psrq.storage.fs import write_bytes
 
     write_bytes(path, content.to_bytes())
 

@@ -14,6 +14,7 @@ Where setup did not run (a cluster's driver), the same coordinates go to
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class Coordinate:
 
 
 def _spark_jars_dir() -> Path:
+    """The jars of the Spark that runs: $SPARK_HOME's (spark-submit sets it; its driver
+    imports pyspark from a zip there), else the pip-installed pyspark's."""
+    home = os.environ.get("SPARK_HOME")
+    if home and Path(home, "jars").is_dir():
+        return Path(home, "jars")
     import pyspark
 
     return Path(pyspark.__file__).parent / "jars"

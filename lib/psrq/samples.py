@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -114,11 +113,15 @@ class SamplesManifest:
     def read(cls, path: str) -> "SamplesManifest":
         from psrq.training.loop import TrainingError
 
-        f = Path(path) / cls.FILE
-        if not f.is_file():
-            raise TrainingError(f"no samples at {path} (missing {cls.FILE}): run jobs/build_samples.py first")
+        from psrq.storage import fs
+
+        f = fs.join(path, cls.FILE)
         try:
-            m = json.loads(f.read_text())
+            text = fs.read_text(f)
+        except FileNotFoundError:
+            raise TrainingError(f"no samples at {path} (missing {cls.FILE}): run jobs/build_samples.py first") from None
+        try:
+            m = json.loads(text)
             return cls(path=path, codebook_version=m["codebook_version"], k=int(m["k"]), layers=int(m["layers"]),
                        spaces=tuple(m["spaces"]), history_len=int(m["history_len"]), vocab_size=int(m["vocab_size"]),
                        splits=m["splits"], source_versions=m["source_versions"], split_from_us=m["split_from_us"],

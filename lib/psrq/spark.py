@@ -26,9 +26,10 @@ def resolve_master(cfg: SparkConf) -> str | None:
     return None if submitted() else "local[*]"
 
 
-def spark_settings(cfg: SparkConf, master: str | None = None) -> dict[str, str]:
+def spark_settings(cfg: SparkConf, master: str | None = None, storage: dict[str, str] | None = None) -> dict[str, str]:
     """Every setting the builder applies (pure: testable without a JVM). master: the
-    resolved master (default: resolve_master(cfg))."""
+    resolved master (default: resolve_master(cfg)); storage: the filesystem layer's
+    spark.hadoop.* settings (psrq.storage.fs.spark_hadoop_conf)."""
     master = master if master is not None else resolve_master(cfg)
     settings = {
         # one time zone everywhere: Delta stores timestamps as UTC instants
@@ -58,6 +59,7 @@ def spark_settings(cfg: SparkConf, master: str | None = None) -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         settings[f"spark.executorEnv.{var}"] = "1"
     settings.update(jvm_settings(cfg.jvm_packages))
+    settings.update(storage or {})
     settings.update(cfg.conf)
     return settings
 
@@ -77,7 +79,7 @@ def jvm_settings(bundles: list[str]) -> dict[str, str]:
     return out
 
 
-def build_spark(cfg: SparkConf, app_name: str | None = None) -> SparkSession:
+def build_spark(cfg: SparkConf, app_name: str | None = None, storage: dict[str, str] | None = None) -> SparkSession:
     master = resolve_master(cfg)
     if master and master.startswith("local"):
         # local workers run the driver's interpreter (and so the same pinned packages); on a
@@ -88,7 +90,7 @@ def build_spark(cfg: SparkConf, app_name: str | None = None) -> SparkSession:
     builder = SparkSession.builder.appName(app_name or cfg.app_name)
     if master:
         builder = builder.master(master)
-    for key, value in spark_settings(cfg, master or "").items():
+    for key, value in spark_settings(cfg, master or "", storage).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -15,13 +15,15 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from psrq import jvm
-from psrq.cli import app_name, parse_args
+from psrq.cli import JSON_OUT, app_name, parse_args
 from psrq.config import load_config
 from psrq.errors import PsrqError
 from psrq.spark import spark_settings
+from psrq.storage import fs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +48,8 @@ def command(job: str, job_args: list[str], master: str, package: str, python: st
             cmd += ["--jars", ",".join(jvm.local_jars(bundles))]
         else:
             cmd += ["--packages", jvm.packages(bundles)]
-    settings = spark_settings(cfg.spark, master="" if not master.startswith("local") else master)
+    settings = spark_settings(cfg.spark, master="" if not master.startswith("local") else master,
+                              storage=fs.spark_hadoop_conf(cfg.fs_options()))
     for key in ("spark.jars", "spark.jars.packages"):
         settings.pop(key, None)
     if python:  # the executors' (and in cluster deploy mode the driver's) interpreter
@@ -84,7 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         print(shlex.join(cmd))
         return 0
-    return subprocess.call(cmd)
+    if "--json" not in a.job_args or a.deploy_mode == "cluster":
+        return subprocess.call(cmd)
+    # --json (client mode): the driver writes its document to a file; spark-submit's own
+    # output (the driver's stdout and stderr merged) goes to stderr; stdout gets the document
+    with tempfile.TemporaryDirectory(prefix="psrq-submit-") as tmp:
+        doc = Path(tmp, "result.json")
+        code = subprocess.call(cmd, stdout=sys.stderr.fileno(), env={**os.environ, JSON_OUT: str(doc)})
+        if code == 0 and doc.is_file():
+            sys.stdout.write(doc.read_text())
+            sys.stdout.flush()
+        return code
 
 
 if __name__ == "__main__":

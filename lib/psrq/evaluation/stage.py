@@ -23,7 +23,7 @@ from psrq.evaluation.scoring import bundle_from_checkpoint, score
 from psrq.models.ranker import NEEDS_CONTENT
 from psrq.samples import SamplesManifest
 from psrq.schemas import EVAL_METRICS
-from psrq.storage import AppTxn, open_engine
+from psrq.storage import AppTxn, fs, open_engine
 from psrq.training.identity import EvalIdentity, weights_hash
 from psrq.training.loop import CHECKPOINT, check_compatible, load_checkpoint
 from psrq.training.stage import checkpoint_meta, content_file, identity_and_folder, model_args
@@ -71,7 +71,7 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     log.info("scoring %s rows of %s with %s (step %d, weights %s)", f"{man.splits[ec.split]['rows']:,}", ec.split,
              tc.model, eid.step, eid.weights)
     try:
-        engine.write(score(spark.read.parquet(split_path), bc, ec.batch_rows), pred_path, "overwrite", txn,
+        engine.write(score(spark.read.parquet(fs.spark_uri(split_path)), bc, ec.batch_rows), pred_path, "overwrite", txn,
                      description=f"predictions of {eval_id}")
     finally:
         bc.unpersist()

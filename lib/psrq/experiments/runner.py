@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from pyspark.sql import types as T
 
 from psrq.cli import format_metric
 from psrq.config import Config
 from psrq.experiments.matrix import Experiment, cell_config, dataset_config
-from psrq.storage import AppTxn, open_engine
+from psrq.storage import AppTxn, fs, open_engine
 
 log = logging.getLogger(__name__)
 RESULTS_TABLE = "experiment_results"
@@ -74,7 +73,7 @@ def prepare_method(spark, c: Config) -> dict:
     from psrq.samples import SamplesManifest
     from psrq.stages.samples import build_samples
 
-    if (Path(c.samples.path) / SamplesManifest.FILE).is_file():
+    if fs.exists(fs.join(c.samples_root(), SamplesManifest.FILE)):
         return SamplesManifest.read(c.samples.path).raw
     from psrq.stages.assign import assign
     from psrq.stages.codebooks import fit_stage

@@ -21,7 +21,7 @@ from psrq.errors import ArtifactError
 from psrq.quant.kmeans import KMeansSpec
 from psrq.quant.methods import QuantSpec
 from psrq.quant.spaces import CodebookSet
-from psrq.storage.parquet_files import resolve
+from psrq.storage.fs import resolve
 
 ARRAYS = "codebooks.safetensors"
 MANIFEST = "manifest.json"

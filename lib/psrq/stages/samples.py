@@ -24,7 +24,7 @@ from psrq.samples import FIRST_INDEX, OOV, SamplesManifest, user_samples
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
 from psrq.stages.current import version_in_use
 from psrq.storage import AppTxn, open_engine
-from psrq.storage.parquet_files import resolve
+from psrq.storage import fs
 from psrq.validation import validate_interactions
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,28 @@ def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float) 
     us = interactions.select((F.unix_micros(F.col("ts"))).alias("us"))
     lo, hi = us.approxQuantile("us", [valid_from, test_from], 1e-4)
     return int(lo), int(hi)
+
+
+def in_seeded_order(df: DataFrame, seed: int) -> DataFrame:
+    """The rows sorted by a seeded hash of the event: an order that mixes users and time,
+    and does not depend on how many partitions built them (two builds with any shuffle
+    settings write the same rows in the same order, so a model trains on the same batches).
+    The sort's range partitions are sized by adaptive execution, not by a fixed count."""
+    key = F.xxhash64(F.lit(seed), "user_id", ITEM_ID, F.unix_micros("ts"), "label")
+    return df.withColumn("_order", key).orderBy("_order", "user_id", ITEM_ID, "ts", "label").drop("_order")
+
+
+def arrow_row_bytes(df: DataFrame, probe_rows: int = 2048) -> float:
+    """Uncompressed bytes per row, measured on a few rows (the samples' widths are fixed)."""
+    t = df.limit(probe_rows).toArrow()
+    return t.nbytes / max(t.num_rows, 1)
+
+
+def row_group_bytes(rows: int, row_bytes: float, row_group_mb: int, min_row_groups: int) -> int:
+    """Parquet row-group size: row_group_mb, smaller when the split would otherwise have
+    fewer than min_row_groups groups (each training process reads whole row groups)."""
+    whole = int(rows * row_bytes)
+    return max(64 * 1024, min(row_group_mb * 2**20, whole // max(min_row_groups, 1)))
 
 
 def build_vocabulary(train: DataFrame) -> DataFrame:
@@ -105,13 +127,16 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     samples = events.groupBy("user_id").applyInArrow(lambda t: fn(t).select(schema.fieldNames()).cast(arrow_schema), schema)
     samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
     counts_by_split = {r["split"]: r["count"] for r in samples.groupBy("split").count().collect()}
+    row_bytes = arrow_row_bytes(samples.drop("split"))
     out = {}
     try:
         for split in SPLITS:
-            path = f"{sc.path.rstrip('/')}/{split}"
-            (samples.filter(F.col("split") == split).drop("split").repartition(max(1, spark.sparkContext.defaultParallelism))
-             .write.mode("overwrite").option("parquet.block.size", sc.row_group_mb * 2**20).parquet(path))
-            out[split] = {"path": path, "rows": counts_by_split.get(split, 0)}
+            path = fs.join(cfg.samples_root(), split)
+            rows = counts_by_split.get(split, 0)
+            block = row_group_bytes(rows, row_bytes, sc.row_group_mb, sc.min_row_groups)
+            (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), sc.order_seed)
+             .write.mode("overwrite").option("parquet.block.size", block).parquet(fs.spark_uri(path)))
+            out[split] = {"path": path, "rows": rows, "row_group_bytes": block}
     finally:
         samples.unpersist()
     info = {
@@ -122,14 +147,11 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
         "source_versions": versions, "splits": out,
     }
     base = cfg.samples_root()
-    fs, root = resolve(base)
-    fs.create_dir(root, recursive=True)
     if with_content:
         feats, info["content"] = build_content(cfg, engine.read(cfg.table_path("items")), cat, interactions.filter(in_train))
         cat.unpersist()
-        write_content(f"{base.rstrip('/')}/{CONTENT_FILE}", feats)
+        write_content(fs.join(base, CONTENT_FILE), feats)
         info["content"]["file"] = CONTENT_FILE
-    with fs.open_output_stream(f"{root}/{SamplesManifest.FILE}") as f:  # written last: the samples are complete
-        f.write(json.dumps(info, indent=2).encode())
+    fs.write_text(fs.join(base, SamplesManifest.FILE), json.dumps(info, indent=2))  # last: the samples are complete
     log.info("samples: %s", {s: o["rows"] for s, o in out.items()})
     return info

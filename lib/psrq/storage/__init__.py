@@ -8,11 +8,12 @@ from __future__ import annotations
 from pyspark.sql import SparkSession
 
 from psrq.errors import ConfigError
+from psrq.storage import fs
 from psrq.storage.base import AppTxn, DeltaEngine, WriteResult
 from psrq.storage.delta_rs import DeltaRsEngine
 from psrq.storage.delta_spark import DeltaSparkEngine, delta_jars_loaded
 
-__all__ = ["AppTxn", "DeltaEngine", "WriteResult", "open_engine", "DeltaRsEngine", "DeltaSparkEngine"]
+__all__ = ["fs", "AppTxn", "DeltaEngine", "WriteResult", "open_engine", "DeltaRsEngine", "DeltaSparkEngine"]
 
 
 def open_engine(spark: SparkSession, engine: str = "auto") -> DeltaEngine:

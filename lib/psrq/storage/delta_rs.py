@@ -23,7 +23,8 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from psrq.errors import StorageError
 from psrq.storage.base import AppTxn, WriteMode, WriteResult
-from psrq.storage.parquet_files import FILE_META_SCHEMA, resolve, write_task_file
+from psrq.storage import fs
+from psrq.storage.parquet_files import FILE_META_SCHEMA, write_task_file
 
 DATA_DIR = "data"
 _ATTEMPTS = 5
@@ -37,24 +38,30 @@ def _arrow_schema(df: DataFrame) -> pa.Schema:
     return to_arrow_schema(df.schema, timestamp_utc=True)
 
 
-def _write_partition(batches, table_uri: str, schema: pa.Schema, max_rows_per_file: int):
+def _write_partition(batches, table_uri: str, schema: pa.Schema, max_rows_per_file: int, options: fs.FsOptions):
     ctx = TaskContext.get()
     part = ctx.partitionId() if ctx else 0
-    yield from write_task_file(batches, table_uri, DATA_DIR, schema, part, max_rows_per_file)
+    yield from write_task_file(batches, table_uri, DATA_DIR, schema, part, max_rows_per_file, options=options)
 
 
 class DeltaRsEngine:
     name = "delta-rs"
 
-    def __init__(self, spark: SparkSession, max_rows_per_file: int = 1_000_000, storage_options: dict | None = None):
+    def __init__(self, spark: SparkSession, max_rows_per_file: int = 1_000_000, options: fs.FsOptions | None = None):
         self.spark = spark
         self.max_rows_per_file = max_rows_per_file
-        self.storage_options = storage_options
+        # the filesystem layer's options: delta-rs, the driver's pyarrow and the tasks get the same
+        self.options = options or fs.current()
+
+    def _location(self, path: str) -> tuple[str, Optional[dict]]:
+        """The table as delta-rs names it (s3a:// -> s3://) and its storage options."""
+        return fs.delta_rs_location(path, self.options)
 
     # --- reading ---------------------------------------------------------------------
     def _table(self, path: str, version: Optional[int] = None) -> DeltaTable:
+        uri, opts = self._location(path)
         try:
-            return DeltaTable(path, version=version, storage_options=self.storage_options)
+            return DeltaTable(uri, version=version, storage_options=opts)
         except TableNotFoundError:
             raise StorageError(f"no Delta table at {path}") from None
         except DeltaError as exc:
@@ -63,7 +70,8 @@ class DeltaRsEngine:
             raise StorageError(f"cannot open the Delta table at {path}: {exc}") from None
 
     def exists(self, path: str) -> bool:
-        return DeltaTable.is_deltatable(path, storage_options=self.storage_options)
+        uri, opts = self._location(path)
+        return DeltaTable.is_deltatable(uri, storage_options=opts)
 
     def version(self, path: str) -> Optional[int]:
         return self._table(path).version() if self.exists(path) else None
@@ -82,14 +90,15 @@ class DeltaRsEngine:
         listing the folder: removed and uncommitted files are there too)."""
         dt = self._table(path, version)
         schema = self.spark_schema(dt)
-        files = dt.file_uris()
+        files = [fs.spark_uri(u) for u in dt.file_uris()]
         if not files:
             return self.spark.createDataFrame([], schema)
         return self.spark.read.schema(schema).parquet(*files)
 
     # --- writing ---------------------------------------------------------------------
     def _write_files(self, df: DataFrame, path: str, schema: pa.Schema) -> list[AddAction]:
-        fn = partial(_write_partition, table_uri=path, schema=schema, max_rows_per_file=self.max_rows_per_file)
+        fn = partial(_write_partition, table_uri=path, schema=schema, max_rows_per_file=self.max_rows_per_file,
+                     options=self.options)
         rows = df.mapInArrow(fn, FILE_META_SCHEMA).collect()
         return [AddAction(r.path, r.size, {}, r.modification_time, True, r.stats) for r in rows]
 
@@ -128,10 +137,10 @@ class DeltaRsEngine:
 
     def _drop_files(self, path: str, adds: list[AddAction]) -> None:
         """Files written for a commit that did not happen: nobody references them."""
-        fs, root = resolve(path)
+        filesystem, root = fs.resolve(path, self.options)
         for a in adds:
             try:
-                fs.delete_file(f"{root.rstrip('/')}/{a.path}")
+                filesystem.delete_file(f"{root.rstrip('/')}/{a.path}")
             except (FileNotFoundError, OSError):
                 pass
 
@@ -179,9 +188,9 @@ class DeltaRsEngine:
                     adds, mode=tx_mode, schema=Schema.from_arrow(schema), commit_properties=props)
             else:
                 removed = 0
+                uri, opts = self._location(path)
                 commit = lambda: create_table_with_add_actions(  # noqa: E731
-                    path, Schema.from_arrow(schema), adds, mode="error",
-                    storage_options=self.storage_options, commit_properties=props)
+                    uri, Schema.from_arrow(schema), adds, mode="error", storage_options=opts, commit_properties=props)
             try:
                 done = self._commit_once(path, txn, adds, commit)
             except _Conflict:
@@ -271,7 +280,7 @@ class DeltaRsEngine:
                    .select("_file").distinct().collect()]
         rewritten = source
         if touched:
-            kept = self.spark.read.schema(self.spark_schema(dt)).parquet(*touched).join(source.select(*keys), keys, "left_anti")
+            kept = self.spark.read.schema(self.spark_schema(dt)).parquet(*[fs.spark_uri(t) for t in touched]).join(source.select(*keys), keys, "left_anti")
             rewritten = kept.unionByName(source)
         return self._rewrite(dt, path, schema, rewritten, touched, txn, description, "merge")
 

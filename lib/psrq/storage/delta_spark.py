@@ -10,6 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from psrq import jvm
 from psrq.errors import StorageError
+from psrq.storage import fs
 from psrq.storage.base import AppTxn, WriteMode, WriteResult
 
 _SPARK_MODE = {"create": "errorifexists", "append": "append", "overwrite": "overwrite"}
@@ -43,10 +44,10 @@ class DeltaSparkEngine:
     def _table(self, path: str):
         if not self.exists(path):
             raise StorageError(f"no Delta table at {path}")
-        return self._DeltaTable.forPath(self.spark, path)
+        return self._DeltaTable.forPath(self.spark, fs.spark_uri(path))
 
     def exists(self, path: str) -> bool:
-        return self._DeltaTable.isDeltaTable(self.spark, path)
+        return self._DeltaTable.isDeltaTable(self.spark, fs.spark_uri(path))
 
     def version(self, path: str) -> Optional[int]:
         if not self.exists(path):
@@ -61,7 +62,8 @@ class DeltaSparkEngine:
         from deltalake import DeltaTable as LogReader
 
         try:
-            return LogReader(path).transaction_version(app_id)
+            uri, opts = fs.delta_rs_location(path)
+            return LogReader(uri, storage_options=opts).transaction_version(app_id)
         except Exception:  # noqa: BLE001 - a store delta-rs cannot read: Delta's own txn check still applies
             return None
 
@@ -74,7 +76,7 @@ class DeltaSparkEngine:
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
-        return reader.load(path)
+        return reader.load(fs.spark_uri(path))
 
     def _skip(self, path: str, txn: Optional[AppTxn]) -> Optional[WriteResult]:
         if txn is None:
@@ -99,7 +101,7 @@ class DeltaSparkEngine:
         if txn:
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
         try:
-            writer.save(path)
+            writer.save(fs.spark_uri(path))
         except Exception as exc:  # noqa: BLE001 - surface the JVM message with the path
             raise StorageError(f"Delta write to {path} failed: {exc}") from exc
         return WriteResult(path, self.version(path))

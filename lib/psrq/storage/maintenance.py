@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from psrq.storage.parquet_files import resolve
+from psrq.storage.fs import resolve
 
 log = logging.getLogger(__name__)
 LOG_DIR = "_delta_log"

@@ -14,34 +14,12 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
+
+from psrq.storage.fs import FsOptions, resolve
 
 FILE_META_SCHEMA = "path string, size long, num_records long, modification_time long, stats string"
 
 _STAT_TYPES = (pa.types.is_integer, pa.types.is_floating)
-
-
-def resolve(table_uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow filesystem and path for a table location (local path or URI)."""
-    if "://" not in table_uri:
-        return pafs.LocalFileSystem(), table_uri
-    scheme, rest = table_uri.split("://", 1)
-    if scheme in ("s3a", "s3n"):  # Hadoop's names for S3; pyarrow knows it as s3
-        table_uri = f"s3://{rest}"
-    return pafs.FileSystem.from_uri(table_uri)
-
-
-def read_bytes(uri: str) -> bytes:
-    """A whole small file (a local path or a URI)."""
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    fs, path = resolve(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
 
 
 def file_stats(table: pa.Table) -> str:
@@ -69,9 +47,11 @@ def write_task_file(
     partition_id: int,
     max_rows_per_file: int = 1_000_000,
     row_group_rows: int = 65_536,
+    options: FsOptions | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Write the task's batches to Parquet file(s); yield one metadata row per file."""
-    fs, root = resolve(table_uri)
+    """Write the task's batches to Parquet file(s); yield one metadata row per file.
+    options: the driver's filesystem options (a task's process has not configured any)."""
+    fs, root = resolve(table_uri, options)
     fs.create_dir(f"{root}/{subdir}", recursive=True)
     writer = sink = rel = None
     rows_in_file = 0

@@ -7,7 +7,7 @@ import os
 import uuid
 
 from psrq.errors import StorageError
-from psrq.storage.parquet_files import resolve
+from psrq.storage.fs import resolve
 
 
 def probe_writable(locations: dict[str, str]) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Optional
 
 import torch
 
+from psrq.config import absolute
 from psrq.samples import SamplesManifest
+from psrq.storage import fs
 
 
 def _digest(obj) -> str:
@@ -60,7 +61,7 @@ class TrainIdentity:
         return _digest(self.as_dict())
 
     def folder(self, root: str) -> str:
-        return str(Path(root, f"{self.model}-{self.key}").resolve())
+        return fs.join(absolute(root), f"{self.model}-{self.key}")
 
     def differences(self, recorded: Optional[dict]) -> list[str]:
         """`key: recorded → this run` for every field a checkpoint's identity disagrees on."""

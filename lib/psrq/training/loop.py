@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from psrq.errors import PsrqError
+from psrq.storage import fs
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -63,11 +64,9 @@ def batch_loss(model: torch.nn.Module, state_model: torch.nn.Module, data: dict)
 
 
 def save_checkpoint(directory: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> str:
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    path = os.path.join(directory, CHECKPOINT)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "meta": meta}, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+    """Atomic (psrq.storage.fs.write_bytes): a crash leaves the previous checkpoint whole."""
+    path = fs.join(directory, CHECKPOINT)
+    fs.torch_save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "meta": meta}, path)
     return path
 
 
@@ -77,11 +76,11 @@ _RESTART = "set train.restart=true to move the folder aside and train afresh"
 def load_checkpoint(directory: str) -> Optional[dict]:
     """The checkpoint in `directory`, None when there is none. Loaded with weights_only: a
     file holding anything but tensors and plain values is refused before any of it runs."""
-    path = os.path.join(directory, CHECKPOINT)
-    if not os.path.exists(path):
+    path = fs.join(directory, CHECKPOINT)
+    if not fs.exists(path):
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = fs.torch_load(path)
     except pickle.UnpicklingError as exc:
         # torch's own message suggests weights_only=False: never follow that advice here
         raise TrainingError(f"checkpoint {path} holds objects other than tensors and plain values, which this "
@@ -106,7 +105,9 @@ def check_compatible(ckpt: dict, meta: dict, where: str = "") -> None:
 def clean_stale_temporaries(directory: str) -> list[str]:
     """Remove `checkpoint.pt.tmp-<pid>` files left by killed writers (pid no longer alive)."""
     removed = []
-    for tmp in Path(directory).glob(f"{CHECKPOINT}.tmp-*"):
+    if not fs.is_local(directory):
+        return removed  # object stores: a PUT is whole or absent, no temporaries
+    for tmp in Path(fs.local_path(directory)).glob(f"{CHECKPOINT}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)

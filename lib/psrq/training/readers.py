@@ -6,13 +6,13 @@ one smaller): `arrow` (pyarrow, reads row groups directly) and `petastorm`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psrq.errors import PsrqError
+from psrq.storage import fs
 
 
 class ShardError(PsrqError):
@@ -27,12 +27,13 @@ class RowGroup:
 
 
 def row_groups(path: str) -> list[RowGroup]:
-    files = sorted(str(p) for p in Path(path).glob("*.parquet"))
+    """path: a local folder or a URI (psrq.storage.fs)."""
+    files = [fs.join(path, name) for name in fs.listdir(path) if name.endswith(".parquet")]
     if not files:
         raise ShardError(f"no Parquet files under {path}")
     out = []
     for f in files:
-        md = pq.ParquetFile(f).metadata
+        md = parquet_file(f).metadata
         out += [RowGroup(f, i, md.row_group(i).num_rows) for i in range(md.num_row_groups) if md.row_group(i).num_rows]
     return out
 
@@ -46,6 +47,11 @@ def shard(groups: list[RowGroup], rank: int, world: int) -> list[RowGroup]:
             "build samples with smaller row groups (samples.row_group_mb) or train with fewer processes"
         )
     return groups[rank::world]
+
+
+def parquet_file(location: str) -> pq.ParquetFile:
+    filesystem, path = fs.resolve(location)
+    return pq.ParquetFile(filesystem.open_input_file(path))
 
 
 def column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -89,7 +95,7 @@ class ArrowReader:
     def __iter__(self):
         def tables():
             for g in self.groups:
-                yield pq.ParquetFile(g.file).read_row_group(g.index, columns=self.columns)
+                yield parquet_file(g.file).read_row_group(g.index, columns=self.columns)
 
         return rebatch(tables(), self.batch_size)
 
@@ -97,7 +103,7 @@ class ArrowReader:
 class PetastormReader:
     def __init__(self, path: str, columns: list[str], batch_size: int, rank: int = 0, world: int = 1, workers: int = 1):
         self.groups = shard(row_groups(path), rank, world)  # the same check; petastorm shards the same way
-        self.path, self.columns, self.batch_size = str(Path(path).resolve()), list(columns), batch_size
+        self.path, self.columns, self.batch_size = path, list(columns), batch_size
         self.rank, self.world, self.workers = rank, world, workers
 
     @property
@@ -107,10 +113,12 @@ class PetastormReader:
     def __iter__(self):
         from petastorm import make_batch_reader
 
+        url, filesystem = fs.petastorm_location(self.path)
+
         def tables():
-            with make_batch_reader(f"file://{self.path}", schema_fields=self.columns, cur_shard=self.rank,
-                                   shard_count=self.world, num_epochs=1, shuffle_row_groups=False,
-                                   workers_count=self.workers) as reader:
+            with make_batch_reader(url, schema_fields=self.columns, cur_shard=self.rank, shard_count=self.world,
+                                   num_epochs=1, shuffle_row_groups=False, workers_count=self.workers,
+                                   filesystem=filesystem) as reader:
                 for b in reader:
                     d = b._asdict()
                     yield pa.table({c: _column(d[c]) for c in self.columns})

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +18,7 @@ from psrq.config import Config, absolute
 from psrq.content import read_content
 from psrq.models.ranker import NEEDS_CONTENT, build_model
 from psrq.samples import SamplesManifest
+from psrq.storage import fs
 from psrq.training.identity import TrainIdentity
 from psrq.training.loop import (CHECKPOINT, TrainingError, check_compatible, clean_stale_temporaries, load_checkpoint,
                                 make_optimizer, predict, restore, train_loop)
@@ -33,7 +32,7 @@ def content_file(samples_path: str, man: SamplesManifest) -> str:
     if not man.content:
         raise TrainingError(f"the samples at {samples_path} have no content features, which train.model needs: "
                             "rebuild them with samples.content.dim > 0")
-    return f"{absolute(samples_path).rstrip('/')}/{man.content['file']}"
+    return fs.join(absolute(samples_path), man.content["file"])
 
 
 def model_args(cfg: Config, man: SamplesManifest) -> dict:
@@ -69,18 +68,20 @@ def metrics(scores: np.ndarray, labels: np.ndarray, cold: np.ndarray) -> dict:
 
 def move_aside(folder: str, why: str) -> str:
     moved = f"{folder}.moved-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
-    os.replace(folder, moved)
+    fs.move(folder, moved)
     log.warning("moved %s aside to %s (%s)", folder, moved, why)
     return moved
 
 
 def read_result(folder: str, ident: TrainIdentity) -> dict | None:
     """The finished run's summary, if this identity finished in `folder`."""
-    f = Path(folder, RESULT)
-    if not f.is_file():
+    f = fs.join(folder, RESULT)
+    try:
+        text = fs.read_text(f)
+    except FileNotFoundError:
         return None
     try:
-        stored = json.loads(f.read_text())
+        stored = json.loads(text)
     except ValueError as exc:
         raise TrainingError(f"{f} is unreadable ({exc}); set train.restart=true to train afresh") from exc
     if stored.get("identity") != ident.key:
@@ -90,9 +91,8 @@ def read_result(folder: str, ident: TrainIdentity) -> dict | None:
 
 
 def write_result(folder: str, result: dict) -> None:
-    tmp = Path(folder, f"{RESULT}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2, allow_nan=False))
-    os.replace(tmp, Path(folder, RESULT))  # the run counts as finished only once this exists
+    # atomic: the run counts as finished only once this exists, whole
+    fs.write_text(fs.join(folder, RESULT), json.dumps(result, indent=2, allow_nan=False))
 
 
 def _finite(x):
@@ -108,13 +108,12 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
                             f"the model expects {tc.codebook_version} (train.codebook_version): rebuild the samples")
     ident, ckpt_dir = identity_and_folder(cfg, man)
     meta = checkpoint_meta(ident)
-    if tc.restart and Path(ckpt_dir).exists():
+    if tc.restart and fs.exists(ckpt_dir):
         move_aside(ckpt_dir, "train.restart=true")
     if (done := read_result(ckpt_dir, ident)) is not None:
         log.info("%s run %s already done (%s): nothing to train", tc.model, ident.key, ckpt_dir)
         return {**done, "status": "already done", "steps_this_run": 0}
-    if Path(ckpt_dir).is_dir():
-        clean_stale_temporaries(ckpt_dir)
+    clean_stale_temporaries(ckpt_dir)
     existing = load_checkpoint(ckpt_dir)  # unreadable or foreign: refused before any worker starts
     if existing is not None:
         check_compatible(existing, meta, f"{ckpt_dir}/{CHECKPOINT} ")
@@ -164,7 +163,8 @@ def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckp
     train_path = man.split_path("train")
     job = {"seed": tc.seed, "lr": tc.lr, "reader": tc.reader, "path": train_path, "batch_size": tc.batch_size,
            "checkpoint_dir": ckpt_dir, "checkpoint_every": tc.checkpoint_every, "max_steps": tc.max_steps,
-           "meta": meta, "model": model_args(cfg, man), "content": content_path}
+           "meta": meta, "model": model_args(cfg, man), "content": content_path, "device": tc.device,
+           "fs": fs.current()}
     from psrq.training.distributed import run_horovod, run_torch_distributor
     from psrq.training.readers import row_groups, shard
 
@@ -175,16 +175,16 @@ def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckp
                 raise TrainingError("train.backend=horovod is launched through Spark: run it from a job")
             ranks = run_horovod(spark, job, tc.num_proc)
         else:
-            ranks = run_torch_distributor(job, tc.num_proc)
+            ranks = run_torch_distributor(spark, job, tc.num_proc)
     except Exception as exc:  # noqa: BLE001 - the workers' own tracebacks are on stderr above
         if isinstance(exc, TrainingError):
             raise
         raise TrainingError(f"{tc.backend} training failed in a worker (its traceback is above): {exc}") from exc
     if len({round(r["checksum"], 6) for r in ranks}) != 1:
         # never resumed as if it were good: the next run starts afresh
-        bad = Path(ckpt_dir, CHECKPOINT)
-        if bad.exists():
-            os.replace(bad, Path(ckpt_dir, f"checkpoint.diverged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.pt"))
+        bad = fs.join(ckpt_dir, CHECKPOINT)
+        if fs.exists(bad):
+            fs.move(bad, fs.join(ckpt_dir, f"checkpoint.diverged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.pt"))
         raise TrainingError(f"parameters diverged across ranks: {[r['checksum'] for r in ranks]}; the run is not "
                             f"recorded as finished and its last checkpoint was set aside in {ckpt_dir}")
     return ranks
