@@ -76,7 +76,9 @@ def main():
 
 
 def run(work: Path, cwd: Path, before: Path, before_ref: str):
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(ROOT / "lib")}
+    # the driver spark-submit starts and the executors run this environment's Python
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(ROOT / "lib"),
+           "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.pop("PYSPARK_PYTHON", None)
     old_env = {**env, "PYTHONPATH": str(before / "lib")}
     for tree, e in ((ROOT, env), (before, old_env)):
@@ -91,7 +93,7 @@ def run(work: Path, cwd: Path, before: Path, before_ref: str):
     samples_compare = {}
     with StandaloneCluster(work / "standalone", workers=2, cores=1, memory="2g") as c:
         def submit(tree: Path, e: dict, job: str, args: list[str], parse: bool = True):
-            return timed([sys.executable, "-m", "psrq.submit", "--master", c.url, "--package",
+            return timed([sys.executable, "-m", "psrq.submit", "--master", c.url, "--python", sys.executable, "--package",
                           str(tree / "dist" / "psrq.zip"), "--conf", "spark.driver.host=127.0.0.1",
                           "--conf", "spark.executor.memory=1g", str(tree / "jobs" / f"{job}.py"), "--json", *args],
                          cwd, e, parse)
