@@ -203,11 +203,6 @@ def exists(location: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def is_dir(location: str) -> bool:
-    fs, path = resolve(location)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
-
-
 def read_bytes(location: str) -> bytes:
     fs, path = resolve(location)
     try:
