@@ -183,6 +183,9 @@ class SamplesConf(_Strict):
     # smaller row groups for small splits, so that this many training processes get data
     min_row_groups: int = Field(16, ge=1)
     order_seed: int = 0   # rows are written in a seeded random order (psrq.stages.samples.in_seeded_order)
+    # events per task of the per-user grouping (at least one task per core): its partitions
+    # follow the data, not spark.shuffle_partitions
+    events_per_task: int = Field(1_000_000, ge=1)
     content: ContentConf = ContentConf()
     qarm: QarmConf = QarmConf()
 

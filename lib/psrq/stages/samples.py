@@ -60,6 +60,14 @@ def row_group_bytes(rows: int, row_bytes: float, row_group_mb: int, min_row_grou
     return max(64 * 1024, min(row_group_mb * 2**20, whole // max(min_row_groups, 1)))
 
 
+def grouping_partitions(events: int, events_per_task: int, cores: int) -> int:
+    """Partitions of the per-user grouping: enough that each task holds about
+    events_per_task events, never fewer than the cores. A fixed shuffle count (the
+    cluster profile's 400) would make thousands of near-empty Python tasks for a small
+    table, and its cached result is not coalesced by adaptive execution."""
+    return max(cores, -(-events // max(events_per_task, 1)))
+
+
 def build_vocabulary(train: DataFrame) -> DataFrame:
     """Contiguous indices FIRST_INDEX.. for items with a train interaction, by item_id;
     0 is padding and 1 out-of-vocabulary. Distributed (zipWithIndex after a sort)."""
@@ -85,6 +93,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
     versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
     interactions = validate_interactions(engine.read(inter_path), window=cfg.validation.window())
+    n_events = interactions.count()
     cb_version = version_in_use(engine, cfg)
     codes, spaces = semantic_codes(engine.read(sid_path), cb_version)
     manifest = read_manifest(cfg.codebooks_root(), cb_version)
@@ -124,7 +133,9 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     fn = partial(user_samples, spaces=spaces, layers=layers, n=sc.history_len, valid_from=valid_from,
                  test_from=test_from, codebook_version=cb_version)
     arrow_schema = to_arrow_schema(schema, timestamp_utc=True)
-    samples = events.groupBy("user_id").applyInArrow(lambda t: fn(t).select(schema.fieldNames()).cast(arrow_schema), schema)
+    parts = grouping_partitions(n_events, sc.events_per_task, spark.sparkContext.defaultParallelism)
+    # hash-partitioned by user_id already: the grouping adds no second shuffle
+    samples = events.repartition(parts, "user_id").groupBy("user_id").applyInArrow(lambda t: fn(t).select(schema.fieldNames()).cast(arrow_schema), schema)
     samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
     counts_by_split = {r["split"]: r["count"] for r in samples.groupBy("split").count().collect()}
     row_bytes = arrow_row_bytes(samples.drop("split"))
