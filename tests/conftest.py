@@ -19,7 +19,8 @@ def spark():
     cfg = SparkConf(
         master="local[2]", app_name="psrq-tests", shuffle_partitions=2, driver_memory="2g",
         jvm_packages=["delta"],
-        conf={"spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2"},
+        conf={"spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2",
+              "spark.databricks.delta.snapshotPartitions": "2"},  # as conf/local.yaml
     )
     session = build_spark(cfg)
     yield session

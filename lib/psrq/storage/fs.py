@@ -209,8 +209,8 @@ def read_bytes(location: str) -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
     except FileNotFoundError:
-        raise
-    except OSError as exc:
+        raise  # local paths say so themselves; no second round trip
+    except OSError as exc:  # object stores answer a missing key with a generic error
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             raise FileNotFoundError(location) from exc
         raise

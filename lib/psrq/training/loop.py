@@ -77,10 +77,10 @@ def load_checkpoint(directory: str) -> Optional[dict]:
     """The checkpoint in `directory`, None when there is none. Loaded with weights_only: a
     file holding anything but tensors and plain values is refused before any of it runs."""
     path = fs.join(directory, CHECKPOINT)
-    if not fs.exists(path):
-        return None
     try:
-        ckpt = fs.torch_load(path)
+        ckpt = fs.torch_load(path)  # one round trip: no exists() first
+    except FileNotFoundError:
+        return None
     except pickle.UnpicklingError as exc:
         # torch's own message suggests weights_only=False: never follow that advice here
         raise TrainingError(f"checkpoint {path} holds objects other than tensors and plain values, which this "
