@@ -172,6 +172,29 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     assert load_checkpoint(res["checkpoint"])["step"] == max(r["steps"] for r in ranks)
 
 
+@pytest.mark.slow
+def test_three_horovod_ranks_on_uneven_shards_end_in_sync(samples_cfg, tmp_path):
+    """3 real Horovod ranks (the job in its own Spark application, local[3]) on a train split
+    whose row groups do not divide evenly by 3: the ranks read different numbers of rows, join,
+    and end with the same parameters; the same command again is already done."""
+    from conftest import run_python
+
+    cmd = [os.path.join("jobs", "train_ranker.py"), "--json", "spark.master=local[3]", "train.backend=horovod",
+           "train.num_proc=3", "train.model=mcca", "train.reader=arrow", "train.batch_size=256", "train.lr=0.002",
+           f"samples.path={samples_cfg.samples.path}", f"train.checkpoint_dir={tmp_path}", "storage.engine=delta-rs"]
+    out = run_python(cmd, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    ranks = res["ranks"]
+    assert sorted(r["rank"] for r in ranks) == [0, 1, 2]
+    assert len({r["rows"] for r in ranks}) > 1, ranks  # uneven shards
+    assert len({r["checksum"] for r in ranks}) == 1, ranks
+    assert sum(r["rows"] for r in ranks) == SamplesManifest.read(samples_cfg.samples.path).splits["train"]["rows"]
+    assert load_checkpoint(res["checkpoint"])["step"] == max(r["steps"] for r in ranks) == res["steps"]
+    again = run_python(cmd, timeout=600)
+    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "already done", again.stderr[-3000:]
+
+
 def _with(cfg, **train):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
 
