@@ -1,5 +1,5 @@
 """The demo's end-to-end wall time per stage (generate → validate → fit → assign → samples →
-train MCCA → train DIN → evaluate both), on fresh folders under data/bench/demo, with the
+train MCCA → train DIN → evaluate both → the non-learned floors), on fresh folders under data/bench/demo, with the
 default configuration (horovod, 2 processes).
 
     python benchmarks/bench_demo.py
@@ -30,6 +30,7 @@ def main():
     total = time.perf_counter() - t0
     write_result("demo", {"stages_seconds": {"spark session": round(t_spark, 1), **out["timings"]},
                           "total_seconds": round(total, 1), "metrics": out["evaluated"],
+                          "floors": {n: {k: f[k] for k in ("auc", "cold_auc", "logloss", "gauc")} for n, f in out["floors"].items()},
                           "items": out["generated"].get("items") if isinstance(out["generated"], dict) else None})
 
 

@@ -16,6 +16,7 @@ from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
 from psrq.stages.samples import build_samples
+from psrq.evaluation.floors import floors_stage
 from psrq.evaluation.stage import evaluate_stage
 from psrq.training.stage import train_stage
 from psrq.stages.summary import format_generation
@@ -64,16 +65,21 @@ def stage(spark, cfg):
         if c is baseline and cfg.train.model != "din":
             step("train din (baseline)", lambda: train_stage(c, spark, progress=False))
         evaluated[c.train.model] = step(f"evaluate {c.train.model}", lambda c=c: evaluate_stage(spark, c))
+    floors = step("floors", lambda: floors_stage(spark, cfg)) if cfg.evaluate.floors else {}
     print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values()))['metrics']['rows']:,} predictions "
           f"(metrics recorded in {cfg.table_path('eval_metrics')}):")
-    print(f"{'model':<14}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}")
+    print(f"{'model':<22}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}")
     for name, e in evaluated.items():
         m = e["metrics"]
-        print(f"{name:<14}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}{format_metric(m.get('gauc')):>8}")
+        print(f"{name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}{format_metric(m.get('gauc')):>8}")
+    # what needs no training (train split statistics): a model must beat the best of these
+    for name, m in floors.items():
+        print(f"{'floor:' + name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}"
+              f"{format_metric(m['logloss']):>9}{format_metric(m.get('gauc')):>8}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned,
             "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,
-            "evaluated": {k: v["metrics"] for k, v in evaluated.items()}, "timings": timings}
+            "evaluated": {k: v["metrics"] for k, v in evaluated.items()}, "floors": floors, "timings": timings}
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,15 @@
 """Evaluate a trained ranker (train.model, train.seed, on the samples at samples.path) on
 evaluate.split: distributed scoring in Spark, predictions and a metrics record in Delta,
-exact All AUC, Cold AUC, Logloss and user-grouped AUC.
+exact All AUC, Cold AUC, Logloss and user-grouped AUC; beside it the non-learned floors
+(global rate, item popularity, item and user positive rates from the train split;
+evaluate.floors=false to skip them).
 
     spark-submit jobs/evaluate.py --profile cluster train.model=mcca evaluate.split=test run.run_id=20261123
 """
 import sys
 
 from psrq.cli import format_metric, run_job
+from psrq.evaluation.floors import floors_stage
 from psrq.evaluation.stage import evaluate_stage
 
 
@@ -17,6 +20,13 @@ def stage(spark, cfg):
           f"{res['status']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
           f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, GAUC {format_metric(m.get('gauc'))}; "
           f"predictions in {res['predictions']}", flush=True)
+    if cfg.evaluate.floors:
+        res["floors"] = floors_stage(spark, cfg)
+        best = max(res["floors"].values(), key=lambda f: f["auc"])
+        for name, f in res["floors"].items():
+            print(f"  floor {name:<16} AUC {f['auc']:.4f}, cold AUC {format_metric(f['cold_auc'])}, "
+                  f"logloss {f['logloss']:.4f}{'  (best floor)' if f is best else ''}", flush=True)
+        print(f"  {res['model']} - best floor: AUC {m['auc'] - best['auc']:+.4f}", flush=True)
     return res
 
 

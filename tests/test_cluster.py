@@ -103,16 +103,17 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     versions = {t: engine.version(f"{data}/delta/{t}") for t in ("items", "interactions", "semantic_ids",
                                                                   "codebook_current", "reindex_state", "eval_metrics")}
     assert versions == {"items": 0, "interactions": 0, "semantic_ids": 0, "codebook_current": 0, "reindex_state": 1,
-                        "eval_metrics": 1}
+                        "eval_metrics": 2}  # MCCA, DIN, then the floors in one commit
     # Horovod (the demo's MCCA) and TorchDistributor ranks ran on the executors
     _ranks_ran_on_executors(demo["trained"], submit.executor_python)
     assert ddp["status"] == "trained" and ddp["identity"] != demo["trained"]["identity"]
     _ranks_ran_on_executors(ddp, submit.executor_python)
     # the metrics the evaluations recorded are the ones the job reported
     metrics = engine.read(f"{data}/delta/eval_metrics").toPandas().set_index("model")
-    assert sorted(metrics.index) == ["din", "mcca"]
+    floors = sorted(f"floor:{f}" for f in demo["floors"])
+    assert sorted(metrics.index) == ["din", *floors, "mcca"] and len(floors) == 4
     assert metrics.loc["mcca", "train_identity"] == demo["trained"]["identity"]
-    for model, m in demo["evaluated"].items():
+    for model, m in [*demo["evaluated"].items(), *((f"floor:{f}", m) for f, m in demo["floors"].items())]:
         assert abs(metrics.loc[model, "auc"] - m["auc"]) < 1e-12 and 0 < m["auc"] < 1
 
     on_cluster = engine.read(f"{data}/delta/semantic_ids").toPandas()
@@ -138,7 +139,8 @@ def test_demo_with_delta_spark_through_the_launcher(submit, tmp_path):
     data = tmp_path / "data"
     doc = submit("demo", f"storage.root=file://{data}/delta", f"storage.codebooks=file://{data}/codebooks",
                  f"samples.path=file://{data}/samples", f"train.checkpoint_dir=file://{data}/checkpoints",
-                 "storage.engine=delta-spark", "spark.jvm_packages=[delta]", "codebooks.compare=[]", *SMALL)
+                 "storage.engine=delta-spark", "spark.jvm_packages=[delta]", "codebooks.compare=[]",
+                 "evaluate.floors=false", *SMALL)
     assert doc["assigned"]["items"] == 400 and doc["trained"]["status"] == "trained"
     _ranks_ran_on_executors(doc["trained"], submit.executor_python)
     assert set(doc["evaluated"]) == {"mcca", "din"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())

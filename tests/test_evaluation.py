@@ -163,3 +163,38 @@ def test_evaluating_an_untrained_model_is_a_clear_error(spark, trained):
     cfg = trained.model_copy(update={"train": trained.train.model_copy(update={"seed": 99})})
     with pytest.raises(EvaluationError, match="no trained simtier_make \\(seed 99\\)"):
         evaluate_stage(spark, cfg)
+
+
+def test_floors_come_from_train_rows_only(spark):
+    """A floor's score for a row is a function of the train split: the evaluated rows' own
+    labels never reach it (flipping them changes no score); the smoothed rates are exact."""
+    from psrq.evaluation.floors import PRIOR, evaluate_floors, floor_scores
+
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({"user_id": rng.integers(0, 30, 2000), "item_id": rng.integers(0, 50, 2000)})
+    train["label"] = (rng.random(2000) < 0.1 + 0.01 * train.item_id).astype("int32")
+    rows = pd.DataFrame({"user_id": rng.integers(0, 35, 800), "item_id": rng.integers(0, 60, 800),
+                         "label": rng.integers(0, 2, 800).astype("int32"), "is_cold": rng.integers(0, 2, 800).astype("int32")})
+    tdf = spark.createDataFrame(train)
+    cols = ["global_rate", "item_popularity", "item_rate", "user_rate"]
+
+    def scores(r):
+        out = floor_scores(tdf, spark.createDataFrame(r)).toPandas()
+        return out.sort_values(["user_id", "item_id", "label", "is_cold"], kind="stable")
+
+    a = scores(rows).drop(columns="label").reset_index(drop=True)
+    b = scores(rows.assign(label=1 - rows.label)).drop(columns="label").reset_index(drop=True)
+    assert len(a) == len(rows) and a[["user_id", "item_id"]].equals(b[["user_id", "item_id"]])
+    assert np.array_equal(a[cols].to_numpy(), b[cols].to_numpy())
+    g = train.label.mean()
+    got = scores(rows).drop_duplicates("item_id").set_index("item_id")
+    per_item = train.groupby("item_id").label.agg(["sum", "count"])
+    for item, r in got.iterrows():
+        pos, n = per_item.loc[item] if item in per_item.index else (0, 0)
+        assert r.item_rate == pytest.approx((pos + PRIOR * g) / (n + PRIOR), abs=1e-12)  # unseen items: the global rate
+        assert r.global_rate == pytest.approx(g)
+    # the item floors rank by the item's train statistics: item_rate beats chance on rows drawn like train
+    test = train.sample(500, random_state=1).assign(is_cold=0)
+    m = evaluate_floors(tdf, spark.createDataFrame(test), gauc=False)
+    assert m["global_rate"]["auc"] == 0.5 and m["item_rate"]["auc"] > 0.6
+    assert m["global_rate"]["logloss"] == pytest.approx(log_loss(test.label, np.full(len(test), g)), abs=1e-9)

@@ -60,6 +60,7 @@ def test_demo_job_end_to_end(tmp_path):
     assert "space: joint" in out.stdout and "psrq        3" in out.stdout and "rq          3" in out.stdout
     assert (tmp_path / "codebooks" / "v0001" / "code_distributions.png").stat().st_size > 1000
     assert "training samples: train" in out.stdout and (tmp_path / "samples" / "manifest.json").exists()
+    assert "floor:item_rate" in out.stdout and "floor:global_rate" in out.stdout
 
 
 def load_job(name):
@@ -120,6 +121,13 @@ def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spar
     assert ev["status"] == "evaluated" and ev_again["status"] == "already done" and ev_again["eval_id"] == ev["eval_id"]
     ev_fast = job("evaluate", "train.lr=0.5", "run.run_id=1")
     assert ev_fast["eval_id"] != ev["eval_id"] and ev_fast["train_identity"] == faster["identity"]
+    # the floors beside each evaluation: computed once per samples build and split, then reported
+    assert set(ev["floors"]) == {"global_rate", "item_popularity", "item_rate", "user_rate"}
+    assert {f["status"] for f in ev["floors"].values()} == {"evaluated"}
+    for later in (ev_again, ev_fast):
+        assert {f["status"] for f in later["floors"].values()} == {"already done"}
+        assert {n: f["auc"] for n, f in later["floors"].items()} == {n: f["auc"] for n, f in ev["floors"].items()}
+    assert ev["floors"]["global_rate"]["auc"] == 0.5
 
 
 def _job_main(name: str):

@@ -221,6 +221,7 @@ class EvaluateConf(_Strict):
     split: Literal["valid", "test"] = "test"
     batch_rows: int = Field(4096, ge=1)   # rows per forward pass on the executors
     gauc: bool = True                     # also the user-grouped AUC
+    floors: bool = True                   # also the non-learned floors (psrq.evaluation.floors)
 
 
 class ReindexConf(_Strict):
