@@ -193,6 +193,10 @@ def test_floors_come_from_train_rows_only(spark):
         pos, n = per_item.loc[item] if item in per_item.index else (0, 0)
         assert r.item_rate == pytest.approx((pos + PRIOR * g) / (n + PRIOR), abs=1e-12)  # unseen items: the global rate
         assert r.global_rate == pytest.approx(g)
+    # popularity: a probability that grows with the item's train events
+    counts = got.index.map(lambda i: per_item["count"].get(i, 0))
+    pop = got.item_popularity.to_numpy()[np.argsort(counts, kind="stable")]
+    assert (np.diff(pop) >= 0).all() and 0 < pop.min() and pop.max() < 1
     # the item floors rank by the item's train statistics: item_rate beats chance on rows drawn like train
     test = train.sample(500, random_state=1).assign(is_cold=0)
     m = evaluate_floors(tdf, spark.createDataFrame(test), gauc=False)

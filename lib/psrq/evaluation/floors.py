@@ -3,8 +3,9 @@
 Each floor scores the evaluated rows from the train split alone (a row's own label never
 reaches its score):
 - global_rate: the train split's positive rate (AUC 0.5; the Logloss floor);
-- item_popularity: the item's train events, scaled so that the mean score is the global rate
-  (its AUC is popularity's; its Logloss only that of this scaling);
+- item_popularity: the item's train events n mapped into (0, 1) by (n + 1) / (n + 1 + c),
+  c chosen so that an item with the mean count scores the global rate (its AUC is
+  popularity's; its Logloss only that of this mapping);
 - item_rate: the item's train positive rate, smoothed toward the global rate by `prior`
   pseudo-events (items without train events get the global rate);
 - user_rate: the same per user.
@@ -20,6 +21,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import EPS, evaluate_predictions
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,13 @@ def floor_scores(train: DataFrame, rows: DataFrame, prior: float = PRIOR) -> Dat
     t = train.agg(F.avg(F.col("label").cast("double")).alias("g"), F.count(F.lit(1)).alias("n"),
                   F.countDistinct("item_id").alias("items")).first()
     if not t["n"]:
-        raise ValueError("floors need train rows: the train split is empty")
+        raise EvaluationError("the non-learned floors need train rows: the train split is empty")
     g, mean_events = float(t["g"]), t["n"] / t["items"]
+    c = (mean_events + 1) * (1 - g) / max(g, EPS)  # the mean count maps to g
     items = train.groupBy("item_id").agg(F.count(F.lit(1)).alias("_in"), F.sum("label").alias("_ipos"))
     users = train.groupBy("user_id").agg(F.count(F.lit(1)).alias("_un"), F.sum("label").alias("_upos"))
     out = (rows.select("user_id", "item_id", "label", "is_cold")
-           .join(F.broadcast(items), "item_id", "left").join(users, "user_id", "left")
+           .join(items, "item_id", "left").join(users, "user_id", "left")
            .fillna(0, ["_in", "_ipos", "_un", "_upos"]))
 
     def clip(c: Column) -> Column:
@@ -50,7 +53,7 @@ def floor_scores(train: DataFrame, rows: DataFrame, prior: float = PRIOR) -> Dat
     return out.select(
         "user_id", "item_id", "label", "is_cold",
         F.lit(g).alias("global_rate"),
-        clip(F.lit(g) * (F.col("_in") + 1) / F.lit(mean_events + 1)).alias("item_popularity"),
+        clip((F.col("_in") + 1) / (F.col("_in") + 1 + F.lit(c))).alias("item_popularity"),
         rate("_ipos", "_in").alias("item_rate"),
         rate("_upos", "_un").alias("user_rate"))
 
