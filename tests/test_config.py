@@ -25,7 +25,8 @@ def test_overrides_win_and_are_typed():
     cfg = load_config("local", "synthetic_small", ["synthetic.n_items=123", "spark.conf.spark.foo=bar", "run.run_id=4"])
     assert cfg.synthetic.n_items == 123
     assert cfg.run.run_id == 4
-    assert cfg.spark.conf == {"spark.foo": "bar"}
+    # merged with the profile's own Spark settings, not replacing them
+    assert cfg.spark.conf == {"spark.databricks.delta.snapshotPartitions": "2", "spark.foo": "bar"}
 
 
 def test_bad_value_names_the_key():
