@@ -69,13 +69,10 @@ def stage(spark, cfg):
     print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values()))['metrics']['rows']:,} predictions "
           f"(metrics recorded in {cfg.table_path('eval_metrics')}):")
     print(f"{'model':<22}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}")
-    for name, e in evaluated.items():
-        m = e["metrics"]
+    # the models, then what needs no training (train split statistics): a model must beat the best floor
+    rows = [*((name, e["metrics"]) for name, e in evaluated.items()), *((f"floor:{n}", m) for n, m in floors.items())]
+    for name, m in rows:
         print(f"{name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}{format_metric(m.get('gauc')):>8}")
-    # what needs no training (train split statistics): a model must beat the best of these
-    for name, m in floors.items():
-        print(f"{'floor:' + name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}"
-              f"{format_metric(m['logloss']):>9}{format_metric(m.get('gauc')):>8}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned,
             "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,

@@ -22,7 +22,11 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from psrq.evaluation.auc import EvaluationError
-from psrq.evaluation.metrics import EPS, evaluate_predictions
+from psrq.evaluation.metrics import EPS, RECORDED, evaluate_predictions
+from psrq.samples import SamplesManifest
+from psrq.schemas import EVAL_METRICS
+from psrq.storage import AppTxn, fs, open_engine
+from psrq.training.identity import EvalIdentity
 
 log = logging.getLogger(__name__)
 FLOORS = ("global_rate", "item_popularity", "item_rate", "user_rate")
@@ -44,8 +48,8 @@ def floor_scores(train: DataFrame, rows: DataFrame, prior: float = PRIOR) -> Dat
            .join(items, "item_id", "left").join(users, "user_id", "left")
            .fillna(0, ["_in", "_ipos", "_un", "_upos"]))
 
-    def clip(c: Column) -> Column:
-        return F.least(F.greatest(c, F.lit(EPS)), F.lit(1 - EPS))
+    def clip(p: Column) -> Column:
+        return F.least(F.greatest(p, F.lit(EPS)), F.lit(1 - EPS))
 
     def rate(pos: str, n: str) -> Column:
         return (F.col(pos) + F.lit(prior * g)) / (F.col(n) + F.lit(prior))
@@ -70,11 +74,6 @@ def evaluate_floors(train: DataFrame, rows: DataFrame, gauc: bool = True, prior:
 def floors_stage(spark, cfg) -> dict[str, dict]:
     """The floors of evaluate.split (the train split's statistics), recorded in eval_metrics
     once per samples build and split: an evaluation that finds them reports the record."""
-    from psrq.samples import SamplesManifest
-    from psrq.schemas import EVAL_METRICS
-    from psrq.storage import AppTxn, fs, open_engine
-    from psrq.training.identity import EvalIdentity
-
     ec = cfg.evaluate
     man = SamplesManifest.read(cfg.samples.path)
     ids = {name: EvalIdentity(train_key="floor", model=f"floor:{name}", step=0, weights=f"prior={PRIOR}", split=ec.split,
@@ -86,11 +85,13 @@ def floors_stage(spark, cfg) -> dict[str, dict]:
                 engine.read(metrics_path).filter(F.col("eval_id").isin(list(ids.values()))).collect()}
         if len(done) == len(ids):
             log.info("floors of %s already recorded in %s", ec.split, metrics_path)
-            return {name: {"status": "already done", "eval_id": i, **{k: done[i][k] for k in
-                                                                    ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc")}}
+            return {name: {"status": "already done", "eval_id": i, **{k: done[i][k] for k in RECORDED}}
                     for name, i in ids.items()}
-    read = lambda split: spark.read.parquet(fs.spark_uri(man.split_path(split)))  # noqa: E731
-    metrics = evaluate_floors(read("train"), read(ec.split), ec.gauc)
+
+    def split(name: str) -> DataFrame:
+        return spark.read.parquet(fs.spark_uri(man.split_path(name)))
+
+    metrics = evaluate_floors(split("train"), split(ec.split), ec.gauc)
     now = datetime.now(timezone.utc)
     records = [{
         "eval_id": ids[name], "run_id": cfg.run.run_id, "evaluated_at": now, "dataset": cfg.dataset.name,
@@ -104,6 +105,5 @@ def floors_stage(spark, cfg) -> dict[str, dict]:
     txn = AppTxn(f"psrq.floors.{man.key}.{ec.split}", cfg.run.run_id)
     engine.write(spark.createDataFrame(records, EVAL_METRICS), metrics_path, "append", txn,
                  description=f"floors of {ec.split} ({man.key})")
-    return {name: {"status": "evaluated", "eval_id": ids[name], **{k: m.get(k) for k in
-                                                                  ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc")}}
+    return {name: {"status": "evaluated", "eval_id": ids[name], **{k: m.get(k) for k in RECORDED}}
             for name, m in metrics.items()}

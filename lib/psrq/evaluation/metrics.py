@@ -14,6 +14,7 @@ from psrq.evaluation.auc import AucPiece, EvaluationError, auc, auc_piece, combi
 
 log = logging.getLogger(__name__)
 EPS = 1e-7  # log loss clips probabilities to [EPS, 1 - EPS]
+RECORDED = ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc")  # what eval_metrics keeps of a result
 _PIECE = T.StructType([T.StructField("low", T.DoubleType()), T.StructField("pos", T.LongType()),
                        T.StructField("neg", T.LongType()), T.StructField("twice_local", T.LongType())])
 

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from psrq.config import Config
 from psrq.content import CONTENT_FILE, read_content_bytes
 from psrq.evaluation.auc import EvaluationError
-from psrq.evaluation.metrics import evaluate_predictions
+from psrq.evaluation.metrics import RECORDED, evaluate_predictions
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
 from psrq.models.ranker import NEEDS_CONTENT
 from psrq.samples import SamplesManifest
@@ -29,13 +29,12 @@ from psrq.training.loop import CHECKPOINT, check_compatible, load_checkpoint
 from psrq.training.stage import checkpoint_meta, content_file, identity_and_folder, model_args
 
 log = logging.getLogger(__name__)
-_METRICS = ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc")
 
 
 def _summary(record: dict, status: str, content: bool) -> dict:
     out = {k: v for k, v in record.items() if k != "config"}
     out["evaluated_at"] = record["evaluated_at"].isoformat() if hasattr(record["evaluated_at"], "isoformat") else record["evaluated_at"]
-    return {**out, "status": status, "metrics": {k: record.get(k) for k in _METRICS},
+    return {**out, "status": status, "metrics": {k: record.get(k) for k in RECORDED},
             "content_file": CONTENT_FILE if content else None}
 
 
