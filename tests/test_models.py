@@ -50,7 +50,7 @@ def loss_of(m, data):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_backward_on_a_tiny_batch(name):
-    from psrq.training.loop import make_optimizer
+    from psrq.training.optim import make_optimizer
 
     m = model(name)
     data = batch()

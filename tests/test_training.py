@@ -18,6 +18,7 @@ from psrq.stages.codebooks import fit_stage
 from psrq.stages.generate import generate
 from psrq.stages.samples import build_samples
 from psrq.training.loop import TrainingError, load_checkpoint, resume, train_loop
+from psrq.training.optim import make_optimizer
 from psrq.training.readers import ShardError, make_reader
 from psrq.training.stage import identity_and_folder, train_stage
 
@@ -79,8 +80,8 @@ def samples_cfg(spark, tmp_path_factory):
 def _train(cfg, ckpt, steps, every, model_name="mcca"):
     man = SamplesManifest.read(cfg.samples.path)
     torch.manual_seed(0)
-    model = build_model(model_name, man.vocab_size, man.k, man.layers, man.history_len, 16)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = build_model(model_name, man.vocab_size, man.k, man.layers, man.history_len, 16, sparse=True)
+    opt = make_optimizer(model, 1e-3, "rowwise_adagrad", 0.05)
     cols = model.inputs + ["label"]
     reader = lambda: make_reader("arrow", man.split_path("train"), cols, 256)  # noqa: E731
     meta = {"model_name": model_name, "vocab_size": man.vocab_size}
@@ -98,6 +99,33 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(samples_cfg, tmp_path
     assert res.steps == 10 and len(res.losses) == 10  # the 10 steps after the resume
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_weights_and_optimiser_state_are_separate_files_and_a_missing_state_is_refused(samples_cfg, tmp_path):
+    folder = str(tmp_path / "c")
+    _train(samples_cfg, folder, 12, 5)
+    weights = torch.load(Path(folder, "checkpoint.pt"), weights_only=True)
+    assert set(weights) == {"model", "step", "meta"} and weights["step"] == 12
+    # only the committed step's optimiser state is kept, and it holds the table accumulators
+    assert sorted(p.name for p in Path(folder).glob("optimizer-*.pt")) == ["optimizer-12.pt"]
+    optim = torch.load(Path(folder, "optimizer-12.pt"), weights_only=True)
+    assert set(optim["optim"]) == {"dense", "tables"} and optim["step"] == 12
+    Path(folder, "optimizer-12.pt").unlink()
+    with pytest.raises(TrainingError, match="at step 12 but its optimiser state .*optimizer-12.pt is missing.*train.restart"):
+        _train(samples_cfg, folder, 20, 5)
+
+
+def test_sparse_tables_train_as_well_as_dense_ones(samples_cfg, tmp_path):
+    """The same model, data and seed: lazy Adam on sparse tables is dense Adam restricted to
+    the touched rows (validation AUC within 0.01); the default row-wise Adagrad is no worse."""
+    for name in ("din", "mcca"):
+        auc = {}
+        for label, change in {"dense": {"sparse": False}, "sparse adam": {"table_optimizer": "adam"},
+                              "rowwise adagrad": {}}.items():
+            auc[label] = train_stage(_with(samples_cfg, model=name, checkpoint_dir=str(tmp_path), **change),
+                                     progress=False)["valid"]["auc"]
+        assert abs(auc["sparse adam"] - auc["dense"]) <= 0.01, (name, auc)
+        assert auc["rowwise adagrad"] >= auc["dense"] - 0.01, (name, auc)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(samples_cfg, tmp_path, monkeypatch):
@@ -165,6 +193,12 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     ranks = res["ranks"]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert ranks[0]["rows"] != ranks[1]["rows"]  # uneven shards
+    # the same synchronised steps on both ranks: the shorter shard pads its last ones
+    assert ranks[0]["steps"] == ranks[1]["steps"] == res["steps"]
+    for r in ranks:
+        assert r["padding_steps"] == r["steps"] - -(-r["rows"] // 256), r
+        assert r["gradient_bytes"] > 0
     # every train row read exactly once across the two shards (uneven shards included)
     assert sum(r["rows"] for r in ranks) == sum(r["samples"] for r in ranks)
     assert sum(r["rows"] for r in ranks) == SamplesManifest.read(cfg.samples.path).splits["train"]["rows"]
@@ -175,8 +209,9 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
 @pytest.mark.slow
 def test_three_horovod_ranks_on_uneven_shards_end_in_sync(samples_cfg, tmp_path):
     """3 real Horovod ranks (the job in its own Spark application, local[3]) on a train split
-    whose row groups do not divide evenly by 3: the ranks read different numbers of rows, join,
-    and end with the same parameters; the same command again is already done."""
+    whose row groups do not divide evenly by 3: the ranks read different numbers of rows, take
+    the same number of synchronised steps (the shorter shards pad) and end with the same
+    parameters; the same command again is already done."""
     from conftest import run_python
 
     cmd = [os.path.join("jobs", "train_ranker.py"), "--json", "spark.master=local[3]", "train.backend=horovod",
@@ -189,6 +224,7 @@ def test_three_horovod_ranks_on_uneven_shards_end_in_sync(samples_cfg, tmp_path)
     assert sorted(r["rank"] for r in ranks) == [0, 1, 2]
     assert len({r["rows"] for r in ranks}) > 1, ranks  # uneven shards
     assert len({r["checksum"] for r in ranks}) == 1, ranks
+    assert len({r["steps"] for r in ranks}) == 1 and max(r["padding_steps"] for r in ranks) > 0, ranks
     assert sum(r["rows"] for r in ranks) == SamplesManifest.read(samples_cfg.samples.path).splits["train"]["rows"]
     assert load_checkpoint(res["checkpoint"])["step"] == max(r["steps"] for r in ranks) == res["steps"]
     again = run_python(cmd, timeout=600)
@@ -208,7 +244,8 @@ def test_an_identical_rerun_is_already_done_and_any_changed_setting_trains(sampl
     assert again["valid"] == first["valid"] and again["checkpoint"] == first["checkpoint"]
     assert again["identity"] == first["identity"]
     # every setting that changes the weights is a new run in its own folder
-    for change in ({"lr": 0.5}, {"batch_size": 128}, {"max_steps": 6}, {"seed": 1}, {"dim": 32}, {"reader": "petastorm"}):
+    for change in ({"lr": 0.5}, {"batch_size": 128}, {"max_steps": 6}, {"seed": 1}, {"dim": 32}, {"reader": "petastorm"},
+                   {"sparse": False}, {"table_optimizer": "adam"}, {"table_lr": 0.1}):
         other = train_stage(_with(cfg, **change), progress=False)
         assert other["status"] == "trained" and other["steps_this_run"] > 0, change
         assert other["identity"] != first["identity"] and other["checkpoint"] != first["checkpoint"], change

@@ -213,6 +213,11 @@ class TrainConf(_Strict):
     # move an unreadable or foreign checkpoint folder aside (<folder>.moved-<time>) and start over
     restart: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # item-ID tables: sparse gradients (a step's cost follows the rows a batch touches, not
+    # the vocabulary) with their own optimiser (psrq.training.optim); false: dense, all Adam
+    sparse: bool = True
+    table_optimizer: Literal["rowwise_adagrad", "adam"] = "rowwise_adagrad"
+    table_lr: Optional[float] = Field(None, gt=0)   # null: psrq.training.optim.table_rate
     # the codebook version the model is meant for; null: whatever the samples were built with
     codebook_version: Optional[str] = None
 

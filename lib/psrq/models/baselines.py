@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from psrq.models.layers import DinAttention, history_mask, masked_mean, mlp_head
+from psrq.models.layers import DinAttention, ItemTable, history_mask, masked_mean, mlp_head
 
 CONTENT_INPUTS = ["content_idx", "hist_content_idx"]
 
@@ -38,10 +38,8 @@ class Vbpr(nn.Module):
         self.modality_names = _content_buffers(self, modalities)
         width = sum(modalities[m].shape[1] for m in self.modality_names)
         d = spec.dim
-        self.item = nn.Embedding(spec.vocab_size, d, padding_idx=0)
-        self.item_bias = nn.Embedding(spec.vocab_size, 1, padding_idx=0)
-        nn.init.normal_(self.item.weight, std=0.05)
-        nn.init.zeros_(self.item_bias.weight)
+        self.item = ItemTable(spec.vocab_size, d)
+        self.item_bias = ItemTable(spec.vocab_size, 1, std=None)
         self.project = nn.Linear(width, d, bias=False)  # E
         self.content_bias = nn.Linear(width, 1)         # beta' and the global bias b
 
@@ -86,8 +84,7 @@ class SimTierMake(nn.Module):
         self.spec, self.tiers, self.make, self.make_lr_scale = spec, tiers, make, make_lr_scale
         self.modality_names = _content_buffers(self, modalities)
         d = spec.dim
-        self.item = nn.Embedding(spec.vocab_size, d, padding_idx=0)
-        nn.init.normal_(self.item.weight, std=0.05)
+        self.item = ItemTable(spec.vocab_size, d)
         self.id_attention = DinAttention(d)
         width = len(self.modality_names) * tiers + sum(modalities[m].shape[1] for m in self.modality_names)
         self.multimodal = nn.Sequential(nn.Linear(width, 2 * d), nn.PReLU(), nn.Linear(2 * d, d), nn.PReLU())

@@ -16,6 +16,32 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+class ItemTable(nn.Embedding):
+    """An item-ID table (one row per vocabulary entry, 0 the padding row): the one kind of
+    parameter whose size grows with the catalogue. With `sparse` set, its gradient holds
+    only the rows a batch touched, and psrq.training.optim gives it an optimiser whose step
+    touches only those rows; the weights are the same either way."""
+
+    def __init__(self, vocab_size: int, dim: int, std: float | None = 0.05):
+        super().__init__(vocab_size, dim, padding_idx=0)
+        if std is None:
+            nn.init.zeros_(self.weight)
+        else:
+            nn.init.normal_(self.weight, std=std)
+
+
+def set_sparse(model: nn.Module, sparse: bool) -> nn.Module:
+    """Sparse (or dense) gradients for every item-ID table of the model."""
+    for m in model.modules():
+        if isinstance(m, ItemTable):
+            m.sparse = sparse
+    return model
+
+
+def item_tables(model: nn.Module) -> list[ItemTable]:
+    return [m for m in model.modules() if isinstance(m, ItemTable)]
+
+
 class SemanticEmbedding(nn.Module):
     """One randomly initialised table per codebook layer; an item's embedding in a space is
     the sum of its layers' embeddings (MCCA's hierarchical embedding layer). Codes arrive

@@ -29,7 +29,7 @@ from torch import nn
 
 import numpy as np
 
-from psrq.models.layers import DinAttention, SemanticEmbedding, history_mask, mlp_head
+from psrq.models.layers import DinAttention, ItemTable, SemanticEmbedding, history_mask, mlp_head, set_sparse
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ class Ranker(nn.Module):
         self.spec = spec
         self.arch = architecture(spec.name, spec.modalities)
         d = spec.dim
-        self.item = nn.Embedding(spec.vocab_size, d, padding_idx=0)
-        nn.init.normal_(self.item.weight, std=0.05)
+        self.item = ItemTable(spec.vocab_size, d)
         self.id_attention = DinAttention(d)
         used = sorted({s for b in self.arch.branches for s in b} | set(self.arch.targets))
         self.lookup = [s for s in used if s in CONTENT_CODE_SPACES]
@@ -139,9 +138,15 @@ NEEDS_CONTENT = ("qarm", "vbpr", "simtier_make")
 
 
 def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
-                content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio")) -> nn.Module:
+                content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio"),
+                sparse: bool = False) -> nn.Module:
     """content: psrq.content.ContentFeatures, for the models in NEEDS_CONTENT; options:
-    model-specific settings (train.model_options); modalities: the samples' spaces but joint."""
+    model-specific settings (train.model_options); modalities: the samples' spaces but joint;
+    sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same)."""
+    return set_sparse(_build(name, vocab_size, k, layers, history_len, dim, content, options, modalities), sparse)
+
+
+def _build(name, vocab_size, k, layers, history_len, dim, content, options, modalities) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     if name in NEEDS_CONTENT and content is None:

@@ -4,12 +4,18 @@
   Each rank is started by its Spark task on the executor, with the executors' Python (found
   by a probe task, never the driver's `sys.executable`) and the executor's environment plus
   the few variables the ranks need (never the driver's environment).
-  DistributedOptimizer allreduces gradients; rank 0's parameters and optimizer state are
-  broadcast first. A rank that runs out of batches calls `hvd.join()`, so the others finish
-  theirs (no hang, no rows dropped); then the last rank's state is broadcast to all.
-- torch-distributor: `TorchDistributor` with DistributedDataParallel over Gloo, and DDP's
-  `Join` for uneven shards: torchrun processes on the driver machine under a local master,
-  barrier tasks on the executors (local_mode=False) on a cluster.
+  One DistributedOptimizer per optimiser part (psrq.training.optim): dense gradients are
+  allreduced, the item tables' sparse gradients allgathered as (rows, values), never
+  densified. Rank 0's parameters and optimizer state are broadcast first.
+- torch-distributor: `TorchDistributor` with DistributedDataParallel over Gloo (which
+  reduces sparse gradients as sparse): torchrun processes on the driver machine under a
+  local master, barrier tasks on the executors (local_mode=False) on a cluster.
+
+Uneven shards: the ranks agree on the step count first (the largest shard's batches, or
+train.max_steps), and a rank whose shard ends early takes its remaining steps on a batch
+with weight 0 (psrq.training.loop.padded): every rank joins every exchange and applies the
+same update, so no row is dropped, nothing hangs and the ranks end equal. The driver checks
+that they do (parameter checksums) and fails the run otherwise.
 
 A rank's device follows its local rank (`cuda:<local rank>` where the task has a GPU and
 train.device allows it, else the CPU). Each rank reads its own row groups through the
@@ -24,7 +30,8 @@ import sys
 import torch
 
 from psrq.storage import fs
-from psrq.training.loop import make_optimizer, resume, save_checkpoint, train_loop
+from psrq.training.loop import batch_count, resume, train_loop
+from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
 # what each rank needs on top of its executor's own environment
@@ -58,7 +65,7 @@ def _model_and_opt(job: dict, device: torch.device):
     torch.manual_seed(job["seed"])
     content = read_content(job["content"]) if job.get("content") else None
     model = build_model(**job["model"], content=content).to(device)
-    opt = make_optimizer(model, job["lr"])
+    opt = make_optimizer(model, job["lr"], job["table_optimizer"], job["table_lr"])
     start = resume(job["checkpoint_dir"], model, opt, job["meta"])
     return model, opt, start
 
@@ -66,7 +73,22 @@ def _model_and_opt(job: dict, device: torch.device):
 def _summary(rank, world, res, model, reader, device) -> dict:
     return {"rank": rank, "world": world, "steps": res.steps, "samples": res.samples, "seconds": res.seconds,
             "last_loss": res.last_loss, "checksum": param_checksum(model), "rows": reader.rows,
-            "device": str(device), **_where()}
+            "padding_steps": res.padding_steps, "gradient_bytes": res.gradient_bytes,
+            "peak_rss_mb": peak_rss_mb(), "device": str(device), **_where()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def total_steps(job: dict, reader, agree_max) -> int:
+    """The step count every rank takes: the longest shard's batches (agree_max: the
+    backend's max-reduction over ranks), capped by max_steps."""
+    steps = int(agree_max(batch_count(reader.rows, job["batch_size"])))
+    return min(steps, job["max_steps"]) if job.get("max_steps") else steps
 
 
 def horovod_worker(job: dict) -> dict:
@@ -78,20 +100,16 @@ def horovod_worker(job: dict) -> dict:
     device = rank_device(job["device"], hvd.local_rank())
     model, opt, start = _model_and_opt(job, device)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
-    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    for part in opt.parts.values():
+        hvd.broadcast_optimizer_state(part, root_rank=0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt.wrap(lambda _, part: hvd.DistributedOptimizer(
+        part, named_parameters=[(names[id(p)], p) for g in part.param_groups for p in g["params"]]))
     reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
+    steps = total_steps(job, reader, lambda n: hvd.allreduce(torch.tensor(n), op=hvd.Max, name="psrq.steps").item())
     res = train_loop(model, lambda: iter(reader), opt, device, job["checkpoint_dir"] if rank == 0 else None,
-                     job["checkpoint_every"] if rank == 0 else 0, job["meta"], job.get("max_steps"), start, progress=False)
-    # Uneven shards: a rank out of batches joins and the others finish theirs (the joined
-    # ranks take part in their allreduces with zeros, but do not step). The rank that joined
-    # last took every step: its parameters and optimizer state are the run's, on every rank.
-    last = hvd.join()
-    hvd.broadcast_parameters(model.state_dict(), root_rank=last)
-    hvd.broadcast_optimizer_state(opt, root_rank=last)
-    steps = hvd.broadcast_object(start + res.steps, root_rank=last)
-    if rank == 0 and job["checkpoint_dir"]:
-        save_checkpoint(job["checkpoint_dir"], model, opt, steps, job["meta"])  # the final, synchronised state
+                     job["checkpoint_every"] if rank == 0 else 0, job["meta"], None, start, progress=False,
+                     total_steps=steps)
     return _summary(rank, world, res, model, reader, device)
 
 
@@ -119,7 +137,6 @@ def run_horovod(spark, job: dict, num_proc: int) -> list[dict]:
 def ddp_worker(job: dict) -> list[dict]:
     """Runs in each TorchDistributor process; returns every rank's summary (from rank 0)."""
     import torch.distributed as dist
-    from torch.distributed.algorithms.join import Join
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if job.get("gloo_ifname"):
@@ -131,10 +148,15 @@ def ddp_worker(job: dict) -> list[dict]:
         model, opt, start = _model_and_opt(job, device)
         ddp = DDP(model)  # broadcasts rank 0's parameters on construction
         reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
-        with Join([ddp]):  # uneven shards: finished ranks shadow the collectives of the others
-            res = train_loop(ddp, lambda: iter(reader), opt, device, job["checkpoint_dir"] if rank == 0 else None,
-                             job["checkpoint_every"] if rank == 0 else 0, job["meta"], job.get("max_steps"), start,
-                             state_model=model, progress=False)
+
+        def agree_max(n: int) -> int:
+            t = torch.tensor([n])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            return int(t.item())
+
+        res = train_loop(ddp, lambda: iter(reader), opt, device, job["checkpoint_dir"] if rank == 0 else None,
+                         job["checkpoint_every"] if rank == 0 else 0, job["meta"], None, start,
+                         state_model=model, progress=False, total_steps=total_steps(job, reader, agree_max))
         out = [None] * world
         dist.all_gather_object(out, _summary(rank, world, res, model, reader, device))
         return out

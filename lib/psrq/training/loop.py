@@ -1,7 +1,11 @@
 """The training loop of one process (the distributed backends wrap it).
 
-Checkpoints hold tensors and plain numbers only, are written atomically (temp file, then
-rename) and loaded with `weights_only=True`. Reading order is deterministic, so a run
+A checkpoint is two files: `checkpoint.pt` (the weights, the step and the run's identity:
+all that evaluation reads) and `optimizer-<step>.pt` (the optimiser state for resuming).
+The optimiser file is written first and the weights file last, so the weights file is the
+commit point: it always names a step whose optimiser state is whole. Both hold tensors and
+plain numbers only, are written atomically (temp file, then rename) and loaded with
+`weights_only=True`. Reading order is deterministic, so a run
 killed and resumed from a checkpoint continues with the same batches and ends with the same
 weights as an uninterrupted run. A non-finite loss stops training, names the step, and
 leaves the last good checkpoint in place."""
@@ -21,9 +25,11 @@ from tqdm import tqdm
 
 from psrq.errors import PsrqError
 from psrq.storage import fs
+from psrq.training.optim import gradient_bytes
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+OPTIMIZER = "optimizer-{step}.pt"
 
 
 class TrainingError(PsrqError):
@@ -37,6 +43,8 @@ class TrainResult:
     seconds: float
     last_loss: Optional[float]  # None when no step ran
     losses: list = field(default_factory=list)
+    padding_steps: int = 0     # synchronised steps this rank took without data of its own
+    gradient_bytes: float = 0  # mean bytes of gradient this rank contributed per step
 
     @property
     def samples_per_second(self) -> float:
@@ -48,12 +56,6 @@ def to_tensors(batch: dict, device: torch.device) -> dict:
     return {k: torch.from_numpy(np.array(v)).to(device) for k, v in batch.items() if v.dtype != object}
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam; models with parameter groups of their own (SimTier+MAKE) set per-group rates."""
-    groups = model.param_groups(lr) if hasattr(model, "param_groups") else model.parameters()
-    return torch.optim.Adam(groups, lr=lr)
-
-
 def batch_loss(model: torch.nn.Module, state_model: torch.nn.Module, data: dict) -> torch.Tensor:
     """Log loss of the logits, plus the model's auxiliary loss where it has one (MAKE's
     separately optimised multimodal part leaves its logits in `aux_logits`)."""
@@ -63,24 +65,29 @@ def batch_loss(model: torch.nn.Module, state_model: torch.nn.Module, data: dict)
     return loss if aux is None else loss + torch.nn.functional.binary_cross_entropy_with_logits(aux, labels)
 
 
-def save_checkpoint(directory: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict) -> str:
-    """Atomic (psrq.storage.fs.write_bytes): a crash leaves the previous checkpoint whole."""
+def save_checkpoint(directory: str, model: torch.nn.Module, opt, step: int, meta: dict) -> str:
+    """Optimiser state first, then the weights (the commit point), then older optimiser
+    states go. Each write is atomic (psrq.storage.fs.write_bytes): a crash at any point
+    leaves a weights file whose step has its optimiser state."""
+    fs.torch_save({"optim": opt.state_dict(), "step": step, "identity": meta.get("identity")},
+                  fs.join(directory, OPTIMIZER.format(step=step)))
     path = fs.join(directory, CHECKPOINT)
-    fs.torch_save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "meta": meta}, path)
+    fs.torch_save({"model": model.state_dict(), "step": step, "meta": meta}, path)
+    for name in fs.listdir(directory):
+        if name.startswith("optimizer-") and name.endswith(".pt") and name != OPTIMIZER.format(step=step):
+            fs.delete(fs.join(directory, name))
     return path
 
 
 _RESTART = "set train.restart=true to move the folder aside and train afresh"
 
 
-def load_checkpoint(directory: str) -> Optional[dict]:
-    """The checkpoint in `directory`, None when there is none. Loaded with weights_only: a
-    file holding anything but tensors and plain values is refused before any of it runs."""
-    path = fs.join(directory, CHECKPOINT)
+def _load(path: str):
+    """torch_load with weights_only; a damaged or foreign file is a TrainingError."""
     try:
-        ckpt = fs.torch_load(path)  # one round trip: no exists() first
+        return fs.torch_load(path)  # one round trip: no exists() first
     except FileNotFoundError:
-        return None
+        raise
     except pickle.UnpicklingError as exc:
         # torch's own message suggests weights_only=False: never follow that advice here
         raise TrainingError(f"checkpoint {path} holds objects other than tensors and plain values, which this "
@@ -88,9 +95,32 @@ def load_checkpoint(directory: str) -> Optional[dict]:
     except Exception as exc:  # noqa: BLE001 - zip, EOF and torch errors all mean a damaged file
         raise TrainingError(f"checkpoint {path} is unreadable (truncated or corrupt: {str(exc).splitlines()[0][:200]}); "
                             f"{_RESTART}") from exc
-    if not isinstance(ckpt, dict) or not {"model", "optim", "step", "meta"} <= set(ckpt):
-        raise TrainingError(f"checkpoint {path} is not a checkpoint of this project (no model/optim/step/meta); {_RESTART}")
+
+
+def load_checkpoint(directory: str) -> Optional[dict]:
+    """The weights checkpoint in `directory` ({model, step, meta}), None when there is none.
+    Loaded with weights_only: a file holding anything but tensors and plain values is refused
+    before any of it runs. The optimiser state is not read (see load_optimizer_state)."""
+    path = fs.join(directory, CHECKPOINT)
+    try:
+        ckpt = _load(path)
+    except FileNotFoundError:
+        return None
+    if not isinstance(ckpt, dict) or not {"model", "step", "meta"} <= set(ckpt):
+        raise TrainingError(f"checkpoint {path} is not a checkpoint of this project (no model/step/meta); {_RESTART}")
     return ckpt
+
+
+def load_optimizer_state(directory: str, step: int) -> dict:
+    path = fs.join(directory, OPTIMIZER.format(step=step))
+    try:
+        state = _load(path)
+    except FileNotFoundError:
+        raise TrainingError(f"the checkpoint in {directory} is at step {step} but its optimiser state {path} is "
+                            f"missing; {_RESTART}") from None
+    if not isinstance(state, dict) or state.get("step") != step or "optim" not in state:
+        raise TrainingError(f"{path} is not the optimiser state of step {step}; {_RESTART}")
+    return state["optim"]
 
 
 def check_compatible(ckpt: dict, meta: dict, where: str = "") -> None:
@@ -103,11 +133,11 @@ def check_compatible(ckpt: dict, meta: dict, where: str = "") -> None:
 
 
 def clean_stale_temporaries(directory: str) -> list[str]:
-    """Remove `checkpoint.pt.tmp-<pid>` files left by killed writers (pid no longer alive)."""
+    """Remove `<checkpoint file>.tmp-<pid>` files left by killed writers (pid no longer alive)."""
     removed = []
     if not fs.is_local(directory):
         return removed  # object stores: a PUT is whole or absent, no temporaries
-    for tmp in Path(fs.local_path(directory)).glob(f"{CHECKPOINT}.tmp-*"):
+    for tmp in Path(fs.local_path(directory)).glob("*.pt.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -127,26 +157,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> int:
+def restore(directory: str, ckpt: dict, model: torch.nn.Module, opt, meta: dict) -> int:
+    """Weights and optimiser state of the checkpoint `ckpt` (read from `directory`)."""
     check_compatible(ckpt, meta)
+    step = int(ckpt["step"])
     model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optim"])
-    return int(ckpt["step"])
+    try:
+        opt.load_state_dict(load_optimizer_state(directory, step))
+    except (ValueError, KeyError, PsrqError) as exc:
+        if isinstance(exc, TrainingError):
+            raise
+        raise TrainingError(f"the optimiser state in {directory} does not fit this run ({exc}); {_RESTART}") from exc
+    return step
 
 
-def resume(checkpoint_dir: Optional[str], model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict) -> int:
+def resume(checkpoint_dir: Optional[str], model: torch.nn.Module, opt, meta: dict) -> int:
     """Restore model and optimizer from checkpoint_dir if it holds a checkpoint; the step."""
     if checkpoint_dir and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
-        step = restore(ckpt, model, opt, meta)
+        step = restore(checkpoint_dir, ckpt, model, opt, meta)
         log.info("resuming from step %d (%s)", step, checkpoint_dir)
         return step
     return 0
 
 
+def padded(batches: Iterable[dict], total: int) -> Iterable[tuple[dict, bool]]:
+    """Exactly `total` (batch, own) pairs: this rank's batches (own=True), then, on a rank
+    whose shard is shorter than another's, its first batch again with own=False (trained
+    with weight 0: the rank takes part in every exchange without adding to it)."""
+    first, n = None, 0
+    for batch in batches:
+        if n == total:
+            return
+        first = batch if first is None else first
+        yield batch, True
+        n += 1
+    if first is None and total:
+        raise TrainingError("this rank's shard yielded no batch; every rank needs at least one")
+    for _ in range(total - n):
+        yield first, False
+
+
+def batch_count(rows: int, batch_size: int) -> int:
+    return -(-rows // batch_size)
+
+
 def train_loop(
     model: torch.nn.Module,
     batches: Callable[[], Iterable[dict]],
-    opt: torch.optim.Optimizer,
+    opt,
     device: torch.device,
     checkpoint_dir: Optional[str] = None,
     checkpoint_every: int = 0,
@@ -155,20 +213,27 @@ def train_loop(
     start_step: int = 0,
     state_model: Optional[torch.nn.Module] = None,
     progress: bool = True,
+    total_steps: Optional[int] = None,
 ) -> TrainResult:
     """One epoch over `batches()`, skipping the first `start_step` batches (a resumed run;
     see `resume`). Checkpoints go to checkpoint_dir (None: this process writes none);
-    state_model is what they hold (the module inside a DDP wrapper)."""
+    state_model is what they hold (the module inside a DDP wrapper).
+
+    total_steps (data-parallel ranks): take exactly this many steps, padding a short shard
+    (see `padded`), so that every rank takes part in every step's exchange and applies the
+    same update: the ranks stay equal with no join and no final broadcast."""
     meta = meta or {}
     start = start_step
     state_model = state_model or model
     model.train()
-    step, samples, losses = 0, 0, []
+    step, samples, losses, pads, grad_bytes = 0, 0, [], 0, 0
     t0 = time.perf_counter()
     bar = tqdm(desc="train", unit="batch", disable=not progress, mininterval=2.0)
     last_good = start
-    for batch in batches():
-        if max_steps is not None and step >= max_steps:
+    limit = total_steps if total_steps is not None else max_steps
+    stream = padded(batches(), total_steps) if total_steps is not None else ((b, True) for b in batches())
+    for batch, own in stream:
+        if limit is not None and step >= limit:
             break
         if step < start:  # already trained before the resume: same order, so skip
             step += 1
@@ -179,21 +244,28 @@ def train_loop(
             where = f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
         opt.zero_grad()
-        loss.backward()
+        (loss if own else loss * 0.0).backward()
+        grad_bytes += gradient_bytes(state_model)
         opt.step()
         step += 1
-        samples += len(batch["label"])
-        losses.append(float(loss.item()))
+        if own:
+            samples += len(batch["label"])
+            losses.append(float(loss.item()))
+        else:
+            pads += 1
         elapsed = time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
+        if losses:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
         if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
             save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
             last_good = step
     bar.close()
     if checkpoint_dir and step > last_good:
         save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
-    return TrainResult(step - start, samples, time.perf_counter() - t0, losses[-1] if losses else None, losses)
+    taken = step - start
+    return TrainResult(taken, samples, time.perf_counter() - t0, losses[-1] if losses else None, losses, pads,
+                       grad_bytes / max(taken, 1))
 
 
 @torch.no_grad()

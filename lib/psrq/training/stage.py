@@ -21,7 +21,8 @@ from psrq.samples import SamplesManifest
 from psrq.storage import fs
 from psrq.training.identity import TrainIdentity
 from psrq.training.loop import (CHECKPOINT, TrainingError, check_compatible, clean_stale_temporaries, load_checkpoint,
-                                make_optimizer, predict, restore, train_loop)
+                                predict, restore, train_loop)
+from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def model_args(cfg: Config, man: SamplesManifest) -> dict:
     """build_model's arguments (content aside) for the samples' manifest."""
     return {"name": cfg.train.model, "vocab_size": man.vocab_size, "k": man.k, "layers": man.layers,
             "history_len": man.history_len, "dim": cfg.train.dim, "options": cfg.train.model_options,
-            "modalities": man.modalities}
+            "modalities": man.modalities, "sparse": cfg.train.sparse}
 
 
 def identity_and_folder(cfg: Config, man: SamplesManifest) -> tuple[TrainIdentity, str]:
@@ -129,11 +130,12 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     train_path = man.split_path("train")
     if tc.backend == "single":
         model.to(device)
-        opt = make_optimizer(model, tc.lr)
-        start = restore(existing, model, opt, meta) if existing is not None else 0
+        opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr)
+        start = restore(ckpt_dir, existing, model, opt, meta) if existing is not None else 0
         res = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
                          ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress)
-        ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss}]
+        ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
+                  "gradient_bytes": res.gradient_bytes}]
         step = start + res.steps  # the step of the checkpoint the loop left
     else:
         ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path)
@@ -161,7 +163,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
 def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckpt_dir: str, content_path) -> list[dict]:
     tc = cfg.train
     train_path = man.split_path("train")
-    job = {"seed": tc.seed, "lr": tc.lr, "reader": tc.reader, "path": train_path, "batch_size": tc.batch_size,
+    job = {"seed": tc.seed, "lr": tc.lr, "table_optimizer": tc.table_optimizer, "table_lr": tc.table_lr, "reader": tc.reader, "path": train_path, "batch_size": tc.batch_size,
            "checkpoint_dir": ckpt_dir, "checkpoint_every": tc.checkpoint_every, "max_steps": tc.max_steps,
            "meta": meta, "model": model_args(cfg, man), "content": content_path, "device": tc.device,
            "fs": fs.current()}
