@@ -7,13 +7,15 @@ ARGS ?=
 help:
 	@echo "make demo    run the main job end to end on the embedded default (local Spark, Delta on disk, CPU)"
 	@echo "make test    run the test suite"
-	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached)"
+	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached); GPU=1 for GPU nodes"
 	@echo "make bench   run the benchmarks (JSON under benchmarks/results/)"
 	@echo "make experiments  the paper's Tables 2-4 on synthetic data and MovieLens-100k, 3 seeds (docs/results/)"
 	@echo "make package build dist/psrq.zip for spark-submit --py-files"
 
+# GPU=1: faiss's GPU build and horovod with NCCL (needs an NVIDIA driver and the CUDA toolkit)
+GPU ?= 0
 setup:
-	@bash scripts/setup_env.sh
+	@PSRQ_GPU=$(GPU) bash scripts/setup_env.sh
 
 demo: setup
 	$(PY) jobs/demo.py $(ARGS)

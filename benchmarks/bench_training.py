@@ -1,8 +1,9 @@
 """Training input and throughput on this machine:
 - reader rows/s, petastorm vs arrow, over >= 2M sample rows (one shard, batch 512,
   the columns MCCA reads), in one run;
-- training samples/s in one process for MCCA and DIN (batch 512, history 20, dim 64);
-- 2-process horovod (through Spark) and TorchDistributor vs 1 process, MCCA.
+- training samples/s in one process for MCCA and DIN (batch 512, history 20, dim 64), with
+  dense item tables (all Adam) and sparse ones (row-wise Adagrad, the default);
+- 2-process horovod (through Spark) and TorchDistributor vs 1 process, MCCA (sparse).
 The sample rows are random but have the samples' exact schema and row-group size.
 
     python benchmarks/bench_training.py [--rows 2000000] [--steps 150]
@@ -22,6 +23,7 @@ from common import write_result
 from psrq.models.ranker import build_model
 from psrq.storage import fs
 from psrq.training.loop import train_loop
+from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader, row_groups
 
 K, L, N, V, SPACES = 256, 3, 20, 200_000, ("text", "audio", "joint")
@@ -65,10 +67,10 @@ def reader_rate(kind: str, path: str, cols: list[str]) -> dict:
     return {"rows": rows, "seconds": round(s, 2), "rows_per_second": round(rows / s)}
 
 
-def one_process(name: str, path: str, steps: int) -> dict:
+def one_process(name: str, path: str, steps: int, sparse: bool) -> dict:
     torch.manual_seed(0)
-    model = build_model(name, V, K, L, N, 64)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model = build_model(name, V, K, L, N, 64, sparse=sparse)
+    opt = make_optimizer(model, 1e-4)
     res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], 512), opt,
                      torch.device("cpu"), max_steps=steps, progress=False)
     return {"steps": res.steps, "samples": res.samples, "seconds": round(res.seconds, 2),
@@ -76,12 +78,10 @@ def one_process(name: str, path: str, steps: int) -> dict:
 
 
 def two_process(backend: str, path: str, steps: int, spark) -> dict:
-    from psrq.training.distributed import run_horovod, run_torch_distributor
+    from psrq.training.distributed import run_horovod, run_torch_distributor, worker_job
 
-    job = {"seed": 0, "lr": 1e-4, "reader": "arrow", "path": path, "batch_size": 512, "checkpoint_dir": None,
-           "checkpoint_every": 0, "max_steps": steps, "meta": {"model_name": "mcca"},
-           "model": {"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64},
-           "device": "cpu", "fs": fs.current()}
+    job = worker_job(model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64,
+                            "sparse": True}, path=path, lr=1e-4, batch_size=512, max_steps=steps)
     ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(spark, job, 2)
     samples, secs = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     return {"processes": 2, "steps_per_rank": steps, "samples": samples, "seconds": round(secs, 2),
@@ -99,7 +99,9 @@ def main():
     mcca_cols = build_model("mcca", V, K, L, N, 64).inputs + ["label"]
     readers = {kind: reader_rate(kind, path, mcca_cols) for kind in ("arrow", "petastorm")}
     print("readers", readers, flush=True)
-    single = {name: one_process(name, path, a.steps) for name in ("mcca", "din")}
+    # dense: every parameter in one Adam (before issue 13); sparse: the default since
+    single = {name: {kind: one_process(name, path, a.steps, kind == "sparse") for kind in ("dense", "sparse")}
+              for name in ("mcca", "din")}
     print("one process", single, flush=True)
     from psrq.config import SparkConf
     from psrq.spark import build_spark
@@ -108,13 +110,15 @@ def main():
     dist = {b: two_process(b, path, a.steps, spark) for b in ("horovod", "torch-distributor")}
     spark.stop()
     print("two processes", dist, flush=True)
-    base = single["mcca"]["samples_per_second"]
+    base = single["mcca"]["sparse"]["samples_per_second"]
     write_result("training", {
         "sizes": {"rows": a.rows, "batch_size": 512, "history_len": N, "dim": 64, "k": K, "layers": L,
                   "vocab_size": V, "steps": a.steps, "row_groups": len(row_groups(path))},
         "reader_rows_per_second": readers,
         "ratio_arrow_vs_petastorm": round(readers["arrow"]["rows_per_second"] / readers["petastorm"]["rows_per_second"], 2),
         "one_process": single,
+        "sparse_vs_dense_one_process": {n: round(d["sparse"]["samples_per_second"] / d["dense"]["samples_per_second"], 2)
+                                        for n, d in single.items()},
         "two_processes_mcca": dist,
         "scaling_vs_one_process_mcca": {b: round(d["samples_per_second"] / base, 2) for b, d in dist.items()},
         "device": "cpu",

@@ -3,6 +3,11 @@
 # JVM packages Spark needs (Delta, hadoop-aws) resolved by Maven.
 # Idempotent: a second run checks what is there and does nothing more; the horovod wheel
 # is cached under $PSRQ_WHEEL_CACHE so a fresh clone on the same machine does not rebuild it.
+#
+# PSRQ_GPU=1 (make setup GPU=1), on a machine with an NVIDIA driver and the CUDA toolkit:
+# faiss's GPU build instead of faiss-cpu (setup.cfg [tool:psrq-native] faiss_gpu) and
+# horovod built with NCCL for GPU tensors (Gloo stays the controller and the CPU path).
+# torch from PyPI is already a CUDA build. The default install is the CPU one.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +23,11 @@ command -v java >/dev/null || die "Java 17+ is required by Spark 4 and was not f
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
 [ -n "$java_major" ] && [ "$java_major" -ge 17 ] || die "Java 17+ is required by Spark 4; found '$(java -version 2>&1 | head -1)'."
 command -v mvn >/dev/null || die "Maven (mvn) is required to resolve the Delta and hadoop-aws jars for Spark and was not found on PATH (install maven)."
+GPU=${PSRQ_GPU:-0}
+if [ "$GPU" = 1 ]; then
+  command -v nvidia-smi >/dev/null || die "PSRQ_GPU=1 (make setup GPU=1) needs an NVIDIA driver and nvidia-smi was not found on PATH: this machine has no GPU driver (plain 'make setup' installs the CPU stack)."
+  command -v nvcc >/dev/null || die "PSRQ_GPU=1 (make setup GPU=1) builds horovod with NCCL and needs the CUDA toolkit matching the pinned torch's CUDA; nvcc was not found on PATH (set CUDA_HOME/PATH, or use plain 'make setup')."
+fi
 command -v "$PY" >/dev/null || die "$PY not found; Python 3.11 is required."
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
   || die "Python 3.11 is required (the pinned torch and the horovod build); $PY is $("$PY" --version 2>&1)."
@@ -32,10 +42,21 @@ VPY="$VENV/bin/python"
 
 # --- pinned python packages (setup.cfg) -----------------------------------------------------
 stamp="$VENV/.psrq-deps.sha"
-want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$( (cat setup.cfg pyproject.toml; echo "gpu=$GPU") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing pinned dependencies from setup.cfg (first time: a few minutes)"
   "$VPY" -m pip install --quiet --progress-bar off -e ".[dev]"
+  # faiss-cpu and faiss's GPU build install the same module: exactly one of them
+  if [ "$GPU" = 1 ]; then
+    FAISS_GPU=$("$VPY" -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); print(c["tool:psrq-native"]["faiss_gpu"])')
+    say "replacing faiss-cpu with $FAISS_GPU"
+    "$VPY" -m pip uninstall --quiet -y faiss-cpu
+    "$VPY" -m pip install --quiet --progress-bar off "$FAISS_GPU"
+  elif "$VPY" -m pip show --quiet faiss-gpu-cu12 2>/dev/null; then
+    say "replacing faiss's GPU build with faiss-cpu (a CPU install)"
+    "$VPY" -m pip uninstall --quiet -y faiss-gpu-cu12
+    "$VPY" -m pip install --quiet --force-reinstall --no-deps "$(grep -m1 -o 'faiss-cpu==[0-9.]*' setup.cfg)"
+  fi
   echo "$want" > "$stamp"
 else
   say "pinned dependencies up to date"
@@ -59,8 +80,13 @@ major, minor = map(int, sys.argv[1].split("."))
 sys.exit(0 if int(sys.argv[2]) >= (20 if (major, minor) >= (2, 14) else 17) else 1)
 PYEOF
 BUILD_MODE=cpu-gloo
+[ "$GPU" = 1 ] && BUILD_MODE=gpu-nccl
 have=$("$VPY" -c 'import horovod, horovod.torch; print(horovod.__version__)' 2>/dev/null || true)
-if [ "$have" = "$HVD_VERSION" ]; then
+# the build present must be this mode's: NCCL in a GPU install, none in a CPU one
+have_nccl=$("$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -c '\[X\] NCCL' || true)
+want_nccl=0
+[ "$GPU" = 1 ] && want_nccl=1
+if [ "$have" = "$HVD_VERSION" ] && [ "$have_nccl" = "$want_nccl" ]; then
   say "horovod $HVD_VERSION present"
 else
   slot="$CACHE/horovod-$HVD_VERSION-torch$TORCH_VERSION-cxx$CXX_STD-$BUILD_MODE"
@@ -80,6 +106,17 @@ else
     sed -i "s/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD $CXX_STD)/" \
       "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
     grep -q "CMAKE_CXX_STANDARD $CXX_STD" "$src/horovod/torch/CMakeLists.txt" || die "could not patch horovod's C++ standard"
+    if [ "$GPU" = 1 ]; then
+    # NCCL comes with torch's pip dependencies (nvidia/nccl): headers and libnccl.so.2,
+    # which the linker finds under the plain name through a link in the build folder
+    nccl=$("$VPY" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])')
+    mkdir -p "$work/nccl-lib" && ln -sf "$nccl/lib/libnccl.so.2" "$work/nccl-lib/libnccl.so"
+    (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
+      HOROVOD_WITHOUT_MXNET=1 HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CPU_OPERATIONS=gloo HOROVOD_NCCL_LINK=SHARED \
+      HOROVOD_NCCL_INCLUDE="$nccl/include" HOROVOD_NCCL_LIB="$work/nccl-lib" \
+      MAKEFLAGS="-j$(nproc)" "$VPY" -m pip wheel --no-deps --no-build-isolation -w "$slot" . \
+      > "$work/build.log" 2>&1) || { grep -A8 "CMake Error" "$work/build.log" >&2; tail -25 "$work/build.log" >&2; die "horovod GPU build failed (log above)"; }
+    else
     # PyPI's torch is a CUDA build, and horovod's CMake turns CUDA on as soon as it finds any
     # trace of a toolkit (nvcc on PATH, CUDA_HOME, /usr/local/cuda): add_cuda() for torch and
     # enable_language(CUDA) at the top, which stop when that toolkit is partial. A CPU build
@@ -105,6 +142,7 @@ PYEOF
       HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
       MAKEFLAGS="-j$(nproc)" "$VPY" -m pip wheel --no-deps --no-build-isolation -w "$slot" . \
       > "$work/build.log" 2>&1) || { grep -A8 "CMake Error" "$work/build.log" >&2; tail -25 "$work/build.log" >&2; die "horovod build failed (log above)"; }
+    fi
     wheel=$(ls "$slot"/horovod-*.whl | head -1)
     say "cached $wheel"
   else
@@ -117,7 +155,12 @@ fi
 check=$("$VENV/bin/horovodrun" --check-build)
 grep -q '\[X\] PyTorch' <<<"$check" || die "horovod was built without PyTorch support"
 grep -q '\[X\] Gloo' <<<"$check" || die "horovod was built without Gloo support"
-say "horovod build: PyTorch and Gloo available"
+if [ "$GPU" = 1 ]; then
+  grep -q '\[X\] NCCL' <<<"$check" || die "PSRQ_GPU=1 but horovod was built without NCCL"
+  say "horovod build: PyTorch, Gloo and NCCL available"
+else
+  say "horovod build: PyTorch and Gloo available"
+fi
 
 # --- JVM packages: Delta and hadoop-aws, resolved by Maven ------------------------------------
 # Versions follow the pinned Python packages (lib/psrq/jvm.py); Maven keeps the jars in its

@@ -54,6 +54,9 @@ class SparkConf(_Strict):
     # JVM packages to load (psrq.jvm): delta (Delta Lake for Spark), s3a (hadoop-aws).
     # Their versions follow the pinned Python packages; setup resolves them with Maven.
     jvm_packages: list[Literal["delta", "s3a"]] = Field(default_factory=list)
+    # Spark GPU scheduling on a cluster (psrq.spark.gpu_settings): GPUs per executor, one per
+    # task (a training rank); 0: none. Ignored by a local master.
+    gpus_per_executor: int = Field(0, ge=0)
     conf: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("conf", mode="before")
@@ -113,6 +116,8 @@ class KMeansConf(_Strict):
     max_points_per_centroid: int = Field(256, ge=1)
     backend: Literal["auto", "faiss", "faiss-gpu", "torch", "torch-cuda"] = "auto"
     init: Literal["kmeans++", "random"] = "kmeans++"
+    # auto: the GPU when usable (faiss GPU, else torch CUDA), else the CPU, logged
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class RqVaeConf(_Strict):
@@ -213,6 +218,8 @@ class TrainConf(_Strict):
     # move an unreadable or foreign checkpoint folder aside (<folder>.moved-<time>) and start over
     restart: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on CUDA, float32 on the CPU; bf16 forces autocast on either
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # item-ID tables: sparse gradients (a step's cost follows the rows a batch touches, not
     # the vocabulary) with their own optimiser (psrq.training.optim); false: dense, all Adam
     sparse: bool = True

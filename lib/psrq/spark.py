@@ -59,9 +59,32 @@ def spark_settings(cfg: SparkConf, master: str | None = None, storage: dict[str,
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         settings[f"spark.executorEnv.{var}"] = "1"
     settings.update(jvm_settings(cfg.jvm_packages))
+    if not (master or "").startswith("local"):  # a cluster (or spark-submit's master)
+        settings.update(gpu_settings(cfg.gpus_per_executor))
     settings.update(storage or {})
     settings.update(cfg.conf)
     return settings
+
+
+GPU_DISCOVERY = "psrq_gpu_discovery.sh"  # its name in the executors' working directory
+
+
+def gpu_discovery_script() -> str:
+    """The discovery script shipped with the package (psrq/resources), for spark-submit --files."""
+    from importlib.resources import files
+
+    return str(files("psrq").joinpath("resources", "gpu_discovery.sh"))
+
+
+def gpu_settings(gpus_per_executor: int) -> dict[str, str]:
+    """Spark GPU scheduling: each executor holds `gpus_per_executor` GPUs (found by the
+    shipped discovery script, which spark-submit --files puts in its working directory) and
+    each task one: a Horovod rank or a TorchDistributor process gets a GPU of its own."""
+    if not gpus_per_executor:
+        return {}
+    return {"spark.executor.resource.gpu.amount": str(gpus_per_executor),
+            "spark.task.resource.gpu.amount": "1",
+            "spark.executor.resource.gpu.discoveryScript": f"./{GPU_DISCOVERY}"}
 
 
 def jvm_settings(bundles: list[str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from psrq import jvm
 from psrq.cli import JSON_OUT, app_name, parse_args
 from psrq.config import load_config
 from psrq.errors import PsrqError
-from psrq.spark import spark_settings
+from psrq.spark import GPU_DISCOVERY, gpu_discovery_script, spark_settings
 from psrq.storage import fs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,8 @@ def command(job: str, job_args: list[str], master: str, package: str, python: st
                               storage=fs.spark_hadoop_conf(cfg.fs_options()))
     for key in ("spark.jars", "spark.jars.packages"):
         settings.pop(key, None)
+    if cfg.spark.gpus_per_executor and not master.startswith("local"):
+        cmd += ["--files", f"{gpu_discovery_script()}#{GPU_DISCOVERY}"]  # renamed in the executors' folder
     if python:  # the executors' (and in cluster deploy mode the driver's) interpreter
         settings["spark.pyspark.python"] = python
     for key, value in sorted(settings.items()):

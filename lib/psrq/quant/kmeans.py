@@ -17,6 +17,7 @@ from psrq.errors import QuantizerError
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "faiss", "faiss-gpu", "torch", "torch-cuda"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class KMeansSpec:
     backend: Backend = "auto"
     # k-means++ seeding (deterministic by seed) avoids the poor local minima of random init
     init: Literal["kmeans++", "random"] = "kmeans++"
+    device: Device = "auto"
 
 
 def faiss_gpus() -> int:
@@ -49,14 +51,36 @@ def torch_cuda() -> bool:
         return False
 
 
-def resolve_backend(backend: Backend) -> str:
-    if backend == "auto":
-        return "faiss-gpu" if faiss_gpus() > 0 else "faiss"
-    if backend == "faiss-gpu" and faiss_gpus() == 0:
-        raise QuantizerError("kmeans backend faiss-gpu: the installed faiss has no GPU support or sees no GPU")
-    if backend == "torch-cuda" and not torch_cuda():
-        raise QuantizerError("kmeans backend torch-cuda: torch sees no CUDA device")
-    return backend
+_GPU = {"faiss": "faiss-gpu", "torch": "torch-cuda"}
+_said: set = set()
+
+
+def resolve_backend(backend: Backend, device: Device = "auto") -> str:
+    """The library and device k-means runs on. device=auto: on the GPU when one is usable
+    (faiss's GPU build, else torch on CUDA), else on the CPU, and that fallback is logged
+    (once per process); device=cuda without a usable GPU, or a backend naming the other
+    device, is an error."""
+    if backend in ("faiss-gpu", "torch-cuda"):
+        if device == "cpu":
+            raise QuantizerError(f"kmeans backend {backend} runs on the GPU but kmeans device is cpu")
+        device = "cuda"
+    lib = backend.split("-")[0]
+    if device == "cpu":
+        return "faiss" if lib == "auto" else lib
+    gpu = {"faiss": faiss_gpus() > 0, "torch": torch_cuda()}
+    usable = [name for name in ((lib,) if lib != "auto" else ("faiss", "torch")) if gpu[name]]
+    if usable:
+        return _GPU[usable[0]]
+    if device == "cuda":
+        what = {"faiss": "the installed faiss has no GPU support or sees no GPU (faiss-gpu)",
+                "torch": "torch sees no CUDA device (torch-cuda)"}
+        raise QuantizerError("kmeans device cuda: " + "; ".join(what[n] for n in ((lib,) if lib != "auto" else gpu)))
+    fallback = "faiss" if lib == "auto" else lib
+    if fallback not in _said:
+        _said.add(fallback)
+        log.warning("k-means on the CPU (%s): no usable GPU (faiss GPUs: %d, torch CUDA: %s); "
+                    "set codebooks.kmeans.device=cpu to say so", fallback, faiss_gpus(), torch_cuda())
+    return fallback
 
 
 def subsample(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
@@ -78,7 +102,7 @@ def fit_kmeans(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
     if not np.isfinite(x).all():
         raise QuantizerError("k-means sample contains NaN or Inf values")
     x = subsample(x, spec)
-    backend = resolve_backend(spec.backend)
+    backend = resolve_backend(spec.backend, spec.device)
     init = kmeans_pp(x, spec.k, spec.seed) if spec.init == "kmeans++" else None
     if backend.startswith("faiss"):
         return _faiss(x, spec, init, gpu=backend == "faiss-gpu")

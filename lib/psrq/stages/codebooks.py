@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def quant_spec(cc: CodebooksConf, method: str | None = None) -> QuantSpec:
     method = method or cc.method
-    km = KMeansSpec(cc.k, cc.kmeans.iters, cc.seed, cc.kmeans.max_points_per_centroid, cc.kmeans.backend, cc.kmeans.init)
+    km = KMeansSpec(cc.k, cc.kmeans.iters, cc.seed, cc.kmeans.max_points_per_centroid, cc.kmeans.backend, cc.kmeans.init,
+                    cc.kmeans.device)
     return QuantSpec(method=method, k=cc.k, layers=cc.layers, prefix=cc.prefix, prefix_weight=cc.prefix_weight,
                      kmeans=km, **cc.rqvae.model_dump())
 
@@ -106,7 +107,7 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
     if len(ids) < spec.k:
         raise QuantizerError(f"K={spec.k} is larger than the sample ({len(ids)} items of {n_items}): lower codebooks.k or sample more")
     log.info("sampled %d of %d items in %.1fs; fitting %s (K=%d, L=%d) with k-means backend %s",
-             len(ids), n_items, time.time() - t0, spec.method, spec.k, spec.n_layers(), resolve_backend(spec.kmeans.backend))
+             len(ids), n_items, time.time() - t0, spec.method, spec.k, spec.n_layers(), resolve_backend(spec.kmeans.backend, spec.kmeans.device))
     t1 = time.time()
     cbs = fit_codebooks(spec, embs, modalities, cc.normalisation, cc.joint,
                         progress=lambda s, shape: log.info("fitting space %s on %s", s, shape))
@@ -118,7 +119,7 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
         "seed": cc.seed,
         "sample": {"size": int(len(ids)), "requested": cc.sample_size, "fraction": cc.sample_fraction},
         "source": {"table": items_path, "delta_version": items_version, "rows": n_items},
-        "kmeans_backend": resolve_backend(spec.kmeans.backend),
+        "kmeans_backend": resolve_backend(spec.kmeans.backend, spec.kmeans.device),
         "fit_seconds": round(fit_s, 2),
         "diagnostics": diags,
         "created_by": created_by or {},

@@ -30,12 +30,25 @@ import sys
 import torch
 
 from psrq.storage import fs
-from psrq.training.loop import batch_count, resume, train_loop
+from psrq.training.loop import autocast_dtype, batch_count, resume, train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
 # what each rank needs on top of its executor's own environment
 RANK_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def worker_job(*, model: dict, path: str, lr: float, batch_size: int, reader: str = "arrow", seed: int = 0,
+               table_optimizer: str = "rowwise_adagrad", table_lr: float | None = None,
+               checkpoint_dir: str | None = None, checkpoint_every: int = 0, max_steps: int | None = None,
+               meta: dict | None = None, content: str | None = None, device: str = "cpu",
+               precision: str = "auto") -> dict:
+    """What every rank receives (plain values only): model is build_model's arguments, path
+    the training split, checkpoint_dir None for a run that keeps no checkpoint."""
+    return {"model": model, "path": path, "lr": lr, "batch_size": batch_size, "reader": reader, "seed": seed,
+            "table_optimizer": table_optimizer, "table_lr": table_lr, "checkpoint_dir": checkpoint_dir,
+            "checkpoint_every": checkpoint_every, "max_steps": max_steps, "meta": meta or {}, "content": content,
+            "device": device, "precision": precision, "fs": fs.current()}
 
 
 def rank_device(choice: str, local_rank: int) -> torch.device:
@@ -53,7 +66,8 @@ def _where() -> dict:
 
 
 def param_checksum(model: torch.nn.Module) -> float:
-    return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+    # summed in float64 without a float64 copy of the tables (10M rows: 5 GB otherwise)
+    return float(sum(p.detach().sum(dtype=torch.float64).item() for p in model.parameters()))
 
 
 def _model_and_opt(job: dict, device: torch.device):
@@ -74,7 +88,8 @@ def _summary(rank, world, res, model, reader, device) -> dict:
     return {"rank": rank, "world": world, "steps": res.steps, "samples": res.samples, "seconds": res.seconds,
             "last_loss": res.last_loss, "checksum": param_checksum(model), "rows": reader.rows,
             "padding_steps": res.padding_steps, "gradient_bytes": res.gradient_bytes,
-            "peak_rss_mb": peak_rss_mb(), "device": str(device), **_where()}
+            "median_step_seconds": res.median_step_seconds,
+            "peak_rss_mb": peak_rss_mb(), "device": str(device), "precision": res.precision, **_where()}
 
 
 def peak_rss_mb() -> float:
@@ -109,7 +124,7 @@ def horovod_worker(job: dict) -> dict:
     steps = total_steps(job, reader, lambda n: hvd.allreduce(torch.tensor(n), op=hvd.Max, name="psrq.steps").item())
     res = train_loop(model, lambda: iter(reader), opt, device, job["checkpoint_dir"] if rank == 0 else None,
                      job["checkpoint_every"] if rank == 0 else 0, job["meta"], None, start, progress=False,
-                     total_steps=steps)
+                     total_steps=steps, amp_dtype=autocast_dtype(job["precision"], device))
     return _summary(rank, world, res, model, reader, device)
 
 
@@ -156,12 +171,24 @@ def ddp_worker(job: dict) -> list[dict]:
 
         res = train_loop(ddp, lambda: iter(reader), opt, device, job["checkpoint_dir"] if rank == 0 else None,
                          job["checkpoint_every"] if rank == 0 else 0, job["meta"], None, start,
-                         state_model=model, progress=False, total_steps=total_steps(job, reader, agree_max))
+                         state_model=model, progress=False, total_steps=total_steps(job, reader, agree_max),
+                         amp_dtype=autocast_dtype(job["precision"], device))
         out = [None] * world
         dist.all_gather_object(out, _summary(rank, world, res, model, reader, device))
         return out
     finally:
         dist.destroy_process_group()
+
+
+def wants_gpu(device: str, spark, local: bool) -> bool:
+    """Whether TorchDistributor asks Spark for GPUs: under a local master when this machine
+    has one; on a cluster when train.device=cuda, or auto and the session schedules GPUs
+    (spark.task.resource.gpu.amount, psrq.spark.gpu_settings)."""
+    if device == "cpu":
+        return False
+    if local:
+        return torch.cuda.is_available()
+    return device == "cuda" or float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) >= 1
 
 
 def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
@@ -173,5 +200,5 @@ def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
     if spark is None or loopback_only(spark):
         job = {**job, "gloo_ifname": "lo"}  # Gloo over the loopback interface only
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    use_gpu = job["device"] != "cpu" and torch.cuda.is_available() if local else job["device"] == "cuda"
+    use_gpu = wants_gpu(job["device"], spark, local)
     return TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(ddp_worker, job)

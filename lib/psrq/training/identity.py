@@ -42,6 +42,7 @@ class TrainIdentity:
     k: int
     layers: int
     history_len: int
+    precision: str     # as set (auto: per rank's device; each rank's summary says what it used)
     sparse: bool
     table_optimizer: Optional[str]  # None with dense tables
     table_lr: Optional[float]       # the rate the tables train at; None with dense tables
@@ -54,7 +55,8 @@ class TrainIdentity:
             lr=float(train.lr), batch_size=train.batch_size, max_steps=train.max_steps, seed=train.seed,
             backend=train.backend, num_proc=1 if train.backend == "single" else train.num_proc, reader=train.reader,
             samples=man.key, codebook_version=man.codebook_version, vocab_size=man.vocab_size, k=man.k,
-            layers=man.layers, history_len=man.history_len, sparse=train.sparse,
+            layers=man.layers, history_len=man.history_len, precision=train.precision,
+            sparse=train.sparse,
             table_optimizer=train.table_optimizer if train.sparse else None,
             table_lr=table_rate(train.table_optimizer, train.table_lr, train.lr) if train.sparse else None,
         )

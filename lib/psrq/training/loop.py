@@ -45,6 +45,12 @@ class TrainResult:
     losses: list = field(default_factory=list)
     padding_steps: int = 0     # synchronised steps this rank took without data of its own
     gradient_bytes: float = 0  # mean bytes of gradient this rank contributed per step
+    step_seconds: list = field(default_factory=list)  # wall time of each step taken
+    precision: str = "fp32"    # what the forward pass ran in (bf16 under autocast)
+
+    @property
+    def median_step_seconds(self) -> Optional[float]:
+        return float(np.median(self.step_seconds)) if self.step_seconds else None
 
     @property
     def samples_per_second(self) -> float:
@@ -54,6 +60,14 @@ class TrainResult:
 def to_tensors(batch: dict, device: torch.device) -> dict:
     # np.array copies: Arrow-backed arrays are read-only, torch wants writable memory
     return {k: torch.from_numpy(np.array(v)).to(device) for k, v in batch.items() if v.dtype != object}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 autocast where it is safe and pays (CUDA; train.precision=auto), or when asked
+    (bf16); None: float32 throughout. Embedding lookups and the loss stay float32 under autocast."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def batch_loss(model: torch.nn.Module, state_model: torch.nn.Module, data: dict) -> torch.Tensor:
@@ -214,6 +228,7 @@ def train_loop(
     state_model: Optional[torch.nn.Module] = None,
     progress: bool = True,
     total_steps: Optional[int] = None,
+    amp_dtype: Optional[torch.dtype] = None,
 ) -> TrainResult:
     """One epoch over `batches()`, skipping the first `start_step` batches (a resumed run;
     see `resume`). Checkpoints go to checkpoint_dir (None: this process writes none);
@@ -221,12 +236,13 @@ def train_loop(
 
     total_steps (data-parallel ranks): take exactly this many steps, padding a short shard
     (see `padded`), so that every rank takes part in every step's exchange and applies the
-    same update: the ranks stay equal with no join and no final broadcast."""
+    same update: the ranks stay equal with no join and no final broadcast. amp_dtype: the
+    autocast dtype of the forward pass (see autocast_dtype), None for float32."""
     meta = meta or {}
     start = start_step
     state_model = state_model or model
     model.train()
-    step, samples, losses, pads, grad_bytes = 0, 0, [], 0, 0
+    step, samples, losses, pads, grad_bytes, step_seconds = 0, 0, [], 0, 0, []
     t0 = time.perf_counter()
     bar = tqdm(desc="train", unit="batch", disable=not progress, mininterval=2.0)
     last_good = start
@@ -238,8 +254,10 @@ def train_loop(
         if step < start:  # already trained before the resume: same order, so skip
             step += 1
             continue
+        t_step = time.perf_counter()
         data = to_tensors(batch, device)
-        loss = batch_loss(model, state_model, data)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = batch_loss(model, state_model, data)
         if not torch.isfinite(loss):
             where = f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
             raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
@@ -247,6 +265,7 @@ def train_loop(
         (loss if own else loss * 0.0).backward()
         grad_bytes += gradient_bytes(state_model)
         opt.step()
+        step_seconds.append(time.perf_counter() - t_step)
         step += 1
         if own:
             samples += len(batch["label"])
@@ -265,7 +284,7 @@ def train_loop(
         save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
     taken = step - start
     return TrainResult(taken, samples, time.perf_counter() - t0, losses[-1] if losses else None, losses, pads,
-                       grad_bytes / max(taken, 1))
+                       grad_bytes / max(taken, 1), step_seconds, "bf16" if amp_dtype == torch.bfloat16 else "fp32")
 
 
 @torch.no_grad()

@@ -20,8 +20,8 @@ from psrq.models.ranker import NEEDS_CONTENT, build_model
 from psrq.samples import SamplesManifest
 from psrq.storage import fs
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import (CHECKPOINT, TrainingError, check_compatible, clean_stale_temporaries, load_checkpoint,
-                                predict, restore, train_loop)
+from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, check_compatible, clean_stale_temporaries,
+                                load_checkpoint, predict, restore, train_loop)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -133,9 +133,10 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr)
         start = restore(ckpt_dir, existing, model, opt, meta) if existing is not None else 0
         res = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
-                         ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress)
+                         ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress,
+                         amp_dtype=autocast_dtype(tc.precision, device))
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
-                  "gradient_bytes": res.gradient_bytes}]
+                  "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision}]
         step = start + res.steps  # the step of the checkpoint the loop left
     else:
         ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path)
@@ -163,10 +164,12 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
 def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckpt_dir: str, content_path) -> list[dict]:
     tc = cfg.train
     train_path = man.split_path("train")
-    job = {"seed": tc.seed, "lr": tc.lr, "table_optimizer": tc.table_optimizer, "table_lr": tc.table_lr, "reader": tc.reader, "path": train_path, "batch_size": tc.batch_size,
-           "checkpoint_dir": ckpt_dir, "checkpoint_every": tc.checkpoint_every, "max_steps": tc.max_steps,
-           "meta": meta, "model": model_args(cfg, man), "content": content_path, "device": tc.device,
-           "fs": fs.current()}
+    from psrq.training.distributed import worker_job
+
+    job = worker_job(model=model_args(cfg, man), path=train_path, lr=tc.lr, batch_size=tc.batch_size, reader=tc.reader,
+                     seed=tc.seed, table_optimizer=tc.table_optimizer, table_lr=tc.table_lr, checkpoint_dir=ckpt_dir,
+                     checkpoint_every=tc.checkpoint_every, max_steps=tc.max_steps, meta=meta, content=content_path,
+                     device=tc.device, precision=tc.precision)
     from psrq.training.distributed import run_horovod, run_torch_distributor
     from psrq.training.readers import row_groups, shard
 

@@ -1,0 +1,154 @@
+"""The GPU paths as far as a machine without a GPU can run them: device selection resolves to
+the CPU, the cluster profile's GPU scheduling settings and the discovery script are
+well-formed, k-means falls back to the CPU out loud, bf16 autocast trains (on the CPU)."""
+import json
+import logging
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from psrq.config import load_config
+from psrq.spark import GPU_DISCOVERY, gpu_discovery_script, spark_settings
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+
+
+@no_cuda
+def test_device_auto_resolves_to_the_cpu_here_and_cuda_is_refused():
+    from psrq.training.distributed import rank_device
+    from psrq.training.loop import TrainingError
+    from psrq.training.stage import device_of
+
+    assert rank_device("auto", 0) == torch.device("cpu") and rank_device("auto", 3) == torch.device("cpu")
+    assert device_of("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="train.device=cuda but rank with local rank 1 sees no CUDA device"):
+        rank_device("cuda", 1)
+    with pytest.raises(TrainingError, match="train.device=cuda but torch sees no CUDA device"):
+        device_of("cuda")
+
+
+def test_the_cluster_profile_schedules_one_gpu_per_task_when_asked(monkeypatch):
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "4711")  # under spark-submit: a cluster master
+    cpu = spark_settings(load_config("cluster", "synthetic_1m").spark)
+    assert not [k for k in cpu if ".resource.gpu." in k]  # a CPU cluster by default
+    monkeypatch.setenv("PSRQ_GPUS_PER_EXECUTOR", "4")
+    gpu = spark_settings(load_config("cluster", "synthetic_1m").spark)
+    assert gpu["spark.executor.resource.gpu.amount"] == "4" and gpu["spark.task.resource.gpu.amount"] == "1"
+    assert gpu["spark.executor.resource.gpu.discoveryScript"] == f"./{GPU_DISCOVERY}"
+    # a local master has no executors to schedule: no GPU settings even when asked
+    local = load_config("local", "synthetic_small", ["spark.gpus_per_executor=1", "spark.master=local[2]"]).spark
+    assert not [k for k in spark_settings(local) if ".resource.gpu." in k]
+
+
+def test_the_launcher_ships_the_discovery_script_under_the_name_the_settings_use():
+    from psrq.submit import command
+
+    cmd = command("jobs/train_ranker.py", ["--profile", "cluster", "spark.gpus_per_executor=2"], "yarn", "dist/psrq.zip")
+    files = cmd[cmd.index("--files") + 1]
+    path, name = files.split("#")
+    assert os.path.isfile(path) and os.access(path, os.X_OK) and name == GPU_DISCOVERY
+    confs = {cmd[i + 1] for i, c in enumerate(cmd) if c == "--conf"}
+    assert {"spark.executor.resource.gpu.amount=2", f"spark.executor.resource.gpu.discoveryScript=./{GPU_DISCOVERY}"} <= confs
+    plain = command("jobs/train_ranker.py", ["--profile", "cluster"], "yarn", "dist/psrq.zip")
+    assert "--files" not in plain
+
+
+def test_the_discovery_script_prints_spark_resource_json(tmp_path):
+    script = gpu_discovery_script()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    two = subprocess.run(["bash", script], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(two.stdout) == {"name": "gpu", "addresses": ["0", "1"]}
+    (fake / "nvidia-smi").unlink()
+    none = subprocess.run(["bash", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})
+    assert json.loads(none.stdout) == {"name": "gpu", "addresses": []}
+
+
+def test_torch_distributor_asks_for_gpus_only_where_spark_schedules_them():
+    from psrq.training.distributed import wants_gpu
+
+    class Conf(dict):
+        def get(self, key, default=None):
+            return super().get(key, default)
+
+    class Session:
+        def __init__(self, **conf):
+            self.conf = Conf(conf)
+
+    assert not wants_gpu("cpu", Session(**{"spark.task.resource.gpu.amount": "1"}), local=False)
+    assert wants_gpu("auto", Session(**{"spark.task.resource.gpu.amount": "1"}), local=False)
+    assert not wants_gpu("auto", Session(), local=False)
+    assert wants_gpu("cuda", Session(), local=False)  # TorchDistributor then names the missing setting
+    assert wants_gpu("auto", Session(), local=True) == torch.cuda.is_available()
+
+
+@no_cuda
+def test_kmeans_falls_back_to_the_cpu_out_loud_and_refuses_cuda_without_a_gpu(caplog):
+    import numpy as np
+
+    from psrq.errors import QuantizerError
+    from psrq.quant import kmeans
+    from psrq.quant.kmeans import KMeansSpec, fit_kmeans, resolve_backend
+
+    kmeans._said.clear()
+    with caplog.at_level(logging.WARNING, logger="psrq.quant.kmeans"):
+        assert resolve_backend("auto", "auto") == "faiss"
+        assert resolve_backend("auto", "auto") == "faiss"
+        assert resolve_backend("torch", "auto") == "torch"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "k-means on the CPU (faiss): no usable GPU" in warnings[0], warnings
+    assert resolve_backend("auto", "cpu") == "faiss" and resolve_backend("torch", "cpu") == "torch"
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    with pytest.raises(QuantizerError, match="kmeans device cuda: .*faiss-gpu.*torch-cuda"):
+        fit_kmeans(x, KMeansSpec(k=3, device="cuda"))
+    with pytest.raises(QuantizerError, match="runs on the GPU but kmeans device is cpu"):
+        resolve_backend("faiss-gpu", "cpu")
+
+
+def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
+    from psrq.models.ranker import build_model
+    from psrq.training.loop import autocast_dtype, train_loop
+    from psrq.training.optim import make_optimizer
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    torch.manual_seed(0)
+    model = build_model("mcca", 500, 16, 3, 5, 16, sparse=True)
+    g = torch.Generator().manual_seed(0)
+    batch = {"item_idx": torch.randint(1, 500, (64,), generator=g).numpy(),
+             "hist_item_idx": torch.randint(1, 500, (64, 5), generator=g).numpy(),
+             "hist_len": torch.randint(1, 6, (64,), generator=g).numpy(),
+             "label": torch.randint(0, 2, (64,), generator=g).numpy()}
+    for s in ("text", "audio", "joint"):
+        batch[f"target_{s}_codes"] = torch.randint(1, 17, (64, 3), generator=g).numpy()
+        batch[f"hist_{s}_codes"] = torch.randint(1, 17, (64, 15), generator=g).numpy()
+    res = train_loop(model, lambda: [batch] * 20, make_optimizer(model, 1e-2), cpu, progress=False,
+                     amp_dtype=autocast_dtype("bf16", cpu))
+    assert res.precision == "bf16" and res.steps == 20
+    assert all(map(lambda v: v == v, res.losses)) and res.losses[-1] < res.losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in float32
+
+
+@pytest.mark.skipif(bool(shutil.which("nvidia-smi") or shutil.which("nvcc")), reason="a GPU driver or CUDA toolkit is here")
+def test_the_gpu_install_says_what_this_machine_lacks_before_changing_anything(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PSRQ_GPU": "1", "PSRQ_VENV": str(tmp_path / "venv")}
+    run = lambda: subprocess.run(["bash", "scripts/setup_env.sh"], cwd=root, env=env, capture_output=True, text=True)  # noqa: E731
+    no_driver = run()
+    assert no_driver.returncode == 1 and "needs an NVIDIA driver and nvidia-smi was not found" in no_driver.stderr
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    env["PATH"] = f"{fake}:{os.environ['PATH']}"
+    no_toolkit = run()
+    assert no_toolkit.returncode == 1 and "needs the CUDA toolkit" in no_toolkit.stderr and "nvcc" in no_toolkit.stderr
+    assert not (tmp_path / "venv").exists()  # refused before a virtual environment was made
