@@ -90,3 +90,42 @@ def test_gradient_bytes_follow_the_batch_for_sparse_tables_and_the_vocabulary_fo
             sizes[v, sparse] = gradient_bytes(m)
     assert sizes[1_000, True] == sizes[100_000, True]
     assert sizes[100_000, False] - sizes[1_000, False] == 99_000 * D * 4
+
+
+def test_max_vocab_keeps_the_frequent_rows_and_folds_the_tail_into_buckets():
+    from psrq.models.layers import ItemTable
+
+    table = ItemTable(10_000_000, 4, keep=1002, buckets=64)
+    assert table.weight.shape == (1066, 4)  # bounded: not 10M rows
+    idx = torch.tensor([0, 1, 2, 1001, 1002, 1003, 9_999_999])
+    rows = table.rows(idx)
+    assert rows[:4].tolist() == [0, 1, 2, 1001]  # padding, OOV and the kept items: their own rows
+    assert ((rows[4:] >= 1002) & (rows[4:] < 1066)).all()
+    spread = table.rows(torch.arange(1002, 1002 + 6400))
+    assert len(torch.unique(spread)) == 64  # the tail spreads over every bucket
+    assert ItemTable(500, 4, keep=1002, buckets=64).weight.shape == (500, 4)  # nothing to fold
+
+
+def test_max_vocab_models_tell_tail_items_apart_by_their_codes():
+    """Two tail items in one bucket share an ID row; MCCA still scores them apart through
+    their semantic codes, DIN cannot."""
+    from psrq.models.layers import ItemTable
+
+    table = ItemTable(100_000, 4, keep=12, buckets=8)
+    rows = table.rows(torch.arange(12, 2000))
+    a, b = [int(i) + 12 for i in torch.nonzero(rows == rows[0]).flatten()[:2]]
+    scores = {}
+    for name in ("din", "mcca"):
+        torch.manual_seed(0)
+        m = build_model(name, 100_000, 16, 3, 5, 8, max_vocab=10, hash_buckets=8).eval()
+        assert m.item.weight.shape[0] == 20
+        g = torch.Generator().manual_seed(1)
+        base = {"item_idx": torch.tensor([a, b]), "hist_item_idx": torch.tensor([[3, 4, 0, 0, 0]] * 2),
+                "hist_len": torch.tensor([2, 2])}
+        for s in ("text", "audio", "joint"):
+            base[f"target_{s}_codes"] = torch.randint(1, 17, (2, 3), generator=g)  # the two items' own codes
+            base[f"hist_{s}_codes"] = torch.randint(1, 17, (1, 15), generator=g).repeat(2, 1)
+        with torch.no_grad():
+            scores[name] = m(base)
+    assert torch.equal(scores["din"][0], scores["din"][1])
+    assert not torch.isclose(scores["mcca"][0], scores["mcca"][1])

@@ -182,3 +182,12 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, built, tmp_path):
                                           "train.dim": 16, "train.checkpoint_dir": str(tmp_path / f"ckpt{i}")}),
                         progress=False) for i, c in enumerate((cfg, other))]
     assert abs(runs[0]["valid"]["auc"] - runs[1]["valid"]["auc"]) < 0.005
+
+
+def test_the_vocabulary_numbers_items_by_train_frequency(spark, built):
+    """train.max_vocab keeps the first indices: they must be the most frequent train items."""
+    cfg, info = built
+    train = pq.read_table(info["splits"]["train"]["path"], columns=["item_idx"]).to_pandas()
+    counts = train.item_idx.value_counts().sort_index()
+    assert info["vocab_order"] == "train_frequency"
+    assert counts.index[0] == 2 and (counts.diff().dropna() <= 0).all()

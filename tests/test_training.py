@@ -332,3 +332,20 @@ def test_ranks_that_disagree_fail_the_run_and_it_is_never_recorded_done(spark, s
     _, folder = identity_and_folder(cfg, SamplesManifest.read(cfg.samples.path))
     assert not Path(folder, "result.json").exists() and not Path(folder, "checkpoint.pt").exists()
     assert len(list(Path(folder).glob("checkpoint.diverged-*.pt"))) == 1
+
+
+def test_max_vocab_trains_a_bounded_table_on_frequency_ordered_samples(samples_cfg, tmp_path):
+    man = SamplesManifest.read(samples_cfg.samples.path)
+    assert man.raw["vocab_order"] == "train_frequency"
+    cfg = _with(samples_cfg, model="mcca", checkpoint_dir=str(tmp_path), max_vocab=200, hash_buckets=50)
+    res = train_stage(cfg, progress=False)
+    weights = load_checkpoint(res["checkpoint"])["model"]
+    assert weights["item.weight"].shape[0] == 2 + 200 + 50 < man.vocab_size
+    assert res["settings"]["max_vocab"] == 200 and res["valid"]["auc"] > 0.6
+    # samples numbered in another order cannot say which items are the frequent ones
+    raw = json.loads(Path(samples_cfg.samples.path, "manifest.json").read_text())
+    stale = tmp_path / "stale"
+    shutil.copytree(samples_cfg.samples.path, stale)
+    (stale / "manifest.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "vocab_order"}))
+    with pytest.raises(TrainingError, match="max_vocab keeps the most frequent items.*rebuild them"):
+        train_stage(cfg.with_overrides({"samples.path": str(stale)}), progress=False)

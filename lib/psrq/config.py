@@ -225,6 +225,10 @@ class TrainConf(_Strict):
     sparse: bool = True
     table_optimizer: Literal["rowwise_adagrad", "adam"] = "rowwise_adagrad"
     table_lr: Optional[float] = Field(None, gt=0)   # null: psrq.training.optim.table_rate
+    # rows of their own for the max_vocab most frequent train items only; the rest share
+    # hash_buckets rows and are told apart by their semantic codes (null: every item)
+    max_vocab: Optional[int] = Field(None, ge=1)
+    hash_buckets: int = Field(1024, ge=1)
     # the codebook version the model is meant for; null: whatever the samples were built with
     codebook_version: Optional[str] = None
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 PAD = 0
 OOV = 1  # vocabulary index of items not seen in training
 FIRST_INDEX = 2
+VOCAB_ORDER = "train_frequency"  # item indices by descending train count (manifest "vocab_order")
 
 
 def event_histories(ts: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from psrq.models.layers import DinAttention, ItemTable, history_mask, masked_mean, mlp_head
+from psrq.models.layers import DinAttention, history_mask, masked_mean, mlp_head
 
 CONTENT_INPUTS = ["content_idx", "hist_content_idx"]
 
@@ -38,8 +38,8 @@ class Vbpr(nn.Module):
         self.modality_names = _content_buffers(self, modalities)
         width = sum(modalities[m].shape[1] for m in self.modality_names)
         d = spec.dim
-        self.item = ItemTable(spec.vocab_size, d)
-        self.item_bias = ItemTable(spec.vocab_size, 1, std=None)
+        self.item = spec.item_table()
+        self.item_bias = spec.item_table(1, std=None)
         self.project = nn.Linear(width, d, bias=False)  # E
         self.content_bias = nn.Linear(width, 1)         # beta' and the global bias b
 
@@ -84,7 +84,7 @@ class SimTierMake(nn.Module):
         self.spec, self.tiers, self.make, self.make_lr_scale = spec, tiers, make, make_lr_scale
         self.modality_names = _content_buffers(self, modalities)
         d = spec.dim
-        self.item = ItemTable(spec.vocab_size, d)
+        self.item = spec.item_table()
         self.id_attention = DinAttention(d)
         width = len(self.modality_names) * tiers + sum(modalities[m].shape[1] for m in self.modality_names)
         self.multimodal = nn.Sequential(nn.Linear(width, 2 * d), nn.PReLU(), nn.Linear(2 * d, d), nn.PReLU())

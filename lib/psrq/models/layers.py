@@ -20,14 +20,34 @@ class ItemTable(nn.Embedding):
     """An item-ID table (one row per vocabulary entry, 0 the padding row): the one kind of
     parameter whose size grows with the catalogue. With `sparse` set, its gradient holds
     only the rows a batch touched, and psrq.training.optim gives it an optimiser whose step
-    touches only those rows; the weights are the same either way."""
+    touches only those rows; the weights are the same either way.
 
-    def __init__(self, vocab_size: int, dim: int, std: float | None = 0.05):
-        super().__init__(vocab_size, dim, padding_idx=0)
+    keep (train.max_vocab): only indices below `keep` get a row of their own (the samples'
+    vocabulary is in train-frequency order, so these are the most frequent items); the
+    others share `buckets` rows by a multiplicative hash of their index, so the table's size
+    is bounded whatever the catalogue. Such items are told apart by their semantic codes."""
+
+    HASH = 2654435761  # Knuth's multiplicative constant: spreads neighbouring indices
+
+    def __init__(self, vocab_size: int, dim: int, std: float | None = 0.05, keep: int | None = None, buckets: int = 0):
+        self.keep = keep if keep is not None and keep < vocab_size else None
+        self.buckets = buckets if self.keep is not None else 0
+        if self.keep is not None and self.buckets < 1:
+            raise ValueError(f"an item table that keeps {keep} of {vocab_size} rows needs hash buckets >= 1")
+        super().__init__(self.keep + self.buckets if self.keep is not None else vocab_size, dim, padding_idx=0)
         if std is None:
             nn.init.zeros_(self.weight)
         else:
             nn.init.normal_(self.weight, std=std)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The table row of each vocabulary index."""
+        if self.keep is None:
+            return idx
+        return torch.where(idx < self.keep, idx, self.keep + (idx * self.HASH) % self.buckets)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.rows(idx))
 
 
 def set_sparse(model: nn.Module, sparse: bool) -> nn.Module:

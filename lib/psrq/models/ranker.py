@@ -30,6 +30,7 @@ from torch import nn
 import numpy as np
 
 from psrq.models.layers import DinAttention, ItemTable, SemanticEmbedding, history_mask, mlp_head, set_sparse
+from psrq.samples import FIRST_INDEX
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class ModelSpec:
     history_len: int
     dim: int = 64
     modalities: tuple[str, ...] = ("text", "audio")
+    keep: int | None = None   # item rows of their own (FIRST_INDEX + train.max_vocab); None: all
+    buckets: int = 0          # hash buckets the other items share
+
+    def item_table(self, dim: int | None = None, std: float | None = 0.05) -> "ItemTable":
+        return ItemTable(self.vocab_size, self.dim if dim is None else dim, std, self.keep, self.buckets)
 
 
 class Ranker(nn.Module):
@@ -77,7 +83,7 @@ class Ranker(nn.Module):
         self.spec = spec
         self.arch = architecture(spec.name, spec.modalities)
         d = spec.dim
-        self.item = ItemTable(spec.vocab_size, d)
+        self.item = spec.item_table()
         self.id_attention = DinAttention(d)
         used = sorted({s for b in self.arch.branches for s in b} | set(self.arch.targets))
         self.lookup = [s for s in used if s in CONTENT_CODE_SPACES]
@@ -139,19 +145,23 @@ NEEDS_CONTENT = ("qarm", "vbpr", "simtier_make")
 
 def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
                 content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio"),
-                sparse: bool = False) -> nn.Module:
+                sparse: bool = False, max_vocab: int | None = None, hash_buckets: int = 0) -> nn.Module:
     """content: psrq.content.ContentFeatures, for the models in NEEDS_CONTENT; options:
     model-specific settings (train.model_options); modalities: the samples' spaces but joint;
-    sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same)."""
-    return set_sparse(_build(name, vocab_size, k, layers, history_len, dim, content, options, modalities), sparse)
+    sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same);
+    max_vocab: rows of their own for the max_vocab most frequent items only, the others
+    share hash_buckets rows (psrq.models.layers.ItemTable)."""
+    keep = FIRST_INDEX + max_vocab if max_vocab else None
+    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities), keep, hash_buckets if keep else 0)
+    return set_sparse(_build(spec, content, options), sparse)
 
 
-def _build(name, vocab_size, k, layers, history_len, dim, content, options, modalities) -> nn.Module:
+def _build(spec: ModelSpec, content, options) -> nn.Module:
+    name = spec.name
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     if name in NEEDS_CONTENT and content is None:
         raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
-    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities))
     if name == "vbpr":
         from psrq.models.baselines import Vbpr
 

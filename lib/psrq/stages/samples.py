@@ -20,7 +20,7 @@ from psrq.config import Config
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.quant.artifact import read_manifest
 from psrq.content import CONTENT_FILE, write_content
-from psrq.samples import FIRST_INDEX, OOV, SamplesManifest, user_samples
+from psrq.samples import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, user_samples
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
 from psrq.stages.current import version_in_use
 from psrq.storage import AppTxn, open_engine
@@ -69,9 +69,11 @@ def grouping_partitions(events: int, events_per_task: int, cores: int) -> int:
 
 
 def build_vocabulary(train: DataFrame) -> DataFrame:
-    """Contiguous indices FIRST_INDEX.. for items with a train interaction, by item_id;
-    0 is padding and 1 out-of-vocabulary. Distributed (zipWithIndex after a sort)."""
-    ids = train.select(ITEM_ID).distinct().orderBy(ITEM_ID)
+    """Contiguous indices FIRST_INDEX.. for items with a train interaction, the most frequent
+    in the train split first (ties by item_id), so the first n indices are the n most
+    frequent items (train.max_vocab keeps them); 0 is padding and 1 out-of-vocabulary.
+    Distributed (zipWithIndex after a sort)."""
+    ids = train.groupBy(ITEM_ID).count().orderBy(F.desc("count"), ITEM_ID).select(ITEM_ID)
     rdd = ids.rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]) + FIRST_INDEX))
     return rdd.toDF(ITEM_VOCAB)
 
@@ -153,7 +155,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     info = {
         "codebook_version": cb_version, "k": k, "layers": layers, "spaces": spaces, "history_len": sc.history_len,
         "vocab_size": vocab_size, "vocab_table": vocab_path, "vocab_version": engine.version(vocab_path),
-        "code_shift": 1, "padding": 0, "oov_index": OOV,
+        "code_shift": 1, "padding": 0, "oov_index": OOV, "vocab_order": VOCAB_ORDER,
         "split_from_us": {"valid": valid_from, "test": test_from}, "cold": {"threshold": sc.cold_threshold, "scope": sc.cold_scope},
         "source_versions": versions, "splits": out,
     }

@@ -46,6 +46,8 @@ class TrainIdentity:
     sparse: bool
     table_optimizer: Optional[str]  # None with dense tables
     table_lr: Optional[float]       # the rate the tables train at; None with dense tables
+    max_vocab: Optional[int]
+    hash_buckets: Optional[int]     # None without max_vocab
 
     @classmethod
     def of(cls, train, man: SamplesManifest) -> "TrainIdentity":
@@ -59,6 +61,7 @@ class TrainIdentity:
             sparse=train.sparse,
             table_optimizer=train.table_optimizer if train.sparse else None,
             table_lr=table_rate(train.table_optimizer, train.table_lr, train.lr) if train.sparse else None,
+            max_vocab=train.max_vocab, hash_buckets=train.hash_buckets if train.max_vocab else None,
         )
 
     def as_dict(self) -> dict:

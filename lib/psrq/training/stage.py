@@ -17,7 +17,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from psrq.config import Config, absolute
 from psrq.content import read_content
 from psrq.models.ranker import NEEDS_CONTENT, build_model
-from psrq.samples import SamplesManifest
+from psrq.samples import VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
 from psrq.training.identity import TrainIdentity
 from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, check_compatible, clean_stale_temporaries,
@@ -40,7 +40,8 @@ def model_args(cfg: Config, man: SamplesManifest) -> dict:
     """build_model's arguments (content aside) for the samples' manifest."""
     return {"name": cfg.train.model, "vocab_size": man.vocab_size, "k": man.k, "layers": man.layers,
             "history_len": man.history_len, "dim": cfg.train.dim, "options": cfg.train.model_options,
-            "modalities": man.modalities, "sparse": cfg.train.sparse}
+            "modalities": man.modalities, "sparse": cfg.train.sparse, "max_vocab": cfg.train.max_vocab,
+            "hash_buckets": cfg.train.hash_buckets}
 
 
 def identity_and_folder(cfg: Config, man: SamplesManifest) -> tuple[TrainIdentity, str]:
@@ -107,6 +108,10 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     if tc.codebook_version and tc.codebook_version != man.codebook_version:
         raise TrainingError(f"samples at {cfg.samples.path} were built with codebook {man.codebook_version}, "
                             f"the model expects {tc.codebook_version} (train.codebook_version): rebuild the samples")
+    if tc.max_vocab and man.raw.get("vocab_order") != VOCAB_ORDER:
+        raise TrainingError(f"train.max_vocab keeps the most frequent items, but the samples at {cfg.samples.path} "
+                            "number items in another order (built before the vocabulary was frequency-ordered): "
+                            "rebuild them with jobs/build_samples.py")
     ident, ckpt_dir = identity_and_folder(cfg, man)
     meta = checkpoint_meta(ident)
     if tc.restart and fs.exists(ckpt_dir):
