@@ -3,9 +3,11 @@ tables) at V = 100k, 1M and 10M items, dense tables (all Adam) vs sparse ones (r
 Adagrad, the default), 2 processes, Horovod (through Spark) and TorchDistributor.
 
 Per run: the median step time (the slower rank), each rank's peak resident memory (the
-rank process's ru_maxrss), the gradient bytes a rank contributes to each exchange (dense:
-the whole gradient; sparse: the touched rows' indices and values, allgathered as such) and
-whether the ranks ended equal. Item popularity is Zipf-distributed (exponent 1.05), as in a
+rank process's ru_maxrss, so the interpreter and libraries too: about 0.9 GiB here), the
+gradient bytes per step (dense: the whole gradient; sparse: row indices and values) and
+whether the ranks ended equal. Horovod's figure is what a rank sends (its own gradient,
+before the exchange: uncoalesced, one row per lookup); DDP reduces during the backward pass,
+so TorchDistributor's is the reduced gradient (coalesced over both ranks' rows). Item popularity is Zipf-distributed (exponent 1.05), as in a
 music catalogue; labels are random (this measures cost, not quality).
 
 A dense run whose estimated memory (weights, gradient and Adam's two moments per rank)
@@ -120,6 +122,8 @@ def main():
         "sizes": {"model": "din", "dim": DIM, "batch_size": BATCH, "history_len": N, "processes": WORLD,
                   "steps": a.steps, "zipf_exponent": ZIPF, "vocab": a.vocab},
         "runs": results,
+        "notes": "gradient_mib_per_rank_per_step: Horovod: each rank's own gradient as sent; TorchDistributor: "
+                 "the gradient after DDP's reduction (coalesced). peak_rss includes the interpreter and libraries.",
         f"step_time_ratio_V{hi}_vs_V{lo}": {f"{b}/{k}": ratio(b, k, hi, lo) for b in a.backends for k in ("sparse", "dense")},
         "device": "cpu",
     })

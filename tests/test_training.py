@@ -349,3 +349,14 @@ def test_max_vocab_trains_a_bounded_table_on_frequency_ordered_samples(samples_c
     (stale / "manifest.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "vocab_order"}))
     with pytest.raises(TrainingError, match="max_vocab keeps the most frequent items.*rebuild them"):
         train_stage(cfg.with_overrides({"samples.path": str(stale)}), progress=False)
+
+
+def test_ranks_that_resumed_from_different_steps_are_refused_and_checksums_are_exact_in_chunks():
+    from psrq.training.distributed import param_checksum, same_start
+
+    assert same_start([40, 40, 40]) == 40
+    with pytest.raises(TrainingError, match=r"resumed from different steps \[0, 40\].*every rank sees"):
+        same_start([0, 40])
+    m = torch.nn.Linear(300, 7)
+    whole = sum(p.detach().double().sum().item() for p in m.parameters())
+    assert param_checksum(m, chunk=64) == pytest.approx(whole, rel=1e-12)

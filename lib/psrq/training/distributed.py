@@ -30,7 +30,7 @@ import sys
 import torch
 
 from psrq.storage import fs
-from psrq.training.loop import autocast_dtype, batch_count, resume, train_loop
+from psrq.training.loop import TrainingError, autocast_dtype, batch_count, resume, train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -65,9 +65,20 @@ def _where() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.executable}
 
 
-def param_checksum(model: torch.nn.Module) -> float:
-    # summed in float64 without a float64 copy of the tables (10M rows: 5 GB otherwise)
-    return float(sum(p.detach().sum(dtype=torch.float64).item() for p in model.parameters()))
+def param_checksum(model: torch.nn.Module, chunk: int = 1 << 22) -> float:
+    """The sum of every parameter, in float64, in chunks: a float64 copy of a 10M-row
+    table at once would be 5 GB."""
+    return float(sum(c.sum(dtype=torch.float64).item() for p in model.parameters()
+                     for c in p.detach().reshape(-1).split(chunk)))
+
+
+def same_start(starts: list[int]) -> int:
+    """Every rank resumed from the same checkpoint step, or none did; else a clear error (a
+    checkpoint folder that not every rank sees)."""
+    if len(set(starts)) != 1:
+        raise TrainingError(f"the ranks resumed from different steps {starts}: train.checkpoint_dir must be storage "
+                            "that every rank sees (a shared filesystem or object storage)")
+    return starts[0]
 
 
 def _model_and_opt(job: dict, device: torch.device):
@@ -115,8 +126,9 @@ def horovod_worker(job: dict) -> dict:
     device = rank_device(job["device"], hvd.local_rank())
     model, opt, start = _model_and_opt(job, device)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    for part in opt.parts.values():
-        hvd.broadcast_optimizer_state(part, root_rank=0)
+    # every rank restored the same checkpoint or none (checked): the optimiser state needs
+    # no broadcast, which would give every table a dense zero gradient to initialise it
+    start = same_start(hvd.allgather_object(start))
     names = {id(p): n for n, p in model.named_parameters()}
     opt.wrap(lambda _, part: hvd.DistributedOptimizer(
         part, named_parameters=[(names[id(p)], p) for g in part.param_groups for p in g["params"]]))
@@ -161,6 +173,9 @@ def ddp_worker(job: dict) -> list[dict]:
         rank, world = dist.get_rank(), dist.get_world_size()
         device = rank_device(job["device"], int(os.environ.get("LOCAL_RANK", "0")))
         model, opt, start = _model_and_opt(job, device)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, start)
+        start = same_start(gathered)
         ddp = DDP(model)  # broadcasts rank 0's parameters on construction
         reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
 
