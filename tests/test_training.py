@@ -55,6 +55,19 @@ def test_readers_deliver_every_row_once_across_two_shards(parquet_dir, kind):
     assert sorted(seen) == list(range(total))
 
 
+def test_petastorm_and_arrow_readers_give_the_same_batches_in_the_same_order(parquet_dir):
+    """Petastorm schedules the row groups, the batches come from the same columnar
+    conversion: equal batches, deterministically ordered (a resumed run relies on it)."""
+    path, _ = parquet_dir
+    for rank in (0, 1):
+        arrow = list(make_reader("arrow", path, ["id", "label", "hist"], 50, rank, 2))
+        for _ in range(2):
+            peta = list(make_reader("petastorm", path, ["id", "label", "hist"], 50, rank, 2))
+            assert len(peta) == len(arrow)
+            for a, b in zip(arrow, peta):
+                assert set(a) == set(b) and all(np.array_equal(a[c], b[c]) and a[c].dtype == b[c].dtype for c in a)
+
+
 def test_too_many_shards_is_an_error_not_a_hang(parquet_dir):
     path, _ = parquet_dir
     with pytest.raises(ShardError, match="7 row group\\(s\\) for 8 processes"):
