@@ -152,3 +152,6 @@ def test_the_gpu_install_says_what_this_machine_lacks_before_changing_anything(t
     no_toolkit = run()
     assert no_toolkit.returncode == 1 and "needs the CUDA toolkit" in no_toolkit.stderr and "nvcc" in no_toolkit.stderr
     assert not (tmp_path / "venv").exists()  # refused before a virtual environment was made
+    # the README's `make setup GPU=1` is this script in GPU mode
+    dry = subprocess.run(["make", "-n", "setup", "GPU=1"], cwd=root, capture_output=True, text=True, check=True)
+    assert "PSRQ_GPU=1 bash scripts/setup_env.sh" in dry.stdout
