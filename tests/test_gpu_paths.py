@@ -155,3 +155,11 @@ def test_the_gpu_install_says_what_this_machine_lacks_before_changing_anything(t
     # the README's `make setup GPU=1` is this script in GPU mode
     dry = subprocess.run(["make", "-n", "setup", "GPU=1"], cwd=root, capture_output=True, text=True, check=True)
     assert "PSRQ_GPU=1 bash scripts/setup_env.sh" in dry.stdout
+
+
+def test_ddp_uses_nccl_on_gpus_only_where_it_can_reduce_the_gradients():
+    from psrq.training.distributed import ddp_backend
+
+    assert ddp_backend(torch.device("cpu"), sparse=True) == ddp_backend(torch.device("cpu"), sparse=False) == "gloo"
+    assert ddp_backend(torch.device("cuda:1"), sparse=False) == "cpu:gloo,cuda:nccl"
+    assert ddp_backend(torch.device("cuda:0"), sparse=True) == "gloo"  # NCCL has no sparse allreduce

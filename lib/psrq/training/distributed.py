@@ -8,8 +8,9 @@
   allreduced, the item tables' sparse gradients allgathered as (rows, values), never
   densified. Rank 0's parameters and optimizer state are broadcast first.
 - torch-distributor: `TorchDistributor` with DistributedDataParallel over Gloo (which
-  reduces sparse gradients as sparse): torchrun processes on the driver machine under a
-  local master, barrier tasks on the executors (local_mode=False) on a cluster.
+  reduces sparse gradients as sparse; NCCL for dense models on GPUs, see ddp_backend):
+  torchrun processes on the driver machine under a local master, barrier tasks on the
+  executors (local_mode=False) on a cluster.
 
 Uneven shards: the ranks agree on the step count first (the largest shard's batches, or
 train.max_steps), and a rank whose shard ends early takes its remaining steps on a batch
@@ -161,6 +162,16 @@ def run_horovod(spark, job: dict, num_proc: int) -> list[dict]:
                              env=dict(RANK_ENV), nics=nics, executable=executor_python(spark))
 
 
+def ddp_backend(device: torch.device, sparse: bool) -> str:
+    """The process group for DDP: Gloo on the CPU; on CUDA, NCCL for the tensors on the GPU
+    (Gloo for the CPU ones) unless the item tables have sparse gradients, which stock
+    PyTorch's NCCL group cannot reduce (pytorch/pytorch#22400) and Gloo can, on CUDA tensors
+    too. Horovod has no such limit: it allgathers sparse gradients, over NCCL on GPUs."""
+    if device.type != "cuda" or sparse:
+        return "gloo"
+    return "cpu:gloo,cuda:nccl"
+
+
 def ddp_worker(job: dict) -> list[dict]:
     """Runs in each TorchDistributor process; returns every rank's summary (from rank 0)."""
     import torch.distributed as dist
@@ -168,10 +179,12 @@ def ddp_worker(job: dict) -> list[dict]:
 
     if job.get("gloo_ifname"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", job["gloo_ifname"])
-    dist.init_process_group("gloo")
+    device = rank_device(job["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(ddp_backend(device, job["model"].get("sparse", False)))
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        device = rank_device(job["device"], int(os.environ.get("LOCAL_RANK", "0")))
         model, opt, start = _model_and_opt(job, device)
         gathered = [None] * world
         dist.all_gather_object(gathered, start)
