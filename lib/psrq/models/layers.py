@@ -50,16 +50,15 @@ class ItemTable(nn.Embedding):
         return super().forward(self.rows(idx))
 
 
-def set_sparse(model: nn.Module, sparse: bool) -> nn.Module:
-    """Sparse (or dense) gradients for every item-ID table of the model."""
-    for m in model.modules():
-        if isinstance(m, ItemTable):
-            m.sparse = sparse
-    return model
-
-
 def item_tables(model: nn.Module) -> list[ItemTable]:
     return [m for m in model.modules() if isinstance(m, ItemTable)]
+
+
+def set_sparse(model: nn.Module, sparse: bool) -> nn.Module:
+    """Sparse (or dense) gradients for every item-ID table of the model."""
+    for table in item_tables(model):
+        table.sparse = sparse
+    return model
 
 
 class SemanticEmbedding(nn.Module):

@@ -131,7 +131,7 @@ def horovod_worker(job: dict) -> dict:
     # no broadcast, which would give every table a dense zero gradient to initialise it
     start = same_start(hvd.allgather_object(start))
     names = {id(p): n for n, p in model.named_parameters()}
-    opt.wrap(lambda _, part: hvd.DistributedOptimizer(
+    opt.wrap(lambda part: hvd.DistributedOptimizer(
         part, named_parameters=[(names[id(p)], p) for g in part.param_groups for p in g["params"]]))
     reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
     steps = total_steps(job, reader, lambda n: hvd.allreduce(torch.tensor(n), op=hvd.Max, name="psrq.steps").item())

@@ -99,8 +99,8 @@ class Optimizers:
         for name, opt in self.parts.items():
             opt.load_state_dict(state[name])
 
-    def wrap(self, fn: Callable[[str, torch.optim.Optimizer], torch.optim.Optimizer]) -> "Optimizers":
-        self.parts = {name: fn(name, opt) for name, opt in self.parts.items()}
+    def wrap(self, fn: Callable[[torch.optim.Optimizer], torch.optim.Optimizer]) -> "Optimizers":
+        self.parts = {name: fn(opt) for name, opt in self.parts.items()}
         return self
 
 
