@@ -9,7 +9,7 @@ help:
 	@echo "make test    run the test suite"
 	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached); GPU=1 for GPU nodes"
 	@echo "make bench   run the benchmarks (JSON under benchmarks/results/)"
-	@echo "make experiments  the paper's Tables 2-4 on synthetic data and MovieLens-100k, 3 seeds (docs/results/)"
+	@echo "make experiments  tuning on the valid split, then the paper's Tables 2-4 on synthetic data and MovieLens-100k, 3 seeds (docs/results/)"
 	@echo "make package build dist/psrq.zip for spark-submit --py-files"
 
 # GPU=1: faiss's GPU build and horovod with NCCL (needs an NVIDIA driver and the CUDA toolkit)
@@ -33,11 +33,14 @@ BENCH ?= kmeans assign assign_memory training scale evaluate demo
 bench: setup
 	@for b in $(BENCH); do echo "== benchmark $$b"; PYTHONPATH=benchmarks $(PY) benchmarks/bench_$$b.py $(ARGS) || exit 1; done
 
-# The paper's tables on both datasets (one process per training run: on 2 cores data
-# parallelism only adds overhead). Resumable: finished cells are skipped.
+# Per dataset: the tuning search on the valid split (writes conf/tuned/<dataset>.yaml), then
+# the paper's tables with the tuned settings (one process per training run: on 2 cores data
+# parallelism only adds overhead). Resumable: finished trials and cells are reused.
 EXP_ARGS := train.backend=single train.reader=arrow
 experiments: setup
+	$(PY) jobs/tune.py --dataset synthetic_small $(EXP_ARGS) $(ARGS)
 	$(PY) jobs/run_experiments.py --dataset synthetic_small $(EXP_ARGS) $(ARGS)
+	$(PY) jobs/tune.py --dataset movielens_100k $(EXP_ARGS) $(ARGS)
 	$(PY) jobs/run_experiments.py --dataset movielens_100k $(EXP_ARGS) $(ARGS)
 
 package: setup

@@ -60,7 +60,7 @@ def stage(spark, cfg):
           f"{trained['samples_per_second']:,.0f} samples/s): train loss {format_metric(trained['train_loss'])}, "
           f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f}")
     evaluated = {}
-    baseline = cfg.with_overrides({"train.model": "din"})
+    baseline = cfg.for_model("din")  # with its own tuned settings (conf/tuned)
     for c in (cfg, baseline):
         if c is baseline and cfg.train.model != "din":
             step("train din (baseline)", lambda: train_stage(c, spark, progress=False))

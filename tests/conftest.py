@@ -7,6 +7,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the hand-set defaults in every process the tests start: the datasets' tuned settings
+# (conf/tuned) would make every training in the suite run many epochs. test_tuning tests them.
+os.environ["PSRQ_TUNED"] = "0"
 
 
 @pytest.fixture(scope="session")

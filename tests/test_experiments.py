@@ -1,6 +1,8 @@
 """Experiment matrices: the paper's tables load, the runner trains and evaluates every
 (cell, seed) once, resumes without redoing finished cells, and the report says what the
 numbers allow."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -29,8 +31,9 @@ def test_runner_resumes_and_reports(spark, tmp_path):
                                               "din_vq": {"codebooks.method": "vq", "train.model": "din_codes"}})
     said = []
     first = run_experiment(spark, cfg, exp, [0], progress=said.append)
-    assert [(r["cell"], r["seed"]) for r in first] == [("din", 0), ("din_vq", 0)]
-    assert {r["method"] for r in first} == {"psrq", "vq"}
+    assert [(r["cell"], r["seed"]) for r in first] == [("din", 0), ("din_vq", 0), ("floor:global_rate", 0),
+                                                       ("floor:item_popularity", 0), ("floor:item_rate", 0), ("floor:user_rate", 0)]
+    assert {r["method"] for r in first[:2]} == {"psrq", "vq"}
     again = run_experiment(spark, cfg, exp, [0, 1], progress=said.append)
     assert [(r["cell"], r["seed"]) for r in again] == [("din", 1), ("din_vq", 1)]  # seed 0 not redone
     assert "2 of 4 cells done, 2 to run" in said[-3]
@@ -38,14 +41,30 @@ def test_runner_resumes_and_reports(spark, tmp_path):
 
     dcfg = dataset_config(cfg)
     res = read_results(spark, dcfg)
-    assert len(res) == 4 and res.auc.between(0, 1).all()
+    floors = res[res.cell.str.startswith("floor:")]
+    assert sorted(floors.cell) == ["floor:global_rate", "floor:item_popularity", "floor:item_rate", "floor:user_rate"]
+    assert (floors.rows == res.rows.iloc[0]).all() and (floors.train_identity == "floor").all()  # the same test rows
+    res_models = res[~res.cell.str.startswith("floor:")]
+    assert len(res_models) == 4 and res.auc.between(0, 1).all()
+    assert (res_models.best_step <= res_models.steps).all() and res_models.curve.map(lambda c: len(json.loads(c)) >= 1).all()
+    assert res_models.calibration_error.between(0, 1).all()
     # seeds differ (ranker initialisation), the quantizer's samples are shared across seeds
     din = res[res.cell == "din"].sort_values("seed")
     assert din.auc.iloc[0] != din.auc.iloc[1] and din.eval_id.nunique() == 2
     path = write_report(res, exp, cfg.dataset.name, dcfg.codebooks_root(), str(tmp_path / "reports"))
     text = path.read_text()
     assert "| **din_vq** | 2 |" in text and "%Improv." in text and "Welch" in text
+    assert "| floor:item_rate | 1 |" in text and "Δ All AUC vs best floor [95%]" in text
+    assert "vs the best floor (floor:" in text  # the verdict on ours against the floors
     assert (tmp_path / "reports" / f"t_{cfg.dataset.name}.png").stat().st_size > 1000
+    assert (tmp_path / "reports" / f"t_{cfg.dataset.name}_curves.png").stat().st_size > 1000
+    # a changed setting is a new training identity: the cell runs again, the report shows the newest
+    changed = cfg.with_overrides({"train.lr": 0.001})
+    rerun = run_experiment(spark, changed, exp, [0], progress=said.append)
+    assert [(r["cell"], r["seed"]) for r in rerun] == [("din", 0), ("din_vq", 0)]
+    latest = read_results(spark, dcfg)
+    assert len(latest[~latest.cell.str.startswith("floor:")]) == 4
+    assert set(latest[latest.seed == 0].train_identity) >= {r["train_identity"] for r in rerun}
     assert "space: text" in text  # diagnostics of the quantizers used
 
 
@@ -61,3 +80,24 @@ def test_improvement_and_significance_as_the_paper_prints_them():
     lo, hi = c["auc"]["diff_ci95"]
     assert 0 < lo < 0.06 < hi  # the difference of means (0.06) inside its interval, 0 outside
     assert c["logloss"]["best_other"] == "b" and not c["logloss"]["ours_better"]  # lower is better
+
+
+def test_the_difference_to_the_best_floor_has_a_t_interval_over_seeds():
+    from psrq.experiments.report import floor_verdict, versus_floors
+
+    exp = Experiment("x", "x", "ours", {"a": {}, "ours": {}})
+    res = pd.DataFrame({"cell": ["a"] * 3 + ["ours"] * 3 + ["floor:item_rate", "floor:global_rate"], "seed": [0, 1, 2] * 2 + [0, 0],
+                        "auc": [0.69, 0.70, 0.71, 0.72, 0.73, 0.74, 0.70, 0.5], "cold_auc": [0.6] * 6 + [0.55, 0.5],
+                        "logloss": [0.6] * 8, "calibration_error": [0.01] * 8})
+    s = summarise(res, exp)
+    assert list(s.cell) == ["a", "ours", "floor:global_rate", "floor:item_rate"]
+    f = versus_floors(res, s)
+    ours = f["ours"]["auc"]
+    assert ours["floor"] == "floor:item_rate" and ours["diff"] == pytest.approx(0.03)
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert ours["ci95"] == pytest.approx((0.03 - half, 0.03 + half))
+    assert f["a"]["auc"]["ci95"][0] < 0 < f["a"]["auc"]["ci95"][1]
+    assert "floor:item_rate" not in f and compare(res, s, exp)["auc"]["best_other"] == "a"  # floors are not "other cells"
+    lines = floor_verdict(f, exp)
+    assert "All AUC" in lines[0] and "**holds**" in lines[0]
+    assert "Cold AUC" in lines[1] and "**holds**" in lines[1]

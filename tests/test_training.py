@@ -98,7 +98,7 @@ def _train(cfg, ckpt, steps, every, model_name="mcca"):
     cols = model.inputs + ["label"]
     reader = lambda: make_reader("arrow", man.split_path("train"), cols, 256)  # noqa: E731
     meta = {"model_name": model_name, "vocab_size": man.vocab_size}
-    start = resume(ckpt, model, opt, meta)
+    start, _ = resume(ckpt, model, opt, meta)
     res = train_loop(model, reader, opt, torch.device("cpu"), ckpt, every, meta, steps, start, progress=False)
     return model, res
 
@@ -118,7 +118,7 @@ def test_weights_and_optimiser_state_are_separate_files_and_a_missing_state_is_r
     folder = str(tmp_path / "c")
     _train(samples_cfg, folder, 12, 5)
     weights = torch.load(Path(folder, "checkpoint.pt"), weights_only=True)
-    assert set(weights) == {"model", "step", "meta"} and weights["step"] == 12
+    assert set(weights) == {"model", "step", "meta", "trace"} and weights["step"] == 12
     # only the committed step's optimiser state is kept, and it holds the table accumulators
     assert sorted(p.name for p in Path(folder).glob("optimizer-*.pt")) == ["optimizer-12.pt"]
     optim = torch.load(Path(folder, "optimizer-12.pt"), weights_only=True)
@@ -353,7 +353,8 @@ def test_max_vocab_trains_a_bounded_table_on_frequency_ordered_samples(samples_c
     cfg = _with(samples_cfg, model="mcca", checkpoint_dir=str(tmp_path), max_vocab=200, hash_buckets=50)
     res = train_stage(cfg, progress=False)
     weights = load_checkpoint(res["checkpoint"])["model"]
-    assert weights["item.weight"].shape[0] == 2 + 200 + 50 < man.vocab_size
+    assert weights["base.item.weight"].shape[0] == 2 + 200 + 50 < man.vocab_size
+    assert weights["priors.item_bias.weight"].shape[0] == 2 + 200 + 50  # the item biases are bounded alike
     assert res["settings"]["max_vocab"] == 200 and res["valid"]["auc"] > 0.6
     # samples numbered in another order cannot say which items are the frequent ones
     raw = json.loads(Path(samples_cfg.samples.path, "manifest.json").read_text())

@@ -1,15 +1,17 @@
 """Configuration: YAML layers in conf/ merged by OmegaConf, validated by pydantic.
 
 Order of precedence (last wins): conf/base.yaml, conf/<profile>.yaml,
-conf/datasets/<dataset>.yaml, then command-line overrides `key.path=value`.
-Every error names the key it is about.
+conf/datasets/<dataset>.yaml, the dataset's tuned settings for train.model
+(conf/tuned/<dataset>.yaml, written by jobs/tune.py), then command-line overrides
+`key.path=value`. Every error names the key it is about.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -201,8 +203,11 @@ class SamplesConf(_Strict):
         return self
 
 
+MODEL_NAMES = ("mcca", "din", "din_codes", "mcca_wo_msc", "mcca_wo_mjc", "vbpr", "qarm", "simtier_make")
+
+
 class TrainConf(_Strict):
-    model: Literal["mcca", "din", "din_codes", "mcca_wo_msc", "mcca_wo_mjc", "vbpr", "qarm", "simtier_make"] = "mcca"
+    model: Literal[MODEL_NAMES] = "mcca"
     backend: Literal["single", "horovod", "torch-distributor"] = "horovod"
     reader: Literal["petastorm", "arrow"] = "petastorm"
     num_proc: int = Field(2, ge=1)
@@ -231,6 +236,18 @@ class TrainConf(_Strict):
     hash_buckets: int = Field(1024, ge=1)
     # the codebook version the model is meant for; null: whatever the samples were built with
     codebook_version: Optional[str] = None
+    # passes over the train split at most; the valid split is scored every eval_every steps
+    # (0: at the end of each epoch) and training stops after `patience` scores without a
+    # better valid AUC (0: never early). The best-scoring weights are what evaluation reads.
+    epochs: int = Field(1, ge=1)
+    eval_every: int = Field(0, ge=0)
+    patience: int = Field(2, ge=0)
+    weight_decay: float = Field(0.0, ge=0)        # decoupled (AdamW) on the dense parameters
+    embedding_dropout: float = Field(0.0, ge=0, lt=1)  # on the item-ID embeddings, in training
+    # item and user bias terms and the train split's counts and positive rates as features
+    # (psrq.models.priors); users share user_buckets rows by a hash of their ID
+    priors: bool = True
+    user_buckets: int = Field(65536, ge=2)
 
 
 class EvaluateConf(_Strict):
@@ -329,6 +346,27 @@ class EmbedTextConf(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class TuningConf(_Strict):
+    """jobs/tune.py: per model, a staged grid on the valid split (psrq.experiments.tuning)."""
+    models: list[Literal[MODEL_NAMES]] = Field(default_factory=lambda: ["mcca", "din", "vbpr", "qarm", "simtier_make"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    epochs: int = Field(8, ge=1)     # the most; early stopping keeps the best validation
+    patience: int = Field(2, ge=1)
+    # train settings (train.<key>), tried in this order, each with the best values of those
+    # before it; an empty list: not searched
+    space: dict[str, list[Any]] = Field(default_factory=lambda: {"lr": [5e-4, 2e-3]})
+    # models that take another's settings (the ablations and variants of a tuned model)
+    inherit: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("space")
+    @classmethod
+    def _train_keys(cls, value):
+        for key in value:
+            if key not in TrainConf.model_fields or key in ("model", "seed"):
+                raise ValueError(f"{key}: the search space holds train settings only (train.<key>, not model or seed)")
+        return {k: v for k, v in value.items() if v}
+
+
 class ExperimentsConf(_Strict):
     root: str = "./data/experiments"   # per dataset: Delta tables, codebooks, samples, checkpoints
     names: list[str] = Field(default_factory=lambda: ["table2", "table3", "table4"])  # conf/experiments/<name>.yaml
@@ -361,6 +399,11 @@ class Config(_Strict):
     movielens: MovieLensConf = MovieLensConf()
     embed_text: EmbedTextConf = EmbedTextConf()
     experiments: ExperimentsConf = ExperimentsConf()
+    tuning: TuningConf = TuningConf()
+    # the dataset's tuned settings per model (conf/tuned/<dataset>.yaml), less the keys the
+    # command line set: applied for train.model at load, and by for_model
+    tuned: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    conf_dir: Optional[str] = None  # the configuration folder it was read from (set by load_config)
 
     @model_validator(mode="after")
     def _locations(self):
@@ -407,6 +450,12 @@ class Config(_Strict):
         except ValidationError as exc:
             raise ConfigError(_explain(exc)) from None
 
+    def for_model(self, model: str, overrides: dict | None = None) -> "Config":
+        """This configuration for another train.model: its tuned settings, then `overrides`.
+        (A tuned entry holds every key the search set, so no other model's value stays.)"""
+        tuned = {f"train.{k}": v for k, v in self.tuned.get(model, {}).items()}
+        return self.with_overrides({**tuned, **(overrides or {}), "train.model": model})
+
     def fingerprint(self, *sections: str) -> str:
         """Short stable hash of the named sections, for idempotency keys."""
         data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
@@ -451,14 +500,22 @@ def load_config(
     dataset: str = "synthetic_small",
     overrides: list[str] | tuple[str, ...] = (),
     conf_dir: str | Path | None = None,
+    tuned: bool | None = None,
 ) -> Config:
+    """tuned=False: without the dataset's tuned settings (conf/tuned), the hand-set defaults;
+    None: with them unless the environment sets PSRQ_TUNED=0 (the test suite does)."""
     conf_dir = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
-    merged = OmegaConf.merge(
-        read_layer(conf_dir, "base", "base config"),
-        read_layer(conf_dir, profile, "profile"),
-        read_layer(conf_dir.joinpath("datasets"), dataset, "dataset"),
-        _overrides(list(overrides)),
-    )
+    layers = [read_layer(conf_dir, "base", "base config"), read_layer(conf_dir, profile, "profile"),
+              read_layer(conf_dir.joinpath("datasets"), dataset, "dataset")]
+    cli = _overrides(list(overrides))
+    if tuned is None:
+        tuned = os.environ.get("PSRQ_TUNED", "1") != "0"
+    tuned = tuned_settings(conf_dir, dataset, {k[len("train."):] for k in _dotted(cli) if k.startswith("train.")}) \
+        if tuned else {}
+    model = OmegaConf.select(OmegaConf.merge(*layers, cli), "train.model")
+    merged = OmegaConf.merge(*layers, OmegaConf.create({"tuned": tuned, "conf_dir": str(conf_dir)}),
+                             OmegaConf.create({"train": tuned.get(model, {})}),
+                             cli)
     try:
         raw = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as exc:
@@ -467,3 +524,39 @@ def load_config(
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
+
+
+TUNED_DIR = "tuned"  # conf/tuned/<dataset>.yaml (jobs/tune.py)
+
+
+def _dotted(node, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested override layer (train.lr=... -> 'train.lr')."""
+    keys = []
+    for k, v in (node.items() if hasattr(node, "items") else []):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        keys += _dotted(v, key) if OmegaConf.is_dict(v) or isinstance(v, dict) else [key]
+    return keys
+
+
+def tuned_settings(conf_dir, dataset: str, explicit: set[str] = frozenset()) -> dict[str, dict]:
+    """model -> {train setting: value} from conf/tuned/<dataset>.yaml (none: {}), without the
+    train settings set explicitly on the command line (those win)."""
+    path = conf_dir.joinpath(TUNED_DIR).joinpath(f"{dataset}.yaml")  # a folder, or one inside the package zip
+    if not path.is_file():
+        return {}
+    try:
+        raw = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True) or {}
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot parse YAML: {exc}") from exc
+    table = raw.get("tuned") if isinstance(raw, dict) else None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected a `tuned:` mapping of model -> {{train setting: value}}")
+    out = {}
+    for model, settings in table.items():
+        if model not in MODEL_NAMES or not isinstance(settings, dict):
+            raise ConfigError(f"{path}: tuned.{model}: not a model ({', '.join(MODEL_NAMES)}) with a mapping of settings")
+        bad = [k for k in settings if k not in TrainConf.model_fields or k in ("model", "seed")]
+        if bad:
+            raise ConfigError(f"{path}: tuned.{model}: only train settings (not model or seed) are tuned, not {bad}")
+        out[model] = {k: v for k, v in settings.items() if k not in explicit}
+    return out

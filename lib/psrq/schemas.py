@@ -147,5 +147,6 @@ EVAL_METRICS = T.StructType(
         T.StructField("cold_auc", T.DoubleType(), True),
         T.StructField("logloss", T.DoubleType(), False),
         T.StructField("gauc", T.DoubleType(), True),
+        T.StructField("calibration_error", T.DoubleType(), True),  # psrq.evaluation.arrays.calibration_error
     ]
 )

@@ -101,6 +101,7 @@ def floors_stage(spark, cfg) -> dict[str, dict]:
         "config": json.dumps({"floor": name, "prior": PRIOR, "from": "train split"}, sort_keys=True),
         "predictions": "", "rows": m["rows"], "cold_rows": m["cold_rows"], "auc": m["auc"], "cold_auc": m["cold_auc"],
         "logloss": m["logloss"], "gauc": m.get("gauc"),
+        "calibration_error": m.get("calibration_error"),
     } for name, m in metrics.items()]
     txn = AppTxn(f"psrq.floors.{man.key}.{ec.split}", cfg.run.run_id)
     engine.write(spark.createDataFrame(records, EVAL_METRICS), metrics_path, "append", txn,

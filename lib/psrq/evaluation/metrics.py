@@ -10,11 +10,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from psrq.evaluation.arrays import CALIBRATION_BINS, EPS
 from psrq.evaluation.auc import AucPiece, EvaluationError, auc, auc_piece, combine
 
 log = logging.getLogger(__name__)
-EPS = 1e-7  # log loss clips probabilities to [EPS, 1 - EPS]
-RECORDED = ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc")  # what eval_metrics keeps of a result
+# what eval_metrics keeps of a result
+RECORDED = ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc", "calibration_error")
 _PIECE = T.StructType([T.StructField("low", T.DoubleType()), T.StructField("pos", T.LongType()),
                        T.StructField("neg", T.LongType()), T.StructField("twice_local", T.LongType())])
 
@@ -48,6 +49,16 @@ def logloss(preds: DataFrame, score: str = "score", label: str = "label") -> flo
     return float(preds.select(F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p)))).first()[0])
 
 
+def calibration_error(preds: DataFrame, score: str = "score", label: str = "label", bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error over equal-width score bins (psrq.evaluation.arrays)."""
+    s = F.col(score).cast("double")
+    b = F.least(F.greatest(F.floor(s * bins), F.lit(0)), F.lit(bins - 1))
+    per_bin = preds.groupBy(b.alias("b")).agg(F.sum(s).alias("s"), F.sum(F.col(label).cast("double")).alias("y"),
+                                              F.count(F.lit(1)).alias("n"))
+    r = per_bin.agg(F.sum(F.abs(F.col("s") - F.col("y"))).alias("gap"), F.sum("n").alias("n")).first()
+    return float(r["gap"] / r["n"]) if r["n"] else 0.0
+
+
 def grouped_auc(preds: DataFrame, group: str = "user_id", score: str = "score", label: str = "label") -> tuple[float | None, int]:
     """Impression-weighted mean of per-user AUCs over users with both labels (GAUC), and
     how many users count."""
@@ -72,6 +83,7 @@ def evaluate_predictions(preds: DataFrame, gauc: bool = True) -> dict:
     out = {"rows": int(counts["rows"]), "positives": int(counts["positives"] or 0), "cold_rows": int(counts["cold_rows"] or 0)}
     out["auc"] = exact_auc(preds)
     out["logloss"] = logloss(preds)
+    out["calibration_error"] = calibration_error(preds)
     try:
         out["cold_auc"] = exact_auc(preds.filter(F.col("is_cold") == 1), what="cold predictions")
     except EvaluationError as exc:  # a split can lack cold positives: report, do not fail the run

@@ -42,7 +42,7 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     ec, tc = cfg.evaluate, cfg.train
     man = SamplesManifest.read(cfg.samples.path)
     ident, ckpt_dir = identity_and_folder(cfg, man)
-    ckpt = load_checkpoint(ckpt_dir)
+    ckpt = load_checkpoint(ckpt_dir, best=True)  # the best validation's weights
     if ckpt is None:
         raise EvaluationError(f"no trained {tc.model} (seed {tc.seed}) with these training settings for the samples at "
                               f"{cfg.samples.path} (run {ident.key}, looked in {ckpt_dir}): run jobs/train_ranker.py "
@@ -84,6 +84,7 @@ def evaluate_stage(spark, cfg: Config) -> dict:
                              sort_keys=True),
         "predictions": pred_path, "rows": metrics["rows"], "cold_rows": metrics["cold_rows"], "auc": metrics["auc"],
         "cold_auc": metrics["cold_auc"], "logloss": metrics["logloss"], "gauc": metrics.get("gauc"),
+        "calibration_error": metrics.get("calibration_error"),
     }
     engine.write(spark.createDataFrame([record], EVAL_METRICS), metrics_path, "append", txn,
                  description=f"metrics of {eval_id}")

@@ -36,9 +36,10 @@ def dataset_config(cfg: Config) -> Config:
 
 
 def cell_config(dcfg: Config, overrides: dict, seed: int) -> Config:
-    """A cell's configuration: its overrides, then semantic IDs, vocabulary and samples kept
-    apart per quantizer, so cells of different quantizers do not overwrite each other."""
-    c = dcfg.with_overrides(overrides)
+    """A cell's configuration: its model's tuned settings (conf/tuned), its overrides, then
+    semantic IDs, vocabulary and samples kept apart per quantizer, so cells of different
+    quantizers do not overwrite each other."""
+    c = dcfg.for_model(overrides.get("train.model", dcfg.train.model), overrides)
     m = c.codebooks.method
     return c.with_overrides({"storage.tables.semantic_ids": f"semantic_ids_{m}", "storage.tables.item_vocab": f"item_vocab_{m}",
                              "samples.path": f"{dcfg.samples.path}_{m}", "train.seed": seed, "run.run_id": seed})

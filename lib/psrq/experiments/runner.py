@@ -1,12 +1,16 @@
 """Run an experiment matrix over seeds: per cell and seed, train and evaluate (Spark),
-recording one row per (experiment, dataset, cell, seed) in the experiment_results Delta
-table. Finished rows are skipped, so a killed run resumes where it stopped.
+recording one row per (experiment, dataset, cell, seed, training identity) in the
+experiment_results Delta table, and one row per non-learned floor (cells `floor:<name>`,
+psrq.evaluation.floors) on the same test rows. Finished rows are skipped, so a killed run
+resumes where it stopped; a cell whose settings changed (a tuned configuration) is a new
+training identity and runs again, and the reports read each cell's newest row.
 
 Data and semantic IDs are prepared once per dataset and quantizer (the samples' manifest
 marks them done); codebooks are fitted once per quantizer (codebooks.seed), rankers once
 per seed (train.seed): the seeds measure the ranker's variance, not the quantizer's."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -16,6 +20,7 @@ from pyspark.sql import types as T
 from psrq.cli import format_metric
 from psrq.config import Config
 from psrq.experiments.matrix import Experiment, cell_config, dataset_config
+from psrq.experiments.report import FLOOR
 from psrq.storage import AppTxn, fs, open_engine
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,10 @@ RESULTS = T.StructType([
     T.StructField("auc", T.DoubleType(), False), T.StructField("cold_auc", T.DoubleType(), True),
     T.StructField("logloss", T.DoubleType(), False), T.StructField("gauc", T.DoubleType(), True),
     T.StructField("train_seconds", T.DoubleType(), False), T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("calibration_error", T.DoubleType(), True),
+    T.StructField("train_identity", T.StringType(), False),  # psrq.training.identity.TrainIdentity.key; "floor"
+    T.StructField("steps", T.LongType(), True), T.StructField("best_step", T.LongType(), True),
+    T.StructField("curve", T.StringType(), True),  # JSON: the run's validations (psrq.training.early_stop)
 ])
 
 
@@ -36,15 +45,19 @@ def results_path(dcfg: Config) -> str:
     return f"{dcfg.storage.root.rstrip('/')}/{RESULTS_TABLE}"
 
 
-def read_results(spark, dcfg: Config):
-    """The results table as pandas (empty frame when nothing ran yet)."""
+def read_results(spark, dcfg: Config, latest: bool = True):
+    """The results table as pandas (empty frame when nothing ran yet); latest: each
+    (experiment, cell, seed)'s newest row only (what the reports show)."""
     import pandas as pd
 
     engine = open_engine(spark, dcfg.storage.engine)
     path = results_path(dcfg)
     if not engine.exists(path):
         return pd.DataFrame(columns=RESULTS.fieldNames())
-    return engine.read(path).toPandas()
+    res = engine.read(path).toPandas()
+    if latest and len(res):
+        res = res.sort_values("finished_at").drop_duplicates(["experiment", "dataset", "cell", "seed"], keep="last")
+    return res.reset_index(drop=True)
 
 
 def prepare_data(spark, dcfg: Config) -> None:
@@ -85,22 +98,35 @@ def prepare_method(spark, c: Config) -> dict:
 
 
 def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progress=print) -> list[dict]:
+    from psrq.evaluation.floors import floors_stage
     from psrq.evaluation.stage import evaluate_stage
+    from psrq.samples import SamplesManifest
+    from psrq.training.identity import TrainIdentity
     from psrq.training.stage import train_stage
 
     dcfg = dataset_config(cfg)
     prepare_data(spark, dcfg)
     engine = open_engine(spark, dcfg.storage.engine)
-    done = read_results(spark, dcfg)
-    done = set(zip(done.experiment, done.cell, done.seed.astype(int))) if len(done) else set()
-    todo = [(cell, seed) for cell in exp.cells for seed in seeds if (exp.name, cell, seed) not in done]
-    progress(f"[{exp.name} on {dcfg.dataset.name}] {len(exp.cells) * len(seeds) - len(todo)} of "
-             f"{len(exp.cells) * len(seeds)} cells done, {len(todo)} to run")
+    done = read_results(spark, dcfg, latest=False)
+    done = set(zip(done.experiment, done.cell, done.seed.astype(int), done.train_identity)) if len(done) else set()
+    plan = []
+    for cell in exp.cells:
+        for seed in seeds:
+            c = cell_config(dcfg, exp.cells[cell], seed)
+            prepare_method(spark, c)  # the samples name the identity; built once per quantizer
+            key = TrainIdentity.of(c.train, SamplesManifest.read(c.samples.path)).key
+            if (exp.name, cell, seed, key) not in done:
+                plan.append((cell, seed, c))
+    progress(f"[{exp.name} on {dcfg.dataset.name}] {len(exp.cells) * len(seeds) - len(plan)} of "
+             f"{len(exp.cells) * len(seeds)} cells done, {len(plan)} to run")
+
+    def record(row: dict, what: str) -> None:
+        engine.write(spark.createDataFrame([row], RESULTS), results_path(dcfg), "append",
+                     AppTxn(f"psrq.experiments.{exp.name}.{what}", 0), description=f"{exp.name}/{what}")
+
     rows = []
-    for i, (cell, seed) in enumerate(todo, 1):
-        c = cell_config(dcfg, exp.cells[cell], seed)
+    for i, (cell, seed, c) in enumerate(plan, 1):
         t0 = time.time()
-        prepare_method(spark, c)
         trained = train_stage(c, spark, progress=False)
         t_train = time.time() - t0
         ev = evaluate_stage(spark, c)
@@ -109,10 +135,35 @@ def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progre
                "method": c.codebooks.method, "codebook_version": ev["codebook_version"], "eval_id": ev["eval_id"],
                "rows": m["rows"], "cold_rows": m["cold_rows"], "auc": m["auc"], "cold_auc": m["cold_auc"],
                "logloss": m["logloss"], "gauc": m.get("gauc"), "train_seconds": round(t_train, 1),
-               "finished_at": datetime.now(timezone.utc)}
-        engine.write(spark.createDataFrame([row], RESULTS), results_path(dcfg), "append",
-                     AppTxn(f"psrq.experiments.{exp.name}.{cell}.{seed}", 0), description=f"{exp.name}/{cell}/seed {seed}")
+               "finished_at": datetime.now(timezone.utc), "calibration_error": m.get("calibration_error"),
+               "train_identity": trained["identity"], "steps": trained["steps"], "best_step": trained.get("best_step"),
+               "curve": json.dumps(trained.get("curve") or [])}
+        record(row, f"{cell}.{seed}.{trained['identity']}")
         rows.append(row)
-        progress(f"[{exp.name} on {dcfg.dataset.name}] {i}/{len(todo)} {cell} seed {seed}: AUC {m['auc']:.4f}, "
-                 f"cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f} ({trained['steps']} steps, {time.time() - t0:.0f}s)")
+        progress(f"[{exp.name} on {dcfg.dataset.name}] {i}/{len(plan)} {cell} seed {seed}: AUC {m['auc']:.4f}, "
+                 f"cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f} ({trained['steps']} steps, "
+                 f"best at {trained.get('best_step')}, {time.time() - t0:.0f}s)")
+    rows += run_floors(spark, exp, cell_config(dcfg, exp.cells[exp.ours], seeds[0]), done, record, floors_stage)
+    return rows
+
+
+def run_floors(spark, exp: Experiment, c: Config, done: set, record, floors_stage) -> list[dict]:
+    """The floors' rows, once per experiment: they score the same test rows from the train
+    split (the samples of `ours`; every quantizer's samples hold the same events)."""
+    from psrq.evaluation.floors import FLOORS
+
+    if all((exp.name, f"{FLOOR}{name}", 0, "floor") in done for name in FLOORS):
+        return []
+    rows = []
+    for name, m in floors_stage(spark, c).items():
+        if (exp.name, f"{FLOOR}{name}", 0, "floor") in done:
+            continue
+        row = {"experiment": exp.name, "dataset": c.dataset.name, "cell": f"{FLOOR}{name}", "seed": 0,
+               "model": f"{FLOOR}{name}", "method": "-", "codebook_version": "-", "eval_id": m["eval_id"],
+               "rows": m["rows"], "cold_rows": m["cold_rows"], "auc": m["auc"], "cold_auc": m["cold_auc"],
+               "logloss": m["logloss"], "gauc": m.get("gauc"), "train_seconds": 0.0,
+               "finished_at": datetime.now(timezone.utc), "calibration_error": m.get("calibration_error"),
+               "train_identity": "floor", "steps": None, "best_step": None, "curve": None}
+        record(row, f"floor.{name}")
+        rows.append(row)
     return rows

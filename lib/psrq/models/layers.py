@@ -46,12 +46,22 @@ class ItemTable(nn.Embedding):
             return idx
         return torch.where(idx < self.keep, idx, self.keep + (idx * self.HASH) % self.buckets)
 
+    dropout = 0.0  # train.embedding_dropout (set_dropout): on the looked-up rows, in training only
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.rows(idx))
+        out = super().forward(self.rows(idx))
+        return nn.functional.dropout(out, self.dropout, True) if self.dropout and self.training else out
 
 
 def item_tables(model: nn.Module) -> list[ItemTable]:
     return [m for m in model.modules() if isinstance(m, ItemTable)]
+
+
+def set_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Dropout on the embeddings of every item-ID table wider than one (not on bias tables)."""
+    for table in item_tables(model):
+        table.dropout = p if table.embedding_dim > 1 else 0.0
+    return model
 
 
 def set_sparse(model: nn.Module, sparse: bool) -> nn.Module:

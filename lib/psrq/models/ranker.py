@@ -29,7 +29,7 @@ from torch import nn
 
 import numpy as np
 
-from psrq.models.layers import DinAttention, ItemTable, SemanticEmbedding, history_mask, mlp_head, set_sparse
+from psrq.models.layers import DinAttention, ItemTable, SemanticEmbedding, history_mask, mlp_head, set_dropout, set_sparse
 from psrq.samples import FIRST_INDEX
 
 
@@ -145,15 +145,23 @@ NEEDS_CONTENT = ("qarm", "vbpr", "simtier_make")
 
 def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
                 content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio"),
-                sparse: bool = False, max_vocab: int | None = None, hash_buckets: int = 0) -> nn.Module:
+                sparse: bool = False, max_vocab: int | None = None, hash_buckets: int = 0,
+                priors: bool = False, user_buckets: int = 65536, embedding_dropout: float = 0.0) -> nn.Module:
     """content: psrq.content.ContentFeatures, for the models in NEEDS_CONTENT; options:
     model-specific settings (train.model_options); modalities: the samples' spaces but joint;
     sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same);
     max_vocab: rows of their own for the max_vocab most frequent items only, the others
-    share hash_buckets rows (psrq.models.layers.ItemTable)."""
+    share hash_buckets rows (psrq.models.layers.ItemTable); priors: bias terms and train
+    statistics (psrq.models.priors; their buffers are zero until set_statistics or a
+    checkpoint fills them)."""
     keep = FIRST_INDEX + max_vocab if max_vocab else None
     spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities), keep, hash_buckets if keep else 0)
-    return set_sparse(_build(spec, content, options), sparse)
+    model = _build(spec, content, options)
+    if priors:
+        from psrq.models.priors import Priors, WithPriors
+
+        model = WithPriors(model, Priors(vocab_size, user_buckets, spec.keep, spec.buckets))
+    return set_dropout(set_sparse(model, sparse), embedding_dropout)
 
 
 def _build(spec: ModelSpec, content, options) -> nn.Module:

@@ -31,7 +31,9 @@ import sys
 import torch
 
 from psrq.storage import fs
-from psrq.training.loop import TrainingError, autocast_dtype, batch_count, resume, train_loop
+from psrq.training import statistics
+from psrq.training.early_stop import EarlyStopping
+from psrq.training.loop import TrainingError, autocast_dtype, batch_count, resume, train_loop, valid_metrics
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -43,13 +45,17 @@ def worker_job(*, model: dict, path: str, lr: float, batch_size: int, reader: st
                table_optimizer: str = "rowwise_adagrad", table_lr: float | None = None,
                checkpoint_dir: str | None = None, checkpoint_every: int = 0, max_steps: int | None = None,
                meta: dict | None = None, content: str | None = None, device: str = "cpu",
-               precision: str = "auto") -> dict:
+               precision: str = "auto", weight_decay: float = 0.0, epochs: int = 1, eval_every: int = 0,
+               patience: int = 0, valid_path: str | None = None, statistics: str | None = None) -> dict:
     """What every rank receives (plain values only): model is build_model's arguments, path
-    the training split, checkpoint_dir None for a run that keeps no checkpoint."""
+    the training split, checkpoint_dir None for a run that keeps no checkpoint, valid_path
+    the split rank 0 validates on (None: no validation), statistics the priors' file."""
     return {"model": model, "path": path, "lr": lr, "batch_size": batch_size, "reader": reader, "seed": seed,
             "table_optimizer": table_optimizer, "table_lr": table_lr, "checkpoint_dir": checkpoint_dir,
             "checkpoint_every": checkpoint_every, "max_steps": max_steps, "meta": meta or {}, "content": content,
-            "device": device, "precision": precision, "fs": fs.current()}
+            "device": device, "precision": precision, "weight_decay": weight_decay, "epochs": epochs,
+            "eval_every": eval_every, "patience": patience, "valid_path": valid_path, "statistics": statistics,
+            "fs": fs.current()}
 
 
 def rank_device(choice: str, local_rank: int) -> torch.device:
@@ -90,10 +96,10 @@ def _model_and_opt(job: dict, device: torch.device):
     torch.set_num_threads(job.get("threads", 1))
     torch.manual_seed(job["seed"])
     content = read_content(job["content"]) if job.get("content") else None
-    model = build_model(**job["model"], content=content).to(device)
-    opt = make_optimizer(model, job["lr"], job["table_optimizer"], job["table_lr"])
-    start = resume(job["checkpoint_dir"], model, opt, job["meta"])
-    return model, opt, start
+    model = statistics.apply(build_model(**job["model"], content=content), job.get("statistics")).to(device)
+    opt = make_optimizer(model, job["lr"], job["table_optimizer"], job["table_lr"], job.get("weight_decay", 0.0))
+    start, trace = resume(job["checkpoint_dir"], model, opt, job["meta"])
+    return model, opt, start, EarlyStopping.restored(trace, job.get("patience", 0))
 
 
 def _summary(rank, world, res, model, reader, device) -> dict:
@@ -111,11 +117,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def total_steps(job: dict, reader, agree_max) -> int:
-    """The step count every rank takes: the longest shard's batches (agree_max: the
-    backend's max-reduction over ranks), capped by max_steps."""
-    steps = int(agree_max(batch_count(reader.rows, job["batch_size"])))
-    return min(steps, job["max_steps"]) if job.get("max_steps") else steps
+def epoch_steps(job: dict, reader, agree_max) -> int:
+    """The steps of one epoch on every rank: the longest shard's batches (agree_max: the
+    backend's max-reduction over ranks)."""
+    return int(agree_max(batch_count(reader.rows, job["batch_size"])))
+
+
+def loop_args(job: dict, rank: int, reader, device: torch.device, agree_max, stopping: EarlyStopping) -> dict:
+    """train_loop's arguments that every backend sets the same way: rank 0 checkpoints and
+    validates, every rank takes the agreed steps and learns the stopping decision."""
+    validate = None
+    if rank == 0 and job.get("valid_path"):
+        def validate(model):
+            cols = list(model.inputs) + ["label", "is_cold"]
+            return valid_metrics(model, make_reader(job["reader"], job["valid_path"], cols, 4096), device)
+    return {"checkpoint_dir": job["checkpoint_dir"] if rank == 0 else None,
+            "checkpoint_every": job["checkpoint_every"] if rank == 0 else 0, "meta": job["meta"],
+            "max_steps": job.get("max_steps"), "progress": False, "total_steps": epoch_steps(job, reader, agree_max),
+            "amp_dtype": autocast_dtype(job["precision"], device), "epochs": job.get("epochs", 1),
+            "eval_every": job.get("eval_every", 0), "validate": validate, "stopping": stopping,
+            "agree": lambda flag: int(agree_max(flag))}
 
 
 def horovod_worker(job: dict) -> dict:
@@ -125,7 +146,7 @@ def horovod_worker(job: dict) -> dict:
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
     device = rank_device(job["device"], hvd.local_rank())
-    model, opt, start = _model_and_opt(job, device)
+    model, opt, start, stopping = _model_and_opt(job, device)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     # every rank restored the same checkpoint or none (checked): the optimiser state needs
     # no broadcast, which would give every table a dense zero gradient to initialise it
@@ -134,10 +155,13 @@ def horovod_worker(job: dict) -> dict:
     opt.wrap(lambda part: hvd.DistributedOptimizer(
         part, named_parameters=[(names[id(p)], p) for g in part.param_groups for p in g["params"]]))
     reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
-    steps = total_steps(job, reader, lambda n: hvd.allreduce(torch.tensor(n), op=hvd.Max, name="psrq.steps").item())
-    res = train_loop(model, lambda: iter(reader), opt, device, job["checkpoint_dir"] if rank == 0 else None,
-                     job["checkpoint_every"] if rank == 0 else 0, job["meta"], None, start, progress=False,
-                     total_steps=steps, amp_dtype=autocast_dtype(job["precision"], device))
+    calls = iter(range(1 << 62))  # Horovod matches collectives by name: one name per call
+
+    def agree_max(n: int) -> int:
+        return int(hvd.allreduce(torch.tensor(n), op=hvd.Max, name=f"psrq.agree.{next(calls)}").item())
+
+    res = train_loop(model, lambda: iter(reader), opt, device, start_step=start,
+                     **loop_args(job, rank, reader, device, agree_max, stopping))
     return _summary(rank, world, res, model, reader, device)
 
 
@@ -185,11 +209,13 @@ def ddp_worker(job: dict) -> list[dict]:
     dist.init_process_group(ddp_backend(device, job["model"].get("sparse", False)))
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        model, opt, start = _model_and_opt(job, device)
+        model, opt, start, stopping = _model_and_opt(job, device)
         gathered = [None] * world
         dist.all_gather_object(gathered, start)
         start = same_start(gathered)
-        ddp = DDP(model)  # broadcasts rank 0's parameters on construction
+        # broadcasts rank 0's parameters on construction; the buffers (priors' statistics,
+        # content codes) are the same constants on every rank: not re-broadcast each step
+        ddp = DDP(model, broadcast_buffers=False)
         reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
 
         def agree_max(n: int) -> int:
@@ -197,10 +223,8 @@ def ddp_worker(job: dict) -> list[dict]:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             return int(t.item())
 
-        res = train_loop(ddp, lambda: iter(reader), opt, device, job["checkpoint_dir"] if rank == 0 else None,
-                         job["checkpoint_every"] if rank == 0 else 0, job["meta"], None, start,
-                         state_model=model, progress=False, total_steps=total_steps(job, reader, agree_max),
-                         amp_dtype=autocast_dtype(job["precision"], device))
+        res = train_loop(ddp, lambda: iter(reader), opt, device, start_step=start, state_model=model,
+                         **loop_args(job, rank, reader, device, agree_max, stopping))
         out = [None] * world
         dist.all_gather_object(out, _summary(rank, world, res, model, reader, device))
         return out

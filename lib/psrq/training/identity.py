@@ -48,6 +48,13 @@ class TrainIdentity:
     table_lr: Optional[float]       # the rate the tables train at; None with dense tables
     max_vocab: Optional[int]
     hash_buckets: Optional[int]     # None without max_vocab
+    epochs: int
+    eval_every: int
+    patience: int                   # which weights are kept as the best depends on it
+    weight_decay: float
+    embedding_dropout: float
+    priors: bool
+    user_buckets: Optional[int]     # None without priors
 
     @classmethod
     def of(cls, train, man: SamplesManifest) -> "TrainIdentity":
@@ -62,6 +69,9 @@ class TrainIdentity:
             table_optimizer=train.table_optimizer if train.sparse else None,
             table_lr=table_rate(train.table_optimizer, train.table_lr, train.lr) if train.sparse else None,
             max_vocab=train.max_vocab, hash_buckets=train.hash_buckets if train.max_vocab else None,
+            epochs=train.epochs, eval_every=train.eval_every, patience=train.patience,
+            weight_decay=float(train.weight_decay), embedding_dropout=float(train.embedding_dropout),
+            priors=train.priors, user_buckets=train.user_buckets if train.priors else None,
         )
 
     def as_dict(self) -> dict:
@@ -89,7 +99,7 @@ def weights_hash(state_dict: dict) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 

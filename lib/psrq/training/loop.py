@@ -8,7 +8,13 @@ plain numbers only, are written atomically (temp file, then rename) and loaded w
 `weights_only=True`. Reading order is deterministic, so a run
 killed and resumed from a checkpoint continues with the same batches and ends with the same
 weights as an uninterrupted run. A non-finite loss stops training, names the step, and
-leaves the last good checkpoint in place."""
+leaves the last good checkpoint in place.
+
+Epochs and early stopping: the loop makes up to `epochs` passes; at each validation point
+(every eval_every steps, or each epoch's end) a `validate` callback scores the valid split,
+psrq.training.early_stop records it, the best weights so far go to `best.pt` (what
+evaluation reads), and training stops after `patience` validations without a better AUC.
+The stopping record travels in checkpoint.pt, so a resumed run continues the same curve."""
 from __future__ import annotations
 
 import logging
@@ -25,10 +31,12 @@ from tqdm import tqdm
 
 from psrq.errors import PsrqError
 from psrq.storage import fs
+from psrq.training.early_stop import EarlyStopping
 from psrq.training.optim import gradient_bytes
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+BEST = "best-{step}.pt"  # the weights of the best validation so far (the checkpoint's record names it)
 OPTIMIZER = "optimizer-{step}.pt"
 
 
@@ -47,6 +55,7 @@ class TrainResult:
     gradient_bytes: float = 0  # mean bytes of gradient this rank contributed per step
     step_seconds: list = field(default_factory=list)  # wall time of each step taken
     precision: str = "fp32"    # what the forward pass ran in (bf16 under autocast)
+    stopping: Optional[EarlyStopping] = None  # the validations and the best step (with a validate callback)
 
     @property
     def median_step_seconds(self) -> Optional[float]:
@@ -79,17 +88,21 @@ def batch_loss(model: torch.nn.Module, state_model: torch.nn.Module, data: dict)
     return loss if aux is None else loss + torch.nn.functional.binary_cross_entropy_with_logits(aux, labels)
 
 
-def save_checkpoint(directory: str, model: torch.nn.Module, opt, step: int, meta: dict) -> str:
-    """Optimiser state first, then the weights (the commit point), then older optimiser
-    states go. Each write is atomic (psrq.storage.fs.write_bytes): a crash at any point
-    leaves a weights file whose step has its optimiser state."""
+def save_checkpoint(directory: str, model: torch.nn.Module, opt, step: int, meta: dict,
+                    trace: Optional[dict] = None) -> str:
+    """Optimiser state first, then the weights (the commit point) with the early-stopping
+    record `trace`, then older optimiser states go. Each write is atomic
+    (psrq.storage.fs.write_bytes): a crash at any point leaves a weights file whose step has
+    its optimiser state."""
     fs.torch_save({"optim": opt.state_dict(), "step": step, "identity": meta.get("identity")},
                   fs.join(directory, OPTIMIZER.format(step=step)))
     path = fs.join(directory, CHECKPOINT)
-    fs.torch_save({"model": model.state_dict(), "step": step, "meta": meta}, path)
+    fs.torch_save({"model": model.state_dict(), "step": step, "meta": meta, "trace": trace}, path)
+    best = BEST.format(step=(trace or {}).get("best_step"))
     for name in fs.listdir(directory):
-        if name.startswith("optimizer-") and name.endswith(".pt") and name != OPTIMIZER.format(step=step):
-            fs.delete(fs.join(directory, name))
+        if name.endswith(".pt") and ((name.startswith("optimizer-") and name != OPTIMIZER.format(step=step))
+                                     or (name.startswith("best-") and name != best)):
+            fs.delete(fs.join(directory, name))  # superseded, or written after a step that never committed
     return path
 
 
@@ -111,11 +124,30 @@ def _load(path: str):
                             f"{_RESTART}") from exc
 
 
-def load_checkpoint(directory: str) -> Optional[dict]:
-    """The weights checkpoint in `directory` ({model, step, meta}), None when there is none.
-    Loaded with weights_only: a file holding anything but tensors and plain values is refused
-    before any of it runs. The optimiser state is not read (see load_optimizer_state)."""
-    path = fs.join(directory, CHECKPOINT)
+def save_best(directory: str, model: torch.nn.Module, step: int, meta: dict, valid: dict) -> str:
+    """The weights of a new best validation, written before the step's checkpoint, whose
+    early-stopping record then names it (a crash in between leaves a file no record names)."""
+    path = fs.join(directory, BEST.format(step=step))
+    fs.torch_save({"model": model.state_dict(), "step": step, "meta": meta, "valid": valid}, path)
+    return path
+
+
+def load_checkpoint(directory: str, best: bool = False) -> Optional[dict]:
+    """The weights checkpoint in `directory` ({model, step, meta, ...}), None when there is
+    none; best=True: the best validation's weights (best.pt) where the run kept them, else
+    the last. Loaded with weights_only: a file holding anything but tensors and plain values
+    is refused before any of it runs. The optimiser state is not read (load_optimizer_state)."""
+    last = load_checkpoint_file(fs.join(directory, CHECKPOINT))
+    best_step = ((last or {}).get("trace") or {}).get("best_step") if best else None
+    if best_step is None or best_step == last["step"]:
+        return last
+    ckpt = load_checkpoint_file(path := fs.join(directory, BEST.format(step=best_step)))
+    if ckpt is None:
+        raise TrainingError(f"the checkpoint in {directory} names its best weights {path}, which is missing; {_RESTART}")
+    return ckpt
+
+
+def load_checkpoint_file(path: str) -> Optional[dict]:
     try:
         ckpt = _load(path)
     except FileNotFoundError:
@@ -185,13 +217,14 @@ def restore(directory: str, ckpt: dict, model: torch.nn.Module, opt, meta: dict)
     return step
 
 
-def resume(checkpoint_dir: Optional[str], model: torch.nn.Module, opt, meta: dict) -> int:
-    """Restore model and optimizer from checkpoint_dir if it holds a checkpoint; the step."""
+def resume(checkpoint_dir: Optional[str], model: torch.nn.Module, opt, meta: dict) -> tuple[int, Optional[dict]]:
+    """Restore model and optimizer from checkpoint_dir if it holds a checkpoint: its step and
+    early-stopping record (0, None: nothing to resume)."""
     if checkpoint_dir and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
         step = restore(checkpoint_dir, ckpt, model, opt, meta)
         log.info("resuming from step %d (%s)", step, checkpoint_dir)
-        return step
-    return 0
+        return step, ckpt.get("trace")
+    return 0, None
 
 
 def padded(batches: Iterable[dict], total: int) -> Iterable[tuple[dict, bool]]:
@@ -229,62 +262,121 @@ def train_loop(
     progress: bool = True,
     total_steps: Optional[int] = None,
     amp_dtype: Optional[torch.dtype] = None,
+    epochs: int = 1,
+    validate: Optional[Callable[[torch.nn.Module], dict]] = None,
+    eval_every: int = 0,
+    stopping: Optional[EarlyStopping] = None,
+    agree: Optional[Callable[[int], int]] = None,
 ) -> TrainResult:
-    """One epoch over `batches()`, skipping the first `start_step` batches (a resumed run;
-    see `resume`). Checkpoints go to checkpoint_dir (None: this process writes none);
-    state_model is what they hold (the module inside a DDP wrapper).
+    """Up to `epochs` passes over `batches()` (called once per epoch), skipping the first
+    `start_step` steps (a resumed run; see `resume`). Checkpoints go to checkpoint_dir
+    (None: this process writes none); state_model is what they hold (the module inside a
+    DDP wrapper).
 
-    total_steps (data-parallel ranks): take exactly this many steps, padding a short shard
-    (see `padded`), so that every rank takes part in every step's exchange and applies the
-    same update: the ranks stay equal with no join and no final broadcast. amp_dtype: the
-    autocast dtype of the forward pass (see autocast_dtype), None for float32."""
+    total_steps (data-parallel ranks): the steps of one epoch, the same on every rank: a
+    short shard is padded (see `padded`), so that every rank takes part in every step's
+    exchange and applies the same update, and the ranks stay equal with no join and no
+    final broadcast. amp_dtype: the autocast dtype of the forward pass (see
+    autocast_dtype), None for float32.
+
+    validate(model) -> valid metrics, called at each validation point (every eval_every
+    steps, else at each epoch's end, and after the last step) on the process that decides
+    (rank 0); `stopping` records them and says when to stop; agree(flag) -> the flag's
+    maximum over the ranks (every rank calls it at every validation point, so all stop at
+    the same step; None in one process)."""
     meta = meta or {}
     start = start_step
     state_model = state_model or model
+    stopping = stopping or EarlyStopping()
     model.train()
     step, samples, losses, pads, grad_bytes, step_seconds = 0, 0, [], 0, 0, []
+    since_check: list[float] = []
     t0 = time.perf_counter()
     bar = tqdm(desc="train", unit="batch", disable=not progress, mininterval=2.0)
-    last_good = start
-    limit = total_steps if total_steps is not None else max_steps
-    stream = padded(batches(), total_steps) if total_steps is not None else ((b, True) for b in batches())
-    for batch, own in stream:
-        if limit is not None and step >= limit:
+    last_good, checked = start, start
+    epoch_steps = total_steps
+    limit = min(x for x in (max_steps, epoch_steps * epochs if epoch_steps is not None else None, float("inf"))
+                if x is not None)
+
+    def check(epoch: int) -> bool:
+        """A validation point: rank 0 scores, every rank learns whether to stop."""
+        nonlocal checked
+        checked = step
+        flag = 0
+        if validate is not None:
+            valid = validate(state_model)
+            model.train()
+            loss = float(np.mean(since_check)) if since_check else None
+            if stopping.update(step, epoch, loss, valid) and checkpoint_dir:
+                save_best(checkpoint_dir, state_model, step, meta, valid)
+            log.info("step %d (epoch %d): train loss %s, valid AUC %s%s", step, epoch + 1,
+                     "n/a" if loss is None else f"{loss:.4f}", valid.get("auc"),
+                     " (best)" if stopping.best_step == step else f" (best {stopping.best_auc} at step {stopping.best_step})")
+            since_check.clear()
+            flag = int(stopping.stopped)
+        return bool(agree(flag) if agree is not None else flag)
+
+    stop = stopping.stopped  # a run that had stopped early and was killed before its result
+    for epoch in range(epochs):
+        if stop or step >= limit:
             break
-        if step < start:  # already trained before the resume: same order, so skip
-            step += 1
+        if epoch_steps is not None and start >= step + epoch_steps:
+            step += epoch_steps  # trained before the resume: skipped without reading it
             continue
-        t_step = time.perf_counter()
-        data = to_tensors(batch, device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = batch_loss(model, state_model, data)
-        if not torch.isfinite(loss):
-            where = f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
-            raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
-        opt.zero_grad()
-        (loss if own else loss * 0.0).backward()
-        grad_bytes += gradient_bytes(state_model)
-        opt.step()
-        step_seconds.append(time.perf_counter() - t_step)
-        step += 1
-        if own:
-            samples += len(batch["label"])
-            losses.append(float(loss.item()))
-        else:
-            pads += 1
-        elapsed = time.perf_counter() - t0
-        bar.update(1)
-        if losses:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
-        if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
-            save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
-            last_good = step
+        stream = padded(batches(), epoch_steps) if epoch_steps is not None else ((b, True) for b in batches())
+        for batch, own in stream:
+            if step >= limit:
+                break
+            if step < start:  # already trained before the resume: same order, so skip
+                step += 1
+                continue
+            t_step = time.perf_counter()
+            data = to_tensors(batch, device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = batch_loss(model, state_model, data)
+            if not torch.isfinite(loss):
+                where = f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
+                raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
+            opt.zero_grad()
+            (loss if own else loss * 0.0).backward()
+            grad_bytes += gradient_bytes(state_model)
+            opt.step()
+            step_seconds.append(time.perf_counter() - t_step)
+            step += 1
+            if own:
+                samples += len(batch["label"])
+                losses.append(float(loss.item()))
+                since_check.append(losses[-1])
+            else:
+                pads += 1
+            elapsed = time.perf_counter() - t0
+            bar.update(1)
+            if losses:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
+            end_of_epoch = epoch_steps is not None and step % epoch_steps == 0
+            if (eval_every and step % eval_every == 0) or (not eval_every and end_of_epoch) or step == limit:
+                stop = check(epoch)
+            if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
+                save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
+                last_good = step
+            if stop:
+                break
+        if not stop and step > checked and step > start:  # an epoch of unknown length ended
+            stop = check(epoch)
     bar.close()
-    if checkpoint_dir and step > last_good:
-        save_checkpoint(checkpoint_dir, state_model, opt, step, meta)
-    taken = step - start
+    if checkpoint_dir and (step > last_good or stop):
+        save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
+    taken = max(step - start, 0)
     return TrainResult(taken, samples, time.perf_counter() - t0, losses[-1] if losses else None, losses, pads,
-                       grad_bytes / max(taken, 1), step_seconds, "bf16" if amp_dtype == torch.bfloat16 else "fp32")
+                       grad_bytes / max(taken, 1), step_seconds, "bf16" if amp_dtype == torch.bfloat16 else "fp32",
+                       stopping)
+
+
+def valid_metrics(model: torch.nn.Module, batches: Iterable[dict], device: torch.device) -> dict:
+    """The evaluation's metrics (psrq.evaluation.arrays) of `model` on `batches`."""
+    from psrq.evaluation.arrays import metrics
+
+    return metrics(*predict(model, batches, device))
 
 
 @torch.no_grad()

@@ -105,15 +105,18 @@ class Optimizers:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, table_optimizer: str = "rowwise_adagrad",
-                   table_lr: Optional[float] = None) -> Optimizers:
-    """Adam over the dense parameters (models with parameter groups of their own, SimTier+MAKE,
-    set per-group rates); the sparse item tables, if any, get `table_optimizer` at `table_lr`
-    (None: see table_rate)."""
+                   table_lr: Optional[float] = None, weight_decay: float = 0.0) -> Optimizers:
+    """Adam over the dense parameters (AdamW's decoupled weight decay when weight_decay > 0;
+    models with parameter groups of their own, SimTier+MAKE, set per-group rates); the sparse
+    item tables, if any, get `table_optimizer` at `table_lr` (None: see table_rate), without
+    weight decay: it would touch every row at every step."""
     tables = [p for t in item_tables(model) if t.sparse for p in t.parameters()]
     ids = {id(p) for p in tables}
     groups = model.param_groups(lr) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
     dense = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
-    parts = {"dense": torch.optim.Adam([g for g in dense if g["params"]], lr=lr)}
+    dense = [g for g in dense if g["params"]]
+    parts = {"dense": torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay) if weight_decay
+             else torch.optim.Adam(dense, lr=lr)}
     if tables:
         if table_optimizer not in TABLE_OPTIMIZERS:
             raise ValueError(f"unknown table optimiser {table_optimizer!r} (choose from {', '.join(TABLE_OPTIMIZERS)})")

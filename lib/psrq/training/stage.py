@@ -10,18 +10,18 @@ import logging
 import math
 from datetime import datetime, timezone
 
-import numpy as np
 import torch
-from sklearn.metrics import log_loss, roc_auc_score
 
 from psrq.config import Config, absolute
 from psrq.content import read_content
 from psrq.models.ranker import NEEDS_CONTENT, build_model
 from psrq.samples import VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
+from psrq.training import statistics
+from psrq.training.early_stop import EarlyStopping
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, check_compatible, clean_stale_temporaries,
-                                load_checkpoint, predict, restore, train_loop)
+from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible,
+                                clean_stale_temporaries, load_checkpoint, restore, train_loop, valid_metrics)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -41,7 +41,8 @@ def model_args(cfg: Config, man: SamplesManifest) -> dict:
     return {"name": cfg.train.model, "vocab_size": man.vocab_size, "k": man.k, "layers": man.layers,
             "history_len": man.history_len, "dim": cfg.train.dim, "options": cfg.train.model_options,
             "modalities": man.modalities, "sparse": cfg.train.sparse, "max_vocab": cfg.train.max_vocab,
-            "hash_buckets": cfg.train.hash_buckets}
+            "hash_buckets": cfg.train.hash_buckets, "priors": cfg.train.priors, "user_buckets": cfg.train.user_buckets,
+            "embedding_dropout": cfg.train.embedding_dropout}
 
 
 def identity_and_folder(cfg: Config, man: SamplesManifest) -> tuple[TrainIdentity, str]:
@@ -58,14 +59,6 @@ def device_of(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device=cuda but torch sees no CUDA device")
     return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def metrics(scores: np.ndarray, labels: np.ndarray, cold: np.ndarray) -> dict:
-    out = {"rows": int(len(labels)), "logloss": float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))}
-    out["auc"] = float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
-    c = cold == 1
-    out["cold_auc"] = float(roc_auc_score(labels[c], scores[c])) if len(set(labels[c].tolist())) == 2 else None
-    return out
 
 
 def move_aside(folder: str, why: str) -> str:
@@ -132,33 +125,41 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         raise TrainingError(f"model {tc.model} needs code spaces {sorted(needed)}, the samples have {list(man.spaces)}")
     device = device_of(tc.device)
     cols = model.inputs + ["label"]
-    train_path = man.split_path("train")
+    train_path, valid_path = man.split_path("train"), man.split_path("valid")
+    stats = statistics.prepare(ckpt_dir, train_path, man.vocab_size, tc.user_buckets) if tc.priors else None
+    statistics.apply(model, stats)
     if tc.backend == "single":
         model.to(device)
-        opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr)
+        opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr, tc.weight_decay)
         start = restore(ckpt_dir, existing, model, opt, meta) if existing is not None else 0
-        res = train_loop(model, lambda: make_reader(tc.reader, train_path, cols, tc.batch_size), opt, device,
-                         ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress=progress,
-                         amp_dtype=autocast_dtype(tc.precision, device))
+        reader = make_reader(tc.reader, train_path, cols, tc.batch_size)
+        res = train_loop(model, lambda: iter(reader), opt, device, ckpt_dir, tc.checkpoint_every, meta, tc.max_steps,
+                         start, progress=progress, total_steps=batch_count(reader.rows, tc.batch_size),
+                         amp_dtype=autocast_dtype(tc.precision, device), epochs=tc.epochs, eval_every=tc.eval_every,
+                         validate=lambda m: valid_metrics(m, make_reader(tc.reader, valid_path, cols + ["is_cold"], 4096), device),
+                         stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
                   "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision}]
-        step = start + res.steps  # the step of the checkpoint the loop left
     else:
-        ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path)
-        final = load_checkpoint(ckpt_dir)  # rank 0's weights: the ranks were checked equal
-        model.load_state_dict(final["model"])
-        model.to(device)
-        step = int(final["step"])
+        ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path, stats)
+    final = load_checkpoint(ckpt_dir)  # rank 0's: the ranks were checked equal
+    step = int(final["step"])
+    trace = EarlyStopping.restored(final.get("trace"), tc.patience)
     samples = sum(r["samples"] for r in ranks)
     seconds = max(r["seconds"] for r in ranks)
     log.info("trained %s (%s, %d process(es)): %.0f samples/s", tc.model, tc.backend, len(ranks), samples / max(seconds, 1e-9))
-    valid = make_reader(tc.reader, man.split_path("valid"), cols + ["is_cold"], 4096)
-    scores, labels, cold = predict(model, valid, device)
+    valid = trace.best
+    if valid is None:  # no validation ran (no step was taken): score the weights there are
+        model.load_state_dict(final["model"])
+        model.to(device)
+        valid = valid_metrics(model, make_reader(tc.reader, valid_path, cols + ["is_cold"], 4096), device)
     result = {"status": "resumed" if existing is not None else "trained", "identity": ident.key,
               "settings": ident.as_dict(), "model": tc.model, "backend": tc.backend, "processes": len(ranks),
               "steps": step, "steps_this_run": max(r["steps"] for r in ranks),
+              "best_step": trace.best_step if trace.best is not None else step, "stopped_early": trace.stopped,
               "samples_per_second": round(samples / max(seconds, 1e-9), 1),
-              "train_loss": _finite(ranks[0]["last_loss"]), "valid": metrics(scores, labels, cold),
+              "train_loss": _finite(ranks[0]["last_loss"]), "valid": {k: _finite(v) for k, v in valid.items()},
+              "curve": [{k: _finite(v) for k, v in point.items()} for point in trace.curve],
               "checkpoint": ckpt_dir, "codebook_version": man.codebook_version,
               "ranks": [{k: _finite(v) for k, v in r.items()} for r in ranks],
               "finished_at": datetime.now(timezone.utc).isoformat()}
@@ -166,7 +167,8 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     return result
 
 
-def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckpt_dir: str, content_path) -> list[dict]:
+def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckpt_dir: str, content_path,
+                       stats: str | None) -> list[dict]:
     tc = cfg.train
     train_path = man.split_path("train")
     from psrq.training.distributed import worker_job
@@ -174,7 +176,8 @@ def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckp
     job = worker_job(model=model_args(cfg, man), path=train_path, lr=tc.lr, batch_size=tc.batch_size, reader=tc.reader,
                      seed=tc.seed, table_optimizer=tc.table_optimizer, table_lr=tc.table_lr, checkpoint_dir=ckpt_dir,
                      checkpoint_every=tc.checkpoint_every, max_steps=tc.max_steps, meta=meta, content=content_path,
-                     device=tc.device, precision=tc.precision)
+                     device=tc.device, precision=tc.precision, weight_decay=tc.weight_decay, epochs=tc.epochs,
+                     eval_every=tc.eval_every, patience=tc.patience, valid_path=man.split_path("valid"), statistics=stats)
     from psrq.training.distributed import run_horovod, run_torch_distributor
     from psrq.training.readers import row_groups, shard
 

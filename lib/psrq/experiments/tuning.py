@@ -1,0 +1,111 @@
+"""Hyperparameters chosen on the valid split, never on the test split.
+
+Per model (tuning.models), a staged grid over a small documented space (tuning.space,
+conf/base.yaml): the dimensions in order, each one's values tried with the best values of
+those before it and the first value of those after it; every setting trains once per seed
+(tuning.seeds) with early stopping (tuning.epochs at most, tuning.patience) and is scored
+by its mean valid AUC over the seeds (the best validation of each run). Ties keep the
+earlier value.
+
+Why a grid and not Optuna: with a handful of settings per model a sampler has nothing to
+learn from, while every trial here is a training run with its own identity: a killed search
+resumes through the run cache (finished runs report their result.json), an identical trial
+is never trained twice, and the whole search is deterministic and reads as a table.
+
+Only training runs: train_stage reads the train split and scores the valid split; nothing
+here evaluates, and the test split is never opened (a test removes it before tuning).
+
+The chosen settings go to conf/tuned/<dataset>.yaml (the dataset's defaults per model, read
+by psrq.config.load_config under the command line's overrides), the whole search beside it
+in conf/tuned/<dataset>.search.json."""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from statistics import mean
+
+from omegaconf import OmegaConf
+
+from psrq.config import TUNED_DIR, Config
+from psrq.experiments.matrix import cell_config, dataset_config
+from psrq.experiments.runner import prepare_data, prepare_method
+
+log = logging.getLogger(__name__)
+
+
+def trial(spark, dcfg: Config, model: str, setting: dict, seeds: list[int]) -> dict:
+    """One setting of one model, trained once per seed: the valid metrics of each run."""
+    from psrq.training.stage import train_stage
+
+    tc = dcfg.tuning
+    runs = []
+    for seed in seeds:
+        c = cell_config(dcfg, {**{f"train.{k}": v for k, v in setting.items()}, "train.model": model,
+                               "train.epochs": tc.epochs, "train.patience": tc.patience}, seed)
+        prepare_method(spark, c)
+        res = train_stage(c, spark, progress=False)
+        runs.append({"seed": seed, "identity": res["identity"], "status": res["status"], "steps": res["steps"],
+                     "best_step": res.get("best_step"), "valid_auc": res["valid"]["auc"],
+                     "valid_cold_auc": res["valid"].get("cold_auc"), "valid_logloss": res["valid"].get("logloss")})
+    aucs = [r["valid_auc"] for r in runs if r["valid_auc"] is not None]
+    return {"model": model, "setting": setting, "valid_auc_mean": mean(aucs) if aucs else None, "runs": runs}
+
+
+def tune_model(spark, dcfg: Config, model: str, progress=print) -> dict:
+    """The staged grid for one model: its chosen setting and every trial."""
+    space = dcfg.tuning.space
+    chosen = {key: values[0] for key, values in space.items()}
+    trials = []
+    for key, values in space.items():
+        scores = {}
+        for value in values:
+            setting = {**chosen, key: value}
+            t = trial(spark, dcfg, model, setting, dcfg.tuning.seeds)
+            trials.append(t)
+            scores[json.dumps(value)] = t["valid_auc_mean"]
+            progress(f"[tune {dcfg.dataset.name}] {model} train.{key}={value} ({_short(setting)}): mean valid AUC "
+                     f"{'n/a' if t['valid_auc_mean'] is None else format(t['valid_auc_mean'], '.4f')} over "
+                     f"{len(t['runs'])} seeds")
+        best = max(values, key=lambda v: -1.0 if scores[json.dumps(v)] is None else scores[json.dumps(v)])
+        chosen[key] = best
+    best_trial = next(t for t in reversed(trials) if t["setting"] == chosen)
+    return {"model": model, "chosen": chosen, "valid_auc_mean": best_trial["valid_auc_mean"], "trials": trials}
+
+
+def _short(setting: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting.items())
+
+
+def tune(spark, cfg: Config, progress=print) -> dict:
+    """Every model of tuning.models on cfg's dataset (under experiments.root, as the
+    experiments); the chosen settings per model, with epochs and patience, ready for
+    write_tuned."""
+    dcfg = dataset_config(cfg)
+    prepare_data(spark, dcfg)
+    results = {m: tune_model(spark, dcfg, m, progress) for m in cfg.tuning.models}
+    chosen = {m: {**r["chosen"], "epochs": cfg.tuning.epochs, "patience": cfg.tuning.patience}
+              for m, r in results.items()}
+    for model, source in cfg.tuning.inherit.items():
+        if source in chosen:
+            chosen[model] = dict(chosen[source])
+    return {"dataset": cfg.dataset.name, "chosen": chosen, "results": results,
+            "space": cfg.tuning.space, "seeds": cfg.tuning.seeds, "inherit": cfg.tuning.inherit,
+            "finished_at": datetime.now(timezone.utc).isoformat()}
+
+
+def write_tuned(conf_dir: Path, search: dict) -> tuple[Path, Path]:
+    """conf/tuned/<dataset>.yaml (what load_config reads) and <dataset>.search.json beside it."""
+    folder = Path(conf_dir) / TUNED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = search["dataset"]
+    record = folder / f"{name}.search.json"
+    record.write_text(json.dumps(search, indent=2, default=str))
+    head = (f"# Chosen by jobs/tune.py on the valid split of {name} (never its test split), {search['finished_at'][:10]}:\n"
+            f"# per model, the setting with the best mean valid AUC over seeds {search['seeds']} in a staged grid over\n"
+            f"# {', '.join(search['space'])}; inherited: {search['inherit'] or 'none'}. The search: {record.name}.\n"
+            "# The command line's overrides win over these.\n")
+    tuned = folder / f"{name}.yaml"
+    tuned.write_text(head + OmegaConf.to_yaml(OmegaConf.create({"tuned": search["chosen"]})))
+    return tuned, record

@@ -1,0 +1,83 @@
+"""Tuning on the valid split: it never opens the test split, chooses by mean valid AUC,
+and its settings round-trip through conf/ as the dataset's defaults (under the command
+line's overrides)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from psrq.config import DEFAULT_CONF_DIR, load_config
+from psrq.errors import ConfigError
+from psrq.experiments.matrix import cell_config, dataset_config
+from psrq.experiments.runner import prepare_data, prepare_method
+from psrq.experiments.tuning import tune, write_tuned
+from psrq.samples import SamplesManifest
+from psrq.storage import fs
+
+SMALL = ["dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12", "synthetic.n_items=400",
+         "synthetic.n_users=120", "synthetic.block_size=64", "synthetic.mean_events_per_user=30", "storage.engine=delta-rs",
+         "codebooks.k=16", "codebooks.sample_size=400", "samples.history_len=5", "train.backend=single",
+         "train.reader=arrow", "train.dim=8", "train.batch_size=256"]
+
+
+def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_conf(spark, tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf, ignore=shutil.ignore_patterns("tuned"))
+    cfg = load_config("local", "synthetic_small", [*SMALL, f"experiments.root={tmp_path}/exp", "tuning.models=[din]",
+                                                   "tuning.seeds=[0,1]", "tuning.epochs=2", "tuning.patience=1",
+                                                   "tuning.space.lr=[0.0001,0.01]", "tuning.space.embedding_dropout=[]",
+                                                   "tuning.space.weight_decay=[]",
+                                                   "tuning.inherit={din_codes: din}"], conf_dir=conf, tuned=True)
+    dcfg = dataset_config(cfg)
+    prepare_data(spark, dcfg)
+    c = cell_config(dcfg, {"train.model": "din"}, 0)
+    prepare_method(spark, c)
+    man = SamplesManifest.read(c.samples.path)
+    # the test split is gone: tuning that opened it would fail
+    fs.move(man.split_path("test"), man.split_path("test") + ".hidden")
+    asked = []
+    real = SamplesManifest.split_path
+    monkeypatch.setattr(SamplesManifest, "split_path", lambda self, split: asked.append(split) or real(self, split))
+    said = []
+    search = tune(spark, cfg, progress=said.append)
+    assert set(asked) == {"train", "valid"}
+    res = search["results"]["din"]
+    # 2 dimensions x 2 values, the second dimension's first value repeating a trial of the first
+    assert [t["setting"] for t in res["trials"]][:2] == [{"lr": 0.0001, "priors": True}, {"lr": 0.01, "priors": True}]
+    assert all(len(t["runs"]) == 2 for t in res["trials"])
+    assert res["trials"][2]["runs"][0]["status"] == "already done"  # a repeated setting is not trained twice
+    by_lr = {t["setting"]["lr"]: t["valid_auc_mean"] for t in res["trials"][:2]}
+    assert res["chosen"]["lr"] == max(by_lr, key=by_lr.get)
+    best = max(res["trials"], key=lambda t: t["valid_auc_mean"])
+    assert res["valid_auc_mean"] == best["valid_auc_mean"] and res["chosen"] == best["setting"]
+    assert all(r["best_step"] <= r["steps"] for t in res["trials"] for r in t["runs"])
+    assert any("mean valid AUC" in s for s in said)
+
+    tuned, record = write_tuned(conf, search)
+    assert json.loads(record.read_text())["chosen"]["din"] == search["chosen"]["din"]
+    back = load_config("local", "synthetic_small", ["train.model=din"], conf_dir=conf, tuned=True)
+    for key, value in search["chosen"]["din"].items():
+        assert back.model_dump()["train"][key] == value, key
+    assert back.train.epochs == 2 and back.train.patience == 1
+    # the command line wins; another model keeps its defaults; a variant inherits its family's
+    assert load_config("local", "synthetic_small", ["train.model=din", "train.lr=0.3"], conf_dir=conf, tuned=True).train.lr == 0.3
+    assert load_config("local", "synthetic_small", ["train.model=vbpr"], conf_dir=conf, tuned=True).train.epochs == 1
+    variant = load_config("local", "synthetic_small", [], conf_dir=conf, tuned=True).for_model("din_codes")
+    assert variant.train.lr == search["chosen"]["din"]["lr"] and variant.train.model == "din_codes"
+    assert load_config("local", "synthetic_small", ["train.model=din"], conf_dir=conf, tuned=False).train.epochs == 1
+
+
+def test_a_tuned_file_with_foreign_keys_or_models_is_refused(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf, ignore=shutil.ignore_patterns("tuned"))
+    (conf / "tuned").mkdir()
+    (conf / "tuned" / "synthetic_small.yaml").write_text("tuned:\n  din: {seed: 3}\n")
+    with pytest.raises(ConfigError, match="only train settings.*are tuned, not \\['seed'\\]"):
+        load_config("local", "synthetic_small", conf_dir=conf, tuned=True)
+    (conf / "tuned" / "synthetic_small.yaml").write_text("tuned:\n  gbdt: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match="tuned.gbdt: not a model"):
+        load_config("local", "synthetic_small", conf_dir=conf, tuned=True)
+    with pytest.raises(ConfigError, match="tuning.space.*k: the search space holds train settings only"):
+        load_config("local", "synthetic_small", ["tuning.space.k=[8]"], conf_dir=conf)
