@@ -94,7 +94,7 @@ def test_a_resumed_run_continues_the_same_curve_and_a_stopped_run_takes_no_step(
     again = train_loop(m, lambda: _batches(), opt, torch.device("cpu"), ckpt, 2, {}, start_step=start, progress=False,
                        total_steps=6, epochs=10, eval_every=2, validate=Scripted([]),
                        stopping=EarlyStopping.restored(trace, 2))
-    assert again.steps == 0
+    assert again.steps == 0 and load_checkpoint(ckpt)["step"] == 8  # and its checkpoint left as it was
 
 
 def test_epochs_validate_at_each_end_and_ranks_that_do_not_decide_follow_the_decision(tmp_path):

@@ -300,7 +300,7 @@ def train_loop(
 
     def check(epoch: int) -> bool:
         """A validation point: rank 0 scores, every rank learns whether to stop."""
-        nonlocal checked
+        nonlocal checked, unsaved
         checked = step
         flag = 0
         if validate is not None:
@@ -312,11 +312,14 @@ def train_loop(
             log.info("step %d (epoch %d): train loss %s, valid AUC %s%s", step, epoch + 1,
                      "n/a" if loss is None else f"{loss:.4f}", valid.get("auc"),
                      " (best)" if stopping.best_step == step else f" (best {stopping.best_auc} at step {stopping.best_step})")
-            since_check.clear()
             flag = int(stopping.stopped)
+            unsaved = True
+        since_check.clear()
         return bool(agree(flag) if agree is not None else flag)
 
-    stop = stopping.stopped  # a run that had stopped early and was killed before its result
+    if stopping.stopped:  # a run that had stopped early and was killed before its result: done
+        return TrainResult(0, 0, 0.0, None, precision="bf16" if amp_dtype == torch.bfloat16 else "fp32", stopping=stopping)
+    stop, unsaved = False, False
     for epoch in range(epochs):
         if stop or step >= limit:
             break
@@ -358,13 +361,13 @@ def train_loop(
                 stop = check(epoch)
             if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
                 save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
-                last_good = step
+                last_good, unsaved = step, False
             if stop:
                 break
         if not stop and step > checked and step > start:  # an epoch of unknown length ended
             stop = check(epoch)
     bar.close()
-    if checkpoint_dir and (step > last_good or stop):
+    if checkpoint_dir and (step > last_good or unsaved):
         save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
     taken = max(step - start, 0)
     return TrainResult(taken, samples, time.perf_counter() - t0, losses[-1] if losses else None, losses, pads,
