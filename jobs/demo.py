@@ -58,7 +58,8 @@ def stage(spark, cfg):
     v = trained["valid"]
     print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, {trained['status']}, "
           f"{trained['samples_per_second']:,.0f} samples/s): train loss {format_metric(trained['train_loss'])}, "
-          f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f}")
+          f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f} "
+          f"(best of {len(trained['curve'])} validation(s), at step {trained['best_step']})")
     evaluated = {}
     baseline = cfg.for_model("din")  # with its own tuned settings (conf/tuned)
     for c in (cfg, baseline):
@@ -68,11 +69,12 @@ def stage(spark, cfg):
     floors = step("floors", lambda: floors_stage(spark, cfg)) if cfg.evaluate.floors else {}
     print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values()))['metrics']['rows']:,} predictions "
           f"(metrics recorded in {cfg.table_path('eval_metrics')}):")
-    print(f"{'model':<22}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}")
+    print(f"{'model':<22}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}{'Calib.':>8}")
     # the models, then what needs no training (train split statistics): a model must beat the best floor
     rows = [*((name, e["metrics"]) for name, e in evaluated.items()), *((f"floor:{n}", m) for n, m in floors.items())]
     for name, m in rows:
-        print(f"{name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}{format_metric(m.get('gauc')):>8}")
+        print(f"{name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}"
+              f"{format_metric(m.get('gauc')):>8}{format_metric(m.get('calibration_error')):>8}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned,
             "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,

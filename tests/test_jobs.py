@@ -61,6 +61,7 @@ def test_demo_job_end_to_end(tmp_path):
     assert (tmp_path / "codebooks" / "v0001" / "code_distributions.png").stat().st_size > 1000
     assert "training samples: train" in out.stdout and (tmp_path / "samples" / "manifest.json").exists()
     assert "floor:item_rate" in out.stdout and "floor:global_rate" in out.stdout
+    assert "Calib." in out.stdout and "(best of 1 validation(s), at step" in out.stdout  # one epoch: one validation
 
 
 def load_job(name):

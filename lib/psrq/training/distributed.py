@@ -133,7 +133,7 @@ def loop_args(job: dict, rank: int, reader, device: torch.device, agree_max, sto
             return valid_metrics(model, make_reader(job["reader"], job["valid_path"], cols, 4096), device)
     return {"checkpoint_dir": job["checkpoint_dir"] if rank == 0 else None,
             "checkpoint_every": job["checkpoint_every"] if rank == 0 else 0, "meta": job["meta"],
-            "max_steps": job.get("max_steps"), "progress": False, "total_steps": epoch_steps(job, reader, agree_max),
+            "max_steps": job.get("max_steps"), "progress": False, "epoch_steps": epoch_steps(job, reader, agree_max),
             "amp_dtype": autocast_dtype(job["precision"], device), "epochs": job.get("epochs", 1),
             "eval_every": job.get("eval_every", 0), "validate": validate, "stopping": stopping,
             "agree": lambda flag: int(agree_max(flag))}

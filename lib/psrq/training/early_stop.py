@@ -11,7 +11,7 @@ from typing import Optional
 @dataclass
 class EarlyStopping:
     patience: int = 0                  # validations without a better AUC before stopping; 0: never
-    best_step: Optional[int] = None    # the step whose weights scored best (best.pt)
+    best_step: Optional[int] = None    # the step whose weights scored best (best-<step>.pt)
     best: Optional[dict] = None        # its valid metrics
     since_best: int = 0
     stopped: bool = False

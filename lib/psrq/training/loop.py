@@ -12,7 +12,7 @@ leaves the last good checkpoint in place.
 
 Epochs and early stopping: the loop makes up to `epochs` passes; at each validation point
 (every eval_every steps, or each epoch's end) a `validate` callback scores the valid split,
-psrq.training.early_stop records it, the best weights so far go to `best.pt` (what
+psrq.training.early_stop records it, the best weights so far go to `best-<step>.pt` (what
 evaluation reads), and training stops after `patience` validations without a better AUC.
 The stopping record travels in checkpoint.pt, so a resumed run continues the same curve."""
 from __future__ import annotations
@@ -134,7 +134,7 @@ def save_best(directory: str, model: torch.nn.Module, step: int, meta: dict, val
 
 def load_checkpoint(directory: str, best: bool = False) -> Optional[dict]:
     """The weights checkpoint in `directory` ({model, step, meta, ...}), None when there is
-    none; best=True: the best validation's weights (best.pt) where the run kept them, else
+    none; best=True: the best validation's weights (best-<step>.pt) where the run kept them, else
     the last. Loaded with weights_only: a file holding anything but tensors and plain values
     is refused before any of it runs. The optimiser state is not read (load_optimizer_state)."""
     last = load_checkpoint_file(fs.join(directory, CHECKPOINT))
@@ -260,7 +260,7 @@ def train_loop(
     start_step: int = 0,
     state_model: Optional[torch.nn.Module] = None,
     progress: bool = True,
-    total_steps: Optional[int] = None,
+    epoch_steps: Optional[int] = None,
     amp_dtype: Optional[torch.dtype] = None,
     epochs: int = 1,
     validate: Optional[Callable[[torch.nn.Module], dict]] = None,
@@ -273,7 +273,7 @@ def train_loop(
     (None: this process writes none); state_model is what they hold (the module inside a
     DDP wrapper).
 
-    total_steps (data-parallel ranks): the steps of one epoch, the same on every rank: a
+    epoch_steps: the steps of one epoch, the same on every data-parallel rank: a
     short shard is padded (see `padded`), so that every rank takes part in every step's
     exchange and applies the same update, and the ranks stay equal with no join and no
     final broadcast. amp_dtype: the autocast dtype of the forward pass (see
@@ -294,7 +294,6 @@ def train_loop(
     t0 = time.perf_counter()
     bar = tqdm(desc="train", unit="batch", disable=not progress, mininterval=2.0)
     last_good, checked = start, start
-    epoch_steps = total_steps
     limit = min(x for x in (max_steps, epoch_steps * epochs if epoch_steps is not None else None, float("inf"))
                 if x is not None)
 

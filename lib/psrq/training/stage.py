@@ -134,7 +134,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         start = restore(ckpt_dir, existing, model, opt, meta) if existing is not None else 0
         reader = make_reader(tc.reader, train_path, cols, tc.batch_size)
         res = train_loop(model, lambda: iter(reader), opt, device, ckpt_dir, tc.checkpoint_every, meta, tc.max_steps,
-                         start, progress=progress, total_steps=batch_count(reader.rows, tc.batch_size),
+                         start, progress=progress, epoch_steps=batch_count(reader.rows, tc.batch_size),
                          amp_dtype=autocast_dtype(tc.precision, device), epochs=tc.epochs, eval_every=tc.eval_every,
                          validate=lambda m: valid_metrics(m, make_reader(tc.reader, valid_path, cols + ["is_cold"], 4096), device),
                          stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
