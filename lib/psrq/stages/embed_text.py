@@ -81,4 +81,4 @@ def embed_text_stage(spark, cfg: Config) -> dict:
     txn = AppTxn(f"psrq.embed_text.{ec.table}.{ec.output_column}", cfg.run.run_id)
     res = engine.write(out, path, "overwrite", txn, description=f"{ec.output_column} = embed({text_col})")
     return {"table": path, "column": ec.output_column, "dim": dim, "model": model_path, "rows": df.count(),
-            "version": engine.version(path), "committed": getattr(res, "committed", None)}
+            "version": res.version, "committed": not res.skipped}  # skipped: this run's commit was already there
