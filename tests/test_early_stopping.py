@@ -111,3 +111,20 @@ def test_epochs_validate_at_each_end_and_ranks_that_do_not_decide_follow_the_dec
     assert follower.steps == 6
     with pytest.raises(StopIteration):  # asked exactly at the two validation points
         next(decisions)
+
+
+def test_a_best_file_no_record_names_is_never_read_and_goes_at_the_next_checkpoint(tmp_path):
+    """A crash after a new best's weights and before its checkpoint leaves best-<step>.pt that
+    the last checkpoint's record does not name: evaluation reads the named one, and the next
+    checkpoint removes the stray."""
+    from psrq.training.loop import save_best, save_checkpoint
+
+    model, opt = _model()
+    save_best(str(tmp_path), model, 4, {}, {"auc": 0.7})
+    save_checkpoint(str(tmp_path), model, opt, 6, {}, EarlyStopping(patience=2, best_step=4, best={"auc": 0.7}).state())
+    with torch.no_grad():
+        model.item.weight.add_(1.0)
+    save_best(str(tmp_path), model, 8, {}, {"auc": 0.9})  # ... and the process dies here
+    assert load_checkpoint(str(tmp_path), best=True)["step"] == 4
+    save_checkpoint(str(tmp_path), model, opt, 8, {}, EarlyStopping(patience=2, best_step=4, best={"auc": 0.7}).state())
+    assert sorted(p.name for p in tmp_path.glob("best-*.pt")) == ["best-4.pt"]
