@@ -88,8 +88,13 @@ def same_start(starts: list[int]) -> int:
     return starts[0]
 
 
-def _model_and_opt(job: dict, device: torch.device):
+def _model_and_opt(job: dict, device: torch.device, dense_biases: bool = False):
+    """dense_biases (DDP): the one-wide bias tables (the priors', VBPR's) take dense
+    gradients. Gloo's sparse allreduce corrupted memory on them intermittently (free():
+    invalid size, SIGSEGV in backward; torch 2.x, 2 of 3 two-epoch runs here); a dense
+    gradient of a one-wide table costs 4 bytes per vocabulary row per step."""
     from psrq.content import read_content
+    from psrq.models.layers import item_tables
     from psrq.models.ranker import build_model
 
     fs.configure(job["fs"])  # the driver's filesystem options (endpoint, region)
@@ -97,6 +102,8 @@ def _model_and_opt(job: dict, device: torch.device):
     torch.manual_seed(job["seed"])
     content = read_content(job["content"]) if job.get("content") else None
     model = statistics.apply(build_model(**job["model"], content=content), job.get("statistics")).to(device)
+    for table in item_tables(model) if dense_biases else ():
+        table.sparse = table.sparse and table.embedding_dim > 1
     opt = make_optimizer(model, job["lr"], job["table_optimizer"], job["table_lr"], job.get("weight_decay", 0.0))
     start, trace = resume(job["checkpoint_dir"], model, opt, job["meta"])
     return model, opt, start, EarlyStopping.restored(trace, job.get("patience", 0))
@@ -209,7 +216,7 @@ def ddp_worker(job: dict) -> list[dict]:
     dist.init_process_group(ddp_backend(device, job["model"].get("sparse", False)))
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        model, opt, start, stopping = _model_and_opt(job, device)
+        model, opt, start, stopping = _model_and_opt(job, device, dense_biases=True)
         gathered = [None] * world
         dist.all_gather_object(gathered, start)
         start = same_start(gathered)
