@@ -81,3 +81,14 @@ def test_a_tuned_file_with_foreign_keys_or_models_is_refused(tmp_path):
         load_config("local", "synthetic_small", conf_dir=conf, tuned=True)
     with pytest.raises(ConfigError, match="tuning.space.*k: the search space holds train settings only"):
         load_config("local", "synthetic_small", ["tuning.space.k=[8]"], conf_dir=conf)
+
+
+@pytest.mark.parametrize("path", sorted(DEFAULT_CONF_DIR.joinpath("tuned").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_committed_tuned_settings_load_as_their_datasets_defaults(path):
+    from omegaconf import OmegaConf
+
+    table = OmegaConf.to_container(OmegaConf.create(path.read_text()))["tuned"]
+    assert json.loads(path.with_suffix(".search.json").read_text())["chosen"] == table  # the record beside them
+    for model, settings in table.items():
+        cfg = load_config("local", path.stem, [f"train.model={model}"], tuned=True)
+        assert {k: cfg.model_dump()["train"][k] for k in settings} == settings, model
