@@ -157,8 +157,11 @@ class DeltaRsEngine:
         returns the table's schema, which the new files are written with."""
         have = pa.schema(dt.schema().to_arrow())
         if [(f.name, _loose(f.type)) for f in have] != [(f.name, _loose(f.type)) for f in schema]:
+            new = [n for n in schema.names if n not in have.names]
+            hint = (f" (the table lacks column(s) {new}: it was written by an earlier version; move it aside or "
+                    "write under another storage root to start a new one)") if new else ""
             raise StorageError(
-                f"schema of the data does not match the Delta table at {path}:\n  table: {have}\n  data:  {schema}"
+                f"schema of the data does not match the Delta table at {path}{hint}:\n  table: {have}\n  data:  {schema}"
             )
         return have
 
