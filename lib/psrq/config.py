@@ -510,8 +510,8 @@ def load_config(
     cli = _overrides(list(overrides))
     if tuned is None:
         tuned = os.environ.get("PSRQ_TUNED", "1") != "0"
-    tuned = tuned_settings(conf_dir, dataset, {k[len("train."):] for k in _dotted(cli) if k.startswith("train.")}) \
-        if tuned else {}
+    explicit = {o.split("=", 1)[0].strip()[len("train."):] for o in overrides if o.strip().startswith("train.")}
+    tuned = tuned_settings(conf_dir, dataset, explicit) if tuned else {}
     model = OmegaConf.select(OmegaConf.merge(*layers, cli), "train.model")
     merged = OmegaConf.merge(*layers, OmegaConf.create({"tuned": tuned, "conf_dir": str(conf_dir)}),
                              OmegaConf.create({"train": tuned.get(model, {})}),
@@ -527,15 +527,6 @@ def load_config(
 
 
 TUNED_DIR = "tuned"  # conf/tuned/<dataset>.yaml (jobs/tune.py)
-
-
-def _dotted(node, prefix: str = "") -> list[str]:
-    """The dotted keys of a nested override layer (train.lr=... -> 'train.lr')."""
-    keys = []
-    for k, v in (node.items() if hasattr(node, "items") else []):
-        key = f"{prefix}.{k}" if prefix else str(k)
-        keys += _dotted(v, key) if OmegaConf.is_dict(v) or isinstance(v, dict) else [key]
-    return keys
 
 
 def tuned_settings(conf_dir, dataset: str, explicit: set[str] = frozenset()) -> dict[str, dict]:

@@ -33,7 +33,7 @@ import torch
 from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
-from psrq.training.loop import TrainingError, autocast_dtype, batch_count, resume, train_loop, valid_metrics
+from psrq.training.loop import TrainingError, autocast_dtype, batch_count, resume, train_loop, validator
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -133,11 +133,7 @@ def epoch_steps(job: dict, reader, agree_max) -> int:
 def loop_args(job: dict, rank: int, reader, device: torch.device, agree_max, stopping: EarlyStopping) -> dict:
     """train_loop's arguments that every backend sets the same way: rank 0 checkpoints and
     validates, every rank takes the agreed steps and learns the stopping decision."""
-    validate = None
-    if rank == 0 and job.get("valid_path"):
-        def validate(model):
-            cols = list(model.inputs) + ["label", "is_cold"]
-            return valid_metrics(model, make_reader(job["reader"], job["valid_path"], cols, 4096), device)
+    validate = validator(job["reader"], job["valid_path"], device) if rank == 0 and job.get("valid_path") else None
     return {"checkpoint_dir": job["checkpoint_dir"] if rank == 0 else None,
             "checkpoint_every": job["checkpoint_every"] if rank == 0 else 0, "meta": job["meta"],
             "max_steps": job.get("max_steps"), "progress": False, "epoch_steps": epoch_steps(job, reader, agree_max),

@@ -381,6 +381,14 @@ def valid_metrics(model: torch.nn.Module, batches: Iterable[dict], device: torch
     return metrics(*predict(model, batches, device))
 
 
+def validator(reader: str, path: str, device: torch.device) -> Callable[[torch.nn.Module], dict]:
+    """validate(model) for train_loop: the evaluation's metrics on the split at `path`."""
+    from psrq.training.readers import make_reader
+
+    return lambda model: valid_metrics(model, make_reader(reader, path, list(model.inputs) + ["label", "is_cold"], 4096),
+                                       device)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: Iterable[dict], device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, labels, is_cold) over all batches."""

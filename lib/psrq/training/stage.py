@@ -21,7 +21,7 @@ from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.identity import TrainIdentity
 from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible,
-                                clean_stale_temporaries, load_checkpoint, restore, train_loop, valid_metrics)
+                                clean_stale_temporaries, load_checkpoint, restore, train_loop, validator)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -136,7 +136,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         res = train_loop(model, lambda: iter(reader), opt, device, ckpt_dir, tc.checkpoint_every, meta, tc.max_steps,
                          start, progress=progress, epoch_steps=batch_count(reader.rows, tc.batch_size),
                          amp_dtype=autocast_dtype(tc.precision, device), epochs=tc.epochs, eval_every=tc.eval_every,
-                         validate=lambda m: valid_metrics(m, make_reader(tc.reader, valid_path, cols + ["is_cold"], 4096), device),
+                         validate=validator(tc.reader, valid_path, device),
                          stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
                   "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision}]
@@ -152,7 +152,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     if valid is None:  # no validation ran (no step was taken): score the weights there are
         model.load_state_dict(final["model"])
         model.to(device)
-        valid = valid_metrics(model, make_reader(tc.reader, valid_path, cols + ["is_cold"], 4096), device)
+        valid = validator(tc.reader, valid_path, device)(model)
     result = {"status": "resumed" if existing is not None else "trained", "identity": ident.key,
               "settings": ident.as_dict(), "model": tc.model, "backend": tc.backend, "processes": len(ranks),
               "steps": step, "steps_this_run": max(r["steps"] for r in ranks),
