@@ -176,3 +176,32 @@ def test_k_larger_than_the_sample(spark, world):
     small = cfg.model_copy(update={"codebooks": cfg.codebooks.model_copy(update={"k": 50, "sample_size": 30})})
     with pytest.raises(QuantizerError, match="K=50 is larger than the sample \\(30 items of 400\\)"):
         fit_stage(spark, small)
+
+
+def test_a_registered_quantizer_runs_through_fit_and_assign(spark, tmp_path):
+    """One file (tests/toy_quantizer.py) plus one register line: fitted by the fit job,
+    saved and loaded as an artifact, applied on the executors by assign."""
+    import toy_quantizer
+
+    from psrq.quant import registry
+
+    spark.sparkContext.addPyFile(toy_quantizer.__file__)
+    registry.register("random_residual", toy_quantizer.RandomResidual)
+    try:
+        cfg = small_config(tmp_path, *CB, "codebooks.method=random_residual")
+        generate(spark, cfg)
+        m = fit_stage(spark, cfg)
+        assert m["method"] == "random_residual" and set(m["diagnostics"]) == {"text", "audio", "joint"}
+        cbs, _ = load_artifact(cfg.codebooks_root())
+        assert all(type(q) is toy_quantizer.RandomResidual for q in cbs.quantizers.values())
+        assert assign(spark, cfg)["items"] == 400
+        engine = open_engine(spark, "delta-rs")
+        sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id").sort_index()
+        items = engine.read(cfg.table_path("items")).toArrow()
+        embs = {mo: embeddings_to_numpy(items.column(info["column"]), info["dim"])[0] for mo, info in cbs.modalities.items()}
+        want = cbs.encode(embs)["joint"][np.argsort(np.asarray(items.column("item_id")))]
+        assert np.array_equal(np.stack(sid["joint_codes"].to_numpy()), want) and want.shape == (400, 3)
+    finally:
+        registry._REGISTRY.pop("random_residual")
+    with pytest.raises(Exception, match="unknown quantizer 'random_residual'"):
+        small_config(tmp_path, "codebooks.method=random_residual")

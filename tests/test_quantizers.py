@@ -5,11 +5,11 @@ from sklearn.metrics import adjusted_rand_score
 from psrq import synthetic as syn
 from psrq.config import SyntheticConf
 from psrq.errors import ArtifactError, QuantizerError
-from psrq.quant import methods
 from psrq.quant.artifact import list_versions, load_artifact, read_manifest, write_artifact
 from psrq.quant.diagnostics import diagnose, group_coherence
 from psrq.quant.kmeans import KMeansSpec
-from psrq.quant.methods import QuantSpec
+from psrq.quant.base import QuantSpec
+from psrq.quant.registry import quantizer
 from psrq.quant.spaces import JOINT, fit_codebooks, normalise
 
 
@@ -32,13 +32,13 @@ def test_each_quantizer_recovers_planted_clusters(method, layers, min_ari):
     truth = rng.integers(0, 24, 2400)
     x = normalise(centres[truth] + 0.02 * rng.normal(size=(2400, 48)), "l2")
     s = spec(method, layers=layers, latent_dim=16, hidden_dim=64)
-    arrays = methods.fit(s, x)
-    codes = methods.encode(s, arrays, x)
+    q = quantizer(s).fit(x)
+    codes = q.encode(x)
     assert codes.shape == (len(x), layers) and codes.min() >= 0 and codes.max() < 24
     # the first code (for pq: all sub-space codes together) groups the planted sub-genres
     first = codes[:, 0] if method != "pq" else np.unique(codes, axis=0, return_inverse=True)[1].ravel()
     assert adjusted_rand_score(truth, first) > min_ari
-    recon = methods.decode(s, arrays, codes)
+    recon = q.decode(codes)
     assert recon.shape == x.shape
     assert ((x - recon) ** 2).sum(1).mean() < ((x - x.mean(0)) ** 2).sum(1).mean()
 
@@ -46,17 +46,17 @@ def test_each_quantizer_recovers_planted_clusters(method, layers, min_ari):
 def test_psrq_layer1_equals_rq_layer1(catalogue):
     x = normalise(catalogue["audio_emb"], "l2")
     rq, ps = spec("rq"), spec("psrq")
-    c_rq = methods.encode(rq, methods.fit(rq, x), x)
-    c_ps = methods.encode(ps, methods.fit(ps, x), x)
+    c_rq = quantizer(rq).fit(x).encode(x)
+    c_ps = quantizer(ps).fit(x).encode(x)
     assert np.array_equal(c_rq[:, 0], c_ps[:, 0])
     assert not np.array_equal(c_rq[:, 1:], c_ps[:, 1:])
 
 
 def test_psrq_centroids_are_twice_as_wide_and_prefix_is_an_option(catalogue):
     x = normalise(catalogue["text_emb"], "l2")
-    a = methods.fit(spec("psrq"), x)
+    a = quantizer(spec("psrq")).fit(x).arrays
     assert a["layer0"].shape == (24, 48) and a["layer1"].shape == (24, 96)
-    b = methods.fit(spec("psrq", prefix="input"), x)
+    b = quantizer(spec("psrq", prefix="input")).fit(x).arrays
     assert np.array_equal(a["layer0"], b["layer0"]) and not np.allclose(a["layer1"], b["layer1"])
 
 
@@ -64,21 +64,23 @@ def test_psrq_centroids_are_twice_as_wide_and_prefix_is_an_option(catalogue):
 def test_encode_is_deterministic_and_independent_of_batching(catalogue, method):
     x = normalise(catalogue["text_emb"], "l2")
     s = spec(method, layers=4 if method == "pq" else 3, latent_dim=16, hidden_dim=32)
-    a1, a2 = methods.fit(s, x), methods.fit(s, x)
-    assert all(np.array_equal(a1[k], a2[k]) for k in a1)
-    whole = methods.encode(s, a1, x)
-    parts = np.concatenate([methods.encode(s, a1, x[i : i + 333]) for i in range(0, len(x), 333)])
+    q1, q2 = quantizer(s).fit(x), quantizer(s).fit(x)
+    assert all(np.array_equal(q1.arrays[k], q2.arrays[k]) for k in q1.arrays)
+    whole = q1.encode(x)
+    parts = np.concatenate([q1.encode(x[i : i + 333]) for i in range(0, len(x), 333)])
     assert np.array_equal(whole, parts)
 
 
 def test_wrong_dimension_and_unknown_method(catalogue):
     x = normalise(catalogue["text_emb"], "l2")
     s = spec("rq")
-    arrays = methods.fit(s, x)
+    q = quantizer(s).fit(x)
     with pytest.raises(QuantizerError, match="dimension 40, the codebook expects 48"):
-        methods.encode(s, arrays, normalise(catalogue["audio_emb"], "l2"))
-    with pytest.raises(QuantizerError, match="unknown quantizer"):
-        methods.fit(QuantSpec(method="opq"), x)
+        q.encode(normalise(catalogue["audio_emb"], "l2"))
+    with pytest.raises(QuantizerError, match="unknown quantizer 'opq' \\(choose from vq, rq, psrq, pq, rqvae"):
+        quantizer(QuantSpec(method="opq"))
+    with pytest.raises(QuantizerError, match="rq quantizer is not fitted"):
+        quantizer(s).encode(x)
 
 
 def test_group_coherence_by_hand():
@@ -95,9 +97,10 @@ def test_diagnostics_show_the_psrq_trade_off(catalogue):
     d = {}
     for m in ("rq", "psrq"):
         s = spec(m)
-        arrays = methods.fit(s, x)
-        codes = methods.encode(s, arrays, x)
-        d[m] = diagnose(x, codes, methods.decode(s, arrays, codes), 24, seed=0)
+        q = quantizer(s).fit(x)
+        d[m] = q.diagnostics(x, seed=0)
+        codes = q.encode(x)
+        assert d[m] == diagnose(x, codes, q.decode(codes), 24, seed=0)
     rq3, ps3 = d["rq"]["layers"][2], d["psrq"]["layers"][2]
     assert ps3["coherence_layer"] > rq3["coherence_layer"] + 0.2
     assert rq3["coherence_layer"] - rq3["coherence_random"] < 0.15
@@ -176,7 +179,7 @@ def test_every_kmeans_setting_reaches_each_layer():
     from dataclasses import replace
 
     from psrq.quant.kmeans import KMeansSpec
-    from psrq.quant.methods import layer_kmeans
+    from psrq.quant.base import layer_kmeans
 
     km = KMeansSpec(k=99, iters=7, seed=3, max_points_per_centroid=11, backend="torch", init="random")
     s = replace(spec("rq", k=16), kmeans=km)

@@ -132,7 +132,7 @@ class RqVaeConf(_Strict):
 
 
 class CodebooksConf(_Strict):
-    method: Literal["psrq", "rq", "vq", "pq", "rqvae"] = "psrq"
+    method: str = "psrq"  # a name in psrq.quant.registry
     k: int = Field(256, ge=2, le=32767)  # codes are stored as smallint
     layers: int = Field(3, ge=1)
     prefix: Literal["reconstruction", "input"] = "reconstruction"
@@ -152,9 +152,25 @@ class CodebooksConf(_Strict):
     # two steps (assign beside the old version, check, then jobs/mark_current.py)
     mark_current: bool = True
     # methods whose diagnostics the demo prints beside `method`
-    compare: list[Literal["psrq", "rq", "vq", "pq", "rqvae"]] = Field(default_factory=lambda: ["rq"])
+    compare: list[str] = Field(default_factory=lambda: ["rq"])
     # rows per encoding batch on the executors
     batch_rows: int = Field(8192, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from psrq.quant.registry import names
+
+        if v not in names():
+            raise ValueError(f"unknown quantizer {v!r} (choose from {', '.join(names())})")
+        return v
+
+    @field_validator("compare")
+    @classmethod
+    def _known_compare(cls, v: list[str]) -> list[str]:
+        for m in v:
+            cls._known_method(m)
+        return v
 
 
 class ContentConf(_Strict):

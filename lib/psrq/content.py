@@ -135,13 +135,14 @@ def quantise(aligned: np.ndarray, k: int, layers: int, seed: int) -> dict[str, n
     """QARM's two code kinds of the aligned representation: a VQ code (one k-means) and RQ
     codes (residual k-means, `layers` deep); shifted by one, padding row 0."""
     from psrq.quant.kmeans import KMeansSpec
-    from psrq.quant.methods import QuantSpec, encode, fit
+    from psrq.quant.base import QuantSpec
+    from psrq.quant.residual import RQ, VQ
 
     x = aligned[1:]
     k = min(k, len(x))
     out = {}
-    for name, spec in {"qarm_vq": QuantSpec("vq", k, 1, kmeans=KMeansSpec(k, seed=seed)),
-                       "qarm_rq": QuantSpec("rq", k, layers, kmeans=KMeansSpec(k, seed=seed))}.items():
-        codes = encode(spec, fit(spec, x), x).astype(np.int16) + 1
+    for name, q in {"qarm_vq": VQ(QuantSpec("vq", k, 1, kmeans=KMeansSpec(k, seed=seed))),
+                    "qarm_rq": RQ(QuantSpec("rq", k, layers, kmeans=KMeansSpec(k, seed=seed)))}.items():
+        codes = q.fit(x).encode(x).astype(np.int16) + 1
         out[name] = np.concatenate([np.zeros((1, codes.shape[1]), np.int16), codes])
     return out

@@ -19,7 +19,8 @@ from safetensors.numpy import save as st_save
 
 from psrq.errors import ArtifactError
 from psrq.quant.kmeans import KMeansSpec
-from psrq.quant.methods import QuantSpec
+from psrq.quant.base import QuantSpec
+from psrq.quant.registry import quantizer_class
 from psrq.quant.spaces import CodebookSet
 from psrq.storage.fs import resolve
 
@@ -172,15 +173,15 @@ def load_artifact(root: str, version: str | None = None, method: str | None = No
     check_shapes(manifest, arrays, f"codebook {version} under {root}")
     modalities = {m["name"]: {"column": m["column"], "dim": m["dim"]} for m in manifest["modalities"]}
     ordered = {s: arrays[s] for s in spaces}
-    cbs = CodebookSet(spec_from_dict(manifest["spec"]), manifest["normalisation"], modalities, ordered, version)
+    cbs = CodebookSet.from_arrays(spec_from_dict(manifest["spec"]), manifest["normalisation"], modalities, ordered, version)
     return cbs, manifest
 
 
 def check_shapes(manifest: dict, arrays: dict, where: str) -> None:
     """The manifest's settings must describe the arrays: recorded shapes, K rows in every
     layer codebook, one codebook per layer."""
-    spec = manifest["spec"]
-    k, layers = spec["k"], (1 if spec["method"] == "vq" else spec["layers"])
+    spec = spec_from_dict(manifest["spec"])
+    k, layers = spec.k, quantizer_class(spec.method).layers_of(spec)
     for s in manifest["spaces"]:
         got = {n: list(a.shape) for n, a in arrays[s["name"]].items()}
         if got != s["arrays"]:

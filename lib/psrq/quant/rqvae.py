@@ -9,7 +9,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from psrq.quant.base import Quantizer, layer_kmeans
 from psrq.quant.kmeans import fit_kmeans, nearest
+
+
+class RQVAE(Quantizer):
+    """Trained with torch (imported only to fit); arrays: enc*/dec* MLP weights and the
+    latent space's layer codebooks."""
+
+    def _fit(self, x):
+        return fit_rqvae(self.spec, x)
+
+    def _encode(self, x):
+        return encode_rqvae(self.spec, self.fitted, x)
+
+    def decode(self, codes):
+        return decode_rqvae(self.spec, self.fitted, codes)
+
+    @property
+    def input_dim(self):
+        return self.fitted["enc0.weight"].shape[1]
 
 
 def _mlp_np(arrays: dict, prefix: str, x: np.ndarray) -> np.ndarray:
@@ -20,8 +39,6 @@ def _mlp_np(arrays: dict, prefix: str, x: np.ndarray) -> np.ndarray:
 def fit_rqvae(spec, x: np.ndarray) -> dict[str, np.ndarray]:
     import torch
     from torch import nn
-
-    from psrq.quant.methods import layer_kmeans  # methods imports this module lazily
 
     seed = spec.kmeans.seed
     torch.manual_seed(seed)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from psrq.quant import methods
-from psrq.quant.methods import QuantSpec
+from psrq.quant.base import Quantizer, QuantSpec
+from psrq.quant.registry import quantizer
 
 JOINT = "joint"
 
@@ -32,35 +32,44 @@ def space_inputs(embs: dict[str, np.ndarray], how: str, joint: bool = True) -> d
 
 @dataclass
 class CodebookSet:
-    """Fitted codebooks for every space, and what is needed to apply them."""
+    """A fitted quantizer for every space, and what is needed to apply them."""
 
     spec: QuantSpec
     normalisation: str
     modalities: dict  # modality -> {"column": str, "dim": int}, in order
-    arrays: dict  # space -> {array name -> np.ndarray}
+    quantizers: dict[str, Quantizer]  # space -> fitted quantizer
     version: str = ""
+
+    @classmethod
+    def from_arrays(cls, spec: QuantSpec, normalisation: str, modalities: dict, arrays: dict, version: str = "") -> "CodebookSet":
+        """From saved arrays (space -> {array name -> np.ndarray}), spec.method's quantizer per space."""
+        return cls(spec, normalisation, modalities, {s: quantizer(spec, a) for s, a in arrays.items()}, version)
+
+    @property
+    def arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        return {s: q.fitted for s, q in self.quantizers.items()}
 
     @property
     def spaces(self) -> list[str]:
-        return list(self.arrays)
+        return list(self.quantizers)
 
     @property
     def joint(self) -> bool:
-        return JOINT in self.arrays
+        return JOINT in self.quantizers
 
     def inputs(self, embs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return space_inputs({m: embs[m] for m in self.modalities}, self.normalisation, self.joint)
 
     def encode(self, embs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """modality -> (n, dim) raw embeddings  =>  space -> (n, L) codes."""
-        return {s: methods.encode(self.spec, self.arrays[s], x) for s, x in self.inputs(embs).items()}
+        return {s: self.quantizers[s].encode(x) for s, x in self.inputs(embs).items()}
 
 
 def fit_codebooks(spec: QuantSpec, embs: dict[str, np.ndarray], modalities: dict, how: str, joint: bool = True,
                   progress=None) -> CodebookSet:
-    arrays = {}
+    fitted = {}
     for space, x in space_inputs(embs, how, joint).items():
         if progress:
             progress(space, x.shape)
-        arrays[space] = methods.fit(spec, x)
-    return CodebookSet(spec, how, modalities, arrays)
+        fitted[space] = quantizer(spec).fit(x)
+    return CodebookSet(spec, how, modalities, fitted)

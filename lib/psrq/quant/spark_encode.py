@@ -12,8 +12,6 @@ from pyspark.sql import types as T
 
 from psrq.embeddings import PROBLEM_TEXT, classify
 from psrq.errors import InputValidationError, Problem
-from psrq.quant import methods
-from psrq.quant.artifact import spec_from_dict, spec_to_dict
 from psrq.quant.spaces import JOINT, CodebookSet
 from psrq.schemas import ITEM_ID, codes_column
 
@@ -71,12 +69,13 @@ def encode_batch(cbs: CodebookSet, batch: pa.RecordBatch) -> pa.RecordBatch:
     if good.any():
         inputs = cbs.inputs({m: x[good] for m, x in embs.items()})
     for s in cbs.spaces:
-        codes = np.zeros((n, cbs.spec.n_layers()), dtype=np.int32)
+        q = cbs.quantizers[s]
+        codes = np.zeros((n, q.n_layers), dtype=np.int32)
         if good.any():
-            codes[good] = methods.encode(cbs.spec, cbs.arrays[s], inputs[s])
+            codes[good] = q.encode(inputs[s])
             if s == primary:
                 key[good] = pack_codes(codes[good], cbs.spec.k)
-                recon = methods.decode(cbs.spec, cbs.arrays[s], codes[good])
+                recon = q.decode(codes[good])
                 err[good] = ((inputs[s] - recon) ** 2).sum(1)
         out[codes_column(s)] = _short_lists(codes, good)
     out["code_key"] = pa.array(key, mask=~good)
@@ -86,15 +85,12 @@ def encode_batch(cbs: CodebookSet, batch: pa.RecordBatch) -> pa.RecordBatch:
 
 def encode_items(spark: SparkSession, items: DataFrame, cbs: CodebookSet) -> DataFrame:
     """Lazy frame of encoded items (schema `encoded_schema`). The codebooks travel to the
-    executors once, as a broadcast of plain arrays."""
-    payload = spark.sparkContext.broadcast(
-        {"spec": spec_to_dict(cbs.spec), "normalisation": cbs.normalisation, "modalities": cbs.modalities,
-         "arrays": cbs.arrays, "version": cbs.version}
-    )
+    executors once, as a broadcast of the fitted quantizers (settings and arrays; their
+    classes are imported there, never looked up by name)."""
+    payload = spark.sparkContext.broadcast(cbs)
 
     def task(batches):
-        p = payload.value
-        local = CodebookSet(spec_from_dict(p["spec"]), p["normalisation"], p["modalities"], p["arrays"], p["version"])
+        local = payload.value
         for batch in batches:
             if batch.num_rows:
                 yield encode_batch(local, batch)

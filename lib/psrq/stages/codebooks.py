@@ -14,11 +14,11 @@ from pyspark.sql import functions as F
 from psrq.config import CodebooksConf, Config
 from psrq.embeddings import PROBLEM_TEXT, checked_matrix
 from psrq.errors import InputValidationError, Problem, QuantizerError
-from psrq.quant import methods
 from psrq.quant.artifact import find_fit, spec_to_dict, write_artifact
 from psrq.quant.diagnostics import diagnose, plot_code_distributions
 from psrq.quant.kmeans import KMeansSpec, resolve_backend
-from psrq.quant.methods import QuantSpec
+from psrq.quant.base import QuantSpec
+from psrq.quant.registry import quantizer_class
 from psrq.quant.spaces import CodebookSet, fit_codebooks
 from psrq.schemas import ITEM_ID
 from psrq.storage import open_engine
@@ -64,9 +64,9 @@ def sample_diagnostics(cbs: CodebookSet, embs: dict[str, np.ndarray], seed: int)
     """Diagnostics per space on the fit sample; also returns the codes (for plots)."""
     diags, codes_by_space = {}, {}
     for space, x in cbs.inputs(embs).items():
-        codes = methods.encode(cbs.spec, cbs.arrays[space], x)
-        recon = methods.decode(cbs.spec, cbs.arrays[space], codes)
-        diags[space] = diagnose(x, codes, recon, cbs.spec.k, seed)
+        q = cbs.quantizers[space]
+        codes = q.encode(x)
+        diags[space] = diagnose(x, codes, q.decode(codes), cbs.spec.k, seed)
         diags[space]["layer1_hist"] = np.bincount(codes[:, 0], minlength=cbs.spec.k).tolist()
         codes_by_space[space] = codes
     return diags, codes_by_space
@@ -107,7 +107,7 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
     if len(ids) < spec.k:
         raise QuantizerError(f"K={spec.k} is larger than the sample ({len(ids)} items of {n_items}): lower codebooks.k or sample more")
     log.info("sampled %d of %d items in %.1fs; fitting %s (K=%d, L=%d) with k-means backend %s",
-             len(ids), n_items, time.time() - t0, spec.method, spec.k, spec.n_layers(), resolve_backend(spec.kmeans.backend, spec.kmeans.device))
+             len(ids), n_items, time.time() - t0, spec.method, spec.k, quantizer_class(spec.method).layers_of(spec), resolve_backend(spec.kmeans.backend, spec.kmeans.device))
     t1 = time.time()
     cbs = fit_codebooks(spec, embs, modalities, cc.normalisation, cc.joint,
                         progress=lambda s, shape: log.info("fitting space %s on %s", s, shape))
