@@ -22,7 +22,7 @@ from psrq.training.optim import make_optimizer
 from psrq.training.readers import ShardError, make_reader
 from psrq.training.stage import identity_and_folder, train_stage
 
-from conftest import small_config
+from conftest import run_python, small_config
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,18 @@ def test_petastorm_and_arrow_readers_give_the_same_batches_in_the_same_order(par
             assert len(peta) == len(arrow)
             for a, b in zip(arrow, peta):
                 assert set(a) == set(b) and all(np.array_equal(a[c], b[c]) and a[c].dtype == b[c].dtype for c in a)
+
+
+def test_a_fresh_process_reads_with_petastorm_without_its_pyarrow_warnings(parquet_dir):
+    """A rank is a fresh process: importing the readers silences Petastorm's FutureWarnings
+    (pyarrow's legacy API, a dozen per reader) there, and only those."""
+    path, total = parquet_dir
+    code = ("import sys, warnings; from psrq.training.readers import make_reader; "
+            f"n = sum(len(b['id']) for b in make_reader('petastorm', {path!r}, ['id'], 64)); "
+            "warnings.warn('ours', FutureWarning); print(n)")
+    out = run_python(["-c", code], check=True)
+    assert out.stdout.strip() == str(total)
+    assert out.stderr.count("FutureWarning") == 1 and "ours" in out.stderr and "petastorm" not in out.stderr
 
 
 def test_too_many_shards_is_an_error_not_a_hang(parquet_dir):

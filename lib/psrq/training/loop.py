@@ -292,7 +292,8 @@ def train_loop(
     step, samples, losses, pads, grad_bytes, step_seconds = 0, 0, [], 0, 0, []
     since_check: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(desc="train", unit="batch", disable=not progress, mininterval=2.0)
+    # a bar on a terminal only (disable=None); logs get the per-epoch validation lines
+    bar = tqdm(desc="train", unit="batch", disable=None if progress else True, mininterval=2.0)
     last_good, checked = start, start
     limit = min(x for x in (max_steps, epoch_steps * epochs if epoch_steps is not None else None, float("inf"))
                 if x is not None)

@@ -5,6 +5,7 @@ one smaller): `arrow` (pyarrow, reads row groups directly) and `petastorm`
 (make_batch_reader with the same sharding)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,10 @@ import pyarrow.parquet as pq
 from psrq.errors import PsrqError
 from psrq.storage import fs
 
+# Petastorm calls pyarrow's legacy dataset API on every reader it opens, each call a
+# FutureWarning (a dozen per rank per reader); silenced here, at their source, in every
+# process that reads samples. Our own code's warnings are untouched.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
 
 class ShardError(PsrqError):
     """A rank would get no data, or the data cannot be sharded as asked."""
