@@ -56,7 +56,7 @@ def test_fit_is_idempotent_per_run_and_settings(spark, world, tmp_path):
 
 
 def test_sample_is_seeded_and_partition_independent(spark, world):
-    from psrq.stages.codebooks import sample_items
+    from psrq.quant.semantic_ids import sample_items
 
     cfg, _ = world
     items = open_engine(spark, "delta-rs").read(cfg.table_path("items"))
@@ -205,3 +205,30 @@ def test_a_registered_quantizer_runs_through_fit_and_assign(spark, tmp_path):
         registry._REGISTRY.pop("random_residual")
     with pytest.raises(Exception, match="unknown quantizer 'random_residual'"):
         small_config(tmp_path, "codebooks.method=random_residual")
+
+
+def test_semantic_ids_estimator_fits_the_jobs_codebooks_and_transform_adds_codes(spark, world):
+    """The Spark ML-style facade: the same settings fit the same codebooks as the fit job
+    from the same table; transform keeps every column and adds the codes (null for a bad row)."""
+    from psrq.quant.semantic_ids import SemanticIds
+
+    cfg, _ = world
+    items = open_engine(spark, "delta-rs").read(cfg.table_path("items"))
+    mods = {m: (c.column, c.dim) for m, c in cfg.dataset.modalities.items()}
+    model = SemanticIds(mods, **cfg.codebooks.model_dump()).fit(items.repartition(5))
+    job, _ = load_artifact(cfg.codebooks_root(), "v0001")
+    assert model.codebooks.spaces == job.spaces == ["text", "audio", "joint"]
+    assert all(np.array_equal(model.codebooks.arrays[s][n], a) for s, arrs in job.arrays.items() for n, a in arrs.items())
+
+    bad = items.limit(1).withColumn("item_id", F.lit(10**9).cast("long")).withColumn("audio_emb", F.lit(None).cast("array<float>"))
+    out = model.transform(items.unionByName(bad).repartition(3))
+    assert out.columns == items.columns + ["text_codes", "audio_codes", "joint_codes", "code_key"]
+    got = out.toPandas().set_index("item_id").sort_index()
+    assert got.loc[10**9, ["audio_codes", "joint_codes", "code_key"]].isna().all()
+    arrow = items.toArrow()
+    embs = {m: embeddings_to_numpy(arrow.column(info["column"]), info["dim"])[0] for m, info in job.modalities.items()}
+    order = np.argsort(np.asarray(arrow.column("item_id")))
+    for space, codes in job.encode(embs).items():
+        assert np.array_equal(np.stack(got[f"{space}_codes"].drop(10**9).to_numpy()), codes[order])
+    with pytest.raises(QuantizerError, match=r"overwrite the frame's columns \['audio_codes', 'code_key'"):
+        model.transform(out)

@@ -8,56 +8,21 @@ import logging
 import time
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
-from psrq.config import CodebooksConf, Config
-from psrq.embeddings import PROBLEM_TEXT, checked_matrix
-from psrq.errors import InputValidationError, Problem, QuantizerError
+from psrq.config import Config
+from psrq.errors import QuantizerError
 from psrq.quant.artifact import find_fit, spec_to_dict, write_artifact
-from psrq.quant.diagnostics import diagnose, plot_code_distributions
-from psrq.quant.kmeans import KMeansSpec, resolve_backend
 from psrq.quant.base import QuantSpec
+from psrq.quant.diagnostics import diagnose, plot_code_distributions
+from psrq.quant.kmeans import resolve_backend
 from psrq.quant.registry import quantizer_class
+from psrq.quant.semantic_ids import quant_spec, sample_items, sample_matrices
 from psrq.quant.spaces import CodebookSet, fit_codebooks
-from psrq.schemas import ITEM_ID
 from psrq.storage import open_engine
 from psrq.validation import check_item_ids, require_item_columns
 
 log = logging.getLogger(__name__)
-
-
-def quant_spec(cc: CodebooksConf, method: str | None = None) -> QuantSpec:
-    method = method or cc.method
-    km = KMeansSpec(cc.k, cc.kmeans.iters, cc.seed, cc.kmeans.max_points_per_centroid, cc.kmeans.backend, cc.kmeans.init,
-                    cc.kmeans.device)
-    return QuantSpec(method=method, k=cc.k, layers=cc.layers, prefix=cc.prefix, prefix_weight=cc.prefix_weight,
-                     kmeans=km, **cc.rqvae.model_dump())
-
-
-def sample_items(items: DataFrame, cc: CodebooksConf, n_items: int) -> DataFrame:
-    """A seeded sample that does not depend on partitioning: rows ranked by a hash of
-    (seed, item_id); a hash threshold keeps only ~1.2x the wanted rows before the sort."""
-    h = F.xxhash64(F.lit(cc.seed), F.col(ITEM_ID)).bitwiseAND(F.lit(0x7FFFFFFF).cast("long")) / F.lit(float(0x80000000))
-    if cc.sample_fraction is not None:
-        return items.filter(h < cc.sample_fraction)
-    want = min(cc.sample_size, n_items)
-    frac = min(1.0, 1.2 * want / max(n_items, 1) + 1e-3)
-    return items.withColumn("_h", h).filter(F.col("_h") < frac).orderBy("_h", ITEM_ID).limit(want).drop("_h")
-
-
-def sample_matrices(sample: DataFrame, modalities: dict, table: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Bring the sample to the driver as Arrow; refuse bad rows with the items' error."""
-    arrow = sample.select(ITEM_ID, *[m["column"] for m in modalities.values()]).toArrow()
-    ids = np.asarray(arrow.column(ITEM_ID))
-    embs, problems = {}, []
-    for name, info in modalities.items():
-        embs[name], report = checked_matrix(ids, arrow.column(info["column"]), info["dim"])
-        for kind, n in report.counts.items():
-            problems.append(Problem(info["column"], PROBLEM_TEXT[kind].format(dim=info["dim"]), n, report.examples[kind]))
-    if problems:
-        raise InputValidationError(table, problems)
-    return ids, embs
 
 
 def sample_diagnostics(cbs: CodebookSet, embs: dict[str, np.ndarray], seed: int) -> tuple[dict, dict]:

@@ -1,0 +1,112 @@
+"""Spark adapter of fitting, and a Spark ML-style facade for users who live in Spark.
+
+    model = SemanticIds(method="psrq", k=256, layers=3,
+                        modalities={"text": ("text_emb", 768), "audio": ("audio_emb", 768)}).fit(items)
+    with_codes = model.transform(items)   # + text_codes, audio_codes, joint_codes, code_key
+
+`fit` samples the frame in Spark (a seeded hash of item_id: the sample does not depend on
+partitioning), brings only the sample to the driver and fits one quantizer per space
+(psrq.quant.spaces); `transform` is lazy and encodes on the executors (psrq.quant.spark_encode).
+The settings are codebooks' settings (psrq.config.CodebooksConf), so the fit job and this
+facade fit the same codebooks from the same rows."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from psrq.config import CodebooksConf
+from psrq.embeddings import PROBLEM_TEXT, checked_matrix
+from psrq.errors import InputValidationError, Problem, QuantizerError
+from psrq.quant.base import QuantSpec
+from psrq.quant.kmeans import KMeansSpec
+from psrq.quant.spaces import CodebookSet, fit_codebooks
+from psrq.quant.spark_encode import encode_batch, encoded_schema
+from psrq.schemas import ITEM_ID, codes_column
+
+
+def quant_spec(cc: CodebooksConf, method: str | None = None) -> QuantSpec:
+    """The quantizer settings of a codebooks configuration (every k-means setting included)."""
+    method = method or cc.method
+    km = KMeansSpec(cc.k, cc.kmeans.iters, cc.seed, cc.kmeans.max_points_per_centroid, cc.kmeans.backend, cc.kmeans.init,
+                    cc.kmeans.device)
+    return QuantSpec(method=method, k=cc.k, layers=cc.layers, prefix=cc.prefix, prefix_weight=cc.prefix_weight,
+                     kmeans=km, **cc.rqvae.model_dump())
+
+
+def sample_items(items: DataFrame, cc: CodebooksConf, n_items: int) -> DataFrame:
+    """A seeded sample that does not depend on partitioning: rows ranked by a hash of
+    (seed, item_id); a hash threshold keeps only ~1.2x the wanted rows before the sort."""
+    h = F.xxhash64(F.lit(cc.seed), F.col(ITEM_ID)).bitwiseAND(F.lit(0x7FFFFFFF).cast("long")) / F.lit(float(0x80000000))
+    if cc.sample_fraction is not None:
+        return items.filter(h < cc.sample_fraction)
+    want = min(cc.sample_size, n_items)
+    frac = min(1.0, 1.2 * want / max(n_items, 1) + 1e-3)
+    return items.withColumn("_h", h).filter(F.col("_h") < frac).orderBy("_h", ITEM_ID).limit(want).drop("_h")
+
+
+def sample_matrices(sample: DataFrame, modalities: dict, table: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Bring the sample to the driver as Arrow; refuse bad rows with the items' error."""
+    arrow = sample.select(ITEM_ID, *[m["column"] for m in modalities.values()]).toArrow()
+    ids = np.asarray(arrow.column(ITEM_ID))
+    embs, problems = {}, []
+    for name, info in modalities.items():
+        embs[name], report = checked_matrix(ids, arrow.column(info["column"]), info["dim"])
+        for kind, n in report.counts.items():
+            problems.append(Problem(info["column"], PROBLEM_TEXT[kind].format(dim=info["dim"]), n, report.examples[kind]))
+    if problems:
+        raise InputValidationError(table, problems)
+    return ids, embs
+
+
+class SemanticIds:
+    """Estimator: settings in, `fit(frame)` -> SemanticIdsModel. modalities: name ->
+    (embedding column, dimension), in the order the joint space concatenates them; every
+    other keyword is a codebooks setting (method, k, layers, seed, sample_size, kmeans={...})."""
+
+    def __init__(self, modalities: dict[str, tuple[str, int]], **codebooks):
+        self.modalities = {m: {"column": col, "dim": int(dim)} for m, (col, dim) in modalities.items()}
+        self.conf = CodebooksConf(**codebooks)
+
+    def fit(self, items: DataFrame) -> "SemanticIdsModel":
+        n = items.count()
+        ids, embs = sample_matrices(sample_items(items, self.conf, n), self.modalities, "items")
+        spec = quant_spec(self.conf)
+        if len(ids) < spec.k:
+            raise QuantizerError(f"K={spec.k} is larger than the sample ({len(ids)} items of {n}): lower k or sample more")
+        return SemanticIdsModel(fit_codebooks(spec, embs, self.modalities, self.conf.normalisation, self.conf.joint))
+
+
+class SemanticIdsModel:
+    """Transformer: `transform(frame)` adds `<space>_codes` (array<smallint>) per space and
+    `code_key` (the full code of the primary space as one bigint); both null on a row whose
+    embedding is missing, non-finite or of the wrong dimension. Lazy: nothing runs until an action."""
+
+    def __init__(self, codebooks: CodebookSet):
+        self.codebooks = codebooks
+
+    @property
+    def output_columns(self) -> list[str]:
+        return [codes_column(s) for s in self.codebooks.spaces] + ["code_key"]
+
+    def transform(self, frame: DataFrame) -> DataFrame:
+        cbs, added = self.codebooks, self.output_columns
+        clash = sorted(set(added) & set(frame.columns))
+        if clash:
+            raise QuantizerError(f"transform would overwrite the frame's columns {clash}: drop or rename them first")
+        fields = {f.name: f for f in encoded_schema(cbs).fields}
+        schema = T.StructType([*frame.schema.fields, *(fields[c] for c in added)])
+        payload = frame.sparkSession.sparkContext.broadcast(cbs)
+        inputs = [ITEM_ID] + [info["column"] for info in cbs.modalities.values()]
+
+        def task(batches):
+            local = payload.value
+            for batch in batches:
+                if batch.num_rows:
+                    enc = encode_batch(local, batch.select(inputs))
+                    yield pa.RecordBatch.from_arrays([*batch.columns, *(enc.column(c) for c in added)],
+                                                     names=[*batch.schema.names, *added])
+
+        return frame.mapInArrow(task, schema)
