@@ -102,7 +102,7 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     from psrq.training.loop import load_checkpoint, predict
     from psrq.training.readers import make_reader
     from psrq.samples import SamplesManifest
-    from psrq.training.stage import identity_and_folder, model_args
+    from psrq.training.run import identity_and_folder, model_args
 
     cfg = trained
     res = evaluate_stage(spark, cfg)
@@ -134,7 +134,7 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
     from psrq.samples import SamplesManifest
     from psrq.storage import open_engine
     from psrq.training.loop import load_checkpoint
-    from psrq.training.stage import identity_and_folder
+    from psrq.training.run import identity_and_folder
 
     cfg = trained.with_overrides({"evaluate.split": "valid"})
     first = evaluate_stage(spark, cfg)

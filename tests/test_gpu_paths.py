@@ -18,16 +18,11 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is
 
 @no_cuda
 def test_device_auto_resolves_to_the_cpu_here_and_cuda_is_refused():
-    from psrq.training.distributed import rank_device
-    from psrq.training.loop import TrainingError
-    from psrq.training.stage import device_of
+    from psrq.training.loop import TrainingError, device_for
 
-    assert rank_device("auto", 0) == torch.device("cpu") and rank_device("auto", 3) == torch.device("cpu")
-    assert device_of("auto") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="train.device=cuda but rank with local rank 1 sees no CUDA device"):
-        rank_device("cuda", 1)
-    with pytest.raises(TrainingError, match="train.device=cuda but torch sees no CUDA device"):
-        device_of("cuda")
+    assert device_for("auto") == device_for("auto", 3) == device_for("cpu", 1) == torch.device("cpu")
+    with pytest.raises(TrainingError, match="train.device=cuda but the process with local rank 1 sees no CUDA device"):
+        device_for("cuda", 1)
 
 
 def test_the_cluster_profile_schedules_one_gpu_per_task_when_asked(monkeypatch):

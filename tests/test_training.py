@@ -20,7 +20,8 @@ from psrq.stages.samples import build_samples
 from psrq.training.loop import TrainingError, load_checkpoint, resume, train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import ShardError, make_reader
-from psrq.training.stage import identity_and_folder, train_stage
+from psrq.training.run import identity_and_folder
+from psrq.training.stage import train_stage
 
 from conftest import run_python, small_config
 
@@ -338,7 +339,7 @@ def test_too_many_processes_is_refused_before_workers_start(spark, samples_cfg):
 
 
 def test_content_models_need_samples_with_content():
-    from psrq.training.stage import content_file
+    from psrq.training.run import content_file
 
     with pytest.raises(TrainingError, match="no content features.*samples.content.dim > 0"):
         man = SamplesManifest(path="/data/samples", codebook_version="v0001", k=4, layers=2, spaces=("text",),

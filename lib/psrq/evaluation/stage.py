@@ -26,7 +26,7 @@ from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs, open_engine
 from psrq.training.identity import EvalIdentity, weights_hash
 from psrq.training.loop import CHECKPOINT, check_compatible, load_checkpoint
-from psrq.training.stage import checkpoint_meta, content_file, identity_and_folder, model_args
+from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
 
 log = logging.getLogger(__name__)
 

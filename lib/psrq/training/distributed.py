@@ -33,7 +33,7 @@ import torch
 from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
-from psrq.training.loop import TrainingError, autocast_dtype, batch_count, resume, train_loop, validator
+from psrq.training.loop import TrainingError, autocast_dtype, batch_count, device_for, resume, train_loop, validator
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -56,15 +56,6 @@ def worker_job(*, model: dict, path: str, lr: float, batch_size: int, reader: st
             "device": device, "precision": precision, "weight_decay": weight_decay, "epochs": epochs,
             "eval_every": eval_every, "patience": patience, "valid_path": valid_path, "statistics": statistics,
             "fs": fs.current()}
-
-
-def rank_device(choice: str, local_rank: int) -> torch.device:
-    """cuda:<local rank> when the rank's task has a GPU and train.device allows it."""
-    if choice != "cpu" and torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
-    if choice == "cuda":
-        raise RuntimeError(f"train.device=cuda but rank with local rank {local_rank} sees no CUDA device")
-    return torch.device("cpu")
 
 
 def _where() -> dict:
@@ -148,7 +139,7 @@ def horovod_worker(job: dict) -> dict:
 
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
-    device = rank_device(job["device"], hvd.local_rank())
+    device = device_for(job["device"], hvd.local_rank())
     model, opt, start, stopping = _model_and_opt(job, device)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     # every rank restored the same checkpoint or none (checked): the optimiser state needs
@@ -206,7 +197,7 @@ def ddp_worker(job: dict) -> list[dict]:
 
     if job.get("gloo_ifname"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", job["gloo_ifname"])
-    device = rank_device(job["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    device = device_for(job["device"], int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(ddp_backend(device, job["model"].get("sparse", False)))

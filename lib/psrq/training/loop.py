@@ -71,6 +71,17 @@ def to_tensors(batch: dict, device: torch.device) -> dict:
     return {k: torch.from_numpy(np.array(v)).to(device) for k, v in batch.items() if v.dtype != object}
 
 
+def device_for(choice: str, local_rank: int = 0) -> torch.device:
+    """A process's device for train.device: cuda:<local rank> (modulo the visible devices)
+    when its task has a GPU and the setting allows it, else the CPU; `cuda` without one is
+    an error. One function for the single process and every Horovod/DDP rank."""
+    if choice != "cpu" and torch.cuda.is_available():
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+    if choice == "cuda":
+        raise TrainingError(f"train.device=cuda but the process with local rank {local_rank} sees no CUDA device")
+    return torch.device("cpu")
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """bf16 autocast where it is safe and pays (CUDA; train.precision=auto), or when asked
     (bf16); None: float32 throughout. Embedding lookups and the loss stay float32 under autocast."""

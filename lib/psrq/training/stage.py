@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from psrq.config import Config, absolute
+from psrq.config import Config
 from psrq.content import read_content
 from psrq.models.ranker import NEEDS_CONTENT, build_model
 from psrq.samples import VOCAB_ORDER, SamplesManifest
@@ -20,45 +20,14 @@ from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible,
+from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible, device_for,
                                 clean_stale_temporaries, load_checkpoint, restore, train_loop, validator)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
+from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
-
-
-def content_file(samples_path: str, man: SamplesManifest) -> str:
-    if not man.content:
-        raise TrainingError(f"the samples at {samples_path} have no content features, which train.model needs: "
-                            "rebuild them with samples.content.dim > 0")
-    return fs.join(absolute(samples_path), man.content["file"])
-
-
-def model_args(cfg: Config, man: SamplesManifest) -> dict:
-    """build_model's arguments (content aside) for the samples' manifest."""
-    return {"name": cfg.train.model, "vocab_size": man.vocab_size, "k": man.k, "layers": man.layers,
-            "history_len": man.history_len, "dim": cfg.train.dim, "options": cfg.train.model_options,
-            "modalities": man.modalities, "sparse": cfg.train.sparse, "max_vocab": cfg.train.max_vocab,
-            "hash_buckets": cfg.train.hash_buckets, "priors": cfg.train.priors, "user_buckets": cfg.train.user_buckets,
-            "embedding_dropout": cfg.train.embedding_dropout}
-
-
-def identity_and_folder(cfg: Config, man: SamplesManifest) -> tuple[TrainIdentity, str]:
-    ident = TrainIdentity.of(cfg.train, man)
-    return ident, ident.folder(cfg.train.checkpoint_dir)
-
-
-def checkpoint_meta(ident: TrainIdentity) -> dict:
-    """What a checkpoint records and must match to be resumed or evaluated."""
-    return {**ident.as_dict(), "identity": ident.key}
-
-
-def device_of(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device=cuda but torch sees no CUDA device")
-    return torch.device("cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def move_aside(folder: str, why: str) -> str:
@@ -123,7 +92,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}
     if not needed <= set(man.spaces):
         raise TrainingError(f"model {tc.model} needs code spaces {sorted(needed)}, the samples have {list(man.spaces)}")
-    device = device_of(tc.device)
+    device = device_for(tc.device)
     cols = model.inputs + ["label"]
     train_path, valid_path = man.split_path("train"), man.split_path("valid")
     stats = statistics.prepare(ckpt_dir, train_path, man.vocab_size, tc.user_buckets) if tc.priors else None
