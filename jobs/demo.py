@@ -10,7 +10,8 @@ table.
 import sys
 import time
 
-from psrq.cli import format_metric, run_job
+from psrq.cli import run_job
+from psrq.evaluation.metrics import format_metric
 from psrq.quant.diagnostics import format_side_by_side
 from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage

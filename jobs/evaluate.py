@@ -8,8 +8,9 @@ evaluate.floors=false to skip them).
 """
 import sys
 
-from psrq.cli import format_metric, run_job
+from psrq.cli import run_job
 from psrq.evaluation.floors import floors_stage
+from psrq.evaluation.metrics import format_metric
 from psrq.evaluation.stage import evaluate_stage
 
 

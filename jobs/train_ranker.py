@@ -7,7 +7,8 @@ train.reader (petastorm, arrow), and print validation AUC, Cold AUC and Logloss.
 """
 import sys
 
-from psrq.cli import format_metric, run_job
+from psrq.cli import run_job
+from psrq.evaluation.metrics import format_metric
 from psrq.training.stage import train_stage
 
 

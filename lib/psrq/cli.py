@@ -26,12 +26,6 @@ log = logging.getLogger("psrq")
 JSON_OUT = "PSRQ_JSON_OUT"
 
 
-def format_metric(value: float | None) -> str:
-    """A metric as jobs print it: 4 decimals, or n/a where it could not be computed (a
-    split without cold positives, say)."""
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Any configuration key can be overridden: key.path=value "

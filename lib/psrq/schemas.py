@@ -150,3 +150,41 @@ EVAL_METRICS = T.StructType(
         T.StructField("calibration_error", T.DoubleType(), True),  # psrq.evaluation.arrays.calibration_error
     ]
 )
+
+
+# Predictions of one evaluation (psrq.evaluation.scoring), one row per scored sample.
+PREDICTIONS = T.StructType([
+    T.StructField("user_id", T.LongType(), False),
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("label", T.IntegerType(), False),
+    T.StructField("is_cold", T.IntegerType(), False),
+    T.StructField("score", T.DoubleType(), False),
+])
+
+
+# One row per experiment cell and seed, and per floor (psrq.experiments.runner).
+EXPERIMENT_RESULTS = T.StructType([
+    T.StructField("experiment", T.StringType(), False), T.StructField("dataset", T.StringType(), False),
+    T.StructField("cell", T.StringType(), False), T.StructField("seed", T.LongType(), False),
+    T.StructField("model", T.StringType(), False), T.StructField("method", T.StringType(), False),
+    T.StructField("codebook_version", T.StringType(), False), T.StructField("eval_id", T.StringType(), False),
+    T.StructField("rows", T.LongType(), False), T.StructField("cold_rows", T.LongType(), False),
+    T.StructField("auc", T.DoubleType(), False), T.StructField("cold_auc", T.DoubleType(), True),
+    T.StructField("logloss", T.DoubleType(), False), T.StructField("gauc", T.DoubleType(), True),
+    T.StructField("train_seconds", T.DoubleType(), False), T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("calibration_error", T.DoubleType(), True),
+    T.StructField("train_identity", T.StringType(), False),  # psrq.training.identity.TrainIdentity.key; "floor"
+    T.StructField("steps", T.LongType(), True), T.StructField("best_step", T.LongType(), True),
+    T.StructField("curve", T.StringType(), True),  # JSON: the run's validations (psrq.training.early_stop)
+])
+
+
+# MovieLens films as imported (psrq.stages.movielens): the text to embed and the genre vector.
+MOVIELENS_ITEMS = T.StructType([
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("title", T.StringType(), False),
+    T.StructField("genres", T.StringType(), False),
+    T.StructField("text", T.StringType(), False),
+    T.StructField("genre_emb", T.ArrayType(T.FloatType(), False), False),
+    T.StructField("updated_at", T.TimestampType(), True),
+])

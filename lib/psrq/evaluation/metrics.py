@@ -92,3 +92,9 @@ def evaluate_predictions(preds: DataFrame, gauc: bool = True) -> dict:
     if gauc:
         out["gauc"], out["gauc_users"] = grouped_auc(preds)
     return out
+
+
+def format_metric(value: float | None) -> str:
+    """A metric as jobs print it: 4 decimals, or n/a where it could not be computed (a
+    split without cold positives, say)."""
+    return "n/a" if value is None else f"{value:.4f}"

@@ -9,15 +9,8 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
-from pyspark.sql import types as T
 
-PREDICTION_SCHEMA = T.StructType([
-    T.StructField("user_id", T.LongType(), False),
-    T.StructField("item_id", T.LongType(), False),
-    T.StructField("label", T.IntegerType(), False),
-    T.StructField("is_cold", T.IntegerType(), False),
-    T.StructField("score", T.DoubleType(), False),
-])
+from psrq.schemas import PREDICTIONS
 
 
 @dataclass(frozen=True)
@@ -80,4 +73,4 @@ def score(samples: DataFrame, bundle_bc, chunk: int = 4096) -> DataFrame:
                 "user_id": b.column("user_id"), "item_id": b.column("item_id"), "label": b.column("label"),
                 "is_cold": b.column("is_cold"), "score": pa.array(score_batch(model, b, chunk))})
 
-    return samples.mapInArrow(fn, PREDICTION_SCHEMA)
+    return samples.mapInArrow(fn, PREDICTIONS)

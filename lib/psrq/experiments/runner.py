@@ -15,30 +15,15 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from pyspark.sql import types as T
-
-from psrq.cli import format_metric
 from psrq.config import Config
+from psrq.evaluation.metrics import format_metric
 from psrq.experiments.matrix import Experiment, cell_config, dataset_config
 from psrq.experiments.report import FLOOR
+from psrq.schemas import EXPERIMENT_RESULTS
 from psrq.storage import AppTxn, fs, open_engine
 
 log = logging.getLogger(__name__)
 RESULTS_TABLE = "experiment_results"
-RESULTS = T.StructType([
-    T.StructField("experiment", T.StringType(), False), T.StructField("dataset", T.StringType(), False),
-    T.StructField("cell", T.StringType(), False), T.StructField("seed", T.LongType(), False),
-    T.StructField("model", T.StringType(), False), T.StructField("method", T.StringType(), False),
-    T.StructField("codebook_version", T.StringType(), False), T.StructField("eval_id", T.StringType(), False),
-    T.StructField("rows", T.LongType(), False), T.StructField("cold_rows", T.LongType(), False),
-    T.StructField("auc", T.DoubleType(), False), T.StructField("cold_auc", T.DoubleType(), True),
-    T.StructField("logloss", T.DoubleType(), False), T.StructField("gauc", T.DoubleType(), True),
-    T.StructField("train_seconds", T.DoubleType(), False), T.StructField("finished_at", T.TimestampType(), False),
-    T.StructField("calibration_error", T.DoubleType(), True),
-    T.StructField("train_identity", T.StringType(), False),  # psrq.training.identity.TrainIdentity.key; "floor"
-    T.StructField("steps", T.LongType(), True), T.StructField("best_step", T.LongType(), True),
-    T.StructField("curve", T.StringType(), True),  # JSON: the run's validations (psrq.training.early_stop)
-])
 
 
 def results_path(dcfg: Config) -> str:
@@ -53,7 +38,7 @@ def read_results(spark, dcfg: Config, latest: bool = True):
     engine = open_engine(spark, dcfg.storage.engine)
     path = results_path(dcfg)
     if not engine.exists(path):
-        return pd.DataFrame(columns=RESULTS.fieldNames())
+        return pd.DataFrame(columns=EXPERIMENT_RESULTS.fieldNames())
     res = engine.read(path).toPandas()
     if latest and len(res):
         res = res.sort_values("finished_at").drop_duplicates(["experiment", "dataset", "cell", "seed"], keep="last")
@@ -121,7 +106,7 @@ def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progre
              f"{len(exp.cells) * len(seeds)} cells done, {len(plan)} to run")
 
     def record(row: dict, what: str) -> None:
-        engine.write(spark.createDataFrame([row], RESULTS), results_path(dcfg), "append",
+        engine.write(spark.createDataFrame([row], EXPERIMENT_RESULTS), results_path(dcfg), "append",
                      AppTxn(f"psrq.experiments.{exp.name}.{what}", 0), description=f"{exp.name}/{what}")
 
     rows = []

@@ -9,19 +9,10 @@ from pyspark.sql import types as T
 
 from psrq.config import Config
 from psrq.movielens import read_interactions, read_items
-from psrq.schemas import INTERACTIONS
+from psrq.schemas import INTERACTIONS, MOVIELENS_ITEMS
 from psrq.storage import AppTxn, open_engine
 
 log = logging.getLogger(__name__)
-
-ITEMS_TEXT = T.StructType([
-    T.StructField("item_id", T.LongType(), False),
-    T.StructField("title", T.StringType(), False),
-    T.StructField("genres", T.StringType(), False),
-    T.StructField("text", T.StringType(), False),
-    T.StructField("genre_emb", T.ArrayType(T.FloatType(), False), False),
-    T.StructField("updated_at", T.TimestampType(), True),
-])
 
 
 def import_movielens(spark, cfg: Config) -> dict:
@@ -32,7 +23,7 @@ def import_movielens(spark, cfg: Config) -> dict:
     inter = read_interactions(mc.path, mc.positive_from)
     engine = open_engine(spark, cfg.storage.engine)
     out = {}
-    for name, pdf, schema in (("items", items, ITEMS_TEXT), ("interactions", inter, INTERACTIONS)):
+    for name, pdf, schema in (("items", items, MOVIELENS_ITEMS), ("interactions", inter, INTERACTIONS)):
         df = spark.createDataFrame(pdf[schema.fieldNames()], schema).repartition(spark.sparkContext.defaultParallelism)
         txn = AppTxn(f"psrq.import_movielens.{name}", cfg.run.run_id)
         engine.write(df, cfg.table_path(name), "overwrite", txn, description=f"MovieLens-100k {name} from {mc.path}")
