@@ -9,6 +9,21 @@ def test_local_settings_for_a_small_machine():
     assert "spark.jars.packages" not in s
 
 
+def test_the_stage_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cfg = load_config("local", "synthetic_small").spark
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert spark_settings(cfg)["spark.ui.showConsoleProgress"] == "false"
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert spark_settings(cfg)["spark.ui.showConsoleProgress"] == "true"
+
+
 def test_cluster_settings_load_delta_and_leave_resources_to_spark_submit(monkeypatch):
     from importlib.metadata import version
 

@@ -40,6 +40,8 @@ def spark_settings(cfg: SparkConf, master: str | None = None, storage: dict[str,
         "spark.python.worker.reuse": "true",
         # not INT96: readers outside Spark (pyarrow, petastorm) expect standard timestamps
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        # the stage progress bar redraws with carriage returns: a terminal's, not a log's
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
     }
     if master and master.startswith("local"):
         settings.update(
