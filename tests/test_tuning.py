@@ -57,6 +57,7 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
 
     tuned, record = write_tuned(conf, search)
     assert json.loads(record.read_text())["chosen"]["din"] == search["chosen"]["din"]
+    assert all(f"{k} {list(v)}" in tuned.read_text() for k, v in search["space"].items())  # the header says what was searched
     back = load_config("local", "synthetic_small", ["train.model=din"], conf_dir=conf, tuned=True)
     for key, value in search["chosen"]["din"].items():
         assert back.model_dump()["train"][key] == value, key

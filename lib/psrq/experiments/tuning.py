@@ -104,7 +104,8 @@ def write_tuned(conf_dir: Path, search: dict) -> tuple[Path, Path]:
     record.write_text(json.dumps(search, indent=2, default=str))
     head = (f"# Chosen by jobs/tune.py on the valid split of {name} (never its test split), {search['finished_at'][:10]}:\n"
             f"# per model, the setting with the best mean valid AUC over seeds {search['seeds']} in a staged grid over\n"
-            f"# {', '.join(search['space'])}; inherited: {search['inherit'] or 'none'}. The search: {record.name}.\n"
+            f"# {'; '.join(f'{k} {list(v)}' for k, v in search['space'].items())};\n"
+            f"# inherited: {search['inherit'] or 'none'}. The search: {record.name}.\n"
             "# The command line's overrides win over these.\n")
     tuned = folder / f"{name}.yaml"
     tuned.write_text(head + OmegaConf.to_yaml(OmegaConf.create({"tuned": search["chosen"]})))
