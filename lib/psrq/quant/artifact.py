@@ -18,8 +18,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from psrq.errors import ArtifactError
-from psrq.quant.kmeans import KMeansSpec
 from psrq.quant.base import QuantSpec
+from psrq.quant.kmeans import KMeansSpec
 from psrq.quant.registry import quantizer_class
 from psrq.quant.spaces import CodebookSet
 from psrq.storage.fs import resolve
