@@ -61,6 +61,15 @@ def sample_matrices(sample: DataFrame, modalities: dict, table: str) -> tuple[np
     return ids, embs
 
 
+def fit_sample(items: DataFrame, cc: CodebooksConf, modalities: dict, n_items: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The fit sample on the driver (sample_items, then sample_matrices), refused when it
+    holds fewer items than K."""
+    ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items")
+    if len(ids) < cc.k:
+        raise QuantizerError(f"K={cc.k} is larger than the sample ({len(ids)} items of {n_items}): lower codebooks.k or sample more")
+    return ids, embs
+
+
 class SemanticIds:
     """Estimator: settings in, `fit(frame)` -> SemanticIdsModel. modalities: name ->
     (embedding column, dimension), in the order the joint space concatenates them; every
@@ -71,12 +80,9 @@ class SemanticIds:
         self.conf = CodebooksConf(**codebooks)
 
     def fit(self, items: DataFrame) -> "SemanticIdsModel":
-        n = items.count()
-        ids, embs = sample_matrices(sample_items(items, self.conf, n), self.modalities, "items")
-        spec = quant_spec(self.conf)
-        if len(ids) < spec.k:
-            raise QuantizerError(f"K={spec.k} is larger than the sample ({len(ids)} items of {n}): lower k or sample more")
-        return SemanticIdsModel(fit_codebooks(spec, embs, self.modalities, self.conf.normalisation, self.conf.joint))
+        _, embs = fit_sample(items, self.conf, self.modalities, items.count())
+        return SemanticIdsModel(fit_codebooks(quant_spec(self.conf), embs, self.modalities, self.conf.normalisation,
+                                              self.conf.joint))
 
 
 class SemanticIdsModel:

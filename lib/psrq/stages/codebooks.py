@@ -11,13 +11,12 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from psrq.config import Config
-from psrq.errors import QuantizerError
 from psrq.quant.artifact import find_fit, spec_to_dict, write_artifact
 from psrq.quant.base import QuantSpec
 from psrq.quant.diagnostics import diagnose, plot_code_distributions
 from psrq.quant.kmeans import resolve_backend
 from psrq.quant.registry import quantizer_class
-from psrq.quant.semantic_ids import quant_spec, sample_items, sample_matrices
+from psrq.quant.semantic_ids import fit_sample, quant_spec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
 from psrq.storage import open_engine
 from psrq.validation import check_item_ids, require_item_columns
@@ -68,9 +67,7 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
     check_item_ids(items)
     n_items = items.count()
     t0 = time.time()
-    ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items")
-    if len(ids) < spec.k:
-        raise QuantizerError(f"K={spec.k} is larger than the sample ({len(ids)} items of {n_items}): lower codebooks.k or sample more")
+    ids, embs = fit_sample(items, cc, modalities, n_items)
     log.info("sampled %d of %d items in %.1fs; fitting %s (K=%d, L=%d) with k-means backend %s",
              len(ids), n_items, time.time() - t0, spec.method, spec.k, quantizer_class(spec.method).layers_of(spec), resolve_backend(spec.kmeans.backend, spec.kmeans.device))
     t1 = time.time()
