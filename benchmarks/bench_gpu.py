@@ -35,7 +35,7 @@ def kmeans(points: int, dim: int, device: str) -> dict:
 
 def training(path: str, steps: int, amp: bool) -> dict:
     from bench_training import K, L, N, V
-    from psrq.models.ranker import build_model
+    from psrq.models.registry import build_model
     from psrq.training.loop import train_loop
     from psrq.training.optim import make_optimizer
     from psrq.training.readers import make_reader

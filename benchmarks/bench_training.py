@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common import write_result
-from psrq.models.ranker import build_model
+from psrq.models.registry import build_model
 from psrq.storage import fs
 from psrq.training.loop import train_loop
 from psrq.training.optim import make_optimizer

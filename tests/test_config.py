@@ -48,6 +48,14 @@ def test_bad_enum_and_malformed_override():
         load_config("local", "synthetic_small", ["synthetic.n_items"])
 
 
+def test_models_are_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"train\.model: .*unknown model 'mca' \(choose from mcca, din, "):
+        load_config("local", "synthetic_small", ["train.model=mca"])
+    with pytest.raises(ConfigError, match=r"tuning\.models\.1: .*unknown model 'vbpr2'"):
+        load_config("local", "synthetic_small", ["tuning.models=[din,vbpr2]"])
+    assert load_config("local", "synthetic_small", ["train.model=simtier_make"]).train.model == "simtier_make"
+
+
 def test_missing_layer_lists_what_exists():
     with pytest.raises(ConfigError, match=r"profile 'laptop' not found .*\(available: cluster, local\)$"):
         load_config("laptop", "synthetic_small")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from psrq.models.ranker import build_model
+from psrq.models.registry import build_model
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.loop import BEST, load_checkpoint, resume, train_loop
 from psrq.training.optim import make_optimizer

@@ -97,7 +97,7 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
 
     from psrq.content import read_content
     from psrq.evaluation.stage import evaluate_stage
-    from psrq.models.ranker import build_model
+    from psrq.models.registry import build_model
     from psrq.storage import open_engine
     from psrq.training.loop import load_checkpoint, predict
     from psrq.training.readers import make_reader
@@ -155,6 +155,39 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
     rows = open_engine(spark, "delta-rs").read(cfg.table_path("eval_metrics")).toPandas().set_index("eval_id")
     assert rows.loc[first["eval_id"], "logloss"] == pytest.approx(first["metrics"]["logloss"])
     assert rows.loc[second["eval_id"], "logloss"] == pytest.approx(second["metrics"]["logloss"])
+
+
+def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, monkeypatch):
+    """One file (tests/toy_ranker.py) plus one register line: train.model takes the new
+    name, the model trains on the driver with its own options and auxiliary loss, and the
+    executors score it from its import path without the registration."""
+    import toy_ranker
+
+    from psrq.errors import ConfigError
+    from psrq.evaluation.stage import evaluate_stage
+    from psrq.models import registry
+    from psrq.samples import SamplesManifest
+    from psrq.storage import open_engine
+    from psrq.training.loop import load_checkpoint
+    from psrq.training.run import identity_and_folder, model_args
+    from psrq.training.stage import train_stage
+
+    with pytest.raises(ConfigError, match="train.model: .*unknown model 'item_dot'"):
+        trained.with_overrides({"train.model": "item_dot"})
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
+    registry.register("item_dot", toy_ranker.ItemDot)
+    spark.sparkContext.addPyFile(toy_ranker.__file__)
+    cfg = trained.with_overrides({"train.model": "item_dot", "train.model_options": {"l2": 0.01}, "train.priors": False})
+    man = SamplesManifest.read(cfg.samples.path)
+    assert model_args(cfg, man)["ranker"] == "toy_ranker:ItemDot"
+    train_stage(cfg, progress=False)
+    weights = load_checkpoint(identity_and_folder(cfg, man)[1])["model"]
+    assert set(weights) == {"item.weight", "bias.weight"}
+    res = evaluate_stage(spark, cfg)
+    assert res["status"] == "evaluated" and res["metrics"]["rows"] == man.splits["test"]["rows"]
+    assert 0.0 < res["metrics"]["auc"] < 1.0
+    rows = open_engine(spark, "delta-rs").read(cfg.table_path("eval_metrics")).toPandas()
+    assert rows.set_index("eval_id").loc[res["eval_id"], "model"] == "item_dot"
 
 
 def test_evaluating_an_untrained_model_is_a_clear_error(spark, trained):

@@ -108,7 +108,7 @@ def test_kmeans_falls_back_to_the_cpu_out_loud_and_refuses_cuda_without_a_gpu(ca
 
 
 def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
-    from psrq.models.ranker import build_model
+    from psrq.models.registry import build_model
     from psrq.training.loop import autocast_dtype, train_loop
     from psrq.training.optim import make_optimizer
 

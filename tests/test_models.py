@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from psrq.content import ContentFeatures
-from psrq.models.ranker import MODELS, build_model
+from psrq.models.registry import BUILT_IN, build_model
 
 B, N, L, K, V, D = 6, 5, 3, 16, 40, 8
 C, CD = 30, 4  # catalogue size, content width
@@ -48,13 +48,13 @@ def loss_of(m, data):
     return batch_loss(m, m, data)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", list(BUILT_IN))
 def test_forward_backward_on_a_tiny_batch(name):
     from psrq.training.optim import make_optimizer
 
     m = model(name)
     data = batch()
-    logits = m(data)
+    logits = m.logits(data)
     assert logits.shape == (B,) and torch.isfinite(logits).all()
     loss = loss_of(m, data)
     loss.backward()
@@ -76,11 +76,11 @@ def test_each_model_reads_only_what_it_needs():
                          "mcca_wo_msc": ["joint"], "mcca_wo_mjc": ["audio", "text"], "qarm": ["qarm_rq", "qarm_vq"]}.items():
         m = model(name)
         assert sorted(m.spaces) == spaces, name
-    for name in MODELS:
+    for name in list(BUILT_IN):
         m = model(name).eval()
         full = batch()
         reduced = {k: v for k, v in full.items() if k in m.inputs}
-        assert torch.equal(m(full), m(reduced)), name  # nothing outside `inputs` is read
+        assert torch.equal(m.logits(full), m.logits(reduced)), name  # nothing outside `inputs` is read
         uses_content = "content_idx" in m.inputs
         assert uses_content == (name in ("qarm", "vbpr", "simtier_make")), name
 
@@ -105,9 +105,9 @@ def test_padding_positions_do_not_matter():
     b["hist_item_idx"][0] = 7
     b["hist_joint_codes"][3, 3 * L:] = 5
     b["hist_content_idx"][0] = 3
-    for name in MODELS:
+    for name in list(BUILT_IN):
         m = model(name).eval()
-        assert torch.allclose(m(a), m(b)), name
+        assert torch.allclose(m.logits(a), m.logits(b)), name
 
 
 def test_unknown_model_name():
@@ -128,9 +128,9 @@ def test_content_reaches_cold_items(name):
     m = model(name).eval()
     data = batch()
     data["item_idx"][:] = 1  # all OOV
-    a = m(data)
+    a = m.logits(data)
     data["content_idx"] = data["content_idx"] % C + 1
-    assert not torch.allclose(a, m(data))
+    assert not torch.allclose(a, m.logits(data))
 
 
 def test_qarm_codes_are_the_content_codes():
@@ -159,7 +159,7 @@ def test_simtier_histograms_count_the_history():
 def test_make_keeps_the_ranking_loss_out_of_the_multimodal_part():
     m = model("simtier_make")
     data = batch()
-    torch.nn.functional.binary_cross_entropy_with_logits(m(data), data["label"]).backward()
+    torch.nn.functional.binary_cross_entropy_with_logits(m.logits(data), data["label"]).backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.multimodal_parameters())
     m.zero_grad()
     loss_of(m, data).backward()  # the auxiliary loss trains it
@@ -167,5 +167,5 @@ def test_make_keeps_the_ranking_loss_out_of_the_multimodal_part():
     groups = m.param_groups(1e-3)
     assert groups[1]["lr"] == pytest.approx(4e-3)
     joint = model("simtier_make", make=False)
-    joint(data)
-    assert joint.aux_logits is None and joint.param_groups(1e-3)[1]["lr"] == pytest.approx(1e-3)
+    assert set(m(data)) == {"logits", "make"} and set(joint(data)) == {"logits"}  # outputs, no module state
+    assert joint.losses(data, joint(data)) == {} and joint.param_groups(1e-3)[1]["lr"] == pytest.approx(1e-3)

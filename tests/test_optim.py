@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from psrq.models.layers import ItemTable, item_tables
-from psrq.models.ranker import build_model
+from psrq.models.registry import build_model
 from psrq.training.optim import OptimizerStateError, RowwiseAdagrad, gradient_bytes, make_optimizer
 
 V, D = 1000, 8
@@ -65,12 +65,32 @@ def test_models_split_their_parameters_between_dense_adam_and_the_table_optimise
     assert list(make_optimizer(dense, 1e-3).parts) == ["dense"]
 
 
+def test_a_model_of_sparse_tables_only_has_the_table_optimiser_alone():
+    """No dense parameters (tests/toy_ranker.py: two item tables): no empty Adam, and a step
+    moves the batch's rows."""
+    import toy_ranker
+
+    from psrq.models.base import ModelSpec
+    from psrq.models.layers import set_sparse
+
+    m = set_sparse(toy_ranker.ItemDot(ModelSpec("item_dot", V, 16, 3, 5, D)), True)
+    opt = make_optimizer(m, 1e-2)
+    assert list(opt.parts) == ["tables"]
+    batch = {"item_idx": torch.tensor([3, 4]), "hist_item_idx": torch.tensor([[5, 6, 0, 0, 0], [7, 0, 0, 0, 0]]),
+             "hist_len": torch.tensor([2, 1])}
+    before = m.item.weight.detach().clone()
+    m.logits(batch).sum().backward()
+    opt.step()
+    moved = (m.item.weight.detach() != before).any(1).nonzero().flatten().tolist()
+    assert moved == [3, 4, 5, 6, 7]
+
+
 def test_optimiser_state_round_trips_and_a_different_split_is_refused():
     m = build_model("din", V, 16, 3, 5, D, sparse=True)
     opt = make_optimizer(m, 1e-3)
     batch = {"item_idx": torch.tensor([1, 2]), "hist_item_idx": torch.tensor([[3, 4, 0, 0, 0], [5, 0, 0, 0, 0]]),
              "hist_len": torch.tensor([2, 1])}
-    m(batch).sum().backward()
+    m.logits(batch).sum().backward()
     opt.step()
     again = make_optimizer(m, 1e-3)
     again.load_state_dict(opt.state_dict())
@@ -86,7 +106,7 @@ def test_gradient_bytes_follow_the_batch_for_sparse_tables_and_the_vocabulary_fo
             m = build_model("din", v, 16, 3, 5, D, sparse=sparse)
             batch = {"item_idx": torch.tensor([1, 2]), "hist_item_idx": torch.tensor([[3, 4, 0, 0, 0], [5, 0, 0, 0, 0]]),
                      "hist_len": torch.tensor([2, 1])}
-            m(batch).sum().backward()
+            m.logits(batch).sum().backward()
             sizes[v, sparse] = gradient_bytes(m)
     assert sizes[1_000, True] == sizes[100_000, True]
     assert sizes[100_000, False] - sizes[1_000, False] == 99_000 * D * 4
@@ -126,6 +146,6 @@ def test_max_vocab_models_tell_tail_items_apart_by_their_codes():
             base[f"target_{s}_codes"] = torch.randint(1, 17, (2, 3), generator=g)  # the two items' own codes
             base[f"hist_{s}_codes"] = torch.randint(1, 17, (1, 15), generator=g).repeat(2, 1)
         with torch.no_grad():
-            scores[name] = m(base)
+            scores[name] = m.logits(base)
     assert torch.equal(scores["din"][0], scores["din"][1])
     assert not torch.isclose(scores["mcca"][0], scores["mcca"][1])

@@ -7,7 +7,7 @@ import torch
 
 from psrq.evaluation import floors
 from psrq.models.priors import PRIOR, Priors, WithPriors, train_statistics, user_rows
-from psrq.models.ranker import build_model
+from psrq.models.registry import build_model
 from psrq.training import statistics
 
 V, U = 20, 16

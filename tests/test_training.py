@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from psrq.models.ranker import build_model
+from psrq.models.registry import build_model
 from psrq.samples import SamplesManifest
 from psrq.stages.assign import assign
 from psrq.stages.codebooks import fit_stage

@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from psrq.errors import ConfigError
 
@@ -219,11 +219,19 @@ class SamplesConf(_Strict):
         return self
 
 
-MODEL_NAMES = ("mcca", "din", "din_codes", "mcca_wo_msc", "mcca_wo_mjc", "vbpr", "qarm", "simtier_make")
+def _known_model(name: str) -> str:
+    from psrq.models.registry import names  # no torch: entries are import paths until built
+
+    if name not in names():
+        raise ValueError(f"unknown model {name!r} (choose from {', '.join(names())})")
+    return name
+
+
+KnownModel = Annotated[str, AfterValidator(_known_model)]  # a name in psrq.models.registry
 
 
 class TrainConf(_Strict):
-    model: Literal[MODEL_NAMES] = "mcca"
+    model: KnownModel = "mcca"
     backend: Literal["single", "horovod", "torch-distributor"] = "horovod"
     reader: Literal["petastorm", "arrow"] = "petastorm"
     num_proc: int = Field(2, ge=1)
@@ -364,7 +372,7 @@ class EmbedTextConf(_Strict):
 
 class TuningConf(_Strict):
     """jobs/tune.py: per model, a staged grid on the valid split (psrq.experiments.tuning)."""
-    models: list[Literal[MODEL_NAMES]] = Field(default_factory=lambda: ["mcca", "din", "vbpr", "qarm", "simtier_make"])
+    models: list[KnownModel] = Field(default_factory=lambda: ["mcca", "din", "vbpr", "qarm", "simtier_make"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     epochs: int = Field(8, ge=1)     # the most; early stopping keeps the best validation
     patience: int = Field(2, ge=1)
@@ -560,8 +568,10 @@ def tuned_settings(conf_dir, dataset: str, explicit: set[str] = frozenset()) -> 
         raise ConfigError(f"{path}: expected a `tuned:` mapping of model -> {{train setting: value}}")
     out = {}
     for model, settings in table.items():
-        if model not in MODEL_NAMES or not isinstance(settings, dict):
-            raise ConfigError(f"{path}: tuned.{model}: not a model ({', '.join(MODEL_NAMES)}) with a mapping of settings")
+        from psrq.models.registry import names
+
+        if model not in names() or not isinstance(settings, dict):
+            raise ConfigError(f"{path}: tuned.{model}: not a model ({', '.join(names())}) with a mapping of settings")
         bad = [k for k in settings if k not in TrainConf.model_fields or k in ("model", "seed")]
         if bad:
             raise ConfigError(f"{path}: tuned.{model}: only train settings (not model or seed) are tuned, not {bad}")

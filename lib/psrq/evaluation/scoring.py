@@ -39,7 +39,7 @@ def load_bundle(bundle: ModelBundle):
         from safetensors.torch import load
 
         from psrq.content import ContentFeatures
-        from psrq.models.ranker import build_model
+        from psrq.models.registry import build_model
 
         torch.set_num_threads(1)  # one task per core
         content = ContentFeatures.from_bytes(bundle.content) if bundle.content else None
@@ -60,7 +60,7 @@ def score_batch(model, batch: pa.RecordBatch, chunk: int) -> np.ndarray:
     with torch.no_grad():
         for i in range(0, batch.num_rows, chunk):
             data = {c: torch.from_numpy(np.array(v[i:i + chunk])) for c, v in cols.items()}
-            out[i:i + chunk] = torch.sigmoid(model(data)).double().numpy()
+            out[i:i + chunk] = torch.sigmoid(model.logits(data)).double().numpy()
     return out
 
 

@@ -20,7 +20,7 @@ from psrq.content import CONTENT_FILE, read_content_bytes
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import RECORDED, evaluate_predictions
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
-from psrq.models.ranker import NEEDS_CONTENT
+from psrq.models.registry import needs_content
 from psrq.samples import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs, open_engine
@@ -53,13 +53,13 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     eval_id = eid.eval_id
     engine = open_engine(spark, cfg.storage.engine)
     metrics_path = cfg.table_path("eval_metrics")
-    needs_content = tc.model in NEEDS_CONTENT
+    reads_content = needs_content(tc.model)
     if engine.exists(metrics_path):
         done = engine.read(metrics_path).filter(F.col("eval_id") == eval_id).limit(1).collect()
         if done:
             log.info("evaluation %s already recorded in %s: reporting it", eval_id, metrics_path)
-            return _summary(done[0].asDict(), "already done", needs_content)
-    content = read_content_bytes(content_file(cfg.samples.path, man)) if needs_content else None
+            return _summary(done[0].asDict(), "already done", reads_content)
+    content = read_content_bytes(content_file(cfg.samples.path, man)) if reads_content else None
     bundle = bundle_from_checkpoint(ckpt, eval_id, model_args(cfg, man), content)
     bc = spark.sparkContext.broadcast(bundle)
     split_path = man.split_path(ec.split)
@@ -89,4 +89,4 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     engine.write(spark.createDataFrame([record], EVAL_METRICS), metrics_path, "append", txn,
                  description=f"metrics of {eval_id}")
     log.info("%s on %s: AUC %.4f, cold AUC %s, logloss %.4f", tc.model, ec.split, metrics["auc"], metrics["cold_auc"], metrics["logloss"])
-    return _summary(record, "evaluated", needs_content)
+    return _summary(record, "evaluated", reads_content)

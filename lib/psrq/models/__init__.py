@@ -1,1 +1,1 @@
-"""Rankers: MCCA, DIN and their variants (torch)."""
+"""Rankers: one base (base.py), one module per family, a registry by name (registry.py)."""

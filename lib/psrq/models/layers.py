@@ -1,8 +1,21 @@
 """Building blocks of the rankers (torch)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+
+CONTENT_INPUTS = ["content_idx", "hist_content_idx"]  # the target's and history's catalogue indices
+
+
+def content_buffers(module: nn.Module, modalities: dict[str, np.ndarray]) -> list[str]:
+    """The content matrices as frozen buffers `content_<modality>`: not parameters, not in
+    checkpoints (they ship with the samples). Returns the modality names, sorted."""
+    names = sorted(modalities)
+    for m in names:
+        module.register_buffer(f"content_{m}", torch.from_numpy(np.asarray(modalities[m], np.float32)), persistent=False)
+    return names
 
 
 def history_mask(hist_len: torch.Tensor, n: int) -> torch.Tensor:

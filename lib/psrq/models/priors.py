@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from psrq.models.base import LOGITS, Outputs, Ranker
 from psrq.models.layers import ItemTable
 
 PRIOR = 20.0  # pseudo-events at the global rate: the floors' smoothing (psrq.evaluation.floors)
@@ -92,26 +93,24 @@ class Priors(nn.Module):
                 + self.user_bias(user).squeeze(-1))
 
 
-class WithPriors(nn.Module):
+class WithPriors(Ranker):
     """A ranker plus its Priors; reads what the ranker reads and the user's ID."""
 
-    def __init__(self, base: nn.Module, priors: Priors):
-        super().__init__()
+    def __init__(self, base: Ranker, priors: Priors):
+        super().__init__(base.spec)
         self.base, self.priors = base, priors
+        self.needs_content = base.needs_content
 
     @property
     def inputs(self) -> list[str]:
         return list(self.base.inputs) + ["user_id"]
 
-    @property
-    def aux_logits(self):
-        """The base model's auxiliary logits (SimTier+MAKE), for the loop's auxiliary loss."""
-        return getattr(self.base, "aux_logits", None)
+    def losses(self, batch: dict[str, torch.Tensor], outputs: Outputs) -> dict[str, torch.Tensor]:
+        return self.base.losses(batch, outputs)
 
     def param_groups(self, lr: float) -> list[dict]:
-        own = list(self.priors.parameters())
-        groups = self.base.param_groups(lr) if hasattr(self.base, "param_groups") else [{"params": list(self.base.parameters())}]
-        return groups + [{"params": own}]
+        return self.base.param_groups(lr) + [{"params": list(self.priors.parameters())}]
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.base(batch) + self.priors(batch)
+    def forward(self, batch: dict[str, torch.Tensor]) -> Outputs:
+        out = self.base(batch)
+        return {**out, LOGITS: out[LOGITS] + self.priors(batch)}

@@ -86,7 +86,7 @@ def _model_and_opt(job: dict, device: torch.device, dense_biases: bool = False):
     gradient of a one-wide table costs 4 bytes per vocabulary row per step."""
     from psrq.content import read_content
     from psrq.models.layers import item_tables
-    from psrq.models.ranker import build_model
+    from psrq.models.registry import build_model
 
     fs.configure(job["fs"])  # the driver's filesystem options (endpoint, region)
     torch.set_num_threads(job.get("threads", 1))

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from psrq.errors import PsrqError
+from psrq.models.base import LOGITS, Ranker
 from psrq.storage import fs
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.optim import gradient_bytes
@@ -90,13 +91,14 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return None
 
 
-def batch_loss(model: torch.nn.Module, state_model: torch.nn.Module, data: dict) -> torch.Tensor:
-    """Log loss of the logits, plus the model's auxiliary loss where it has one (MAKE's
-    separately optimised multimodal part leaves its logits in `aux_logits`)."""
-    labels = data["label"].float()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(data), labels)
-    aux = getattr(state_model, "aux_logits", None)
-    return loss if aux is None else loss + torch.nn.functional.binary_cross_entropy_with_logits(aux, labels)
+def batch_loss(model: torch.nn.Module, state_model: Ranker, data: dict) -> torch.Tensor:
+    """Log loss of the logits plus the ranker's auxiliary losses (MAKE's multimodal head).
+    model: what runs the forward pass (the ranker, or DDP around it); state_model: the ranker."""
+    outputs = model(data)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(outputs[LOGITS], data["label"].float())
+    for term in state_model.losses(data, outputs).values():
+        loss = loss + term
+    return loss
 
 
 def save_checkpoint(directory: str, model: torch.nn.Module, opt, step: int, meta: dict,
@@ -408,7 +410,7 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], device: torch.devic
     scores, labels, cold = [], [], []
     for batch in batches:
         data = to_tensors(batch, device)
-        scores.append(torch.sigmoid(model(data)).cpu().numpy())
+        scores.append(torch.sigmoid(model(data)[LOGITS]).cpu().numpy())
         labels.append(batch["label"])
         cold.append(batch.get("is_cold", np.zeros(len(batch["label"]), dtype=np.int32)))
     return np.concatenate(scores), np.concatenate(labels), np.concatenate(cold)

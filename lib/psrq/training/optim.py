@@ -115,8 +115,10 @@ def make_optimizer(model: torch.nn.Module, lr: float, table_optimizer: str = "ro
     groups = model.param_groups(lr) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
     dense = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
     dense = [g for g in dense if g["params"]]
-    parts = {"dense": torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay) if weight_decay
-             else torch.optim.Adam(dense, lr=lr)}
+    parts = {}
+    if dense:  # a model of sparse item tables only has none
+        parts["dense"] = (torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay) if weight_decay
+                          else torch.optim.Adam(dense, lr=lr))
     if tables:
         if table_optimizer not in TABLE_OPTIMIZERS:
             raise ValueError(f"unknown table optimiser {table_optimizer!r} (choose from {', '.join(TABLE_OPTIMIZERS)})")

@@ -14,7 +14,7 @@ import torch
 
 from psrq.config import Config
 from psrq.content import read_content
-from psrq.models.ranker import NEEDS_CONTENT, build_model
+from psrq.models.registry import build_model, needs_content
 from psrq.samples import VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
 from psrq.training import statistics
@@ -86,7 +86,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     if existing is not None:
         check_compatible(existing, meta, f"{ckpt_dir}/{CHECKPOINT} ")
     torch.manual_seed(tc.seed)
-    content_path = content_file(cfg.samples.path, man) if tc.model in NEEDS_CONTENT else None
+    content_path = content_file(cfg.samples.path, man) if needs_content(tc.model) else None
     content = read_content(content_path) if content_path else None
     model = build_model(**model_args(cfg, man), content=content)
     needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}

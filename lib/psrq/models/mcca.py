@@ -1,4 +1,5 @@
-"""Rankers over one batch format (the samples' columns as tensors), selected by name.
+"""The code-attention family: DIN and the paper's MCCA with its ablations, one class
+whose branches follow the model's name (see `architecture`).
 
 Every model has the collaborative branch: DIN attention over the history's item-ID
 embeddings with the target's ID embedding as query. Code branches attend over a history
@@ -14,23 +15,18 @@ ablation really lacks what it removes.
   mcca_wo_msc  joint history only (no modal-specific codebooks)
   mcca_wo_mjc  text and audio histories queried by the target's own text/audio
                embeddings; no joint codebook, no shared query
-  qarm         QARM: codes of an aligned multimodal representation (psrq.content: a VQ
-               code and RQ codes) as ID-like features, the history attended by the
-               target's own code embedding in each code kind; the codes are looked up by
-               catalogue index, so cold items have them too
-  vbpr, simtier_make   see psrq.models.baselines
+  qarm         psrq.models.qarm (the same branches over content codes)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-import numpy as np
-
-from psrq.models.layers import DinAttention, ItemTable, SemanticEmbedding, history_mask, mlp_head, set_dropout, set_sparse
-from psrq.samples import FIRST_INDEX
+from psrq.models.base import LOGITS, ModelSpec, Outputs, Ranker
+from psrq.models.layers import DinAttention, SemanticEmbedding, history_mask, mlp_head
 
 
 @dataclass(frozen=True)
@@ -61,26 +57,13 @@ ARCHITECTURES = ("din", "din_codes", "mcca", "mcca_wo_msc", "mcca_wo_mjc", "qarm
 CONTENT_CODE_SPACES = ("qarm_vq", "qarm_rq")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    vocab_size: int
-    k: int
-    layers: int
-    history_len: int
-    dim: int = 64
-    modalities: tuple[str, ...] = ("text", "audio")
-    keep: int | None = None   # item rows of their own (FIRST_INDEX + train.max_vocab); None: all
-    buckets: int = 0          # hash buckets the other items share
+class CodeAttention(Ranker):
+    """One model of the family (spec.name in ARCHITECTURES); content only for the spaces it
+    looks up by catalogue index (QARM's)."""
 
-    def item_table(self, dim: int | None = None, std: float | None = 0.05) -> "ItemTable":
-        return ItemTable(self.vocab_size, self.dim if dim is None else dim, std, self.keep, self.buckets)
-
-
-class Ranker(nn.Module):
-    def __init__(self, spec: ModelSpec, content_codes: dict[str, np.ndarray] | None = None):
-        super().__init__()
-        self.spec = spec
+    def __init__(self, spec: ModelSpec, content=None):
+        super().__init__(spec)
+        content_codes = content.codes if content is not None else None
         self.arch = architecture(spec.name, spec.modalities)
         d = spec.dim
         self.item = spec.item_table()
@@ -104,7 +87,6 @@ class Ranker(nn.Module):
 
     @property
     def inputs(self) -> list[str]:
-        """The batch columns this model reads."""
         cols = ["item_idx", "hist_item_idx", "hist_len"]
         cols += [f"hist_{h}_codes" for h, _ in self.arch.branches if h not in self.lookup]
         cols += [f"target_{s}_codes" for s in sorted({q for _, q in self.arch.branches} | set(self.arch.targets))
@@ -119,8 +101,7 @@ class Ranker(nn.Module):
         codes = batch[f"{which}_{space}_codes"].long()
         return codes if which == "target" else codes.view(-1, self.spec.history_len, self.spec.layers)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B,)."""
+    def forward(self, batch: dict[str, torch.Tensor]) -> Outputs:
         hist_idx = batch["hist_item_idx"].long()
         mask = history_mask(batch["hist_len"], self.spec.history_len)
         e_id = self.item(batch["item_idx"].long())
@@ -136,51 +117,4 @@ class Ranker(nn.Module):
         for h, q in self.arch.branches:
             interests.append(self.attention[f"{h}_by_{q}"](target_emb(q), self.semantic[h](self._codes(batch, h, "hist")), mask))
         feats = interests + [h_id, e_id] + [target_emb(s) for s in self.arch.targets]
-        return self.head(torch.cat(feats, dim=-1)).squeeze(-1)
-
-
-MODELS = (*ARCHITECTURES, "vbpr", "simtier_make")
-NEEDS_CONTENT = ("qarm", "vbpr", "simtier_make")
-
-
-def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
-                content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio"),
-                sparse: bool = False, max_vocab: int | None = None, hash_buckets: int = 0,
-                priors: bool = False, user_buckets: int = 65536, embedding_dropout: float = 0.0) -> nn.Module:
-    """content: psrq.content.ContentFeatures, for the models in NEEDS_CONTENT; options:
-    model-specific settings (train.model_options); modalities: the samples' spaces but joint;
-    sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same);
-    max_vocab: rows of their own for the max_vocab most frequent items only, the others
-    share hash_buckets rows (psrq.models.layers.ItemTable); priors: bias terms and train
-    statistics (psrq.models.priors; their buffers are zero until set_statistics or a
-    checkpoint fills them)."""
-    keep = FIRST_INDEX + max_vocab if max_vocab else None
-    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities), keep, hash_buckets if keep else 0)
-    model = _build(spec, content, options)
-    if priors:
-        from psrq.models.priors import Priors, WithPriors
-
-        model = WithPriors(model, Priors(vocab_size, user_buckets, spec.keep, spec.buckets))
-    return set_dropout(set_sparse(model, sparse), embedding_dropout)
-
-
-def _build(spec: ModelSpec, content, options) -> nn.Module:
-    name = spec.name
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
-    if name in NEEDS_CONTENT and content is None:
-        raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
-    if name == "vbpr":
-        from psrq.models.baselines import Vbpr
-
-        return Vbpr(spec, content.modalities)
-    if name == "simtier_make":
-        from psrq.models.baselines import SimTierMake
-
-        try:
-            return SimTierMake(spec, content.modalities, **(options or {}))
-        except TypeError as exc:
-            raise ValueError(f"train.model_options for simtier_make: {exc} (it takes tiers, make, make_lr_scale)") from None
-    if options:
-        raise ValueError(f"train.model_options {sorted(options)}: model {name} takes none")
-    return Ranker(spec, content.codes if content is not None else None)
+        return {LOGITS: self.head(torch.cat(feats, dim=-1)).squeeze(-1)}

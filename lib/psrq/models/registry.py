@@ -1,0 +1,97 @@
+"""Rankers by name (`train.model`). A new ranker is one module with a
+psrq.models.base.Ranker subclass and one line in BUILT_IN; code outside the package (or a
+test) adds one with `register`. Entries are import paths until first used, so reading the
+names (config validation) imports no torch. Executors and ranks rebuild a model from plain
+values, its name and class path (`ranker_path`): a plugin class needs no registration
+there, only its module on the path (--py-files)."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from psrq.models.base import Ranker
+
+BUILT_IN: dict[str, str] = {
+    "mcca": "psrq.models.mcca:CodeAttention", "din": "psrq.models.mcca:CodeAttention",
+    "din_codes": "psrq.models.mcca:CodeAttention", "mcca_wo_msc": "psrq.models.mcca:CodeAttention",
+    "mcca_wo_mjc": "psrq.models.mcca:CodeAttention", "qarm": "psrq.models.qarm:Qarm",
+    "vbpr": "psrq.models.vbpr:Vbpr", "simtier_make": "psrq.models.simtier:SimTierMake"}
+_REGISTRY: dict[str, str | type] = dict(BUILT_IN)
+
+
+def register(name: str, cls: type) -> type:
+    from psrq.models.base import Ranker
+
+    if not (isinstance(cls, type) and issubclass(cls, Ranker)):
+        raise TypeError(f"ranker {name!r}: {cls!r} is not a psrq.models.base.Ranker subclass")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def ranker_path(name: str) -> str:
+    """`module:Class` of a model's class: what executors import it by."""
+    try:
+        entry = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r} (choose from {', '.join(_REGISTRY)})") from None
+    return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
+
+
+def ranker_class(name: str) -> type:
+    return _import(ranker_path(name))
+
+
+def _import(path: str) -> type:
+    from psrq.models.base import Ranker
+
+    module, _, qualname = path.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Ranker)):
+        raise TypeError(f"{path} is not a psrq.models.base.Ranker subclass")
+    return obj
+
+
+def needs_content(name: str) -> bool:
+    return ranker_class(name).needs_content
+
+
+def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
+                content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio"),
+                sparse: bool = False, max_vocab: int | None = None, hash_buckets: int = 0,
+                priors: bool = False, user_buckets: int = 65536, embedding_dropout: float = 0.0,
+                ranker: str | None = None) -> Ranker:
+    """content: psrq.content.ContentFeatures, for the rankers that need it; options:
+    model-specific settings (train.model_options); modalities: the samples' spaces but joint;
+    sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same);
+    max_vocab: rows of their own for the max_vocab most frequent items only, the others
+    share hash_buckets rows (psrq.models.layers.ItemTable); priors: bias terms and train
+    statistics (psrq.models.priors; their buffers are zero until set_statistics or a
+    checkpoint fills them); ranker: the class's import path (ranker_path), where the name
+    is not registered in this process."""
+    from psrq.models.base import ModelSpec
+    from psrq.models.layers import set_dropout, set_sparse
+    from psrq.samples import FIRST_INDEX
+
+    cls = _import(ranker) if ranker else ranker_class(name)
+    if cls.needs_content and content is None:
+        raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
+    takes = [p for p in list(inspect.signature(cls).parameters)[2:]]  # after spec and content
+    unknown = sorted(set(options or {}) - set(takes))
+    if unknown:
+        raise ValueError(f"train.model_options {unknown}: model {name} takes {', '.join(takes) or 'none'}")
+    keep = FIRST_INDEX + max_vocab if max_vocab else None
+    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities), keep, hash_buckets if keep else 0)
+    model = cls(spec, content, **(options or {}))
+    if priors:
+        from psrq.models.priors import Priors, WithPriors
+
+        model = WithPriors(model, Priors(vocab_size, user_buckets, spec.keep, spec.buckets))
+    return set_dropout(set_sparse(model, sparse), embedding_dropout)
