@@ -16,10 +16,10 @@ from psrq.config import load_config
 from psrq.quant.artifact import load_artifact
 from psrq.quant.spark_encode import encode_batch, encode_items
 from psrq.spark import build_spark
-from psrq.stages.assign import assign
-from psrq.stages.codebooks import fit_stage
+from psrq.catalog.assign import assign
+from psrq.catalog.fit import fit_stage
 from psrq.storage import open_engine
-from psrq.synthetic_spark import synthetic_frames
+from psrq.data.synthetic_spark import synthetic_frames
 
 
 def main():

@@ -25,9 +25,9 @@ def prepare(work: str, dim: int) -> None:
     """Fit the codebook once (on a 50k-item table), outside the measured runs."""
     from psrq.config import load_config
     from psrq.spark import build_spark
-    from psrq.stages.codebooks import fit_stage
+    from psrq.catalog.fit import fit_stage
     from psrq.storage import open_engine
-    from psrq.synthetic_spark import synthetic_frames
+    from psrq.data.synthetic_spark import synthetic_frames
 
     cfg = load_config("local", "synthetic_1m", _overrides(work, dim) + ["synthetic.n_items=50000"])
     spark = build_spark(cfg.spark)
@@ -40,8 +40,8 @@ def prepare(work: str, dim: int) -> None:
 def one(n: int, work: str, dim: int) -> dict:
     from psrq.config import load_config
     from psrq.spark import build_spark
-    from psrq.stages.assign import assign
-    from psrq.synthetic_spark import synthetic_frames
+    from psrq.catalog.assign import assign
+    from psrq.data.synthetic_spark import synthetic_frames
 
     over = _overrides(work, dim)
     with PeakMemory() as mem:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from common import write_result
-from psrq import synthetic as syn
+from psrq.data import synthetic as syn
 from psrq.config import SyntheticConf
 from psrq.quant.kmeans import KMeansSpec, _faiss, _torch, kmeans_pp, nearest
 from psrq.quant.spaces import normalise

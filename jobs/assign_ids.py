@@ -8,7 +8,7 @@ roll it out later with jobs/mark_current.py).
 import sys
 
 from psrq.cli import run_job
-from psrq.stages.assign import assign
+from psrq.catalog.assign import assign
 
 
 def stage(spark, cfg):

@@ -7,7 +7,7 @@ split by time into train/valid/test Parquet folders readable by Petastorm.
 import sys
 
 from psrq.cli import run_job
-from psrq.stages.samples import build_samples
+from psrq.samples.build import build_samples
 
 
 def stage(spark, cfg):

@@ -13,15 +13,15 @@ import time
 from psrq.cli import run_job
 from psrq.evaluation.metrics import format_metric
 from psrq.quant.diagnostics import format_side_by_side
-from psrq.stages.assign import assign
-from psrq.stages.codebooks import fit_stage
-from psrq.stages.generate import generate
-from psrq.stages.samples import build_samples
+from psrq.catalog.assign import assign
+from psrq.catalog.fit import fit_stage
+from psrq.data.generate import generate
+from psrq.samples.build import build_samples
 from psrq.evaluation.floors import floors_stage
 from psrq.evaluation.stage import evaluate_stage
 from psrq.training.stage import train_stage
-from psrq.stages.summary import format_generation
-from psrq.stages.validate import validate_inputs
+from psrq.data.summary import format_generation
+from psrq.data.validate import validate_inputs
 
 
 def stage(spark, cfg):

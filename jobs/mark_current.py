@@ -9,7 +9,7 @@ import sys
 
 from psrq.cli import run_job
 from psrq.errors import ConfigError
-from psrq.stages.current import mark_current
+from psrq.catalog.current import mark_current
 from psrq.storage import open_engine
 
 

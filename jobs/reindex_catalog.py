@@ -7,7 +7,7 @@ whole catalogue when they drift from the codebook's fit. run.run_id is the night
 import sys
 
 from psrq.cli import run_job
-from psrq.stages.reindex import reindex
+from psrq.catalog.reindex import reindex
 
 
 def stage(spark, cfg):

@@ -6,8 +6,8 @@
 import sys
 
 from psrq.cli import run_job
-from psrq.stages.summary import format_tables
-from psrq.stages.validate import validate_inputs
+from psrq.data.summary import format_tables
+from psrq.data.validate import validate_inputs
 
 
 def stage(spark, cfg):

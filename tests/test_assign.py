@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from psrq.embeddings import embeddings_to_numpy
+from psrq.data.embeddings import embeddings_to_numpy
 from psrq.errors import ArtifactError, InputValidationError, QuantizerError
 from psrq.quant.artifact import load_artifact
-from psrq.stages.assign import assign, lookup
-from psrq.stages.codebooks import fit_stage
-from psrq.stages.generate import generate
+from psrq.catalog.assign import assign, lookup
+from psrq.catalog.fit import fit_stage
+from psrq.data.generate import generate
 from psrq.storage import open_engine
 
 from conftest import small_config
@@ -114,7 +114,7 @@ def test_merge_of_a_subset_continues_dedup(spark, world):
 def test_codebook_versions_coexist_and_marking_current_is_its_own_step(spark, world, tmp_path):
     """A rollout: v2 assigned beside v1 without marking it; readers stay on v1 until v2 is
     marked current (one commit); v1's rows are untouched by v2's assignment and re-runs."""
-    from psrq.stages.current import current_version, mark_current, version_in_use
+    from psrq.catalog.current import current_version, mark_current, version_in_use
 
     cfg, _ = world
     shutil.copytree(cfg.codebooks_root(), tmp_path / "cb")

@@ -83,9 +83,9 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     """delta-rs engine, every location a file:// URI: the demo (generate, validate, fit,
     assign, build samples, train MCCA and DIN with Horovod, evaluate) as one application,
     then the nightly reindex and a TorchDistributor training as their own."""
-    from psrq.stages.assign import assign
-    from psrq.stages.codebooks import fit_stage
-    from psrq.stages.generate import generate
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
+    from psrq.data.generate import generate
     from psrq.storage import open_engine
 
     from conftest import small_config

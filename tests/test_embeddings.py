@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from psrq.embeddings import embedding_problems, embeddings_to_numpy
+from psrq.data.embeddings import embedding_problems, embeddings_to_numpy
 
 
 def test_list_column_to_matrix_and_mask():

@@ -72,10 +72,10 @@ def test_missing_cold_class_reports_none(spark):
 
 @pytest.fixture(scope="module")
 def trained(spark, tmp_path_factory):
-    from psrq.stages.assign import assign
-    from psrq.stages.codebooks import fit_stage
-    from psrq.stages.generate import generate
-    from psrq.stages.samples import build_samples
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
+    from psrq.data.generate import generate
+    from psrq.samples.build import build_samples
     from psrq.training.stage import train_stage
 
     tmp = tmp_path_factory.mktemp("eval")
@@ -95,13 +95,13 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     metrics are recorded in Delta, and a re-run of the same run commits nothing new."""
     import torch
 
-    from psrq.content import read_content
+    from psrq.samples.content import read_content
     from psrq.evaluation.stage import evaluate_stage
     from psrq.models.registry import build_model
     from psrq.storage import open_engine
     from psrq.training.loop import load_checkpoint, predict
     from psrq.training.readers import make_reader
-    from psrq.samples import SamplesManifest
+    from psrq.samples.layout import SamplesManifest
     from psrq.training.run import identity_and_folder, model_args
 
     cfg = trained
@@ -131,7 +131,7 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
     import torch
 
     from psrq.evaluation.stage import evaluate_stage
-    from psrq.samples import SamplesManifest
+    from psrq.samples.layout import SamplesManifest
     from psrq.storage import open_engine
     from psrq.training.loop import load_checkpoint
     from psrq.training.run import identity_and_folder
@@ -166,7 +166,7 @@ def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, monkeypatch
     from psrq.errors import ConfigError
     from psrq.evaluation.stage import evaluate_stage
     from psrq.models import registry
-    from psrq.samples import SamplesManifest
+    from psrq.samples.layout import SamplesManifest
     from psrq.storage import open_engine
     from psrq.training.loop import load_checkpoint
     from psrq.training.run import identity_and_folder, model_args

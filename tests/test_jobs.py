@@ -4,8 +4,8 @@ import os
 import pytest
 
 from psrq.errors import InputValidationError
-from psrq.stages.generate import generate
-from psrq.stages.validate import validate_inputs
+from psrq.data.generate import generate
+from psrq.data.validate import validate_inputs
 from psrq.storage import open_engine
 
 from conftest import ROOT, run_python, small_config
@@ -93,9 +93,9 @@ def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spar
     rate trains anew; --json prints exactly one JSON document on stdout."""
     import json
 
-    from psrq.stages.assign import assign
-    from psrq.stages.codebooks import fit_stage
-    from psrq.stages.samples import build_samples
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
+    from psrq.samples.build import build_samples
 
     cfg = small_config(tmp_path, "codebooks.k=16", "codebooks.sample_size=300", f"samples.path={tmp_path}/samples",
                        "samples.history_len=5", "samples.content.dim=0")

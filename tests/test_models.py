@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from psrq.content import ContentFeatures
+from psrq.samples.content import ContentFeatures
 from psrq.models.registry import BUILT_IN, build_model
 
 B, N, L, K, V, D = 6, 5, 3, 16, 40, 8

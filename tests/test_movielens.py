@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from psrq.errors import InputValidationError
-from psrq.movielens import read_interactions, read_items
+from psrq.data.movielens import read_interactions, read_items
 
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -52,9 +52,9 @@ def test_missing_files_are_named(tmp_path):
 def test_import_and_embed_text(spark, ml_dir, tmp_path):
     """The import job writes contract-valid tables; embed_text adds normalised MiniLM
     vectors in which related titles are closer than unrelated ones."""
-    from psrq.stages.embed_text import embed_text_stage
-    from psrq.stages.movielens import import_movielens
-    from psrq.stages.validate import validate_inputs
+    from psrq.data.embed_text import embed_text_stage
+    from psrq.data.import_movielens import import_movielens
+    from psrq.data.validate import validate_inputs
     from psrq.storage import open_engine
 
     from psrq.config import load_config
@@ -71,7 +71,7 @@ def test_import_and_embed_text(spark, ml_dir, tmp_path):
     again = embed_text_stage(spark, cfg)  # same run again: nothing new committed
     assert open_engine(spark, "delta-rs").version(cfg.table_path("items")) == before == again["version"]
     assert not again["committed"]
-    from psrq.stages.embed_text import embed
+    from psrq.data.embed_text import embed
 
     v = embed(["a cartoon comedy for children", "Toy Story | Animation, Children's, Comedy", "a spy thriller"],
               res["model"], 8)

@@ -58,7 +58,7 @@ def test_in_training_a_rows_own_label_is_left_out_of_its_statistics():
 
 
 def test_every_model_takes_the_priors_and_keeps_its_own_inputs_and_groups():
-    from psrq.content import ContentFeatures
+    from psrq.samples.content import ContentFeatures
 
     m = build_model("din", V, 8, 3, 5, 8, priors=True, user_buckets=U, sparse=True)
     assert isinstance(m, WithPriors) and m.inputs[-1] == "user_id" and "item_idx" in m.inputs

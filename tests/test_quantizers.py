@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from psrq import synthetic as syn
+from psrq.data import synthetic as syn
 from psrq.config import SyntheticConf
 from psrq.errors import ArtifactError, QuantizerError
 from psrq.quant.artifact import list_versions, load_artifact, read_manifest, write_artifact

@@ -69,3 +69,16 @@ def test_without_resolved_jars_the_launcher_passes_the_derived_coordinates(monke
     monkeypatch.setenv("PSRQ_STORAGE_ROOT", "/tmp/psrq")
     cmd = submit.command("jobs/assign_ids.py", ["--profile", "cluster", "run.run_id=1"], "yarn", "dist/psrq.zip")
     assert cmd[cmd.index("--packages") + 1] == jvm.packages(["delta", "s3a"]) and "--jars" not in cmd
+
+
+def test_every_path_the_docs_name_exists():
+    """README.md and docs/*.md name files and folders of the tree: each one is there."""
+    written_by_a_run = {"benchmarks/results/gpu.json"}  # bench_gpu.py's output, on a machine with a GPU
+    missing = {}
+    for doc in [Path(ROOT, "README.md"), *Path(ROOT, "docs").glob("*.md")]:
+        paths = set(re.findall(r"`((?:lib|docs|tests|scripts|jobs|conf|benchmarks)/[\w./-]*\w/?)`", doc.read_text()))
+        gone = sorted(p for p in paths if "*" not in p and "<" not in p and p not in written_by_a_run
+                      and not Path(ROOT, p).exists())
+        if gone:
+            missing[doc.name] = gone
+    assert missing == {}

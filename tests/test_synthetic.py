@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from psrq import synthetic as syn
+from psrq.data import synthetic as syn
 from psrq.config import SyntheticConf
-from psrq.synthetic_spark import synthetic_frames
+from psrq.data.synthetic_spark import synthetic_frames
 
 from conftest import small_config
 

@@ -13,7 +13,7 @@ from psrq.errors import ConfigError
 from psrq.experiments.matrix import cell_config, dataset_config
 from psrq.experiments.runner import prepare_data, prepare_method
 from psrq.experiments.tuning import tune, write_tuned
-from psrq.samples import SamplesManifest
+from psrq.samples.layout import SamplesManifest
 from psrq.storage import fs
 
 SMALL = ["dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12", "synthetic.n_items=400",

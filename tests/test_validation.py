@@ -2,7 +2,7 @@
 import pytest
 
 from psrq.errors import InputValidationError
-from psrq.validation import validate_interactions, validate_items
+from psrq.data.validation import validate_interactions, validate_items
 
 MODS = {"text_emb": 3, "audio_emb": 2}
 ITEMS_DDL = "item_id long, text_emb array<float>, audio_emb array<float>"
@@ -136,7 +136,7 @@ def test_missing_interaction_column(spark):
 
 
 def test_ids_of_the_wrong_type_are_named_not_cast(spark):
-    from psrq.validation import require_item_columns
+    from psrq.data.validation import require_item_columns
 
     df = spark.createDataFrame([("a1", [1.0, 0.5, 1.0], [0.2, 1.0])], "item_id string, text_emb array<float>, audio_emb array<float>")
     with pytest.raises(InputValidationError, match="(?s)table 'items'.*item_id.*integer column \\(long\\), not string"):
@@ -147,7 +147,7 @@ def test_ids_of_the_wrong_type_are_named_not_cast(spark):
 
 
 def test_timestamps_outside_the_plausible_window(spark):
-    from psrq.validation import TimeWindow
+    from psrq.data.validation import TimeWindow
 
     df = inter(spark, [(1, 0, 1, "2026-01-02"), (2, 1, 0, "1960-05-01"), (3, 2, 1, "9999-12-31")])
     with pytest.raises(InputValidationError) as e:
@@ -161,9 +161,9 @@ def test_timestamps_outside_the_plausible_window(spark):
 
 def test_assign_refuses_duplicate_ids_without_validate_inputs(spark, tmp_path):
     """assign_ids checks the ids itself: 3 duplicated ids never become 503 rows for 500 items."""
-    from psrq.stages.assign import assign
-    from psrq.stages.codebooks import fit_stage
-    from psrq.stages.generate import generate
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
+    from psrq.data.generate import generate
     from psrq.storage import open_engine
 
     from conftest import small_config

@@ -146,7 +146,7 @@ class CodebooksConf(_Strict):
     kmeans: KMeansConf = KMeansConf()
     rqvae: RqVaeConf = RqVaeConf()
     # the version jobs use; null: assign_ids takes the latest fitted, build_samples and the
-    # nightly reindex the one marked current (psrq.stages.current)
+    # nightly reindex the one marked current (psrq.catalog.current)
     version: Optional[str] = None
     # assign_ids and a refitting reindex mark what they assigned current; false: roll out in
     # two steps (assign beside the old version, check, then jobs/mark_current.py)
@@ -205,7 +205,7 @@ class SamplesConf(_Strict):
     row_group_mb: int = Field(8, ge=1)
     # smaller row groups for small splits, so that this many training processes get data
     min_row_groups: int = Field(16, ge=1)
-    order_seed: int = 0   # rows are written in a seeded random order (psrq.stages.samples.in_seeded_order)
+    order_seed: int = 0   # rows are written in a seeded random order (psrq.samples.build.in_seeded_order)
     # events per task of the per-user grouping (at least one task per core): its partitions
     # follow the data, not spark.shuffle_partitions
     events_per_task: int = Field(1_000_000, ge=1)
@@ -306,7 +306,7 @@ class ValidationConf(_Strict):
         return value
 
     def window(self):
-        from psrq.validation import TimeWindow
+        from psrq.data.validation import TimeWindow
 
         return TimeWindow(self.min_ts, self.max_future_days)
 

@@ -94,9 +94,9 @@ ITEM_VOCAB = T.StructType(
 
 
 def samples_schema(spaces: list[str], content: bool = False) -> T.StructType:
-    """samples (Parquet, Petastorm-readable): see psrq.samples for the layout. Codes are
+    """samples (Parquet, Petastorm-readable): see psrq.samples.layout for the layout. Codes are
     stored as code + 1 (0 = padding); hist_<space>_codes is the N x L history, flattened.
-    With content, content_idx / hist_content_idx index the catalogue (psrq.content)."""
+    With content, content_idx / hist_content_idx index the catalogue (psrq.samples.content)."""
     codes = T.ArrayType(T.ShortType(), False)
     content_fields = [T.StructField("content_idx", T.IntegerType(), False),
                       T.StructField("hist_content_idx", T.ArrayType(T.IntegerType(), False), False)] if content else []
@@ -179,7 +179,7 @@ EXPERIMENT_RESULTS = T.StructType([
 ])
 
 
-# MovieLens films as imported (psrq.stages.movielens): the text to embed and the genre vector.
+# MovieLens films as imported (psrq.data.import_movielens): the text to embed and the genre vector.
 MOVIELENS_ITEMS = T.StructType([
     T.StructField("item_id", T.LongType(), False),
     T.StructField("title", T.StringType(), False),

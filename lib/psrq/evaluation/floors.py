@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import EPS, RECORDED, evaluate_predictions
-from psrq.samples import SamplesManifest
+from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs, open_engine
 from psrq.training.identity import EvalIdentity

@@ -38,7 +38,7 @@ def load_bundle(bundle: ModelBundle):
         import torch
         from safetensors.torch import load
 
-        from psrq.content import ContentFeatures
+        from psrq.samples.content import ContentFeatures
         from psrq.models.registry import build_model
 
         torch.set_num_threads(1)  # one task per core
@@ -65,7 +65,7 @@ def score_batch(model, batch: pa.RecordBatch, chunk: int) -> np.ndarray:
 
 
 def score(samples: DataFrame, bundle_bc, chunk: int = 4096) -> DataFrame:
-    """samples (the Parquet layout of psrq.samples) -> user_id, item_id, label, is_cold, score."""
+    """samples (the Parquet layout of psrq.samples.layout) -> user_id, item_id, label, is_cold, score."""
     def fn(batches):
         model = load_bundle(bundle_bc.value)
         for b in batches:

@@ -50,16 +50,16 @@ def prepare_data(spark, dcfg: Config) -> None:
     engine = open_engine(spark, dcfg.storage.engine)
     kind = dcfg.dataset.kind
     if kind == "synthetic":
-        from psrq.stages.generate import generate
+        from psrq.data.generate import generate
 
         generate(spark, dcfg)
     elif kind == "movielens":
         if not engine.exists(dcfg.table_path("interactions")):
-            from psrq.stages.movielens import import_movielens
+            from psrq.data.import_movielens import import_movielens
 
             import_movielens(spark, dcfg)
         if dcfg.embed_text.output_column not in engine.read(dcfg.table_path("items")).columns:
-            from psrq.stages.embed_text import embed_text_stage
+            from psrq.data.embed_text import embed_text_stage
 
             embed_text_stage(spark, dcfg)
     elif not engine.exists(dcfg.table_path("interactions")):
@@ -68,13 +68,13 @@ def prepare_data(spark, dcfg: Config) -> None:
 
 def prepare_method(spark, c: Config) -> dict:
     """Codebooks, semantic IDs and samples for c.codebooks.method, unless already built."""
-    from psrq.samples import SamplesManifest
-    from psrq.stages.samples import build_samples
+    from psrq.samples.layout import SamplesManifest
+    from psrq.samples.build import build_samples
 
     if fs.exists(fs.join(c.samples_root(), SamplesManifest.FILE)):
         return SamplesManifest.read(c.samples.path).raw
-    from psrq.stages.assign import assign
-    from psrq.stages.codebooks import fit_stage
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
 
     log.info("preparing %s: fit, assign, build samples", c.codebooks.method)
     fit_stage(spark, c)
@@ -85,7 +85,7 @@ def prepare_method(spark, c: Config) -> dict:
 def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progress=print) -> list[dict]:
     from psrq.evaluation.floors import floors_stage
     from psrq.evaluation.stage import evaluate_stage
-    from psrq.samples import SamplesManifest
+    from psrq.samples.layout import SamplesManifest
     from psrq.training.identity import TrainIdentity
     from psrq.training.stage import train_stage
 

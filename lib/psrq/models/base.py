@@ -45,7 +45,7 @@ class ModelSpec:
 
 class Ranker(nn.Module, ABC):
     """Subclasses take (spec, content=None, **options): content is a
-    psrq.content.ContentFeatures, given to those that set needs_content; options are
+    psrq.samples.content.ContentFeatures, given to those that set needs_content; options are
     train.model_options."""
 
     needs_content: ClassVar[bool] = False

@@ -68,7 +68,7 @@ def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: in
                 sparse: bool = False, max_vocab: int | None = None, hash_buckets: int = 0,
                 priors: bool = False, user_buckets: int = 65536, embedding_dropout: float = 0.0,
                 ranker: str | None = None) -> Ranker:
-    """content: psrq.content.ContentFeatures, for the rankers that need it; options:
+    """content: psrq.samples.content.ContentFeatures, for the rankers that need it; options:
     model-specific settings (train.model_options); modalities: the samples' spaces but joint;
     sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same);
     max_vocab: rows of their own for the max_vocab most frequent items only, the others
@@ -78,7 +78,7 @@ def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: in
     is not registered in this process."""
     from psrq.models.base import ModelSpec
     from psrq.models.layers import set_dropout, set_sparse
-    from psrq.samples import FIRST_INDEX
+    from psrq.samples.layout import FIRST_INDEX
 
     cls = _import(ranker) if ranker else ranker_class(name)
     if cls.needs_content and content is None:

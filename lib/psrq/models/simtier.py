@@ -1,5 +1,5 @@
 """SimTier + MAKE, a baseline of the paper's Table 2 that reads item content directly
-(psrq.content; frozen buffers looked up by catalogue index, so cold items have them)."""
+(psrq.samples.content; frozen buffers looked up by catalogue index, so cold items have them)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""VBPR, a baseline of the paper's Table 2 that reads item content directly (psrq.content):
+"""VBPR, a baseline of the paper's Table 2 that reads item content directly (psrq.samples.content):
 the content matrix is a frozen buffer looked up by catalogue index (content_idx), so cold
 items have it."""
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from psrq.config import CodebooksConf
-from psrq.embeddings import PROBLEM_TEXT, checked_matrix
+from psrq.data.embeddings import PROBLEM_TEXT, checked_matrix
 from psrq.errors import InputValidationError, Problem, QuantizerError
 from psrq.quant.base import QuantSpec
 from psrq.quant.kmeans import KMeansSpec

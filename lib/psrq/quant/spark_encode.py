@@ -10,7 +10,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from psrq.embeddings import PROBLEM_TEXT, classify
+from psrq.data.embeddings import PROBLEM_TEXT, classify
 from psrq.errors import InputValidationError, Problem
 from psrq.quant.spaces import JOINT, CodebookSet
 from psrq.schemas import ITEM_ID, codes_column

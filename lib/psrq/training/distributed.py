@@ -84,7 +84,7 @@ def _model_and_opt(job: dict, device: torch.device, dense_biases: bool = False):
     gradients. Gloo's sparse allreduce corrupted memory on them intermittently (free():
     invalid size, SIGSEGV in backward; torch 2.x, 2 of 3 two-epoch runs here); a dense
     gradient of a one-wide table costs 4 bytes per vocabulary row per step."""
-    from psrq.content import read_content
+    from psrq.samples.content import read_content
     from psrq.models.layers import item_tables
     from psrq.models.registry import build_model
 

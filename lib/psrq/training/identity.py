@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from psrq.config import absolute
-from psrq.samples import SamplesManifest
+from psrq.samples.layout import SamplesManifest
 from psrq.storage import fs
 from psrq.training.optim import table_rate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from psrq.config import Config, absolute
 from psrq.models.registry import ranker_path
-from psrq.samples import SamplesManifest
+from psrq.samples.layout import SamplesManifest
 from psrq.storage import fs
 from psrq.training.identity import TrainIdentity
 from psrq.training.loop import TrainingError

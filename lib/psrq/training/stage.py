@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 import torch
 
 from psrq.config import Config
-from psrq.content import read_content
+from psrq.samples.content import read_content
 from psrq.models.registry import build_model, needs_content
-from psrq.samples import VOCAB_ORDER, SamplesManifest
+from psrq.samples.layout import VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping

@@ -1,6 +1,6 @@
 """Item content features for the baselines that read multimodal embeddings directly
 (VBPR, SimTier+MAKE) or through their own quantisation (QARM). Pure numpy/torch; the
-Spark side is in psrq.stages.samples.
+Spark side is in psrq.samples.build.
 
 Samples refer to items by a *catalogue index* (`content_idx`, 1..n over the whole items
 table, 0 = padding) rather than by the training vocabulary, so items never seen in

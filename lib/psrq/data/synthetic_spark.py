@@ -9,7 +9,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from psrq import synthetic as syn
+from psrq.data import synthetic as syn
 from psrq.config import Config, SyntheticConf
 from psrq.schemas import INTERACTIONS, ITEM_TRUTH, items_schema
 

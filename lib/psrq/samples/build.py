@@ -2,7 +2,7 @@
 
 interactions + semantic_ids (of the codebook version in use: codebooks.version, else the one
 marked current) -> item vocabulary (Delta) -> per user,
-every event with its last N earlier positives (psrq.samples.user_samples, on the executors,
+every event with its last N earlier positives (psrq.samples.layout.user_samples, on the executors,
 one group per user) -> Parquet per split, row groups sized for Petastorm, and a manifest
 the trainer checks (codebook version, vocabulary size, spaces, K, L, N)."""
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from psrq.config import Config
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.quant.artifact import read_manifest
-from psrq.content import CONTENT_FILE, write_content
-from psrq.samples import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, user_samples
+from psrq.samples.content import CONTENT_FILE, write_content
+from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, user_samples
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
-from psrq.stages.current import version_in_use
+from psrq.catalog.current import version_in_use
 from psrq.storage import AppTxn, open_engine
 from psrq.storage import fs
-from psrq.validation import validate_interactions
+from psrq.data.validation import validate_interactions
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -117,7 +117,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     events = (interactions.join(codes, ITEM_ID, "left").join(vocab, ITEM_ID, "left").join(counts, ITEM_ID, "left"))
     extra = []
     if with_content:
-        from psrq.stages.content import build_content, catalogue_index
+        from psrq.samples.content_spark import build_content, catalogue_index
 
         cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
         events = events.join(cat, ITEM_ID, "left")

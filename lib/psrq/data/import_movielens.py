@@ -1,4 +1,4 @@
-"""Stage: import MovieLens-100k (psrq.movielens) into the items and interactions Delta
+"""Stage: import MovieLens-100k (psrq.data.movielens) into the items and interactions Delta
 tables. Text embeddings come after, from jobs/embed_text.py on the `text` column."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pyspark.sql import types as T
 
 from psrq.config import Config
-from psrq.movielens import read_interactions, read_items
+from psrq.data.movielens import read_interactions, read_items
 from psrq.schemas import INTERACTIONS, MOVIELENS_ITEMS
 from psrq.storage import AppTxn, open_engine
 

@@ -19,7 +19,7 @@ from psrq.quant.registry import quantizer_class
 from psrq.quant.semantic_ids import fit_sample, quant_spec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
 from psrq.storage import open_engine
-from psrq.validation import check_item_ids, require_item_columns
+from psrq.data.validation import check_item_ids, require_item_columns
 
 log = logging.getLogger(__name__)
 

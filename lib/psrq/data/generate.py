@@ -7,7 +7,7 @@ from pyspark.sql import SparkSession
 
 from psrq.config import Config
 from psrq.storage import AppTxn, open_engine
-from psrq.synthetic_spark import synthetic_frames
+from psrq.data.synthetic_spark import synthetic_frames
 
 log = logging.getLogger(__name__)
 

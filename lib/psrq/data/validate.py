@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 
 from psrq.config import Config
 from psrq.storage import open_engine
-from psrq.validation import validate_interactions, validate_items
+from psrq.data.validation import validate_interactions, validate_items
 
 log = logging.getLogger(__name__)
 

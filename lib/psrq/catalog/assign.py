@@ -18,7 +18,7 @@ from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine, open_engine
-from psrq.validation import check_item_ids, require_item_columns
+from psrq.data.validation import check_item_ids, require_item_columns
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def assign(
     log.info("semantic_ids: version %d%s", res.version, " (skipped: already written by this run)" if res.skipped else "")
     current = None
     if full and cfg.codebooks.mark_current:
-        from psrq.stages.current import mark_current
+        from psrq.catalog.current import mark_current
 
         current = mark_current(spark, engine, cfg, cbs.version)["codebook_version"]
     return {"path": out_path, "version": res.version, "skipped": res.skipped, "items": n,

@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from psrq.embeddings import PROBLEM_TEXT, EmbeddingReport, embedding_problems
+from psrq.data.embeddings import PROBLEM_TEXT, EmbeddingReport, embedding_problems
 from psrq.errors import InputValidationError, Problem
 from psrq.schemas import INTERACTIONS, ITEM_ID
 

@@ -1,5 +1,5 @@
 """Training samples from one user's events (pure numpy/pyarrow; the Spark adapter is in
-psrq.stages.samples).
+psrq.samples.build).
 
 Every event becomes a sample: its label, its target item (vocabulary index and semantic
 codes), and the user's last N positive events *strictly before* it (an equal timestamp is

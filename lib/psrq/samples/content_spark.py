@@ -1,4 +1,4 @@
-"""Stage part: the catalogue index and content features next to the samples (psrq.content).
+"""Stage part: the catalogue index and content features next to the samples (psrq.samples.content).
 
 The items table's embeddings are reduced on the executors; only the reduced matrix
 (items x modalities x content.dim float32) and a bounded sample of behaviour pairs reach
@@ -14,8 +14,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from psrq.config import Config
-from psrq.content import ContentFeatures, align, projection, quantise, reduce
-from psrq.embeddings import embeddings_to_numpy
+from psrq.samples.content import ContentFeatures, align, projection, quantise, reduce
+from psrq.data.embeddings import embeddings_to_numpy
 from psrq.schemas import ITEM_ID
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def build_content(cfg: Config, items: DataFrame, cat: DataFrame, train: DataFram
     idx = np.asarray(red.column("content_idx"), dtype=np.int64)
     mods = {}
     for m in cfg.dataset.modalities:
-        width = min(cc.dim, cfg.dataset.modalities[m].dim)  # psrq.content.projection keeps narrower ones
+        width = min(cc.dim, cfg.dataset.modalities[m].dim)  # psrq.samples.content.projection keeps narrower ones
         mods[m] = np.zeros((n, width), np.float32)
         mods[m][idx] = np.frombuffer(b"".join(red.column(m).to_pylist()), "<f4").reshape(len(idx), width)
     ids = np.full(n, -1, np.int64)

@@ -30,9 +30,9 @@ from psrq.config import Config
 from psrq.quant.artifact import load_artifact, manifests
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
-from psrq.stages.assign import assign
-from psrq.stages.codebooks import fit_stage
-from psrq.stages.current import current_version, mark_current
+from psrq.catalog.assign import assign
+from psrq.catalog.fit import fit_stage
+from psrq.catalog.current import current_version, mark_current
 from psrq.storage import AppTxn, open_engine
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Semantic IDs over the catalogue: fit codebooks, assign, the nightly reindex, the current version."""

@@ -1,0 +1,1 @@
+"""Catalogue and events in: synthetic data, MovieLens, validation, text embeddings."""

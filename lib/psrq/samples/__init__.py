@@ -1,0 +1,1 @@
+"""Training samples: the layout (pure), the Spark build, the content features."""

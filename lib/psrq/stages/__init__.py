@@ -1,1 +1,0 @@
-"""Pipeline stages: each takes (spark, cfg), does one job's work and returns a summary."""

@@ -1,0 +1,55 @@
+"""docs/ARCHITECTURE.md matches the tree, and the tree keeps its rules: no stage imports
+another stage (hand-offs go through typed modules), pure cores import no Spark."""
+import ast
+import re
+from pathlib import Path
+
+from conftest import ROOT
+
+PKG = Path(ROOT, "lib", "psrq")
+DOC = Path(ROOT, "docs", "ARCHITECTURE.md")
+COMPOSERS = {"catalog/reindex.py"}  # a night is a refit and an assignment: composes stages by design
+PURE = ["data/synthetic.py", "data/movielens.py", "samples/layout.py", "samples/content.py", "quant/base.py",
+        "quant/residual.py", "quant/product.py", "quant/rqvae.py", "quant/kmeans.py", "quant/diagnostics.py",
+        "quant/registry.py", "evaluation/auc.py", "evaluation/arrays.py",
+        *(f"models/{p.name}" for p in (PKG / "models").glob("*.py"))]
+
+
+def modules() -> list[str]:
+    return sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if p.name != "__init__.py")
+
+
+def imports(rel: str) -> set[str]:
+    """Every module a file imports, at any depth (lazy imports too)."""
+    out = set()
+    for node in ast.walk(ast.parse((PKG / rel).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def as_module(rel: str) -> str:
+    return "psrq." + rel[:-3].replace("/", ".")
+
+
+def test_the_architecture_page_names_every_module_and_only_real_ones():
+    table = DOC.read_text().split("## Folders and modules", 1)[1]
+    named = set(re.findall(r"`([\w/]+\.py)`", table))
+    assert sorted(set(modules()) - named) == []  # every module has its line
+    assert sorted(n for n in named if not (PKG / n).is_file()) == []  # no line for a module that is gone
+
+
+def test_no_stage_imports_another_stage():
+    stages = {m for m in modules() if (ast.get_docstring(ast.parse((PKG / m).read_text())) or "").startswith("Stage:")}
+    assert {"catalog/fit.py", "catalog/assign.py", "samples/build.py", "training/stage.py", "evaluation/stage.py"} <= stages
+    by_name = {as_module(s): s for s in stages}
+    crossing = {s: sorted(by_name[i] for i in imports(s) if i in by_name and by_name[i] != s)
+                for s in stages - COMPOSERS}
+    assert {s: i for s, i in crossing.items() if i} == {}
+
+
+def test_pure_cores_import_no_spark():
+    spark = {m: sorted(i for i in imports(m) if i.split(".")[0] == "pyspark") for m in PURE}
+    assert {m: i for m, i in spark.items() if i} == {}
