@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest $(ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not real" $(ARGS)
 
 # Benchmarks write JSON under benchmarks/results/ (see benchmarks/README.md). About 45
 # minutes here at full size; BENCH=kmeans (or assign, assign_memory, training, scale,

@@ -12,6 +12,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PSRQ_TUNED"] = "0"
 
 
+# fixtures that start real components: a test using one (directly or through another
+# fixture) is marked `real`, and `make test-fast` leaves it out
+REAL_FIXTURES = {"spark", "engine", "python_exe", "s3", "cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.real)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from psrq.config import SparkConf

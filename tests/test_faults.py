@@ -316,6 +316,7 @@ def _descendants_alive(sid: int) -> list[int]:
     return alive
 
 
+@pytest.mark.real  # starts a process
 def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishes(world, tmp_path):
     """kill -9 of the whole job (driver, JVM, Spark workers, both Horovod ranks) once rank 0
     wrote its first checkpoint; the re-run resumes from it and finishes the same run."""

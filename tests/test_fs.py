@@ -50,6 +50,7 @@ def test_config_config_locations_of_an_unknown_scheme_name_the_key():
     assert cfg.table_path("items") == "s3a://bucket/psrq/items"
 
 
+@pytest.mark.real  # starts a process
 def test_a_job_given_an_unsupported_scheme_says_so_in_one_line_and_writes_nothing(tmp_path):
     out = run_python(["jobs/generate_synthetic.py", "storage.root=ftp://127.0.0.1/psrq",
                       f"storage.codebooks={tmp_path}/codebooks"], timeout=120)

@@ -51,6 +51,7 @@ def test_the_launcher_ships_the_discovery_script_under_the_name_the_settings_use
     assert "--files" not in plain
 
 
+@pytest.mark.real  # starts a process
 def test_the_discovery_script_prints_spark_resource_json(tmp_path):
     script = gpu_discovery_script()
     fake = tmp_path / "bin"
@@ -132,6 +133,7 @@ def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in float32
 
 
+@pytest.mark.real  # starts a process
 @pytest.mark.skipif(bool(shutil.which("nvidia-smi") or shutil.which("nvcc")), reason="a GPU driver or CUDA toolkit is here")
 def test_the_gpu_install_says_what_this_machine_lacks_before_changing_anything(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

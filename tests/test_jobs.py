@@ -42,6 +42,7 @@ def test_validation_of_a_table_with_the_wrong_dimension(spark, tmp_path):
 run = run_python
 
 
+@pytest.mark.real  # starts a process
 def test_a_bad_override_fails_before_spark_starts_and_names_the_key():
     out = run(["jobs/demo.py", "synthetic.n_items=-3"], timeout=60)
     assert out.returncode == 2

@@ -22,6 +22,7 @@ def test_the_readme_shows_the_jobs():
     assert len(JOB_LINES) >= 12
 
 
+@pytest.mark.real  # starts a process
 @pytest.mark.parametrize("line", JOB_LINES)
 def test_each_job_line_parses_and_its_overrides_are_valid(line):
     job, *args = shlex.split(line)
@@ -41,6 +42,7 @@ def test_the_readme_shows_the_launcher():
     assert len(SUBMIT_LINES) >= 5
 
 
+@pytest.mark.real  # starts a process
 @pytest.mark.parametrize("line", SUBMIT_LINES)
 def test_each_launcher_line_builds_its_spark_submit_command(line, tmp_path):
     args = shlex.split(line.replace("$(date +\\%Y\\%m\\%d)", "20261124"))

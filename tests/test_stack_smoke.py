@@ -5,10 +5,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.real  # starts a process
 def test_horovod_two_processes_over_gloo():
     hvdrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
     check = subprocess.run([hvdrun, "--check-build"], capture_output=True, text=True, timeout=60)

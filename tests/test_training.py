@@ -69,6 +69,7 @@ def test_petastorm_and_arrow_readers_give_the_same_batches_in_the_same_order(par
                 assert set(a) == set(b) and all(np.array_equal(a[c], b[c]) and a[c].dtype == b[c].dtype for c in a)
 
 
+@pytest.mark.real  # starts a process
 def test_a_fresh_process_reads_with_petastorm_without_its_pyarrow_warnings(parquet_dir):
     """A rank is a fresh process: importing the readers silences Petastorm's FutureWarnings
     (pyarrow's legacy API, a dozen per reader) there, and only those."""
@@ -241,6 +242,7 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     assert load_checkpoint(res["checkpoint"], best=True)["step"] == res["best_step"]
 
 
+@pytest.mark.real  # starts a process
 @pytest.mark.slow
 def test_three_horovod_ranks_on_uneven_shards_end_in_sync(samples_cfg, tmp_path):
     """3 real Horovod ranks (the job in its own Spark application, local[3]) on a train split
