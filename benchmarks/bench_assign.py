@@ -11,15 +11,16 @@ import time
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
-from common import write_result
+from psrq.catalog.assign import assign
+from psrq.catalog.fit import fit_stage
 from psrq.config import load_config
+from psrq.data.synthetic_spark import synthetic_frames
 from psrq.quant.artifact import load_artifact
 from psrq.quant.spark_encode import encode_batch, encode_items
 from psrq.spark import build_spark
-from psrq.catalog.assign import assign
-from psrq.catalog.fit import fit_stage
 from psrq.storage import open_engine
-from psrq.data.synthetic_spark import synthetic_frames
+
+from common import write_result
 
 
 def main():

@@ -23,11 +23,11 @@ def _overrides(work: str, dim: int) -> list[str]:
 
 def prepare(work: str, dim: int) -> None:
     """Fit the codebook once (on a 50k-item table), outside the measured runs."""
-    from psrq.config import load_config
-    from psrq.spark import build_spark
     from psrq.catalog.fit import fit_stage
-    from psrq.storage import open_engine
+    from psrq.config import load_config
     from psrq.data.synthetic_spark import synthetic_frames
+    from psrq.spark import build_spark
+    from psrq.storage import open_engine
 
     cfg = load_config("local", "synthetic_1m", _overrides(work, dim) + ["synthetic.n_items=50000"])
     spark = build_spark(cfg.spark)
@@ -38,10 +38,12 @@ def prepare(work: str, dim: int) -> None:
 
 
 def one(n: int, work: str, dim: int) -> dict:
+    from psrq.catalog.assign import assign_full
     from psrq.config import load_config
-    from psrq.spark import build_spark
-    from psrq.catalog.assign import assign
     from psrq.data.synthetic_spark import synthetic_frames
+    from psrq.quant.artifact import load_artifact
+    from psrq.spark import build_spark
+    from psrq.storage import open_engine
 
     over = _overrides(work, dim)
     with PeakMemory() as mem:
@@ -49,7 +51,8 @@ def one(n: int, work: str, dim: int) -> dict:
         big = load_config("local", "synthetic_1m", over + [f"synthetic.n_items={n}", f"run.run_id={int(time.time())}"])
         items = synthetic_frames(spark, big)["items"]
         t = time.perf_counter()
-        res = assign(spark, big, items=items, merge=False)
+        cbs, _ = load_artifact(big.codebooks_root(), big.codebooks.version, big.codebooks.method)
+        res = assign_full(spark, big, open_engine(spark, big.storage.engine), items, cbs)
         secs = time.perf_counter() - t
     spark.stop()
     return {"items": n, "seconds": round(secs, 1), "peak_rss_mib": mem.peaks, "rows_written": res["items"]}

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from common import write_result
 from psrq.standalone import StandaloneCluster
+
+from common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [("generate_synthetic", []), ("validate_inputs", []), ("fit_codebooks", []), ("assign_ids", []),

@@ -9,9 +9,10 @@ import shutil
 import time
 from pathlib import Path
 
-from common import write_result
 from psrq.config import load_config
 from psrq.spark import build_spark
+
+from common import write_result
 
 ROOT = Path("data/bench/demo").resolve()
 

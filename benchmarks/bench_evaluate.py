@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from pyspark.sql import functions as F
 
-from common import PeakMemory, write_result
 from psrq.config import load_config
 from psrq.evaluation.metrics import exact_auc, logloss
 from psrq.spark import build_spark
+
+from common import PeakMemory, write_result
 
 
 def predictions(spark, rows: int, path: Path):

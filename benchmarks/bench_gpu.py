@@ -34,11 +34,12 @@ def kmeans(points: int, dim: int, device: str) -> dict:
 
 
 def training(path: str, steps: int, amp: bool) -> dict:
-    from bench_training import K, L, N, V
     from psrq.models.registry import build_model
     from psrq.training.loop import train_loop
     from psrq.training.optim import make_optimizer
     from psrq.training.readers import make_reader
+
+    from bench_training import K, L, N, V
 
     device = torch.device("cuda:0")
     torch.manual_seed(0)

@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 
-from common import write_result
-from psrq.data import synthetic as syn
 from psrq.config import SyntheticConf
+from psrq.data import synthetic as syn
 from psrq.quant.kmeans import KMeansSpec, _faiss, _torch, kmeans_pp, nearest
 from psrq.quant.spaces import normalise
+
+from common import write_result
 
 
 def inertia(x, c):

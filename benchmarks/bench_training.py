@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from common import write_result
 from psrq.models.registry import build_model
 from psrq.storage import fs
 from psrq.training.loop import train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader, row_groups
+
+from common import write_result
 
 K, L, N, V, SPACES = 256, 3, 20, 200_000, ("text", "audio", "joint")
 

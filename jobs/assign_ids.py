@@ -7,8 +7,8 @@ roll it out later with jobs/mark_current.py).
 """
 import sys
 
-from psrq.cli import run_job
 from psrq.catalog.assign import assign
+from psrq.cli import run_job
 
 
 def stage(spark, cfg):

@@ -10,18 +10,18 @@ table.
 import sys
 import time
 
-from psrq.cli import run_job
-from psrq.evaluation.metrics import format_metric
-from psrq.quant.diagnostics import format_side_by_side
 from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
+from psrq.cli import run_job
 from psrq.data.generate import generate
-from psrq.samples.build import build_samples
-from psrq.evaluation.floors import floors_stage
-from psrq.evaluation.stage import evaluate_stage
-from psrq.training.stage import train_stage
 from psrq.data.summary import format_generation
 from psrq.data.validate import validate_inputs
+from psrq.evaluation.floors import floors_stage
+from psrq.evaluation.metrics import format_metric
+from psrq.evaluation.stage import evaluate_stage
+from psrq.quant.diagnostics import format_side_by_side
+from psrq.samples.build import build_samples
+from psrq.training.stage import train_stage
 
 
 def stage(spark, cfg):

@@ -6,9 +6,9 @@ its diagnostics.
 """
 import sys
 
+from psrq.catalog.fit import fit_stage
 from psrq.cli import run_job
 from psrq.quant.diagnostics import format_side_by_side
-from psrq.catalog.fit import fit_stage
 
 
 def stage(spark, cfg):

@@ -7,9 +7,9 @@ codebooks.mark_current=false assigns it beside the version in use).
 """
 import sys
 
+from psrq.catalog.current import mark_current
 from psrq.cli import run_job
 from psrq.errors import ConfigError
-from psrq.catalog.current import mark_current
 from psrq.storage import open_engine
 
 

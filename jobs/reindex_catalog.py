@@ -6,8 +6,8 @@ whole catalogue when they drift from the codebook's fit. run.run_id is the night
 """
 import sys
 
-from psrq.cli import run_job
 from psrq.catalog.reindex import reindex
+from psrq.cli import run_job
 
 
 def stage(spark, cfg):

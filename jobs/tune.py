@@ -8,7 +8,6 @@ with the whole search in conf/tuned/<dataset>.search.json (psrq.experiments.tuni
 Resumable: every trial is a training run with its own identity; finished ones are reused.
 """
 import sys
-
 from pathlib import Path
 
 from psrq.cli import run_job

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from psrq.catalog.assign import assign, assign_incremental, lookup
+from psrq.catalog.fit import fit_stage
 from psrq.data.embeddings import embeddings_to_numpy
+from psrq.data.generate import generate
 from psrq.errors import ArtifactError, InputValidationError, QuantizerError
 from psrq.quant.artifact import load_artifact
-from psrq.catalog.assign import assign, lookup
-from psrq.catalog.fit import fit_stage
-from psrq.data.generate import generate
 from psrq.storage import open_engine
 
 from conftest import small_config
@@ -105,7 +105,7 @@ def test_merge_of_a_subset_continues_dedup(spark, world):
     path = cfg.table_path("semantic_ids")
     before = engine.version(path)
     subset = engine.read(cfg.table_path("items")).filter("item_id < 40")
-    res = assign(spark, cfg, subset, txn=None)
+    res = assign_incremental(spark, cfg, engine, subset, load_artifact(cfg.codebooks_root())[0])
     assert res["version"] == before + 1 and res["items"] == 40
     sid = engine.read(path).toPandas()
     assert len(sid) == 400 and not sid.duplicated(["code_key", "dedup"]).any()
@@ -153,7 +153,7 @@ def test_bad_embeddings_stop_the_job_before_any_write(spark, world, tmp_path):
                            .otherwise(F.col("text_emb")))
     other = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"root": str(tmp_path / "delta")})})
     with pytest.raises(InputValidationError) as e:
-        assign(spark, other, bad, load_artifact(cfg.codebooks_root())[0])
+        assign_incremental(spark, other, open_engine(spark, "delta-rs"), bad, load_artifact(cfg.codebooks_root())[0])
     msg = str(e.value)
     assert "NaN or Inf" in msg and "(e.g. 5)" in msg and "all-zero" in msg and "(e.g. 9)" in msg
     assert "dimension differs from the codebook's (16)" in msg and "(e.g. 11)" in msg
@@ -181,9 +181,9 @@ def test_k_larger_than_the_sample(spark, world):
 def test_a_registered_quantizer_runs_through_fit_and_assign(spark, tmp_path):
     """One file (tests/toy_quantizer.py) plus one register line: fitted by the fit job,
     saved and loaded as an artifact, applied on the executors by assign."""
-    import toy_quantizer
-
     from psrq.quant import registry
+
+    import toy_quantizer
 
     spark.sparkContext.addPyFile(toy_quantizer.__file__)
     registry.register("random_residual", toy_quantizer.RandomResidual)
@@ -202,7 +202,7 @@ def test_a_registered_quantizer_runs_through_fit_and_assign(spark, tmp_path):
         want = cbs.encode(embs)["joint"][np.argsort(np.asarray(items.column("item_id")))]
         assert np.array_equal(np.stack(sid["joint_codes"].to_numpy()), want) and want.shape == (400, 3)
     finally:
-        registry._REGISTRY.pop("random_residual")
+        registry.unregister("random_residual")
     with pytest.raises(Exception, match="unknown quantizer 'random_residual'"):
         small_config(tmp_path, "codebooks.method=random_residual")
 

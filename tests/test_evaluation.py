@@ -95,13 +95,13 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     metrics are recorded in Delta, and a re-run of the same run commits nothing new."""
     import torch
 
-    from psrq.samples.content import read_content
     from psrq.evaluation.stage import evaluate_stage
     from psrq.models.registry import build_model
+    from psrq.samples.content import read_content
+    from psrq.samples.layout import SamplesManifest
     from psrq.storage import open_engine
     from psrq.training.loop import load_checkpoint, predict
     from psrq.training.readers import make_reader
-    from psrq.samples.layout import SamplesManifest
     from psrq.training.run import identity_and_folder, model_args
 
     cfg = trained
@@ -157,12 +157,10 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
     assert rows.loc[second["eval_id"], "logloss"] == pytest.approx(second["metrics"]["logloss"])
 
 
-def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, monkeypatch):
+def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, request):
     """One file (tests/toy_ranker.py) plus one register line: train.model takes the new
     name, the model trains on the driver with its own options and auxiliary loss, and the
     executors score it from its import path without the registration."""
-    import toy_ranker
-
     from psrq.errors import ConfigError
     from psrq.evaluation.stage import evaluate_stage
     from psrq.models import registry
@@ -172,10 +170,12 @@ def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, monkeypatch
     from psrq.training.run import identity_and_folder, model_args
     from psrq.training.stage import train_stage
 
+    import toy_ranker
+
     with pytest.raises(ConfigError, match="train.model: .*unknown model 'item_dot'"):
         trained.with_overrides({"train.model": "item_dot"})
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
     registry.register("item_dot", toy_ranker.ItemDot)
+    request.addfinalizer(lambda: registry.unregister("item_dot"))
     spark.sparkContext.addPyFile(toy_ranker.__file__)
     cfg = trained.with_overrides({"train.model": "item_dot", "train.model_options": {"l2": 0.01}, "train.priors": False})
     man = SamplesManifest.read(cfg.samples.path)

@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from psrq.errors import InputValidationError
 from psrq.data.generate import generate
 from psrq.data.validate import validate_inputs
+from psrq.errors import InputValidationError
 from psrq.storage import open_engine
 
 from conftest import ROOT, run_python, small_config

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from psrq.samples.content import ContentFeatures
 from psrq.models.registry import BUILT_IN, build_model
+from psrq.samples.content import ContentFeatures
 
 B, N, L, K, V, D = 6, 5, 3, 16, 40, 8
 C, CD = 30, 4  # catalogue size, content width
@@ -169,3 +169,29 @@ def test_make_keeps_the_ranking_loss_out_of_the_multimodal_part():
     joint = model("simtier_make", make=False)
     assert set(m(data)) == {"logits", "make"} and set(joint(data)) == {"logits"}  # outputs, no module state
     assert joint.losses(data, joint(data)) == {} and joint.param_groups(1e-3)[1]["lr"] == pytest.approx(1e-3)
+
+
+def test_registries_check_what_they_are_given():
+    """One Registry for quantizers and rankers: a class of the wrong base is refused, a
+    registered plugin resolves by name and by its import path, built-ins cannot be removed."""
+    from psrq.models import registry
+    from psrq.quant import registry as quantizers
+    from psrq.quant.residual import PSRQ
+
+    import toy_ranker
+
+    with pytest.raises(TypeError, match="not a psrq.models.base.Ranker subclass"):
+        registry.register("psrq_as_ranker", PSRQ)
+    with pytest.raises(TypeError, match="not a psrq.quant.base.Quantizer subclass"):
+        quantizers.register("ranker_as_quantizer", toy_ranker.ItemDot)
+    registry.register("item_dot", toy_ranker.ItemDot)
+    try:
+        assert registry.ranker_path("item_dot") == "toy_ranker:ItemDot" and registry.ranker_class("item_dot") is toy_ranker.ItemDot
+        assert registry.RANKERS.load("toy_ranker:ItemDot") is toy_ranker.ItemDot
+    finally:
+        registry.unregister("item_dot")
+    assert "item_dot" not in registry.names()
+    with pytest.raises(ValueError, match="built in"):
+        registry.unregister("mcca")
+    with pytest.raises(TypeError, match="not a psrq.models.base.Ranker subclass"):
+        registry.RANKERS.load("psrq.quant.residual:PSRQ")

@@ -5,9 +5,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from psrq.errors import InputValidationError
 from psrq.data.movielens import read_interactions, read_items
-
+from psrq.errors import InputValidationError
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
@@ -52,12 +51,11 @@ def test_missing_files_are_named(tmp_path):
 def test_import_and_embed_text(spark, ml_dir, tmp_path):
     """The import job writes contract-valid tables; embed_text adds normalised MiniLM
     vectors in which related titles are closer than unrelated ones."""
+    from psrq.config import load_config
     from psrq.data.embed_text import embed_text_stage
     from psrq.data.import_movielens import import_movielens
     from psrq.data.validate import validate_inputs
     from psrq.storage import open_engine
-
-    from psrq.config import load_config
 
     cfg = load_config("local", "movielens_100k", [f"storage.root={tmp_path}/delta", f"movielens.path={ml_dir}"])
     import_movielens(spark, cfg)

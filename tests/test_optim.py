@@ -68,10 +68,10 @@ def test_models_split_their_parameters_between_dense_adam_and_the_table_optimise
 def test_a_model_of_sparse_tables_only_has_the_table_optimiser_alone():
     """No dense parameters (tests/toy_ranker.py: two item tables): no empty Adam, and a step
     moves the batch's rows."""
-    import toy_ranker
-
     from psrq.models.base import ModelSpec
     from psrq.models.layers import set_sparse
+
+    import toy_ranker
 
     m = set_sparse(toy_ranker.ItemDot(ModelSpec("item_dot", V, 16, 3, 5, D)), True)
     opt = make_optimizer(m, 1e-2)

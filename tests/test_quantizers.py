@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from psrq.data import synthetic as syn
 from psrq.config import SyntheticConf
+from psrq.data import synthetic as syn
 from psrq.errors import ArtifactError, QuantizerError
 from psrq.quant.artifact import list_versions, load_artifact, read_manifest, write_artifact
+from psrq.quant.base import QuantSpec
 from psrq.quant.diagnostics import diagnose, group_coherence
 from psrq.quant.kmeans import KMeansSpec
-from psrq.quant.base import QuantSpec
 from psrq.quant.registry import quantizer
 from psrq.quant.spaces import JOINT, fit_codebooks, normalise
 
@@ -178,8 +178,8 @@ def test_a_hand_edited_manifest_is_refused_and_a_broken_one_blocks_no_other(cata
 def test_every_kmeans_setting_reaches_each_layer():
     from dataclasses import replace
 
-    from psrq.quant.kmeans import KMeansSpec
     from psrq.quant.base import layer_kmeans
+    from psrq.quant.kmeans import KMeansSpec
 
     km = KMeansSpec(k=99, iters=7, seed=3, max_points_per_centroid=11, backend="torch", init="random")
     s = replace(spec("rq", k=16), kmeans=km)

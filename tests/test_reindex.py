@@ -4,14 +4,14 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from psrq.catalog.assign import assign
+from psrq.catalog.current import current_version
+from psrq.catalog.fit import fit_stage
+from psrq.catalog.reindex import drift, reindex
 from psrq.data import synthetic as syn
+from psrq.data.generate import generate
 from psrq.quant.artifact import list_versions
 from psrq.schemas import items_schema
-from psrq.catalog.assign import assign
-from psrq.catalog.fit import fit_stage
-from psrq.data.generate import generate
-from psrq.catalog.current import current_version
-from psrq.catalog.reindex import drift, reindex
 from psrq.storage import DeltaRsEngine, open_engine
 
 from conftest import small_config

@@ -7,12 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from psrq.errors import StorageError
-from psrq.samples.layout import event_histories, user_samples
 from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
 from psrq.data.generate import generate
+from psrq.errors import StorageError
 from psrq.samples.build import build_samples
+from psrq.samples.layout import event_histories, user_samples
 from psrq.storage import open_engine
 
 from conftest import small_config
@@ -125,8 +125,8 @@ def test_samples_take_the_codebook_version_in_use(spark, built):
 def test_content_features_cover_the_catalogue(spark, built):
     """content_idx indexes every catalogue item (cold ones too); the reduced content is the
     item's own embedding, projected; QARM codes exist for every item."""
-    from psrq.samples.content import projection, read_content, reduce
     from psrq.data.embeddings import embeddings_to_numpy
+    from psrq.samples.content import projection, read_content, reduce
 
     cfg, info = built
     feats = read_content(f"{cfg.samples.path}/{info['content']['file']}")

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

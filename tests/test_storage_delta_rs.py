@@ -2,7 +2,6 @@
 import os
 
 import pyarrow as pa
-
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F

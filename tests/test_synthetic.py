@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from psrq.data import synthetic as syn
 from psrq.config import SyntheticConf
+from psrq.data import synthetic as syn
 from psrq.data.synthetic_spark import synthetic_frames
 
 from conftest import small_config

@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from psrq.models.registry import build_model
-from psrq.samples.layout import SamplesManifest
 from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
 from psrq.data.generate import generate
+from psrq.models.registry import build_model
 from psrq.samples.build import build_samples
+from psrq.samples.layout import SamplesManifest
 from psrq.training.loop import TrainingError, load_checkpoint, resume, train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import ShardError, make_reader

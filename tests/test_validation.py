@@ -1,8 +1,8 @@
 """Each bad input gets an error naming table, column, row count and example ids."""
 import pytest
 
-from psrq.errors import InputValidationError
 from psrq.data.validation import validate_interactions, validate_items
+from psrq.errors import InputValidationError
 
 MODS = {"text_emb": 3, "audio_emb": 2}
 ITEMS_DDL = "item_id long, text_emb array<float>, audio_emb array<float>"

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from psrq.errors import ConfigError
 
+
 def default_conf_dir():
     """The default configuration: `psrq/conf` inside the package when it carries one (the
     zip `make package` builds for spark-submit, read through importlib.resources whether

@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 import numpy as np
-
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from psrq.config import Config
+from psrq.data.validation import check_item_ids, require_item_columns
 from psrq.errors import ArtifactError
 from psrq.quant.artifact import load_artifact
 from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine, open_engine
-from psrq.data.validation import check_item_ids, require_item_columns
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +55,57 @@ def semantic_rows(encoded: DataFrame, cbs: CodebookSet, existing: Optional[DataF
     return rows.select(*schema.fieldNames())
 
 
-def assign(
-    spark: SparkSession, cfg: Config, items: Optional[DataFrame] = None, cbs: Optional[CodebookSet] = None,
-    txn: Optional[AppTxn] = None, engine: Optional[DeltaEngine] = None, merge: Optional[bool] = None,
-    encoded: Optional[DataFrame] = None,
-) -> dict:
-    """Assign IDs. items=None: the whole catalogue; the rows of this codebook version in
-    semantic_ids are replaced (other versions' rows stay beside them), keyed for idempotence
-    by (codebook version, run.run_id), then the version is marked current unless
-    codebooks.mark_current=false. A subset: merged by (item_id, codebook_version), keyed by
-    `txn` when given (the caller knows what makes its subset's run unique); `merge`
-    overrides the mode. Bad embeddings stop the job before anything is written.
-    `encoded`: `items` already encoded with `cbs` and checked by the caller (kept cached
-    by it), so the embeddings are not read and encoded a second time."""
-    engine = engine or open_engine(spark, cfg.storage.engine)
-    if cbs is None:
-        cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
-    full = items is None if merge is None else not merge
-    if items is None:
-        items = engine.read(cfg.table_path("items"))
-    check_compatible(cbs, cfg, items)
+def assign(spark: SparkSession, cfg: Config) -> dict:
+    """The job: every item of the items table with the configured codebook version
+    (codebooks.version, else the newest of the method), see assign_full."""
+    engine = open_engine(spark, cfg.storage.engine)
+    cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
+    return assign_full(spark, cfg, engine, engine.read(cfg.table_path("items")), cbs)
+
+
+def assign_full(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: DataFrame, cbs: CodebookSet,
+                txn: Optional[AppTxn] = None, encoded: Optional[DataFrame] = None) -> dict:
+    """`items` is the whole catalogue: the rows of this codebook version in semantic_ids are
+    replaced by theirs (other versions' rows stay beside them), keyed for idempotence by
+    `txn` (default: the codebook version and run.run_id), then the version is marked current
+    unless codebooks.mark_current=false."""
+    txn = txn or AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
     out_path = cfg.table_path("semantic_ids")
-    if txn is None and full:
-        txn = AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
+    with _encoding(spark, cfg, items, cbs, encoded) as (encoded, n, t0):
+        rows = semantic_rows(encoded, cbs, None)
+        # sorted by code_key: file and row-group statistics make reverse lookups cheap
+        rows = rows.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "code_key").sortWithinPartitions("code_key", ITEM_ID)
+        res = engine.replace_where(rows, out_path, "codebook_version", cbs.version, txn, description=f"assign_ids {cbs.version}")
+    current = None
+    if cfg.codebooks.mark_current:
+        from psrq.catalog.current import mark_current
+
+        current = mark_current(spark, engine, cfg, cbs.version)["codebook_version"]
+    return _summary(out_path, res, n, cbs, current, t0)
+
+
+def assign_incremental(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: DataFrame, cbs: CodebookSet,
+                       txn: Optional[AppTxn] = None, encoded: Optional[DataFrame] = None) -> dict:
+    """`items` is a subset (new or changed items): their rows are merged by (item_id,
+    codebook_version), their dedup suffixes continuing after those the other items keep;
+    keyed by `txn` when given (the caller knows what makes its subset's run unique)."""
+    out_path = cfg.table_path("semantic_ids")
+    with _encoding(spark, cfg, items, cbs, encoded) as (encoded, n, t0):
+        existing = None
+        if engine.exists(out_path):
+            existing = (engine.read(out_path).filter(F.col("codebook_version") == cbs.version)
+                        .join(encoded.select(ITEM_ID), ITEM_ID, "left_anti"))
+        rows = semantic_rows(encoded, cbs, existing)
+        res = engine.merge(rows, out_path, [ITEM_ID, "codebook_version"], txn, description=f"assign_ids {cbs.version} (merge)")
+    return _summary(out_path, res, n, cbs, None, t0)
+
+
+@contextmanager
+def _encoding(spark: SparkSession, cfg: Config, items: DataFrame, cbs: CodebookSet, encoded: Optional[DataFrame]):
+    """(encoded items, their count, start time). Bad embeddings stop the job before anything
+    is written. `encoded`: `items` already encoded with `cbs` and checked by the caller
+    (kept cached by it), so the embeddings are not read and encoded a second time."""
+    check_compatible(cbs, cfg, items)
     t0 = time.time()
     owned = encoded is None
     if owned:
@@ -87,30 +115,15 @@ def assign(
         if owned:
             raise_on_problems(encoded, cbs)
         log.info("encoded %d items with codebook %s in %.1fs", n, cbs.version, time.time() - t0)
-        if full:
-            rows = semantic_rows(encoded, cbs, None)
-            # sorted by code_key: file and row-group statistics make reverse lookups cheap
-            rows = rows.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "code_key").sortWithinPartitions("code_key", ITEM_ID)
-            res = engine.replace_where(rows, out_path, "codebook_version", cbs.version, txn,
-                                       description=f"assign_ids {cbs.version}")
-        else:
-            existing = None
-            if engine.exists(out_path):
-                existing = (engine.read(out_path).filter(F.col("codebook_version") == cbs.version)
-                            .join(encoded.select(ITEM_ID), ITEM_ID, "left_anti"))
-            rows = semantic_rows(encoded, cbs, existing)
-            res = engine.merge(rows, out_path, [ITEM_ID, "codebook_version"], txn,
-                               description=f"assign_ids {cbs.version} (merge)")
+        yield encoded, n, t0
     finally:
         if owned:
             encoded.unpersist()
-    log.info("semantic_ids: version %d%s", res.version, " (skipped: already written by this run)" if res.skipped else "")
-    current = None
-    if full and cfg.codebooks.mark_current:
-        from psrq.catalog.current import mark_current
 
-        current = mark_current(spark, engine, cfg, cbs.version)["codebook_version"]
-    return {"path": out_path, "version": res.version, "skipped": res.skipped, "items": n,
+
+def _summary(path: str, res, n: int, cbs: CodebookSet, current: Optional[str], t0: float) -> dict:
+    log.info("semantic_ids: version %d%s", res.version, " (skipped: already written by this run)" if res.skipped else "")
+    return {"path": path, "version": res.version, "skipped": res.skipped, "items": n,
             "codebook_version": cbs.version, "current": current, "seconds": round(time.time() - t0, 2)}
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from psrq.config import Config
+from psrq.data.validation import check_item_ids, require_item_columns
 from psrq.quant.artifact import find_fit, spec_to_dict, write_artifact
 from psrq.quant.base import QuantSpec
 from psrq.quant.diagnostics import diagnose, plot_code_distributions
@@ -19,7 +20,6 @@ from psrq.quant.registry import quantizer_class
 from psrq.quant.semantic_ids import fit_sample, quant_spec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
 from psrq.storage import open_engine
-from psrq.data.validation import check_item_ids, require_item_columns
 
 log = logging.getLogger(__name__)
 

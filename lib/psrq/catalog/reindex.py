@@ -26,13 +26,13 @@ from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from psrq.catalog.assign import assign_full, assign_incremental
+from psrq.catalog.current import current_version, mark_current
+from psrq.catalog.fit import fit_stage
 from psrq.config import Config
 from psrq.quant.artifact import load_artifact, manifests
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
-from psrq.catalog.assign import assign
-from psrq.catalog.fit import fit_stage
-from psrq.catalog.current import current_version, mark_current
 from psrq.storage import AppTxn, open_engine
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,9 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
             version = _reuse_or_fit(spark, cfg, night)
             log.info("drift over threshold: reassigning the whole catalogue with codebook %s", version)
             new_cbs, _ = load_artifact(cfg.codebooks_root(), version)
-            result = assign(spark, cfg, None, new_cbs, AppTxn(APP, night), engine)
+            result = assign_full(spark, cfg, engine, items, new_cbs, AppTxn(APP, night))  # the plan's items version
         elif n_changed:
-            result = assign(spark, cfg, changed, cbs, AppTxn(APP, night), engine, encoded=encoded)
+            result = assign_incremental(spark, cfg, engine, changed, cbs, AppTxn(APP, night), encoded=encoded)
         else:
             result = {"version": engine.version(sid_path), "codebook_version": cbs.version, "skipped": False}
     finally:

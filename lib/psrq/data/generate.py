@@ -6,8 +6,8 @@ import logging
 from pyspark.sql import SparkSession
 
 from psrq.config import Config
-from psrq.storage import AppTxn, open_engine
 from psrq.data.synthetic_spark import synthetic_frames
+from psrq.storage import AppTxn, open_engine
 
 log = logging.getLogger(__name__)
 

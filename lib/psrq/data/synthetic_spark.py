@@ -9,8 +9,8 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from psrq.data import synthetic as syn
 from psrq.config import Config, SyntheticConf
+from psrq.data import synthetic as syn
 from psrq.schemas import INTERACTIONS, ITEM_TRUTH, items_schema
 
 _LATENTS = T.StructType(

@@ -7,8 +7,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from psrq.config import Config
-from psrq.storage import open_engine
 from psrq.data.validation import validate_interactions, validate_items
+from psrq.storage import open_engine
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ def load_bundle(bundle: ModelBundle):
         import torch
         from safetensors.torch import load
 
-        from psrq.samples.content import ContentFeatures
         from psrq.models.registry import build_model
+        from psrq.samples.content import ContentFeatures
 
         torch.set_num_threads(1)  # one task per core
         content = ContentFeatures.from_bytes(bundle.content) if bundle.content else None

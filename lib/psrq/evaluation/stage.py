@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 from pyspark.sql import functions as F
 
 from psrq.config import Config
-from psrq.samples.content import CONTENT_FILE, read_content_bytes
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import RECORDED, evaluate_predictions
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
 from psrq.models.registry import needs_content
+from psrq.samples.content import CONTENT_FILE, read_content_bytes
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs, open_engine

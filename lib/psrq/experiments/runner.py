@@ -68,8 +68,8 @@ def prepare_data(spark, dcfg: Config) -> None:
 
 def prepare_method(spark, c: Config) -> dict:
     """Codebooks, semantic IDs and samples for c.codebooks.method, unless already built."""
-    from psrq.samples.layout import SamplesManifest
     from psrq.samples.build import build_samples
+    from psrq.samples.layout import SamplesManifest
 
     if fs.exists(fs.join(c.samples_root(), SamplesManifest.FILE)):
         return SamplesManifest.read(c.samples.path).raw

@@ -5,7 +5,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 CONTENT_INPUTS = ["content_idx", "hist_content_idx"]  # the target's and history's catalogue indices
 
 

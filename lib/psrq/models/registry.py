@@ -6,9 +6,10 @@ values, its name and class path (`ranker_path`): a plugin class needs no registr
 there, only its module on the path (--py-files)."""
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import TYPE_CHECKING
+
+from psrq.plugins import Registry
 
 if TYPE_CHECKING:
     from psrq.models.base import Ranker
@@ -18,45 +19,9 @@ BUILT_IN: dict[str, str] = {
     "din_codes": "psrq.models.mcca:CodeAttention", "mcca_wo_msc": "psrq.models.mcca:CodeAttention",
     "mcca_wo_mjc": "psrq.models.mcca:CodeAttention", "qarm": "psrq.models.qarm:Qarm",
     "vbpr": "psrq.models.vbpr:Vbpr", "simtier_make": "psrq.models.simtier:SimTierMake"}
-_REGISTRY: dict[str, str | type] = dict(BUILT_IN)
-
-
-def register(name: str, cls: type) -> type:
-    from psrq.models.base import Ranker
-
-    if not (isinstance(cls, type) and issubclass(cls, Ranker)):
-        raise TypeError(f"ranker {name!r}: {cls!r} is not a psrq.models.base.Ranker subclass")
-    _REGISTRY[name] = cls
-    return cls
-
-
-def names() -> list[str]:
-    return list(_REGISTRY)
-
-
-def ranker_path(name: str) -> str:
-    """`module:Class` of a model's class: what executors import it by."""
-    try:
-        entry = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r} (choose from {', '.join(_REGISTRY)})") from None
-    return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
-
-
-def ranker_class(name: str) -> type:
-    return _import(ranker_path(name))
-
-
-def _import(path: str) -> type:
-    from psrq.models.base import Ranker
-
-    module, _, qualname = path.partition(":")
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and issubclass(obj, Ranker)):
-        raise TypeError(f"{path} is not a psrq.models.base.Ranker subclass")
-    return obj
+RANKERS = Registry("model", "psrq.models.base:Ranker", BUILT_IN)
+register, unregister, names, ranker_class, ranker_path = (RANKERS.register, RANKERS.unregister, RANKERS.names,
+                                                          RANKERS.get, RANKERS.path)
 
 
 def needs_content(name: str) -> bool:
@@ -80,7 +45,7 @@ def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: in
     from psrq.models.layers import set_dropout, set_sparse
     from psrq.samples.layout import FIRST_INDEX
 
-    cls = _import(ranker) if ranker else ranker_class(name)
+    cls = RANKERS.load(ranker) if ranker else ranker_class(name)
     if cls.needs_content and content is None:
         raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
     takes = [p for p in list(inspect.signature(cls).parameters)[2:]]  # after spec and content

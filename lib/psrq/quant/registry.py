@@ -8,31 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 from psrq.errors import QuantizerError
+from psrq.plugins import Registry
 from psrq.quant.base import Quantizer, QuantSpec
 from psrq.quant.product import PQ
 from psrq.quant.residual import PSRQ, RQ, VQ
 from psrq.quant.rqvae import RQVAE
 
 BUILT_IN: dict[str, type[Quantizer]] = {"vq": VQ, "rq": RQ, "psrq": PSRQ, "pq": PQ, "rqvae": RQVAE}
-_REGISTRY: dict[str, type[Quantizer]] = dict(BUILT_IN)
-
-
-def register(name: str, cls: type[Quantizer]) -> type[Quantizer]:
-    if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
-        raise TypeError(f"quantizer {name!r}: {cls!r} is not a psrq.quant.base.Quantizer subclass")
-    _REGISTRY[name] = cls
-    return cls
-
-
-def names() -> list[str]:
-    return list(_REGISTRY)
-
-
-def quantizer_class(method: str) -> type[Quantizer]:
-    try:
-        return _REGISTRY[method]
-    except KeyError:
-        raise QuantizerError(f"unknown quantizer {method!r} (choose from {', '.join(_REGISTRY)})") from None
+QUANTIZERS = Registry("quantizer", "psrq.quant.base:Quantizer", BUILT_IN, QuantizerError)
+register, unregister, names, quantizer_class = QUANTIZERS.register, QUANTIZERS.unregister, QUANTIZERS.names, QUANTIZERS.get
 
 
 def quantizer(spec: QuantSpec, arrays: dict[str, np.ndarray] | None = None) -> Quantizer:

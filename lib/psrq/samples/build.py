@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from functools import partial
 
 from pyspark import StorageLevel
@@ -16,16 +17,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from psrq.catalog.current import version_in_use
 from psrq.config import Config
+from psrq.data.validation import validate_interactions
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.quant.artifact import read_manifest
 from psrq.samples.content import CONTENT_FILE, write_content
 from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, user_samples
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
-from psrq.catalog.current import version_in_use
-from psrq.storage import AppTxn, open_engine
-from psrq.storage import fs
-from psrq.data.validation import validate_interactions
+from psrq.storage import AppTxn, fs, open_engine
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -89,9 +89,71 @@ def semantic_codes(sid: DataFrame, version: str) -> tuple[DataFrame, list[str]]:
     return rows.select(ITEM_ID, *[f"{s}_codes" for s in spaces]), spaces
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What the samples are built from: the validated interactions, the codes of the
+    codebook version in use and that codebook's shape, the source tables' versions."""
+    interactions: DataFrame
+    n_events: int
+    codebook_version: str
+    codes: DataFrame
+    spaces: list[str]
+    k: int
+    layers: int
+    versions: dict
+
+
+@dataclass(frozen=True)
+class Split:
+    """Event-time cutoffs (µs) where valid and test begin."""
+    valid_from: int
+    test_from: int
+
+    @property
+    def in_train(self):
+        return F.unix_micros("ts") < F.lit(self.valid_from)
+
+
 def build_samples(spark: SparkSession, cfg: Config) -> dict:
-    sc = cfg.samples
+    """The steps, in order: sources, split, vocabulary, events, histories, write, manifest."""
     engine = open_engine(spark, cfg.storage.engine)
+    src = read_sources(engine, cfg)
+    split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from))
+    vocab_path, vocab_size = write_vocabulary(engine, cfg, src, split)
+    cat = None
+    if cfg.samples.content.dim > 0:
+        from psrq.samples.content_spark import catalogue_index
+
+        cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
+    events = sample_events(engine, cfg, src, split, engine.read(vocab_path), cat)
+    samples = histories(spark, cfg, src, split, events).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        splits = write_splits(cfg, samples)
+    finally:
+        samples.unpersist()
+    info = {
+        "codebook_version": src.codebook_version, "k": src.k, "layers": src.layers, "spaces": src.spaces,
+        "history_len": cfg.samples.history_len, "vocab_size": vocab_size, "vocab_table": vocab_path,
+        "vocab_version": engine.version(vocab_path), "code_shift": 1, "padding": 0, "oov_index": OOV,
+        "vocab_order": VOCAB_ORDER, "split_from_us": {"valid": split.valid_from, "test": split.test_from},
+        "cold": {"threshold": cfg.samples.cold_threshold, "scope": cfg.samples.cold_scope},
+        "source_versions": src.versions, "splits": splits,
+    }
+    base = cfg.samples_root()
+    if cat is not None:
+        from psrq.samples.content_spark import build_content
+
+        feats, info["content"] = build_content(cfg, engine.read(cfg.table_path("items")), cat,
+                                               src.interactions.filter(split.in_train))
+        cat.unpersist()
+        write_content(fs.join(base, CONTENT_FILE), feats)
+        info["content"]["file"] = CONTENT_FILE
+    fs.write_text(fs.join(base, SamplesManifest.FILE), json.dumps(info, indent=2))  # last: the samples are complete
+    log.info("samples: %s", {s: o["rows"] for s, o in splits.items()})
+    return info
+
+
+def read_sources(engine, cfg: Config) -> Sources:
     inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
     versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
     interactions = validate_interactions(engine.read(inter_path), window=cfg.validation.window())
@@ -99,72 +161,71 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     cb_version = version_in_use(engine, cfg)
     codes, spaces = semantic_codes(engine.read(sid_path), cb_version)
     manifest = read_manifest(cfg.codebooks_root(), cb_version)
-    k = manifest["spec"]["k"]
     layers = 1 if manifest["method"] == "vq" else manifest["spec"]["layers"]
+    return Sources(interactions, n_events, cb_version, codes, spaces, manifest["spec"]["k"], layers, versions)
 
-    valid_from, test_from = split_cutoffs(interactions, sc.valid_from, sc.test_from)
-    in_train = F.unix_micros("ts") < F.lit(valid_from)
-    counted = interactions if sc.cold_scope == "all" else interactions.filter(in_train)
-    counts = counted.groupBy(ITEM_ID).agg(F.count("*").alias("_n"))
-    vocab = build_vocabulary(interactions.filter(in_train))
+
+def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[str, int]:
+    """The item vocabulary of the train split, written to Delta (keyed by the samples'
+    settings, the codebook and the interactions' version); its path and size with padding
+    and OOV."""
+    vocab = build_vocabulary(src.interactions.filter(split.in_train))
     vocab_path = cfg.table_path("item_vocab")
-    txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{cb_version}.{versions['interactions']}", cfg.run.run_id)
-    engine.write(vocab, vocab_path, "overwrite", txn, description=f"item vocabulary for samples ({cb_version})")
-    vocab = engine.read(vocab_path)
-    vocab_size = vocab.count() + FIRST_INDEX
+    txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{src.codebook_version}.{src.versions['interactions']}",
+                 cfg.run.run_id)
+    engine.write(vocab, vocab_path, "overwrite", txn, description=f"item vocabulary for samples ({src.codebook_version})")
+    return vocab_path, engine.read(vocab_path).count() + FIRST_INDEX
 
-    with_content = sc.content.dim > 0
-    events = (interactions.join(codes, ITEM_ID, "left").join(vocab, ITEM_ID, "left").join(counts, ITEM_ID, "left"))
+
+def sample_events(engine, cfg: Config, src: Sources, split: Split, vocab: DataFrame, cat: DataFrame | None) -> DataFrame:
+    """Every event with its item's codes, vocabulary index, cold flag (and catalogue index);
+    an event whose item has no codes of the codebook in use stops the build."""
+    sc = cfg.samples
+    counted = src.interactions if sc.cold_scope == "all" else src.interactions.filter(split.in_train)
+    counts = counted.groupBy(ITEM_ID).agg(F.count("*").alias("_n"))
+    events = src.interactions.join(src.codes, ITEM_ID, "left").join(vocab, ITEM_ID, "left").join(counts, ITEM_ID, "left")
     extra = []
-    if with_content:
-        from psrq.samples.content_spark import build_content, catalogue_index
-
-        cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
+    if cat is not None:
         events = events.join(cat, ITEM_ID, "left")
         extra = [F.coalesce("content_idx", F.lit(0)).alias("content_idx")]
     events = events.select("user_id", ITEM_ID, "label", "ts", F.coalesce("idx", F.lit(OOV)).alias("item_idx"),
                            (F.coalesce("_n", F.lit(0)) < sc.cold_threshold).cast("int").alias("is_cold"),
-                           *[f"{s}_codes" for s in spaces], *extra)
-    missing = events.filter(F.col(f"{spaces[0]}_codes").isNull())
+                           *[f"{s}_codes" for s in src.spaces], *extra)
+    missing = events.filter(F.col(f"{src.spaces[0]}_codes").isNull())
     n_missing = missing.count()
     if n_missing:
         ex = [r[0] for r in missing.select(ITEM_ID).distinct().limit(5).collect()]
-        raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook {cb_version} "
-                                                             "(run jobs/reindex_catalog.py or assign_ids.py)", n_missing, ex)])
-    schema = samples_schema(spaces, with_content)
-    fn = partial(user_samples, spaces=spaces, layers=layers, n=sc.history_len, valid_from=valid_from,
-                 test_from=test_from, codebook_version=cb_version)
+        raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook "
+                                                             f"{src.codebook_version} (run jobs/reindex_catalog.py or "
+                                                             "assign_ids.py)", n_missing, ex)])
+    return events
+
+
+def histories(spark: SparkSession, cfg: Config, src: Sources, split: Split, events: DataFrame) -> DataFrame:
+    """Per user, every event with its last N earlier positives and its split
+    (psrq.samples.layout.user_samples on the executors, one group per user)."""
+    sc = cfg.samples
+    schema = samples_schema(src.spaces, "content_idx" in events.columns)
+    fn = partial(user_samples, spaces=src.spaces, layers=src.layers, n=sc.history_len, valid_from=split.valid_from,
+                 test_from=split.test_from, codebook_version=src.codebook_version)
     arrow_schema = to_arrow_schema(schema, timestamp_utc=True)
-    parts = grouping_partitions(n_events, sc.events_per_task, spark.sparkContext.defaultParallelism)
+    parts = grouping_partitions(src.n_events, sc.events_per_task, spark.sparkContext.defaultParallelism)
     # hash-partitioned by user_id already: the grouping adds no second shuffle
-    samples = events.repartition(parts, "user_id").groupBy("user_id").applyInArrow(lambda t: fn(t).select(schema.fieldNames()).cast(arrow_schema), schema)
-    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
+    return (events.repartition(parts, "user_id").groupBy("user_id")
+            .applyInArrow(lambda t: fn(t).select(schema.fieldNames()).cast(arrow_schema), schema))
+
+
+def write_splits(cfg: Config, samples: DataFrame) -> dict:
+    """Each split as Parquet in a seeded random order, row groups sized by bytes."""
+    sc = cfg.samples
     counts_by_split = {r["split"]: r["count"] for r in samples.groupBy("split").count().collect()}
     row_bytes = arrow_row_bytes(samples.drop("split"))
     out = {}
-    try:
-        for split in SPLITS:
-            path = fs.join(cfg.samples_root(), split)
-            rows = counts_by_split.get(split, 0)
-            block = row_group_bytes(rows, row_bytes, sc.row_group_mb, sc.min_row_groups)
-            (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), sc.order_seed)
-             .write.mode("overwrite").option("parquet.block.size", block).parquet(fs.spark_uri(path)))
-            out[split] = {"path": path, "rows": rows, "row_group_bytes": block}
-    finally:
-        samples.unpersist()
-    info = {
-        "codebook_version": cb_version, "k": k, "layers": layers, "spaces": spaces, "history_len": sc.history_len,
-        "vocab_size": vocab_size, "vocab_table": vocab_path, "vocab_version": engine.version(vocab_path),
-        "code_shift": 1, "padding": 0, "oov_index": OOV, "vocab_order": VOCAB_ORDER,
-        "split_from_us": {"valid": valid_from, "test": test_from}, "cold": {"threshold": sc.cold_threshold, "scope": sc.cold_scope},
-        "source_versions": versions, "splits": out,
-    }
-    base = cfg.samples_root()
-    if with_content:
-        feats, info["content"] = build_content(cfg, engine.read(cfg.table_path("items")), cat, interactions.filter(in_train))
-        cat.unpersist()
-        write_content(fs.join(base, CONTENT_FILE), feats)
-        info["content"]["file"] = CONTENT_FILE
-    fs.write_text(fs.join(base, SamplesManifest.FILE), json.dumps(info, indent=2))  # last: the samples are complete
-    log.info("samples: %s", {s: o["rows"] for s, o in out.items()})
-    return info
+    for split in SPLITS:
+        path = fs.join(cfg.samples_root(), split)
+        rows = counts_by_split.get(split, 0)
+        block = row_group_bytes(rows, row_bytes, sc.row_group_mb, sc.min_row_groups)
+        (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), sc.order_seed)
+         .write.mode("overwrite").option("parquet.block.size", block).parquet(fs.spark_uri(path)))
+        out[split] = {"path": path, "rows": rows, "row_group_bytes": block}
+    return out

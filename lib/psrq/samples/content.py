@@ -134,8 +134,8 @@ def write_content(path: str, content: ContentFeatures) -> None:
 def quantise(aligned: np.ndarray, k: int, layers: int, seed: int) -> dict[str, np.ndarray]:
     """QARM's two code kinds of the aligned representation: a VQ code (one k-means) and RQ
     codes (residual k-means, `layers` deep); shifted by one, padding row 0."""
-    from psrq.quant.kmeans import KMeansSpec
     from psrq.quant.base import QuantSpec
+    from psrq.quant.kmeans import KMeansSpec
     from psrq.quant.residual import RQ, VQ
 
     x = aligned[1:]

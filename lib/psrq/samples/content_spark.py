@@ -14,8 +14,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from psrq.config import Config
-from psrq.samples.content import ContentFeatures, align, projection, quantise, reduce
 from psrq.data.embeddings import embeddings_to_numpy
+from psrq.samples.content import ContentFeatures, align, projection, quantise, reduce
 from psrq.schemas import ITEM_ID
 
 log = logging.getLogger(__name__)

@@ -112,9 +112,8 @@ class SamplesManifest:
 
     @classmethod
     def read(cls, path: str) -> "SamplesManifest":
-        from psrq.training.loop import TrainingError
-
         from psrq.storage import fs
+        from psrq.training.loop import TrainingError
 
         f = fs.join(path, cls.FILE)
         try:

@@ -22,8 +22,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from psrq.errors import StorageError
-from psrq.storage.base import AppTxn, WriteMode, WriteResult
 from psrq.storage import fs
+from psrq.storage.base import AppTxn, WriteMode, WriteResult
 from psrq.storage.parquet_files import FILE_META_SCHEMA, write_task_file
 
 DATA_DIR = "data"

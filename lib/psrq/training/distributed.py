@@ -84,9 +84,9 @@ def _model_and_opt(job: dict, device: torch.device, dense_biases: bool = False):
     gradients. Gloo's sparse allreduce corrupted memory on them intermittently (free():
     invalid size, SIGSEGV in backward; torch 2.x, 2 of 3 two-epoch runs here); a dense
     gradient of a one-wide table costs 4 bytes per vocabulary row per step."""
-    from psrq.samples.content import read_content
     from psrq.models.layers import item_tables
     from psrq.models.registry import build_model
+    from psrq.samples.content import read_content
 
     fs.configure(job["fs"])  # the driver's filesystem options (endpoint, region)
     torch.set_num_threads(job.get("threads", 1))

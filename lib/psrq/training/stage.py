@@ -13,15 +13,15 @@ from datetime import datetime, timezone
 import torch
 
 from psrq.config import Config
-from psrq.samples.content import read_content
 from psrq.models.registry import build_model, needs_content
+from psrq.samples.content import read_content
 from psrq.samples.layout import VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible, device_for,
-                                clean_stale_temporaries, load_checkpoint, restore, train_loop, validator)
+from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible,
+                                clean_stale_temporaries, device_for, load_checkpoint, restore, train_loop, validator)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
