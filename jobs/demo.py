@@ -1,9 +1,9 @@
 """The main job end to end on the embedded default (Spark local mode, Delta on local disk,
 CPU): generate a synthetic catalogue into Delta, validate it, fit codebooks, assign semantic
 IDs, print the codebook diagnostics of PSRQ beside RQ, build training samples, train MCCA
-(train.backend, default horovod with 2 processes) and the ID-only DIN baseline, evaluate
-both on the test split in Spark (predictions and metrics in Delta) and print the metrics
-table.
+(train.backend, default horovod with 2 processes) and the ID-only DIN baseline
+(demo.baseline; null: none), evaluate both on the test split in Spark (predictions and
+metrics in Delta) beside the non-learned floors and print the metrics table.
 
     python jobs/demo.py                      # what `make demo` runs
 """
@@ -61,12 +61,11 @@ def stage(spark, cfg):
           f"{trained['samples_per_second']:,.0f} samples/s): train loss {format_metric(trained['train_loss'])}, "
           f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f} "
           f"(best of {len(trained['curve'])} validation(s), at step {trained['best_step']})")
-    evaluated = {}
-    baseline = cfg.for_model("din")  # with its own tuned settings (conf/tuned)
-    for c in (cfg, baseline):
-        if c is baseline and cfg.train.model != "din":
-            step("train din (baseline)", lambda: train_stage(c, spark, progress=False))
-        evaluated[c.train.model] = step(f"evaluate {c.train.model}", lambda c=c: evaluate_stage(spark, c))
+    evaluated = {cfg.train.model: step(f"evaluate {cfg.train.model}", lambda: evaluate_stage(spark, cfg))}
+    if cfg.demo.baseline and cfg.demo.baseline != cfg.train.model:
+        baseline = cfg.for_model(cfg.demo.baseline)  # with its own tuned settings (conf/tuned)
+        step(f"train {baseline.train.model} (baseline)", lambda: train_stage(baseline, spark, progress=False))
+        evaluated[baseline.train.model] = step(f"evaluate {baseline.train.model}", lambda: evaluate_stage(spark, baseline))
     floors = step("floors", lambda: floors_stage(spark, cfg)) if cfg.evaluate.floors else {}
     print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values()))['metrics']['rows']:,} predictions "
           f"(metrics recorded in {cfg.table_path('eval_metrics')}):")

@@ -31,7 +31,7 @@ SMALL = ["spark.shuffle_partitions=4", "dataset.modalities.text.dim=16", "datase
          "synthetic.n_items=400", "synthetic.n_users=120", "synthetic.block_size=64", "synthetic.mean_events_per_user=30",
          "codebooks.k=16", "codebooks.sample_size=300", "samples.history_len=5", "samples.content.dim=0",
          "train.max_steps=30", "train.dim=16", "train.backend=horovod", "train.num_proc=2", "train.reader=petastorm",
-         "run.run_id=3"]
+         "demo.baseline=null", "run.run_id=3"]  # the baseline would train the same code path again
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def _ranks_ran_on_executors(trained: dict, executor_python: str) -> None:
 
 def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path, spark):
     """delta-rs engine, every location a file:// URI: the demo (generate, validate, fit,
-    assign, build samples, train MCCA and DIN with Horovod, evaluate) as one application,
+    assign, build samples, train MCCA with Horovod, evaluate, floors) as one application,
     then the nightly reindex and a TorchDistributor training as their own."""
     from psrq.catalog.assign import assign
     from psrq.catalog.fit import fit_stage
@@ -103,7 +103,7 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     versions = {t: engine.version(f"{data}/delta/{t}") for t in ("items", "interactions", "semantic_ids",
                                                                   "codebook_current", "reindex_state", "eval_metrics")}
     assert versions == {"items": 0, "interactions": 0, "semantic_ids": 0, "codebook_current": 0, "reindex_state": 1,
-                        "eval_metrics": 2}  # MCCA, DIN, then the floors in one commit
+                        "eval_metrics": 1}  # MCCA, then the floors in one commit
     # Horovod (the demo's MCCA) and TorchDistributor ranks ran on the executors
     _ranks_ran_on_executors(demo["trained"], submit.executor_python)
     assert ddp["status"] == "trained" and ddp["identity"] != demo["trained"]["identity"]
@@ -111,7 +111,7 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     # the metrics the evaluations recorded are the ones the job reported
     metrics = engine.read(f"{data}/delta/eval_metrics").toPandas().set_index("model")
     floors = sorted(f"floor:{f}" for f in demo["floors"])
-    assert sorted(metrics.index) == ["din", *floors, "mcca"] and len(floors) == 4
+    assert sorted(metrics.index) == [*floors, "mcca"] and len(floors) == 4
     assert metrics.loc["mcca", "train_identity"] == demo["trained"]["identity"]
     for model, m in [*demo["evaluated"].items(), *((f"floor:{f}", m) for f, m in demo["floors"].items())]:
         assert abs(metrics.loc[model, "auc"] - m["auc"]) < 1e-12 and 0 < m["auc"] < 1
@@ -143,7 +143,7 @@ def test_demo_with_delta_spark_through_the_launcher(submit, tmp_path):
                  "evaluate.floors=false", *SMALL)
     assert doc["assigned"]["items"] == 400 and doc["trained"]["status"] == "trained"
     _ranks_ran_on_executors(doc["trained"], submit.executor_python)
-    assert set(doc["evaluated"]) == {"mcca", "din"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())
+    assert set(doc["evaluated"]) == {"mcca"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())
     # written by Delta's own writer (delta-spark), read back by delta-rs
     history = DeltaTable(f"{data}/delta/semantic_ids").history()
     assert "Delta-Lake" in history[0].get("engineInfo", "")  # the newest commit, by Delta's own writer

@@ -282,6 +282,12 @@ class EvaluateConf(_Strict):
     floors: bool = True                   # also the non-learned floors (psrq.evaluation.floors)
 
 
+class DemoConf(_Strict):
+    # jobs/demo.py also trains and evaluates this model beside train.model (with its own
+    # tuned settings); null: train.model alone
+    baseline: Optional[KnownModel] = "din"
+
+
 class ReindexConf(_Strict):
     # refit when more than this share of the new items reconstruct worse than the fit's
     # 95th-percentile error (about 0.05 when they look like the fit sample) ...
@@ -421,6 +427,7 @@ class Config(_Strict):
     samples: SamplesConf = SamplesConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
+    demo: DemoConf = DemoConf()
     movielens: MovieLensConf = MovieLensConf()
     embed_text: EmbedTextConf = EmbedTextConf()
     experiments: ExperimentsConf = ExperimentsConf()
