@@ -7,6 +7,7 @@ ARGS ?=
 help:
 	@echo "make demo    run the main job end to end on the embedded default (local Spark, Delta on disk, CPU)"
 	@echo "make test    run the test suite"
+	@echo "make test-fast  the tests that start nothing real (no Spark, cluster, S3 endpoint or process): seconds"
 	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached); GPU=1 for GPU nodes"
 	@echo "make bench   run the benchmarks (JSON under benchmarks/results/)"
 	@echo "make experiments  tuning on the valid split, then the paper's Tables 2-4 on synthetic data and MovieLens-100k, 3 seeds (docs/results/)"
