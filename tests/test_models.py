@@ -186,6 +186,9 @@ def test_registries_check_what_they_are_given():
         quantizers.register("ranker_as_quantizer", toy_ranker.ItemDot)
     registry.register("item_dot", toy_ranker.ItemDot)
     try:
+        registry.register("item_dot", toy_ranker.ItemDot)  # the same class again: nothing changes
+        with pytest.raises(ValueError, match="'mcca' is already psrq.models.mcca:CodeAttention"):
+            registry.register("mcca", toy_ranker.ItemDot)  # runs are identified by name: no second meaning
         assert registry.ranker_path("item_dot") == "toy_ranker:ItemDot" and registry.ranker_class("item_dot") is toy_ranker.ItemDot
         assert registry.RANKERS.load("toy_ranker:ItemDot") is toy_ranker.ItemDot
     finally:

@@ -22,6 +22,10 @@ class Registry:
     def register(self, name: str, cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, self._base())):
             raise TypeError(f"{self.kind} {name!r}: {cls!r} is not a {self.base.replace(':', '.')} subclass")
+        path = f"{cls.__module__}:{cls.__qualname__}"
+        if name in self._entries and self.path(name) != path:
+            # a run's identity names its part: one name, one class, or results would be mistaken
+            raise ValueError(f"{self.kind} {name!r} is already {self.path(name)}: register {path} under another name")
         self._entries[name] = cls
         return cls
 
