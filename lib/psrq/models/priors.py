@@ -99,7 +99,6 @@ class WithPriors(Ranker):
     def __init__(self, base: Ranker, priors: Priors):
         super().__init__(base.spec)
         self.base, self.priors = base, priors
-        self.needs_content = base.needs_content
 
     @property
     def inputs(self) -> list[str]:

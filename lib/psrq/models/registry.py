@@ -48,7 +48,7 @@ def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: in
     cls = RANKERS.load(ranker) if ranker else ranker_class(name)
     if cls.needs_content and content is None:
         raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
-    takes = [p for p in list(inspect.signature(cls).parameters)[2:]]  # after spec and content
+    takes = list(inspect.signature(cls).parameters)[2:]  # after spec and content
     unknown = sorted(set(options or {}) - set(takes))
     if unknown:
         raise ValueError(f"train.model_options {unknown}: model {name} takes {', '.join(takes) or 'none'}")

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from psrq.errors import PsrqError
+from psrq.models.base import Ranker
 from psrq.models.layers import item_tables
 
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adam")
@@ -104,7 +105,7 @@ class Optimizers:
         return self
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, table_optimizer: str = "rowwise_adagrad",
+def make_optimizer(model: Ranker, lr: float, table_optimizer: str = "rowwise_adagrad",
                    table_lr: Optional[float] = None, weight_decay: float = 0.0) -> Optimizers:
     """Adam over the dense parameters (AdamW's decoupled weight decay when weight_decay > 0;
     models with parameter groups of their own, SimTier+MAKE, set per-group rates); the sparse
@@ -112,8 +113,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, table_optimizer: str = "ro
     weight decay: it would touch every row at every step."""
     tables = [p for t in item_tables(model) if t.sparse for p in t.parameters()]
     ids = {id(p) for p in tables}
-    groups = model.param_groups(lr) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
-    dense = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+    dense = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in model.param_groups(lr)]
     dense = [g for g in dense if g["params"]]
     parts = {}
     if dense:  # a model of sparse item tables only has none
