@@ -119,13 +119,14 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     engine = open_engine(spark, cfg.storage.engine)
     src = read_sources(engine, cfg)
     split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from))
-    vocab_path, vocab_size = write_vocabulary(engine, cfg, src, split)
+    vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
+    vocab_path = cfg.table_path("item_vocab")
     cat = None
     if cfg.samples.content.dim > 0:
         from psrq.samples.content_spark import catalogue_index
 
         cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
-    events = sample_events(engine, cfg, src, split, engine.read(vocab_path), cat)
+    events = sample_events(engine, cfg, src, split, vocab, cat)
     samples = histories(spark, cfg, src, split, events).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         splits = write_splits(cfg, samples)
@@ -165,16 +166,17 @@ def read_sources(engine, cfg: Config) -> Sources:
     return Sources(interactions, n_events, cb_version, codes, spaces, manifest["spec"]["k"], layers, versions)
 
 
-def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[str, int]:
+def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[DataFrame, int]:
     """The item vocabulary of the train split, written to Delta (keyed by the samples'
-    settings, the codebook and the interactions' version); its path and size with padding
-    and OOV."""
+    settings, the codebook and the interactions' version), read back from the table; and its
+    size with padding and OOV."""
     vocab = build_vocabulary(src.interactions.filter(split.in_train))
     vocab_path = cfg.table_path("item_vocab")
     txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{src.codebook_version}.{src.versions['interactions']}",
                  cfg.run.run_id)
     engine.write(vocab, vocab_path, "overwrite", txn, description=f"item vocabulary for samples ({src.codebook_version})")
-    return vocab_path, engine.read(vocab_path).count() + FIRST_INDEX
+    vocab = engine.read(vocab_path)
+    return vocab, vocab.count() + FIRST_INDEX
 
 
 def sample_events(engine, cfg: Config, src: Sources, split: Split, vocab: DataFrame, cat: DataFrame | None) -> DataFrame:
