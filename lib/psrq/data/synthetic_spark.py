@@ -38,9 +38,16 @@ def _ts(us: np.ndarray) -> pa.Array:
     return pa.array(us, type=pa.timestamp("us", tz="UTC"))
 
 
-def _blocks(spark: SparkSession, total: int, size: int) -> DataFrame:
+# Rows one task generates at least: the task count follows the data's size (a small
+# catalogue is one task; Spark's per-task cost would dwarf its work), at most 4 per core.
+# Blocks are seeded one by one, so how they are grouped into tasks changes no value.
+ROWS_PER_TASK = 100_000
+
+
+def _blocks(spark: SparkSession, total: int, size: int, rows_per_unit: float = 1.0) -> DataFrame:
     n = syn.n_blocks(total, size)
-    slices = max(1, min(n, spark.sparkContext.defaultParallelism * 4))
+    by_size = int(total * rows_per_unit) // ROWS_PER_TASK + 1
+    slices = max(1, min(n, by_size, spark.sparkContext.defaultParallelism * 4))
     return spark.range(0, n, numPartitions=slices).withColumnRenamed("id", "block")
 
 
@@ -118,7 +125,7 @@ def synthetic_frames(spark: SparkSession, cfg: Config) -> dict[str, DataFrame]:
     latents = _blocks(spark, syn_cfg.n_items, syn_cfg.block_size).mapInArrow(
         partial(_latents_task, cfg=syn_cfg, dims=dims), _LATENTS
     )
-    imps = _blocks(spark, syn_cfg.n_users, syn_cfg.block_size).mapInArrow(
+    imps = _blocks(spark, syn_cfg.n_users, syn_cfg.block_size, syn_cfg.mean_events_per_user).mapInArrow(
         partial(_impressions_task, cfg=syn_cfg, dims=dims), _IMPRESSIONS
     )
     interactions = imps.join(latents, "item_id").mapInArrow(partial(_label_task, cfg=syn_cfg), INTERACTIONS)
