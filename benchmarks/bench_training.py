@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import torch
 
 from psrq.models.registry import build_model
-from psrq.storage import fs
 from psrq.training.loop import train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader, row_groups

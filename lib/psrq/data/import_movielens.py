@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from pyspark.sql import types as T
-
 from psrq.config import Config
 from psrq.data.movielens import read_interactions, read_items
 from psrq.schemas import INTERACTIONS, MOVIELENS_ITEMS
