@@ -1,9 +1,10 @@
 """The main job end to end on the embedded default (Spark local mode, Delta on local disk,
 CPU): generate a synthetic catalogue into Delta, validate it, fit codebooks, assign semantic
-IDs, print the codebook diagnostics of PSRQ beside RQ, build training samples, train MCCA
-(train.backend, default horovod with 2 processes) and the ID-only DIN baseline
-(demo.baseline; null: none), evaluate both on the test split in Spark (predictions and
-metrics in Delta) beside the non-learned floors and print the metrics table.
+IDs, run a night of the catalogue reindex (nothing changed since the assignment: it records
+its watermark and merges nothing), print the codebook diagnostics of PSRQ beside RQ, build
+training samples, train MCCA (train.backend, default horovod with 2 processes) and the
+ID-only DIN baseline (demo.baseline; null: none), evaluate both on the test split in Spark
+(predictions and metrics in Delta) beside the non-learned floors and print the metrics table.
 
     python jobs/demo.py                      # what `make demo` runs
 """
@@ -12,6 +13,7 @@ import time
 
 from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
+from psrq.catalog.reindex import format_night, reindex
 from psrq.cli import run_job
 from psrq.data.generate import generate
 from psrq.data.summary import format_generation
@@ -40,11 +42,13 @@ def stage(spark, cfg):
     print("\n" + format_generation(generated, validated) + "\n", flush=True)
     fitted = {cfg.codebooks.method: step(f"fit {cfg.codebooks.method}", lambda: fit_stage(spark, cfg))}
     assigned = step("assign", lambda: assign(spark, cfg))
+    night = step("reindex", lambda: reindex(spark, cfg))  # run.run_id is the night
     for method in cfg.codebooks.compare:
         if method not in fitted:
             fitted[method] = step(f"fit {method}", lambda m=method: fit_stage(spark, cfg, m))
     print(f"\nsemantic_ids: version {assigned['version']}, {assigned['items']:,} items, "
           f"codebook {assigned['codebook_version']} ({cfg.codebooks.method}, K={cfg.codebooks.k}, L={cfg.codebooks.layers})")
+    print(format_night(night))
     print("codebook diagnostics on the fit sample (coh. = mean cosine to the mean of items sharing the code;"
           " layer: that layer's code alone, rand: random codes of the same sizes, prefix: codes 1..l):")
     diags = {m: f["diagnostics"] for m, f in fitted.items()}
@@ -76,7 +80,7 @@ def stage(spark, cfg):
         print(f"{name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}"
               f"{format_metric(m.get('gauc')):>8}{format_metric(m.get('calibration_error')):>8}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
-    return {"generated": generated, "validated": validated, "assigned": assigned,
+    return {"generated": generated, "validated": validated, "assigned": assigned, "reindexed": night,
             "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,
             "evaluated": {k: v["metrics"] for k, v in evaluated.items()}, "floors": floors, "timings": timings}
 

@@ -6,19 +6,13 @@ whole catalogue when they drift from the codebook's fit. run.run_id is the night
 """
 import sys
 
-from psrq.catalog.reindex import reindex
+from psrq.catalog.reindex import format_night, reindex
 from psrq.cli import run_job
 
 
 def stage(spark, cfg):
     res = reindex(spark, cfg)
-    if res.get("skipped"):
-        print(f"night {res['night']}: already done, nothing changed", flush=True)
-    else:
-        what = "drift: refitted and reassigned the catalogue" if res["refit"] else "merged"
-        print(f"night {res['night']}: {res['n_changed']:,} new/changed items, error share {res['error_share']:.3f}, "
-              f"layer-1 shift {res['layer1_shift']:.3f}; {what} (codebook {res['codebook_version']}, "
-              f"semantic_ids version {res['semantic_ids_version']})", flush=True)
+    print(format_night(res), flush=True)
     return res
 
 

@@ -81,8 +81,8 @@ def _ranks_ran_on_executors(trained: dict, executor_python: str) -> None:
 
 def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path, spark):
     """delta-rs engine, every location a file:// URI: the demo (generate, validate, fit,
-    assign, build samples, train MCCA with Horovod, evaluate, floors) as one application,
-    then the nightly reindex and a TorchDistributor training as their own."""
+    assign, a night of the reindex, build samples, train MCCA with Horovod, evaluate,
+    floors) as one application, then a TorchDistributor training as its own."""
     from psrq.catalog.assign import assign
     from psrq.catalog.fit import fit_stage
     from psrq.data.generate import generate
@@ -95,10 +95,10 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
                  f"samples.path=file://{data}/samples", f"train.checkpoint_dir=file://{data}/checkpoints",
                  "storage.engine=delta-rs", "codebooks.compare=[]", *SMALL]
     demo = submit("demo", *overrides)
-    night = submit("reindex_catalog", *overrides, "run.run_id=20261128")
     ddp = submit("train_ranker", *overrides, "train.backend=torch-distributor")
     assert demo["generated"]["items"]["version"] == 0 and demo["assigned"]["version"] == 0
-    assert night["n_changed"] == 0 and not night["refit"]
+    night = demo["reindexed"]  # the night after the assignment: nothing changed
+    assert night["status"] == "done" and night["n_changed"] == 0 and not night["refit"]
     engine = open_engine(spark, "delta-rs")
     versions = {t: engine.version(f"{data}/delta/{t}") for t in ("items", "interactions", "semantic_ids",
                                                                   "codebook_current", "reindex_state", "eval_metrics")}
@@ -127,8 +127,8 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     a = on_cluster[cols].sort_values("item_id").reset_index(drop=True).astype(str)
     b = in_local[cols].sort_values("item_id").reset_index(drop=True).astype(str)
     assert len(a) == 400 and a.equals(b)
-    print("cluster seconds (delta-rs):", {"demo": demo["_seconds"], "reindex": night["_seconds"],
-                                          "torch-distributor": ddp["_seconds"]}, demo["timings"])
+    print("cluster seconds (delta-rs):", {"demo": demo["_seconds"], "torch-distributor": ddp["_seconds"]},
+          demo["timings"])
 
 
 def test_demo_with_delta_spark_through_the_launcher(submit, tmp_path):
@@ -142,6 +142,7 @@ def test_demo_with_delta_spark_through_the_launcher(submit, tmp_path):
                  "storage.engine=delta-spark", "spark.jvm_packages=[delta]", "codebooks.compare=[]",
                  "evaluate.floors=false", *SMALL)
     assert doc["assigned"]["items"] == 400 and doc["trained"]["status"] == "trained"
+    assert doc["reindexed"]["status"] == "done" and doc["reindexed"]["n_changed"] == 0
     _ranks_ran_on_executors(doc["trained"], submit.executor_python)
     assert set(doc["evaluated"]) == {"mcca"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())
     # written by Delta's own writer (delta-spark), read back by delta-rs

@@ -154,3 +154,13 @@ def _finish(spark, engine, state_path: str, txn: AppTxn, plan: dict, result: dic
     engine.write(_state_row(spark, outcome, "done"), state_path, "append", txn,
                  description=f"reindex night {plan['night']}: outcome")
     return {**outcome, "semantic_ids_version": result["version"], "skipped": False, "status": "done"}
+
+
+def format_night(res: dict) -> str:
+    """One line for a night's result (the job's and the demo's output)."""
+    if res.get("skipped"):
+        return f"night {res['night']}: already done, nothing changed"
+    what = "drift: refitted and reassigned the catalogue" if res["refit"] else "merged"
+    return (f"night {res['night']}: {res['n_changed']:,} new/changed items, error share {res['error_share']:.3f}, "
+            f"layer-1 shift {res['layer1_shift']:.3f}; {what} (codebook {res['codebook_version']}, "
+            f"semantic_ids version {res['semantic_ids_version']})")
