@@ -251,8 +251,7 @@ def test_single_process_training_killed_after_a_checkpoint_resumes_to_the_same_w
 
     root, args = world
     run_args = lambda d: ["jobs/train_ranker.py", *args, f"train.checkpoint_dir={tmp_path}/{d}", "train.model=mcca"]  # noqa: E731
-    whole = run_job_process(run_args("whole"))
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert job_main("train_ranker")(run_args("whole")[1:]) == 0  # uninterrupted: in this process
     killed = run_job_process(run_args("killed"), kill=("checkpoint", 2))  # after the step-4 checkpoint
     assert killed.returncode == -9
     resumed = run_job_process(run_args("killed"))
@@ -394,7 +393,7 @@ def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, 
                    .withColumn("updated_at", F.lit(datetime(2027, 1, 1, tzinfo=timezone.utc))))
         engine.merge(changed.select(*items.columns), f"{tmp_path}/{name}/delta/items", ["item_id"])
         runs[name] = [*where, "run.run_id=20261201"]
-    assert run_job_process(["jobs/reindex_catalog.py", *runs["whole"]]).returncode == 0
+    assert job_main("reindex_catalog")(runs["whole"]) == 0  # uninterrupted: in this process
     assert run_job_process(["jobs/reindex_catalog.py", *runs["killed"]], kill=("commit", crash_at)).returncode == -9
     again = run_job_process(["jobs/reindex_catalog.py", *runs["killed"]])
     assert again.returncode == 0, again.stderr[-2000:]

@@ -59,6 +59,7 @@ def test_demo_job_end_to_end(tmp_path):
     assert "validation: items and interactions meet their contracts" in out.stdout
     assert "items                0         300" in out.stdout
     assert "space: joint" in out.stdout and "psrq        3" in out.stdout and "rq          3" in out.stdout
+    assert "night 0: 0 new/changed items" in out.stdout  # the reindex after the assignment: nothing changed
     assert (tmp_path / "codebooks" / "v0001" / "code_distributions.png").stat().st_size > 1000
     assert "training samples: train" in out.stdout and (tmp_path / "samples" / "manifest.json").exists()
     assert "floor:item_rate" in out.stdout and "floor:global_rate" in out.stdout
@@ -68,7 +69,7 @@ def test_demo_job_end_to_end(tmp_path):
 def load_job(name):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "jobs", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -89,9 +90,10 @@ def test_codebook_jobs_in_sequence(spark, tmp_path, capsys):
     assert "night 20261123: already done, nothing changed" in capsys.readouterr().out
 
 
-def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spark, tmp_path):
+def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spark, tmp_path, capfd):
     """A finished training re-run is "already done" (valid JSON, no NaN); a changed learning
-    rate trains anew; --json prints exactly one JSON document on stdout."""
+    rate trains anew; --json prints exactly one JSON document on stdout (the jobs' main, in
+    this process on the shared session)."""
     import json
 
     from psrq.catalog.assign import assign
@@ -106,13 +108,14 @@ def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spar
     build_samples(spark, cfg)
     common = [f"storage.root={tmp_path}/delta", "storage.engine=delta-rs", f"samples.path={tmp_path}/samples",
               f"train.checkpoint_dir={tmp_path}/ckpt", "train.model=din", "train.backend=single", "train.reader=arrow",
-              "train.max_steps=3", "train.dim=8", "spark.master=local[1]", "dataset.modalities.text.dim=16",
-              "dataset.modalities.audio.dim=12"]
+              "train.max_steps=3", "train.dim=8", "dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12"]
 
     def job(name, *extra):
-        out = run([f"jobs/{name}.py", "--json", *common, *extra], timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout)  # the whole of stdout is one document
+        capfd.readouterr()
+        code = load_job(name).main(["--json", *common, *extra])
+        out, err = capfd.readouterr()
+        assert code == 0, err[-3000:]
+        return json.loads(out)  # the whole of stdout is one document
 
     first, again = job("train_ranker"), job("train_ranker")
     assert first["status"] == "trained" and first["steps"] == 3
@@ -130,15 +133,6 @@ def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spar
         assert {f["status"] for f in later["floors"].values()} == {"already done"}
         assert {n: f["auc"] for n, f in later["floors"].items()} == {n: f["auc"] for n, f in ev["floors"].items()}
     assert ev["floors"]["global_rate"]["auc"] == 0.5
-
-
-def _job_main(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 def test_every_pipeline_job_prints_exactly_one_json_document(spark, tmp_path, capfd):
@@ -159,7 +153,7 @@ def test_every_pipeline_job_prints_exactly_one_json_document(spark, tmp_path, ca
     docs = {}
     for name, extra in jobs:
         capfd.readouterr()
-        code = _job_main(name)([*common, *extra])
+        code = load_job(name).main([*common, *extra])
         out, err = capfd.readouterr()
         assert code == 0, f"{name}: {err[-3000:]}"
         docs[name] = json.loads(out)  # the whole of stdout parses as one document

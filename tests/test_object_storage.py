@@ -73,11 +73,11 @@ SMALL = ["dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12", "s
          "train.max_steps=20", "train.dim=16", "spark.master=local[2]", "spark.shuffle_partitions=2"]
 
 
-@pytest.mark.parametrize("engine,model,backend,reader", [
-    ("delta-spark", "mcca", "horovod", "petastorm"),
-    ("delta-rs", "vbpr", "single", "arrow"),
+@pytest.mark.parametrize("engine,model,backend,reader,baseline", [
+    ("delta-spark", "mcca", "horovod", "petastorm", None),  # the baseline's path is the delta-rs case's
+    ("delta-rs", "vbpr", "single", "arrow", "din"),
 ])
-def test_the_demo_pipeline_entirely_on_s3(s3, tmp_path, engine, model, backend, reader):
+def test_the_demo_pipeline_entirely_on_s3(s3, tmp_path, engine, model, backend, reader, baseline):
     endpoint, bucket, client = s3
     root = f"{bucket}/{engine}"
     # Spark's side names the bucket s3a://, the rest s3://: the layer maps both
@@ -85,7 +85,7 @@ def test_the_demo_pipeline_entirely_on_s3(s3, tmp_path, engine, model, backend, 
                  f"samples.path=s3a://{root}/samples", f"train.checkpoint_dir=s3://{root}/checkpoints",
                  f"storage.s3.endpoint={endpoint}", "storage.s3.region=us-east-1", "storage.s3.path_style=true",
                  f"storage.engine={engine}", "spark.jvm_packages=[delta,s3a]", f"train.model={model}",
-                 f"train.backend={backend}", f"train.reader={reader}",
+                 f"train.backend={backend}", f"train.reader={reader}", f"demo.baseline={baseline or 'null'}",
                  "evaluate.floors=false", *SMALL]
     env = {**job_env(), **CREDENTIALS}
     cwd = tmp_path / "cwd"
@@ -96,7 +96,8 @@ def test_the_demo_pipeline_entirely_on_s3(s3, tmp_path, engine, model, backend, 
     assert SECRET not in out.stdout + out.stderr
     doc = json.loads(out.stdout)
     assert doc["trained"]["status"] == "trained" and 0 < doc["trained"]["valid"]["auc"] < 1
-    assert set(doc["evaluated"]) == {model, "din"}
+    models = sorted({model, baseline} - {None})
+    assert sorted(doc["evaluated"]) == models
     assert os.listdir(cwd) == []  # nothing local: every location was on the endpoint
 
     keys = _keys(client, bucket, f"{engine}/")
@@ -105,11 +106,11 @@ def test_the_demo_pipeline_entirely_on_s3(s3, tmp_path, engine, model, backend, 
     for table in ("items", "interactions", "semantic_ids", "codebook_current", "item_vocab", "eval_metrics"):
         assert under(f"delta/{table}/_delta_log/00000000000000000000.json"), table
     # one predictions table per evaluation (named by its identity)
-    assert len([k for k in under("delta/predictions/") if k.endswith("_delta_log/00000000000000000000.json")]) == 2
+    assert len([k for k in under("delta/predictions/") if k.endswith("_delta_log/00000000000000000000.json")]) == len(models)
     assert under("codebooks/v0001/manifest.json") and under("samples/manifest.json")
     assert under("samples/content.safetensors") and under("samples/train/part-")
-    assert len([k for k in under("checkpoints/") if k.endswith("/checkpoint.pt")]) == 2
-    assert len([k for k in under("checkpoints/") if k.endswith("/result.json")]) == 2
+    assert len([k for k in under("checkpoints/") if k.endswith("/checkpoint.pt")]) == len(models)
+    assert len([k for k in under("checkpoints/") if k.endswith("/result.json")]) == len(models)
     if backend == "horovod":
         assert {r["rank"] for r in doc["trained"]["ranks"]} == {0, 1}
 
@@ -122,4 +123,4 @@ def test_the_demo_pipeline_entirely_on_s3(s3, tmp_path, engine, model, backend, 
     uri, opts = fs.delta_rs_location(f"s3a://{root}/delta/eval_metrics", o)
     metrics = DeltaTable(uri, storage_options={**opts, "AWS_ACCESS_KEY_ID": CREDENTIALS["AWS_ACCESS_KEY_ID"],
                                                "AWS_SECRET_ACCESS_KEY": SECRET}).to_pyarrow_table().to_pylist()
-    assert sorted(m["model"] for m in metrics) == sorted([model, "din"])
+    assert sorted(m["model"] for m in metrics) == models
