@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from psrq.config import load_config
+from psrq.job import JobContext
 from psrq.spark import build_spark
 
 from common import write_result
@@ -27,7 +28,7 @@ def main():
     t0 = time.perf_counter()
     spark = build_spark(cfg.spark)
     t_spark = time.perf_counter() - t0
-    out = demo.stage(spark, cfg)
+    out = demo.stage(JobContext("demo", cfg, spark, progress=False))
     total = time.perf_counter() - t0
     write_result("demo", {"stages_seconds": {"spark session": round(t_spark, 1), **out["timings"]},
                           "total_seconds": round(total, 1), "metrics": out["evaluated"],

@@ -9,10 +9,11 @@ import sys
 
 from psrq.catalog.assign import assign
 from psrq.cli import run_job
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    res = assign(spark, cfg)
+def stage(job: JobContext):
+    res = assign(job.spark, job.cfg)
     state = "skipped (already written by this run)" if res["skipped"] else f"{res['items']:,} items in {res['seconds']}s"
     current = f"; {res['current']} is current" if res.get("current") else ""
     print(f"semantic_ids version {res['version']} with codebook {res['codebook_version']}: {state}{current}", flush=True)

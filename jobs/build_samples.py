@@ -8,13 +8,14 @@ import sys
 
 from psrq.cli import run_job
 from psrq.samples.build import build_samples
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    info = build_samples(spark, cfg)
+def stage(job: JobContext):
+    info = build_samples(job.spark, job.cfg)
     rows = ", ".join(f"{s} {o['rows']:,}" for s, o in info["splits"].items())
     print(f"samples with codebook {info['codebook_version']} (history {info['history_len']}, "
-          f"vocabulary {info['vocab_size']:,}): {rows} -> {cfg.samples.path}", flush=True)
+          f"vocabulary {info['vocab_size']:,}): {rows} -> {job.cfg.samples.path}", flush=True)
     return info
 
 

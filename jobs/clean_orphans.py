@@ -10,11 +10,12 @@ import sys
 
 from psrq.cli import run_job
 from psrq.storage.maintenance import clean, orphans
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    mc = cfg.maintenance
-    found = orphans(cfg.storage.root, cfg.train.checkpoint_dir, cfg.codebooks_root(), mc.min_age_hours * 3600)
+def stage(job: JobContext):
+    mc = job.cfg.maintenance
+    found = orphans(job.cfg.storage.root, job.cfg.train.checkpoint_dir, job.cfg.codebooks_root(), mc.min_age_hours * 3600)
     if not mc.dry_run:
         clean(found)
     verb = "would remove" if mc.dry_run else "removed"

@@ -24,9 +24,11 @@ from psrq.evaluation.stage import evaluate_stage
 from psrq.quant.diagnostics import format_side_by_side
 from psrq.samples.build import build_samples
 from psrq.training.stage import train_stage
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
+def stage(job: JobContext):
+    spark, cfg = job.spark, job.cfg  # every step below runs with both
     timings = {}
 
     def step(name, fn):

@@ -11,10 +11,11 @@ import sys
 
 from psrq.cli import run_job
 from psrq.data.embed_text import embed_text_stage
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    res = embed_text_stage(spark, cfg)
+def stage(job: JobContext):
+    res = embed_text_stage(job.spark, job.cfg)
     print(f"{res['table']}: {res['rows']:,} rows, {res['column']} ({res['dim']}-d) from {res['model']}, "
           f"table version {res['version']}", flush=True)
     return res

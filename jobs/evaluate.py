@@ -12,17 +12,18 @@ from psrq.cli import run_job
 from psrq.evaluation.floors import floors_stage
 from psrq.evaluation.metrics import format_metric
 from psrq.evaluation.stage import evaluate_stage
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    res = evaluate_stage(spark, cfg)
+def stage(job: JobContext):
+    res = evaluate_stage(job.spark, job.cfg)
     m = res["metrics"]
     print(f"{res['model']} (seed {res['seed']}, step {res['checkpoint_step']}) on {res['split']}: evaluation {res['eval_id']} "
           f"{res['status']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
           f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, GAUC {format_metric(m.get('gauc'))}; "
           f"predictions in {res['predictions']}", flush=True)
-    if cfg.evaluate.floors:
-        res["floors"] = floors_stage(spark, cfg)
+    if job.cfg.evaluate.floors:
+        res["floors"] = floors_stage(job.spark, job.cfg)
         best = max(res["floors"].values(), key=lambda f: f["auc"])
         for name, f in res["floors"].items():
             print(f"  floor {name:<16} AUC {f['auc']:.4f}, cold AUC {format_metric(f['cold_auc'])}, "

@@ -9,11 +9,12 @@ import sys
 from psrq.catalog.fit import fit_stage
 from psrq.cli import run_job
 from psrq.quant.diagnostics import format_side_by_side
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    manifest = fit_stage(spark, cfg)
-    print(f"codebook {manifest['version']} ({manifest['method']}, K={cfg.codebooks.k}) "
+def stage(job: JobContext):
+    manifest = fit_stage(job.spark, job.cfg)
+    print(f"codebook {manifest['version']} ({manifest['method']}, K={job.cfg.codebooks.k}) "
           f"fitted on {manifest['sample']['size']:,} items in {manifest['fit_seconds']}s", flush=True)
     for space in manifest["diagnostics"]:
         print(format_side_by_side({manifest["method"]: manifest["diagnostics"]}, space), flush=True)

@@ -9,11 +9,12 @@ from psrq.cli import run_job
 from psrq.data.generate import generate
 from psrq.data.summary import format_generation
 from psrq.data.validate import validate_inputs
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    generated = generate(spark, cfg)
-    validated = validate_inputs(spark, cfg)
+def stage(job: JobContext):
+    generated = generate(job.spark, job.cfg)
+    validated = validate_inputs(job.spark, job.cfg)
     print(format_generation(generated, validated), flush=True)
     return {"generated": generated, "validated": validated}
 

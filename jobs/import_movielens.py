@@ -8,10 +8,11 @@ import sys
 
 from psrq.cli import run_job
 from psrq.data.import_movielens import import_movielens
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    res = import_movielens(spark, cfg)
+def stage(job: JobContext):
+    res = import_movielens(job.spark, job.cfg)
     print(f"movielens: {res['items']['rows']:,} items, {res['interactions']['rows']:,} interactions "
           f"(positive rate {res['positive_rate']:.1%})", flush=True)
     return res

@@ -10,13 +10,13 @@ import sys
 from psrq.catalog.current import mark_current
 from psrq.cli import run_job
 from psrq.errors import ConfigError
-from psrq.storage import open_engine
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    if not cfg.codebooks.version:
+def stage(job: JobContext):
+    if not job.cfg.codebooks.version:
         raise ConfigError("codebooks.version: which version to mark current (e.g. codebooks.version=v0002)")
-    res = mark_current(spark, open_engine(spark, cfg.storage.engine), cfg, cfg.codebooks.version)
+    res = mark_current(job.spark, job.engine, job.cfg, job.cfg.codebooks.version)
     state = "already current" if res["skipped"] else "now current"
     print(f"codebook {res['codebook_version']} ({res['method']}, {res['items']:,} items): {state}", flush=True)
     return res

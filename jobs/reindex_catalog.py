@@ -8,10 +8,11 @@ import sys
 
 from psrq.catalog.reindex import format_night, reindex
 from psrq.cli import run_job
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    res = reindex(spark, cfg)
+def stage(job: JobContext):
+    res = reindex(job.spark, job.cfg)
     print(format_night(res), flush=True)
     return res
 

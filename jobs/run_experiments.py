@@ -11,15 +11,17 @@ from psrq.cli import run_job
 from psrq.experiments.matrix import dataset_config, load_experiment
 from psrq.experiments.report import write_report
 from psrq.experiments.runner import read_results, run_experiment
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    exps = [load_experiment(n) for n in cfg.experiments.names]  # all found before anything runs
+def stage(job: JobContext):
+    exps = [load_experiment(n) for n in job.cfg.experiments.names]  # all found before anything runs
     reports = []
     for exp in exps:
-        run_experiment(spark, cfg, exp, cfg.experiments.seeds, progress=lambda s: print(s, flush=True))
-        dcfg = dataset_config(cfg)
-        path = write_report(read_results(spark, dcfg), exp, cfg.dataset.name, dcfg.codebooks_root(), cfg.experiments.reports)
+        run_experiment(job.spark, job.cfg, exp, job.cfg.experiments.seeds, progress=lambda s: print(s, flush=True))
+        dcfg = dataset_config(job.cfg)
+        path = write_report(read_results(job.spark, dcfg), exp, job.cfg.dataset.name, dcfg.codebooks_root(),
+                            job.cfg.experiments.reports)
         print(f"report: {path}", flush=True)
         print(path.read_text().split("\n\n")[2], flush=True)  # the table
         reports.append(str(path))

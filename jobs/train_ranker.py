@@ -10,10 +10,11 @@ import sys
 from psrq.cli import run_job
 from psrq.evaluation.metrics import format_metric
 from psrq.training.stage import train_stage
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    res = train_stage(cfg, spark)
+def stage(job: JobContext):
+    res = train_stage(job.cfg, job.spark, progress=job.progress)
     v = res["valid"]
     print(f"{res['model']} run {res['identity']} {res['status']} ({res['backend']}, {res['processes']} process(es)): "
           f"{res['steps']} steps ({res['steps_this_run']} this run), {res['samples_per_second']:,.0f} samples/s, "

@@ -13,14 +13,15 @@ from pathlib import Path
 from psrq.cli import run_job
 from psrq.errors import ConfigError
 from psrq.experiments.tuning import tune, write_tuned
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    target = Path(cfg.conf_dir or "conf")  # the folder this configuration was read from (--conf-dir)
+def stage(job: JobContext):
+    target = Path(job.cfg.conf_dir or "conf")  # the folder this configuration was read from (--conf-dir)
     if not target.is_dir():
         raise ConfigError(f"the tuned settings are written into a configuration folder; {target} is not one "
                           "(inside a package?): pass --conf-dir <folder>")
-    search = tune(spark, cfg, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    search = tune(job.spark, job.cfg, progress=lambda s: print(s, file=sys.stderr, flush=True))
     tuned, record = write_tuned(target, search)
     return {"dataset": search["dataset"], "chosen": search["chosen"], "tuned": str(tuned), "search": str(record),
             "valid_auc": {m: r["valid_auc_mean"] for m, r in search["results"].items()}}

@@ -8,10 +8,11 @@ import sys
 from psrq.cli import run_job
 from psrq.data.summary import format_tables
 from psrq.data.validate import validate_inputs
+from psrq.job import JobContext
 
 
-def stage(spark, cfg):
-    summary = validate_inputs(spark, cfg)
+def stage(job: JobContext):
+    summary = validate_inputs(job.spark, job.cfg)
     print(format_tables({k: summary[k] for k in ("items", "interactions")}), flush=True)
     print("validation: items and interactions meet their contracts", flush=True)
     return summary

@@ -6,6 +6,7 @@ import pytest
 from psrq.data.generate import generate
 from psrq.data.validate import validate_inputs
 from psrq.errors import InputValidationError
+from psrq.job import JobContext
 from psrq.storage import open_engine
 
 from conftest import ROOT, run_python, small_config
@@ -75,18 +76,39 @@ def load_job(name):
     return module
 
 
+def test_a_job_opens_its_storage_engine_once(spark, tmp_path, capsys):
+    """The context's engine is the one every stage of the job gets from open_engine; other
+    filesystem options are another engine (an engine carries the options it was opened with)."""
+    from psrq.storage import fs
+
+    cfg = small_config(tmp_path)
+    job = JobContext("assign_ids", cfg, spark)
+    assert job.engine is open_engine(spark, cfg.storage.engine) is open_engine(spark, "delta-rs")
+    before = fs.current()
+    try:
+        fs.configure(fs.FsOptions(endpoint="http://127.0.0.1:9", path_style=True))
+        other = open_engine(spark, "delta-rs")
+        assert other is not job.engine and other.options.endpoint == "http://127.0.0.1:9"
+    finally:
+        fs.configure(before)
+    assert open_engine(spark, "delta-rs") is job.engine
+    assert JobContext("assign_ids", cfg).progress is False  # stderr is not a terminal here: no bars
+    with pytest.raises(RuntimeError, match="runs without Spark"):
+        JobContext("clean_orphans", cfg).engine
+
+
 def test_codebook_jobs_in_sequence(spark, tmp_path, capsys):
     """fit_codebooks -> assign_ids -> reindex_catalog, through the jobs' own stage functions."""
     cfg = small_config(tmp_path, "codebooks.k=16", "codebooks.sample_size=300", "run.run_id=20261123")
     generate(spark, cfg)
-    manifest = load_job("fit_codebooks").stage(spark, cfg)
+    manifest = load_job("fit_codebooks").stage(JobContext("fit_codebooks", cfg, spark))
     out = capsys.readouterr().out
     assert manifest["version"] == "v0001" and "fitted on 300 items" in out and "space: joint" in out
-    res = load_job("assign_ids").stage(spark, cfg)
+    res = load_job("assign_ids").stage(JobContext("assign_ids", cfg, spark))
     assert res["items"] == 400 and "semantic_ids version 0 with codebook v0001" in capsys.readouterr().out
-    load_job("reindex_catalog").stage(spark, cfg)
+    load_job("reindex_catalog").stage(JobContext("reindex_catalog", cfg, spark))
     assert "night 20261123: 0 new/changed items" in capsys.readouterr().out
-    load_job("reindex_catalog").stage(spark, cfg)
+    load_job("reindex_catalog").stage(JobContext("reindex_catalog", cfg, spark))
     assert "night 20261123: already done, nothing changed" in capsys.readouterr().out
 
 

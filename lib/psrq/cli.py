@@ -1,6 +1,6 @@
 """Shared entry point of the jobs: parse arguments, load the configuration, start Spark,
-run the stage, print the outcome. Errors a user can act on end the job with exit code 2
-and one clear message instead of a traceback."""
+run the stage with the job's context (psrq.job), print the outcome. Errors a user can act
+on end the job with exit code 2 and one clear message instead of a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from psrq.config import Config, load_config
 from psrq.errors import PsrqError
+from psrq.job import JobContext
 from psrq.storage import fs
 from psrq.storage.probe import output_locations, probe_writable
 
@@ -41,8 +42,9 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
 
 def run_job(description: str, stage: Callable, argv: list[str] | None = None, writes: tuple[str, ...] = (),
             needs_spark: bool = True) -> int:
-    """stage(spark, cfg) -> dict (the job's summary). writes: the configuration keys of the
-    locations the job writes (probed before Spark starts). needs_spark=False: stage(None, cfg)."""
+    """stage(job: JobContext) -> dict (the job's summary). writes: the configuration keys of
+    the locations the job writes (probed before Spark starts). needs_spark=False: the job's
+    context has no Spark session."""
     args = parse_args(description, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     # py4j's INFO lines report closed sockets as errors; faiss's list the CPU builds it tried
@@ -82,12 +84,12 @@ def _run(args, stage: Callable, writes: tuple[str, ...], needs_spark: bool) -> t
         probe_writable(output_locations(cfg, writes))
         from psrq.spark import build_spark  # after config and probes: a bad key fails before the JVM starts
 
-        spark = None
+        job = JobContext(job_name(stage), cfg)
         if needs_spark:
             t0 = time.time()
-            spark = build_spark(cfg.spark, app_name(cfg, job_name(stage)), fs.spark_hadoop_conf())
-            log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
-        result = stage(spark, cfg)
+            job.spark = build_spark(cfg.spark, app_name(cfg, job.name), fs.spark_hadoop_conf())
+            log.info("spark %s ready in %.1fs (master %s)", job.spark.version, time.time() - t0, job.spark.sparkContext.master)
+        result = stage(job)
     except PsrqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, None

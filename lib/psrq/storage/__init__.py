@@ -17,11 +17,16 @@ __all__ = ["fs", "AppTxn", "DeltaEngine", "WriteResult", "open_engine", "DeltaRs
 
 
 def open_engine(spark: SparkSession, engine: str = "auto") -> DeltaEngine:
-    """engine: auto (delta-spark when its jars are loaded, else delta-rs), delta-rs, delta-spark."""
+    """engine: auto (delta-spark when its jars are loaded, else delta-rs), delta-rs, delta-spark.
+    The same session, engine and filesystem options give the same engine object."""
+    if engine not in ("auto", "delta-rs", "delta-spark"):
+        raise ConfigError(f"storage.engine: unknown engine {engine!r} (auto, delta-rs, delta-spark)")
     if engine == "auto":
         engine = "delta-spark" if delta_jars_loaded(spark) else "delta-rs"
-    if engine == "delta-spark":
-        return DeltaSparkEngine(spark)
-    if engine == "delta-rs":
-        return DeltaRsEngine(spark)
-    raise ConfigError(f"storage.engine: unknown engine {engine!r} (auto, delta-rs, delta-spark)")
+    # the session keeps the engines opened on it: a job's stages share one, keyed by the
+    # engine and the filesystem options it was opened with
+    opened = spark.__dict__.setdefault("_psrq_engines", {})
+    key = (engine, fs.current())
+    if key not in opened:
+        opened[key] = DeltaSparkEngine(spark) if engine == "delta-spark" else DeltaRsEngine(spark)
+    return opened[key]
