@@ -7,8 +7,8 @@ split by time into train/valid/test Parquet folders readable by Petastorm.
 import sys
 
 from psrq.cli import run_job
-from psrq.samples.build import build_samples
 from psrq.job import JobContext
+from psrq.samples.build import build_samples
 
 
 def stage(job: JobContext):

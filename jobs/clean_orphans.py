@@ -9,8 +9,8 @@ is not started.
 import sys
 
 from psrq.cli import run_job
-from psrq.storage.maintenance import clean, orphans
 from psrq.job import JobContext
+from psrq.storage.maintenance import clean, orphans
 
 
 def stage(job: JobContext):

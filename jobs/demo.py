@@ -21,10 +21,10 @@ from psrq.data.validate import validate_inputs
 from psrq.evaluation.floors import floors_stage
 from psrq.evaluation.metrics import format_metric
 from psrq.evaluation.stage import evaluate_stage
+from psrq.job import JobContext
 from psrq.quant.diagnostics import format_side_by_side
 from psrq.samples.build import build_samples
 from psrq.training.stage import train_stage
-from psrq.job import JobContext
 
 
 def stage(job: JobContext):

@@ -8,8 +8,8 @@ import sys
 
 from psrq.catalog.fit import fit_stage
 from psrq.cli import run_job
-from psrq.quant.diagnostics import format_side_by_side
 from psrq.job import JobContext
+from psrq.quant.diagnostics import format_side_by_side
 
 
 def stage(job: JobContext):

@@ -9,8 +9,8 @@ import sys
 
 from psrq.cli import run_job
 from psrq.evaluation.metrics import format_metric
-from psrq.training.stage import train_stage
 from psrq.job import JobContext
+from psrq.training.stage import train_stage
 
 
 def stage(job: JobContext):

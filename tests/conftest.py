@@ -73,6 +73,16 @@ def small_config(tmp_path, *overrides):
     return load_config("local", "synthetic_small", [*base, *overrides])
 
 
+def load_job(name: str):
+    """The module of jobs/<name>.py (its stage and main), loaded from the source tree."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def job_env() -> dict:
     """The environment a job started by a test runs with (the source tree's package first)."""
     return {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}

@@ -9,7 +9,6 @@ and is then run again."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import subprocess
@@ -18,16 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, job_env, run_python
+from conftest import ROOT, job_env, load_job, run_python
 
 KILL_AT = os.path.join(ROOT, "tests", "faults", "kill_at.py")
-
-
-def job_main(name):
-    spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def base_args(root: Path) -> list[str]:
@@ -62,13 +54,13 @@ def world(tmp_path_factory, spark):
     root = tmp_path_factory.mktemp("faults")
     args = base_args(root)
     for name in ("generate_synthetic", "fit_codebooks", "assign_ids", "build_samples", "train_ranker"):
-        assert job_main(name)(args) == 0, name
+        assert load_job(name).main(args) == 0, name
     return root, args
 
 
 def run_fault(capsys, root: Path, job: str, args: list[str]):
     before = snapshot(root)
-    code = job_main(job)(args)
+    code = load_job(job).main(args)
     err = capsys.readouterr().err
     assert snapshot(root) == before, f"{job} changed what it should not have"
     return code, err
@@ -192,7 +184,7 @@ def test_a_truncated_checkpoint_names_the_file_and_restart_recovers(world, capsy
     code, err = run_fault(capsys, root, "train_ranker", run_args)
     assert code == 2 and f"checkpoint {ckpt} is unreadable (truncated or corrupt" in err and "train.restart=true" in err
     assert "weights_only=False" not in err
-    assert job_main("train_ranker")([*run_args, "train.restart=true"]) == 0
+    assert load_job("train_ranker").main([*run_args, "train.restart=true"]) == 0
     assert len(list((tmp_path / "ckpt").glob("din-*.moved-*"))) == 1
 
 
@@ -251,7 +243,7 @@ def test_single_process_training_killed_after_a_checkpoint_resumes_to_the_same_w
 
     root, args = world
     run_args = lambda d: ["jobs/train_ranker.py", *args, f"train.checkpoint_dir={tmp_path}/{d}", "train.model=mcca"]  # noqa: E731
-    assert job_main("train_ranker")(run_args("whole")[1:]) == 0  # uninterrupted: in this process
+    assert load_job("train_ranker").main(run_args("whole")[1:]) == 0  # uninterrupted: in this process
     killed = run_job_process(run_args("killed"), kill=("checkpoint", 2))  # after the step-4 checkpoint
     assert killed.returncode == -9
     resumed = run_job_process(run_args("killed"))
@@ -384,7 +376,7 @@ def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, 
         shutil.copytree(root / "codebooks", tmp_path / name / "codebooks")
         where = [*args, f"storage.root={tmp_path}/{name}/delta", f"storage.codebooks={tmp_path}/{name}/codebooks",
                  "reindex.min_items_for_drift=1000"]
-        assert job_main("reindex_catalog")([*where, "run.run_id=20261130"]) == 0  # a first night sets the watermark
+        assert load_job("reindex_catalog").main([*where, "run.run_id=20261130"]) == 0  # a first night sets the watermark
         items = engine.read(f"{tmp_path}/{name}/delta/items")
         # 25 changed items: new embeddings from another item's, a later updated_at
         changed = (items.filter("item_id < 25").alias("a").join(items.filter("item_id >= 200 and item_id < 225").alias("b"),
@@ -393,7 +385,7 @@ def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, 
                    .withColumn("updated_at", F.lit(datetime(2027, 1, 1, tzinfo=timezone.utc))))
         engine.merge(changed.select(*items.columns), f"{tmp_path}/{name}/delta/items", ["item_id"])
         runs[name] = [*where, "run.run_id=20261201"]
-    assert job_main("reindex_catalog")(runs["whole"]) == 0  # uninterrupted: in this process
+    assert load_job("reindex_catalog").main(runs["whole"]) == 0  # uninterrupted: in this process
     assert run_job_process(["jobs/reindex_catalog.py", *runs["killed"]], kill=("commit", crash_at)).returncode == -9
     again = run_job_process(["jobs/reindex_catalog.py", *runs["killed"]])
     assert again.returncode == 0, again.stderr[-2000:]

@@ -1,5 +1,4 @@
 """The stages behind the jobs, and the jobs' command line."""
-import os
 
 import pytest
 
@@ -9,7 +8,7 @@ from psrq.errors import InputValidationError
 from psrq.job import JobContext
 from psrq.storage import open_engine
 
-from conftest import ROOT, run_python, small_config
+from conftest import load_job, run_python, small_config
 
 
 def test_generate_validate_and_rerun_is_a_no_op(spark, tmp_path):
@@ -65,15 +64,6 @@ def test_demo_job_end_to_end(tmp_path):
     assert "training samples: train" in out.stdout and (tmp_path / "samples" / "manifest.json").exists()
     assert "floor:item_rate" in out.stdout and "floor:global_rate" in out.stdout
     assert "Calib." in out.stdout and "(best of 1 validation(s), at step" in out.stdout  # one epoch: one validation
-
-
-def load_job(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"job_{name}", os.path.join(ROOT, "jobs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_job_opens_its_storage_engine_once(spark, tmp_path, capsys):

@@ -84,12 +84,12 @@ def _run(args, stage: Callable, writes: tuple[str, ...], needs_spark: bool) -> t
         probe_writable(output_locations(cfg, writes))
         from psrq.spark import build_spark  # after config and probes: a bad key fails before the JVM starts
 
-        job = JobContext(job_name(stage), cfg)
+        name, spark = job_name(stage), None
         if needs_spark:
             t0 = time.time()
-            job.spark = build_spark(cfg.spark, app_name(cfg, job.name), fs.spark_hadoop_conf())
-            log.info("spark %s ready in %.1fs (master %s)", job.spark.version, time.time() - t0, job.spark.sparkContext.master)
-        result = stage(job)
+            spark = build_spark(cfg.spark, app_name(cfg, name), fs.spark_hadoop_conf())
+            log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
+        result = stage(JobContext(name, cfg, spark))
     except PsrqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, None

@@ -2,7 +2,6 @@
 storage engine opened by hand in every job."""
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,7 +35,3 @@ class JobContext:
         if self.spark is None:
             raise RuntimeError(f"job {self.name} runs without Spark: it has no storage engine")
         return open_engine(self.spark, self.cfg.storage.engine)
-
-    @property
-    def log(self) -> logging.Logger:
-        return logging.getLogger(f"psrq.jobs.{self.name}")
