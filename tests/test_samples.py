@@ -11,7 +11,7 @@ from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
 from psrq.data.generate import generate
 from psrq.errors import StorageError
-from psrq.samples.build import build_samples
+from psrq.samples.build import build_samples, split_cutoffs
 from psrq.samples.layout import event_histories, user_samples
 from psrq.storage import open_engine
 
@@ -55,6 +55,22 @@ def test_user_samples_by_hand():
     assert [r["split"] for r in got] == ["train", "train", "train", "test"]
     assert got[0]["hist_last_ts"] is None and got[3]["hist_last_ts"] == t(3)
     assert {r["codebook_version"] for r in got} == {"v0007"}
+
+
+def test_split_cutoffs_are_exact_whatever_the_partitioning(spark):
+    """The valid/test cut-offs are the exact ceil(q·n)-th event times, the same for the events
+    in one partition or in several (approxQuantile alone moves with the partitioning)."""
+    from pyspark.sql import functions as F
+
+    n = 200_000
+    base = int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1e6)
+    # times with ties (about 2 events per instant), rows not in time order
+    events = spark.range(n).select(F.timestamp_micros(F.col("id") * 7919 % 100_003 * 1000 + base).alias("ts"))
+    us = np.sort(np.array([r[0] for r in events.select(F.unix_micros("ts")).collect()]))
+    exact = (int(us[int(np.ceil(0.8 * n)) - 1]), int(us[int(np.ceil(0.9 * n)) - 1]))
+    for parts in (1, 3, 8):
+        assert split_cutoffs(events.repartition(parts), 0.8, 0.9) == exact, parts
+    assert split_cutoffs(events.limit(1), 0.8, 0.9) == (base, base)
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +169,23 @@ def test_content_features_cover_the_catalogue(spark, built):
 
 
 def test_samples_do_not_depend_on_the_partition_layout(spark, built, tmp_path):
-    """The same data built with other shuffle settings and another number of per-user grouping
-    tasks: the same rows in the same order, so a model trains on the same batches (validation
-    AUCs within 0.005, here equal)."""
+    """The same data laid out otherwise (the interactions in several files instead of one) and
+    built with other shuffle settings and another number of per-user grouping tasks: the same
+    rows in the same order, so a model trains on the same batches (validation AUCs within
+    0.005, here equal)."""
+    import shutil
+
     from psrq.training.readers import ArrowReader
     from psrq.training.stage import train_stage
 
     cfg, info = built
+    root = shutil.copytree(cfg.storage.root, tmp_path / "delta")
     other = cfg.with_overrides({"samples.path": str(tmp_path / "samples"), "samples.events_per_task": 997,
-                                "run.run_id": 1})
+                                "run.run_id": 1, "storage.root": str(root)})
+    engine = open_engine(spark, "delta-rs")
+    path = other.table_path("interactions")
+    rewritten = engine.write(engine.read(path).repartition(5), path, "overwrite")
+    assert (rewritten.files_removed, rewritten.files_added) == (1, 5)
     key = "spark.sql.shuffle.partitions"
     before = spark.conf.get(key)
     spark.conf.set(key, "7")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
-from functools import partial
+from fractions import Fraction
+from functools import partial, reduce
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -31,11 +33,45 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 
 
-def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float) -> tuple[int, int]:
-    """Event-time quantiles (µs) where valid and test begin."""
-    us = interactions.select((F.unix_micros(F.col("ts"))).alias("us"))
-    lo, hi = us.approxQuantile("us", [valid_from, test_from], 1e-4)
-    return int(lo), int(hi)
+def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float, n: int | None = None) -> tuple[int, int]:
+    """Event-time quantiles (µs) where valid and test begin: exact, so that the split does not
+    depend on how the interactions are laid out in files and partitions."""
+    us = interactions.select(F.unix_micros(F.col("ts")).alias("us"))
+    lo, hi = exact_quantiles(us, "us", [valid_from, test_from], us.count() if n is None else n)
+    return lo, hi
+
+
+def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err: float = 1e-4) -> list[int]:
+    """The k-th smallest value of an integer column for k = ceil(p·n) (at least 1), per p.
+
+    approxQuantile alone is not enough: its answer depends on the partitioning of its input
+    (a table written as one file or as several gives other cut-offs). Its rank guarantee
+    (within rel_err·n) gives brackets at p ± 2·rel_err that hold the exact value; the rows
+    below each bracket are counted and the few inside it collected, which scales like the
+    approximation (about 4·rel_err·n values per quantile)."""
+    if n <= 0:
+        raise ValueError(f"{col}: no rows to take quantiles of")
+    ks = [max(1, math.ceil(Fraction(str(p)) * n)) for p in probs]
+    edges = df.approxQuantile(col, [q for p in probs for q in (max(p - 2 * rel_err, 0.0), min(p + 2 * rel_err, 1.0))],
+                              rel_err)
+    brackets = [(int(edges[2 * i]), int(edges[2 * i + 1])) for i in range(len(probs))]
+    c = F.col(col)
+    counts = df.agg(*[F.count(F.when(c < lo, 1)).alias(f"b{i}") for i, (lo, _) in enumerate(brackets)],
+                    *[F.count(F.when(c <= hi, 1)).alias(f"a{i}") for i, (_, hi) in enumerate(brackets)]).first()
+    below = []
+    for i, k in enumerate(ks):
+        if not counts[f"b{i}"] < k <= counts[f"a{i}"]:  # never, if approxQuantile keeps its promise
+            log.warning("%s: the approximate bracket of quantile %s missed; taking it from all rows", col, probs[i])
+            brackets[i] = (None, None)
+        below.append(counts[f"b{i}"] if brackets[i][0] is not None else 0)
+    inside = [(c >= lo) & (c <= hi) if lo is not None else F.lit(True) for lo, hi in brackets]
+    rows = df.filter(reduce(lambda a, b: a | b, inside)).select(col).collect()
+    values = sorted(r[0] for r in rows)
+    out = []
+    for (lo, hi), b, k in zip(brackets, below, ks):
+        mine = values if lo is None else [v for v in values if lo <= v <= hi]
+        out.append(int(mine[k - b - 1]))
+    return out
 
 
 def in_seeded_order(df: DataFrame, seed: int) -> DataFrame:
@@ -118,7 +154,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     """The steps, in order: sources, split, vocabulary, events, histories, write, manifest."""
     engine = open_engine(spark, cfg.storage.engine)
     src = read_sources(engine, cfg)
-    split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from))
+    split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events))
     vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
     vocab_path = cfg.table_path("item_vocab")
     cat = None
