@@ -64,6 +64,8 @@ def main():
     a = p.parse_args()
     work = (ROOT / a.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
+    # a run stopped by a signal leaves its worktree registered: forget it, or the add fails
+    subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=True, capture_output=True)
     work.mkdir(parents=True)
     cwd = work / "cwd"
     cwd.mkdir()
