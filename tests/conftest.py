@@ -73,6 +73,35 @@ def small_config(tmp_path, *overrides):
     return load_config("local", "synthetic_small", [*base, *overrides])
 
 
+@pytest.fixture(scope="session")
+def small_pipeline(spark, tmp_path_factory):
+    """The small pipeline built once per run (generate, fit, assign, build samples), for the
+    modules that read it. A test may add to it (a training, an evaluation) but must not change
+    what is there: write elsewhere (with_overrides of the paths) or on a copy (copy_pipeline)."""
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
+    from psrq.data.generate import generate
+    from psrq.samples.build import build_samples
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", f"samples.path={tmp}/samples",
+                       "samples.history_len=5")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    assign(spark, cfg)
+    return cfg, build_samples(spark, cfg)
+
+
+def copy_pipeline(cfg, dest):
+    """cfg's tables and codebooks copied under dest (Delta logs name their files relative to
+    the table), and cfg pointing at the copies."""
+    import shutil
+
+    shutil.copytree(cfg.storage.root, f"{dest}/delta")
+    shutil.copytree(cfg.storage.codebooks, f"{dest}/codebooks")
+    return cfg.with_overrides({"storage.root": f"{dest}/delta", "storage.codebooks": f"{dest}/codebooks"})
+
+
 def load_job(name: str):
     """The module of jobs/<name>.py (its stage and main), loaded from the source tree."""
     import importlib.util

@@ -10,8 +10,6 @@ from sklearn.metrics import log_loss, roc_auc_score
 from psrq.evaluation.auc import EvaluationError, auc
 from psrq.evaluation.metrics import evaluate_predictions, exact_auc, grouped_auc, logloss
 
-from conftest import small_config
-
 
 def predictions(n=5000, seed=0, decimals=2):
     rng = np.random.default_rng(seed)
@@ -71,21 +69,12 @@ def test_missing_cold_class_reports_none(spark):
 
 
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    from psrq.catalog.assign import assign
-    from psrq.catalog.fit import fit_stage
-    from psrq.data.generate import generate
-    from psrq.samples.build import build_samples
+def trained(small_pipeline, tmp_path_factory):
     from psrq.training.stage import train_stage
 
-    tmp = tmp_path_factory.mktemp("eval")
-    cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", f"samples.path={tmp}/samples",
-                       "samples.history_len=5", f"train.checkpoint_dir={tmp}/ckpt", "train.backend=single",
-                       "train.reader=arrow", "train.model=simtier_make", "train.dim=8", "run.run_id=3")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
-    assign(spark, cfg)
-    build_samples(spark, cfg)
+    cfg = small_pipeline[0].with_overrides({
+        "train.checkpoint_dir": str(tmp_path_factory.mktemp("eval") / "ckpt"), "train.backend": "single",
+        "train.reader": "arrow", "train.model": "simtier_make", "train.dim": 8, "run.run_id": 3})
     train_stage(cfg, progress=False)
     return cfg
 

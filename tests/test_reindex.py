@@ -14,7 +14,7 @@ from psrq.quant.artifact import list_versions
 from psrq.schemas import items_schema
 from psrq.storage import DeltaRsEngine, open_engine
 
-from conftest import small_config
+from conftest import copy_pipeline, small_config
 
 CB = ["codebooks.k=16", "codebooks.sample_size=400", "codebooks.kmeans.iters=10", "reindex.min_items_for_drift=50"]
 
@@ -28,13 +28,19 @@ def new_items(spark, cfg, first_id: int, n: int, seed: int, when: datetime):
     return spark.createDataFrame(rows, items_schema(["text_emb", "audio_emb"]))
 
 
-@pytest.fixture
-def catalogue(spark, tmp_path):
-    cfg = small_config(tmp_path, *CB, "run.run_id=20261101")
+@pytest.fixture(scope="module")
+def assigned(spark, tmp_path_factory):
+    cfg = small_config(tmp_path_factory.mktemp("catalogue"), *CB, "run.run_id=20261101")
     generate(spark, cfg)
     fit_stage(spark, cfg)
     assign(spark, cfg)
     return cfg
+
+
+@pytest.fixture
+def catalogue(assigned, tmp_path):
+    """An assigned catalogue of the test's own (the nights change it)."""
+    return copy_pipeline(assigned, tmp_path)
 
 
 def night(cfg, n):

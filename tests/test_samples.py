@@ -7,15 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from psrq.catalog.assign import assign
-from psrq.catalog.fit import fit_stage
-from psrq.data.generate import generate
 from psrq.errors import StorageError
 from psrq.samples.build import build_samples, split_cutoffs
 from psrq.samples.layout import event_histories, user_samples
 from psrq.storage import open_engine
 
-from conftest import small_config
+from conftest import copy_pipeline
 
 
 def test_event_histories_by_hand():
@@ -57,7 +54,7 @@ def test_user_samples_by_hand():
     assert {r["codebook_version"] for r in got} == {"v0007"}
 
 
-def test_split_cutoffs_are_exact_whatever_the_partitioning(spark):
+def test_split_cutoffs_are_exact_whatever_the_partitioning(spark, monkeypatch, caplog):
     """The valid/test cut-offs are the exact ceil(q·n)-th event times, the same for the events
     in one partition or in several (approxQuantile alone moves with the partitioning)."""
     from pyspark.sql import functions as F
@@ -71,22 +68,15 @@ def test_split_cutoffs_are_exact_whatever_the_partitioning(spark):
     for parts in (1, 3, 8):
         assert split_cutoffs(events.repartition(parts), 0.8, 0.9) == exact, parts
     assert split_cutoffs(events.limit(1), 0.8, 0.9) == (base, base)
+    # brackets that miss (approxQuantile breaking its promise): still exact, from all rows
+    monkeypatch.setattr(type(events), "approxQuantile", lambda self, col, probs, err: [base] * len(probs))
+    with caplog.at_level("WARNING", logger="psrq.samples.build"):
+        assert split_cutoffs(events, 0.8, 0.9) == exact
+    assert caplog.text.count("bracket of quantile") == 2
 
 
-@pytest.fixture(scope="module")
-def built(spark, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("samples")
-    cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=300", f"samples.path={tmp}/samples",
-                       "samples.history_len=5")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
-    assign(spark, cfg)
-    info = build_samples(spark, cfg)
-    return cfg, info
-
-
-def test_samples_job_no_leakage_and_splits(spark, built):
-    cfg, info = built
+def test_samples_job_no_leakage_and_splits(spark, small_pipeline):
+    cfg, info = small_pipeline
     train = pq.read_table(info["splits"]["train"]["path"]).to_pandas()
     test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
     n = {s: info["splits"][s]["rows"] for s in ("train", "valid", "test")}
@@ -101,8 +91,8 @@ def test_samples_job_no_leakage_and_splits(spark, built):
         assert all(len(c) == 15 for c in df.hist_joint_codes.head(50))
 
 
-def test_targets_carry_their_semantic_ids_and_vocabulary(spark, built):
-    cfg, info = built
+def test_targets_carry_their_semantic_ids_and_vocabulary(spark, small_pipeline):
+    cfg, info = small_pipeline
     engine = open_engine(spark, "delta-rs")
     sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id")
     test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
@@ -117,10 +107,10 @@ def test_targets_carry_their_semantic_ids_and_vocabulary(spark, built):
     assert manifest["codebook_version"] == "v0001" and manifest["spaces"] == ["text", "audio", "joint"]
 
 
-def test_samples_are_petastorm_readable(built):
+def test_samples_are_petastorm_readable(small_pipeline):
     from petastorm import make_batch_reader
 
-    _, info = built
+    _, info = small_pipeline
     rows = 0
     with make_batch_reader(f"file://{info['splits']['valid']['path']}", num_epochs=1, workers_count=1) as reader:
         for batch in reader:
@@ -129,22 +119,22 @@ def test_samples_are_petastorm_readable(built):
     assert rows == info["splits"]["valid"]["rows"]
 
 
-def test_samples_take_the_codebook_version_in_use(spark, built):
+def test_samples_take_the_codebook_version_in_use(spark, small_pipeline):
     """semantic_ids may hold several versions: samples read only the one in use (set, or
     marked current); a version without rows is a clear error, nothing is written."""
-    cfg, info = built
+    cfg, info = small_pipeline
     assert info["codebook_version"] == "v0001"
     with pytest.raises(StorageError, match="semantic_ids holds no rows of codebook v0099 \\(it holds \\['v0001'\\]\\)"):
         build_samples(spark, cfg.with_overrides({"codebooks.version": "v0099"}))
 
 
-def test_content_features_cover_the_catalogue(spark, built):
+def test_content_features_cover_the_catalogue(spark, small_pipeline):
     """content_idx indexes every catalogue item (cold ones too); the reduced content is the
     item's own embedding, projected; QARM codes exist for every item."""
     from psrq.data.embeddings import embeddings_to_numpy
     from psrq.samples.content import projection, read_content, reduce
 
-    cfg, info = built
+    cfg, info = small_pipeline
     feats = read_content(f"{cfg.samples.path}/{info['content']['file']}")
     items = open_engine(spark, "delta-rs").read(cfg.table_path("items")).toPandas().set_index("item_id")
     assert feats.size == len(items) + 1 and feats.item_ids[0] == -1
@@ -168,20 +158,17 @@ def test_content_features_cover_the_catalogue(spark, built):
     assert info["content"]["qarm_pairs"] > 0
 
 
-def test_samples_do_not_depend_on_the_partition_layout(spark, built, tmp_path):
+def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tmp_path):
     """The same data laid out otherwise (the interactions in several files instead of one) and
     built with other shuffle settings and another number of per-user grouping tasks: the same
     rows in the same order, so a model trains on the same batches (validation AUCs within
     0.005, here equal)."""
-    import shutil
-
     from psrq.training.readers import ArrowReader
     from psrq.training.stage import train_stage
 
-    cfg, info = built
-    root = shutil.copytree(cfg.storage.root, tmp_path / "delta")
-    other = cfg.with_overrides({"samples.path": str(tmp_path / "samples"), "samples.events_per_task": 997,
-                                "run.run_id": 1, "storage.root": str(root)})
+    cfg, info = small_pipeline
+    other = copy_pipeline(cfg, tmp_path).with_overrides({"samples.path": str(tmp_path / "samples"),
+                                                         "samples.events_per_task": 997, "run.run_id": 1})
     engine = open_engine(spark, "delta-rs")
     path = other.table_path("interactions")
     rewritten = engine.write(engine.read(path).repartition(5), path, "overwrite")
@@ -208,9 +195,9 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, built, tmp_path):
     assert abs(runs[0]["valid"]["auc"] - runs[1]["valid"]["auc"]) < 0.005
 
 
-def test_the_vocabulary_numbers_items_by_train_frequency(spark, built):
+def test_the_vocabulary_numbers_items_by_train_frequency(spark, small_pipeline):
     """train.max_vocab keeps the first indices: they must be the most frequent train items."""
-    cfg, info = built
+    cfg, info = small_pipeline
     train = pq.read_table(info["splits"]["train"]["path"], columns=["item_idx"]).to_pandas()
     counts = train.item_idx.value_counts().sort_index()
     assert info["vocab_order"] == "train_frequency"

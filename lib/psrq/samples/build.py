@@ -58,12 +58,11 @@ def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err
     c = F.col(col)
     counts = df.agg(*[F.count(F.when(c < lo, 1)).alias(f"b{i}") for i, (lo, _) in enumerate(brackets)],
                     *[F.count(F.when(c <= hi, 1)).alias(f"a{i}") for i, (_, hi) in enumerate(brackets)]).first()
-    below = []
+    below = [counts[f"b{i}"] for i in range(len(probs))]
     for i, k in enumerate(ks):
-        if not counts[f"b{i}"] < k <= counts[f"a{i}"]:  # never, if approxQuantile keeps its promise
+        if not below[i] < k <= counts[f"a{i}"]:  # never, if approxQuantile keeps its promise
             log.warning("%s: the approximate bracket of quantile %s missed; taking it from all rows", col, probs[i])
-            brackets[i] = (None, None)
-        below.append(counts[f"b{i}"] if brackets[i][0] is not None else 0)
+            brackets[i], below[i] = (None, None), 0
     inside = [(c >= lo) & (c <= hi) if lo is not None else F.lit(True) for lo, hi in brackets]
     rows = df.filter(reduce(lambda a, b: a | b, inside)).select(col).collect()
     values = sorted(r[0] for r in rows)
