@@ -84,3 +84,19 @@ def test_every_path_the_docs_name_exists():
         if gone:
             missing[doc.name] = gone
     assert missing == {}
+
+
+MAKE_LINES = sorted({m.group(1) for doc in [Path(ROOT, "README.md"), Path(ROOT, "benchmarks", "README.md"),
+                                            *Path(ROOT, "docs").glob("*.md")]
+                     for m in re.finditer(r"`(make [^`]+)`", doc.read_text())})
+
+
+@pytest.mark.parametrize("line", MAKE_LINES)
+def test_each_make_line_names_a_target_and_its_settings_reach_the_command(line):
+    """`make -n` (nothing runs): the target exists, and each VAR=value the line sets shows in
+    the commands make would run."""
+    words = shlex.split(line)
+    out = subprocess.run([words[0], "-n", *words[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for setting in (w for w in words[1:] if "=" in w):
+        assert setting.split("=", 1)[1] in out.stdout, (setting, out.stdout)
