@@ -92,14 +92,19 @@ def small_pipeline(spark, tmp_path_factory):
     return cfg, build_samples(spark, cfg)
 
 
-def copy_pipeline(cfg, dest):
-    """cfg's tables and codebooks copied under dest (Delta logs name their files relative to
-    the table), and cfg pointing at the copies."""
+def copy_tables(root, codebooks, dest) -> dict:
+    """The Delta tables under root and the codebooks copied under dest (Delta logs name their
+    files relative to the table); the overrides that point a configuration at the copies."""
     import shutil
 
-    shutil.copytree(cfg.storage.root, f"{dest}/delta")
-    shutil.copytree(cfg.storage.codebooks, f"{dest}/codebooks")
-    return cfg.with_overrides({"storage.root": f"{dest}/delta", "storage.codebooks": f"{dest}/codebooks"})
+    shutil.copytree(root, f"{dest}/delta")
+    shutil.copytree(codebooks, f"{dest}/codebooks")
+    return {"storage.root": f"{dest}/delta", "storage.codebooks": f"{dest}/codebooks"}
+
+
+def copy_pipeline(cfg, dest):
+    """cfg's tables and codebooks copied under dest, and cfg pointing at the copies."""
+    return cfg.with_overrides(copy_tables(cfg.storage.root, cfg.storage.codebooks, dest))
 
 
 def load_job(name: str):

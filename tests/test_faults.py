@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, job_env, load_job, run_python
+from conftest import ROOT, copy_tables, job_env, load_job, run_python
 
 KILL_AT = os.path.join(ROOT, "tests", "faults", "kill_at.py")
 
@@ -361,7 +361,6 @@ def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, 
     """kill -9 of reindex_catalog after its plan (2: before the semantic_ids commit) or after
     the semantic_ids commit (3: before the outcome row): the re-run ends with the IDs and the
     audit rows of an uninterrupted night."""
-    import shutil
     from datetime import datetime, timezone
 
     from pyspark.sql import functions as F
@@ -372,10 +371,8 @@ def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, 
     engine = open_engine(spark, "delta-rs")
     runs = {}
     for name in ("whole", "killed"):
-        shutil.copytree(root / "delta", tmp_path / name / "delta")
-        shutil.copytree(root / "codebooks", tmp_path / name / "codebooks")
-        where = [*args, f"storage.root={tmp_path}/{name}/delta", f"storage.codebooks={tmp_path}/{name}/codebooks",
-                 "reindex.min_items_for_drift=1000"]
+        copies = copy_tables(root / "delta", root / "codebooks", tmp_path / name)
+        where = [*args, *(f"{k}={v}" for k, v in copies.items()), "reindex.min_items_for_drift=1000"]
         assert load_job("reindex_catalog").main([*where, "run.run_id=20261130"]) == 0  # a first night sets the watermark
         items = engine.read(f"{tmp_path}/{name}/delta/items")
         # 25 changed items: new embeddings from another item's, a later updated_at
