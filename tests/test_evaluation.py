@@ -5,10 +5,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 from sklearn.metrics import log_loss, roc_auc_score
 
+from psrq.evaluation.arrays import calibration_error
 from psrq.evaluation.auc import EvaluationError, auc
-from psrq.evaluation.metrics import evaluate_predictions, exact_auc, grouped_auc, logloss
+from psrq.evaluation.metrics import evaluate_predictions, exact_auc, exact_aucs, grouped_auc, logloss
 
 
 def predictions(n=5000, seed=0, decimals=2):
@@ -31,6 +33,12 @@ def test_spark_exact_auc_equals_sklearn_with_ties(spark, partitions):
     sdf = spark.createDataFrame(df).repartition(4)
     got = exact_auc(sdf, partitions=partitions)
     assert got == pytest.approx(roc_auc_score(df.label, df.score), abs=1e-12)
+    # several subsets of the rows from one grouping: each its own AUC, a one-label subset its error
+    subsets = {"cold": F.col("is_cold") == 1, "warm": F.col("is_cold") == 0, "ones": F.col("label") == 1}
+    aucs = exact_aucs(sdf, subsets, partitions=partitions)
+    for name, rows in {"cold": df[df.is_cold == 1], "warm": df[df.is_cold == 0]}.items():
+        assert aucs[name] == pytest.approx(roc_auc_score(rows.label, rows.score), abs=1e-12), name
+    assert isinstance(aucs["ones"], EvaluationError) and "ones hold only label 1" in str(aucs["ones"])
 
 
 def test_one_class_missing_is_a_clear_error(spark):
@@ -54,6 +62,8 @@ def test_cold_auc_reads_exactly_the_cold_rows_and_logloss_gauc_match(spark):
     assert m["auc"] == pytest.approx(roc_auc_score(df.label, df.score), abs=1e-12)
     direct = log_loss(df.label, np.clip(df.score, 1e-7, 1 - 1e-7))
     assert m["logloss"] == pytest.approx(direct, rel=1e-9)
+    assert m["positives"] == df.label.sum()
+    assert m["calibration_error"] == pytest.approx(calibration_error(df.score.to_numpy(), df.label.to_numpy()), abs=1e-12)
     assert logloss(spark.createDataFrame(df)) == pytest.approx(direct, rel=1e-9)
     per_user = [(roc_auc_score(g.label, g.score), len(g)) for _, g in df.groupby("user_id") if g.label.nunique() == 2]
     want = sum(a * n for a, n in per_user) / sum(n for _, n in per_user)
