@@ -49,6 +49,33 @@ def test_a_bad_override_fails_before_spark_starts_and_names_the_key():
     assert "synthetic.n_items" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_py4j_retried_commands_leave_no_traceback_in_the_log():
+    """py4j logs a command it retried on a fresh socket as an INFO traceback on the root
+    logger (Horovod's Spark thread closes one in every training): dropped; py4j's warnings
+    and other modules' INFO lines pass."""
+    import logging
+
+    import py4j.java_gateway
+
+    from psrq.cli import Py4jRetryFilter, configure_logging
+
+    def record(level, path):
+        return logging.LogRecord("root", level, path, 1056, "Exception while sending command.", None, None)
+
+    keep = Py4jRetryFilter().filter
+    assert not keep(record(logging.INFO, py4j.java_gateway.__file__))
+    assert keep(record(logging.WARNING, py4j.java_gateway.__file__)) and keep(record(logging.INFO, __file__))
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    try:
+        configure_logging()
+        configure_logging()  # once per handler, however often a process configures
+        assert sum(isinstance(f, Py4jRetryFilter) for f in handler.filters) == 1
+    finally:
+        root.removeHandler(handler)
+
+
 @pytest.mark.slow
 def test_demo_job_end_to_end(tmp_path):
     overrides = [f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks", f"samples.path={tmp_path}/samples",
@@ -64,6 +91,7 @@ def test_demo_job_end_to_end(tmp_path):
     assert "training samples: train" in out.stdout and (tmp_path / "samples" / "manifest.json").exists()
     assert "floor:item_rate" in out.stdout and "floor:global_rate" in out.stdout
     assert "Calib." in out.stdout and "(best of 1 validation(s), at step" in out.stdout  # one epoch: one validation
+    assert "Exception while sending command" not in out.stderr  # py4j's retried socket (Py4jRetryFilter)
 
 
 def test_a_job_opens_its_storage_engine_once(spark, tmp_path, capsys):

@@ -40,16 +40,34 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     return p.parse_args(argv)
 
 
+class Py4jRetryFilter(logging.Filter):
+    """Drops py4j's INFO records. When the JVM has closed a pooled socket (a thread that
+    used the gateway ended: Horovod's Spark thread does), py4j retries the command on a new
+    one and logs the first attempt's traceback at INFO on the *root* logger, past its own
+    logger's level: a traceback for a command that succeeded. Its warnings and errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
+def configure_logging() -> None:
+    """INFO lines with time and module on stderr, library chatter quietened at its source."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    # py4j's INFO lines report closed sockets as errors; faiss's list the CPU builds it tried
+    for noisy in ("py4j", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, Py4jRetryFilter) for f in handler.filters):
+            handler.addFilter(Py4jRetryFilter())
+
+
 def run_job(description: str, stage: Callable, argv: list[str] | None = None, writes: tuple[str, ...] = (),
             needs_spark: bool = True) -> int:
     """stage(job: JobContext) -> dict (the job's summary). writes: the configuration keys of
     the locations the job writes (probed before Spark starts). needs_spark=False: the job's
     context has no Spark session."""
     args = parse_args(description, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    # py4j's INFO lines report closed sockets as errors; faiss's list the CPU builds it tried
-    for noisy in ("py4j", "faiss.loader"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     # --json: stdout carries the one JSON document only. Everything else written to file
     # descriptor 1 while the job runs (its own lines, the JVM and the workers it starts,
     # which inherit the descriptor) goes to stderr.
