@@ -199,12 +199,9 @@ def _table(spark, path):
 
 
 def test_assign_killed_at_its_commit_then_rerun_equals_an_uninterrupted_run(spark, world, tmp_path):
-    import shutil
-
     root, args = world
-    shutil.copytree(root / "delta", tmp_path / "delta")
-    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
-    run_args = [*args, f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks", "run.run_id=7"]
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
+    run_args = [*args, *(f"{k}={v}" for k, v in copies.items()), "run.run_id=7"]
     before = snapshot(tmp_path)
     killed = run_job_process(["jobs/assign_ids.py", *run_args], kill=("commit", 1))
     assert killed.returncode == -9
@@ -219,18 +216,14 @@ def test_assign_killed_at_its_commit_then_rerun_equals_an_uninterrupted_run(spar
 
 
 def test_two_concurrent_assign_runs_of_one_run_id_commit_once(spark, world, tmp_path):
-    import shutil
-
-    root, args = world
-    shutil.copytree(root / "delta", tmp_path / "delta")
-    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
     from deltalake import DeltaTable
 
+    root, args = world
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
     sid = f"{tmp_path}/delta/semantic_ids"
     v0 = DeltaTable(sid).version()
     env = job_env()
-    cmd = [sys.executable, "jobs/assign_ids.py", *args, f"storage.root={tmp_path}/delta",
-           f"storage.codebooks={tmp_path}/codebooks", "run.run_id=11"]
+    cmd = [sys.executable, "jobs/assign_ids.py", *args, *(f"{k}={v}" for k, v in copies.items()), "run.run_id=11"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
@@ -257,15 +250,12 @@ def test_single_process_training_killed_after_a_checkpoint_resumes_to_the_same_w
 
 def test_clean_orphans_removes_what_killed_runs_left_and_nothing_else(spark, world, tmp_path):
     import json
-    import shutil
 
     from deltalake import DeltaTable
 
     root, args = world
-    shutil.copytree(root / "delta", tmp_path / "delta")
-    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
-    run_args = [*args, f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks",
-                f"train.checkpoint_dir={tmp_path}/ckpt", "run.run_id=9"]
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
+    run_args = [*args, *(f"{k}={v}" for k, v in copies.items()), f"train.checkpoint_dir={tmp_path}/ckpt", "run.run_id=9"]
     assert run_job_process(["jobs/assign_ids.py", *run_args], kill=("commit", 1)).returncode == -9
     (tmp_path / "codebooks" / "v0002").mkdir()  # a fit killed before its manifest
     (tmp_path / "codebooks" / "v0002" / "codebooks.safetensors").write_bytes(b"partial")
@@ -356,11 +346,13 @@ def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishe
     assert (ckpt.parent / "result.json").exists()
 
 
-@pytest.mark.parametrize("crash_at", [2, 3])
-def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, world, tmp_path, crash_at):
-    """kill -9 of reindex_catalog after its plan (2: before the semantic_ids commit) or after
-    the semantic_ids commit (3: before the outcome row): the re-run ends with the IDs and the
-    audit rows of an uninterrupted night."""
+@pytest.fixture(scope="module")
+def night(spark, world, tmp_path_factory):
+    """A night to run: the world's tables after a first night (it sets the watermark), with
+    25 changed items since (new embeddings from another item's, a later updated_at); and
+    the same night run uninterrupted, in this process, on a copy. Returns a function that
+    copies the prepared tables under a folder and gives the night's arguments there, and
+    the uninterrupted night's folder."""
     from datetime import datetime, timezone
 
     from pyspark.sql import functions as F
@@ -368,29 +360,43 @@ def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, 
     from psrq.storage import open_engine
 
     root, args = world
+    base = tmp_path_factory.mktemp("night")
     engine = open_engine(spark, "delta-rs")
-    runs = {}
-    for name in ("whole", "killed"):
-        copies = copy_tables(root / "delta", root / "codebooks", tmp_path / name)
-        where = [*args, *(f"{k}={v}" for k, v in copies.items()), "reindex.min_items_for_drift=1000"]
-        assert load_job("reindex_catalog").main([*where, "run.run_id=20261130"]) == 0  # a first night sets the watermark
-        items = engine.read(f"{tmp_path}/{name}/delta/items")
-        # 25 changed items: new embeddings from another item's, a later updated_at
-        changed = (items.filter("item_id < 25").alias("a").join(items.filter("item_id >= 200 and item_id < 225").alias("b"),
-                                                                F.expr("b.item_id = a.item_id + 200"))
-                   .selectExpr("a.item_id", "b.text_emb", "b.audio_emb")
-                   .withColumn("updated_at", F.lit(datetime(2027, 1, 1, tzinfo=timezone.utc))))
-        engine.merge(changed.select(*items.columns), f"{tmp_path}/{name}/delta/items", ["item_id"])
-        runs[name] = [*where, "run.run_id=20261201"]
-    assert load_job("reindex_catalog").main(runs["whole"]) == 0  # uninterrupted: in this process
-    assert run_job_process(["jobs/reindex_catalog.py", *runs["killed"]], kill=("commit", crash_at)).returncode == -9
-    again = run_job_process(["jobs/reindex_catalog.py", *runs["killed"]])
+    first = [*args, *(f"{k}={v}" for k, v in copy_tables(root / "delta", root / "codebooks", base / "prepared").items()),
+             "reindex.min_items_for_drift=1000"]
+    assert load_job("reindex_catalog").main([*first, "run.run_id=20261130"]) == 0  # the first night
+    items = engine.read(f"{base}/prepared/delta/items")
+    changed = (items.filter("item_id < 25").alias("a").join(items.filter("item_id >= 200 and item_id < 225").alias("b"),
+                                                            F.expr("b.item_id = a.item_id + 200"))
+               .selectExpr("a.item_id", "b.text_emb", "b.audio_emb")
+               .withColumn("updated_at", F.lit(datetime(2027, 1, 1, tzinfo=timezone.utc))))
+    engine.merge(changed.select(*items.columns), f"{base}/prepared/delta/items", ["item_id"])
+
+    def prepared(dest) -> list[str]:
+        copies = copy_tables(base / "prepared" / "delta", base / "prepared" / "codebooks", dest)
+        return [*args, *(f"{k}={v}" for k, v in copies.items()), "reindex.min_items_for_drift=1000",
+                "run.run_id=20261201"]
+
+    assert load_job("reindex_catalog").main(prepared(base / "whole")) == 0  # uninterrupted
+    return prepared, base / "whole"
+
+
+@pytest.mark.parametrize("crash_at", [2, 3])
+def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, night, tmp_path, crash_at):
+    """kill -9 of reindex_catalog after its plan (2: before the semantic_ids commit) or after
+    the semantic_ids commit (3: before the outcome row): the re-run ends with the IDs and the
+    audit rows of an uninterrupted night."""
+    prepared, whole = night
+    killed = prepared(tmp_path / "killed")
+    runs = {"whole": whole, "killed": tmp_path / "killed"}
+    assert run_job_process(["jobs/reindex_catalog.py", *killed], kill=("commit", crash_at)).returncode == -9
+    again = run_job_process(["jobs/reindex_catalog.py", *killed])
     assert again.returncode == 0, again.stderr[-2000:]
     cols = ["item_id", "joint_codes", "code_key", "dedup", "codebook_version"]
-    ids = {n: _table(spark, f"{tmp_path}/{n}/delta/semantic_ids")[cols].sort_values("item_id").reset_index(drop=True).astype(str)
-           for n in runs}
+    ids = {n: _table(spark, f"{d}/delta/semantic_ids")[cols].sort_values("item_id").reset_index(drop=True).astype(str)
+           for n, d in runs.items()}
     assert ids["killed"].equals(ids["whole"])
     audit_cols = ["night", "status", "items_version", "codebook_version", "n_changed", "refit", "error_share"]
-    audit = {n: _table(spark, f"{tmp_path}/{n}/delta/reindex_state")[audit_cols].sort_values(["night", "status"])
-             .reset_index(drop=True).astype(str) for n in runs}
+    audit = {n: _table(spark, f"{d}/delta/reindex_state")[audit_cols].sort_values(["night", "status"])
+             .reset_index(drop=True).astype(str) for n, d in runs.items()}
     assert audit["killed"].equals(audit["whole"]) and "25" in set(audit["whole"].n_changed)
