@@ -104,6 +104,14 @@ def samples_cfg(spark, tmp_path_factory):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One checkpoint folder for the module's trainings by train_stage: a training whose
+    identity was trained before in this module is "already done" and reports that run's
+    result (the default DIN and MCCA serve three tests each)."""
+    return str(tmp_path_factory.mktemp("runs"))
+
+
 def _train(cfg, ckpt, steps, every, model_name="mcca"):
     man = SamplesManifest.read(cfg.samples.path)
     torch.manual_seed(0)
@@ -142,14 +150,14 @@ def test_weights_and_optimiser_state_are_separate_files_and_a_missing_state_is_r
         _train(samples_cfg, folder, 20, 5)
 
 
-def test_sparse_tables_train_as_well_as_dense_ones(samples_cfg, tmp_path):
+def test_sparse_tables_train_as_well_as_dense_ones(samples_cfg, runs):
     """The same model, data and seed: lazy Adam on sparse tables is dense Adam restricted to
     the touched rows (validation AUC within 0.01); the default row-wise Adagrad is no worse."""
     for name in ("din", "mcca"):
         auc = {}
         for label, change in {"dense": {"sparse": False}, "sparse adam": {"table_optimizer": "adam"},
                               "rowwise adagrad": {}}.items():
-            auc[label] = train_stage(_with(samples_cfg, model=name, checkpoint_dir=str(tmp_path), **change),
+            auc[label] = train_stage(_with(samples_cfg, model=name, checkpoint_dir=runs, **change),
                                      progress=False)["valid"]["auc"]
         assert abs(auc["sparse adam"] - auc["dense"]) <= 0.01, (name, auc)
         assert auc["rowwise adagrad"] >= auc["dense"] - 0.01, (name, auc)
@@ -187,25 +195,19 @@ def test_samples_of_another_codebook_version_are_refused(samples_cfg):
         train_stage(cfg, progress=False)
 
 
-def test_mcca_learns_and_codes_help_cold_items(samples_cfg, tmp_path):
+def test_mcca_learns_and_codes_help_cold_items(samples_cfg, runs):
     """On planted modality-specific tastes: MCCA beats ID-only DIN and chance."""
-    res = {}
-    for name in ("din", "mcca"):
-        cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
-            update={"model": name, "checkpoint_dir": str(tmp_path / name)})})
-        res[name] = train_stage(cfg, progress=False)["valid"]
+    res = {name: train_stage(_with(samples_cfg, model=name, checkpoint_dir=runs), progress=False)["valid"]
+           for name in ("din", "mcca")}
     assert res["mcca"]["auc"] > 0.65 and res["mcca"]["auc"] > res["din"]["auc"] + 0.03
     assert res["mcca"]["cold_auc"] > res["din"]["cold_auc"] + 0.03
 
 
-def test_content_baselines_learn_and_reach_cold_items(samples_cfg, tmp_path):
+def test_content_baselines_learn_and_reach_cold_items(samples_cfg, runs):
     """VBPR, QARM and SimTier+MAKE read item content by catalogue index: they learn, and on
     cold items (shared OOV ID) they beat ID-only DIN."""
-    res = {}
-    for name in ("din", "vbpr", "qarm", "simtier_make"):
-        cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
-            update={"model": name, "checkpoint_dir": str(tmp_path / name)})})
-        res[name] = train_stage(cfg, progress=False)["valid"]
+    res = {name: train_stage(_with(samples_cfg, model=name, checkpoint_dir=runs), progress=False)["valid"]
+           for name in ("din", "vbpr", "qarm", "simtier_make")}
     for name in ("vbpr", "qarm", "simtier_make"):
         assert res[name]["auc"] > 0.65, (name, res[name])
         assert res[name]["cold_auc"] > res["din"]["cold_auc"] + 0.03, (name, res)
