@@ -22,10 +22,11 @@ demo: setup
 	$(PY) jobs/demo.py $(ARGS)
 
 # 2 pytest processes, each module's tests in one of them: most tests wait on JVMs, Python
-# workers and other processes they start, so two overlap on 2 cores (TEST_WORKERS=0: one process)
+# workers and other processes they start, so two overlap on 2 cores (TEST_WORKERS=0: one process).
+# Modules go out longest first (tests/conftest.py LONGEST_FIRST), not by their test count.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not real" $(ARGS)

@@ -53,3 +53,12 @@ def test_no_stage_imports_another_stage():
 def test_pure_cores_import_no_spark():
     spark = {m: sorted(i for i in imports(m) if i.split(".")[0] == "pyspark") for m in PURE}
     assert {m: i for m, i in spark.items() if i} == {}
+
+
+def test_the_suites_longest_first_order_names_its_modules():
+    """`make test` hands modules out in LONGEST_FIRST's order: a renamed module would silently
+    drop to the end of it."""
+    from conftest import LONGEST_FIRST
+
+    present = {p.name for p in Path(ROOT, "tests").glob("test_*.py")}
+    assert [m for m in LONGEST_FIRST if m not in present] == [] and len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
