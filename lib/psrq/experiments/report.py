@@ -51,7 +51,9 @@ def compare(res: pd.DataFrame, summary: pd.DataFrame, exp: Experiment) -> dict:
         a_vals = res[(res.cell == exp.ours)][m].dropna().astype(float)
         b_vals = res[(res.cell == b.cell)][m].dropna().astype(float)
         p, ci = float("nan"), (float("nan"), float("nan"))
-        if min(len(a_vals), len(b_vals)) > 1:
+        # Welch's test needs spread in at least one cell: seeds that all give the same value
+        # (a seed-independent metric) leave it undefined (nan), which scipy would also warn of
+        if min(len(a_vals), len(b_vals)) > 1 and (np.ptp(a_vals) > 0 or np.ptp(b_vals) > 0):
             t = ttest_ind(a_vals, b_vals, equal_var=False)
             p, ci = float(t.pvalue), tuple(float(x) for x in t.confidence_interval(0.95))
         better = ours[m] > b[m] if best == "max" else ours[m] < b[m]
