@@ -114,6 +114,11 @@ def copy_tables(root, codebooks, dest) -> dict:
     return {"storage.root": f"{dest}/delta", "storage.codebooks": f"{dest}/codebooks"}
 
 
+def override_args(overrides: dict) -> list[str]:
+    """A job's command-line overrides (key=value) for a dict of them (as copy_tables gives)."""
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
 def copy_pipeline(cfg, dest):
     """cfg's tables and codebooks copied under dest, and cfg pointing at the copies."""
     return cfg.with_overrides(copy_tables(cfg.storage.root, cfg.storage.codebooks, dest))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, copy_tables, job_env, load_job, run_python
+from conftest import ROOT, copy_tables, job_env, load_job, override_args, run_python
 
 KILL_AT = os.path.join(ROOT, "tests", "faults", "kill_at.py")
 
@@ -201,7 +201,7 @@ def _table(spark, path):
 def test_assign_killed_at_its_commit_then_rerun_equals_an_uninterrupted_run(spark, world, tmp_path):
     root, args = world
     copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
-    run_args = [*args, *(f"{k}={v}" for k, v in copies.items()), "run.run_id=7"]
+    run_args = [*args, *override_args(copies), "run.run_id=7"]
     before = snapshot(tmp_path)
     killed = run_job_process(["jobs/assign_ids.py", *run_args], kill=("commit", 1))
     assert killed.returncode == -9
@@ -223,7 +223,7 @@ def test_two_concurrent_assign_runs_of_one_run_id_commit_once(spark, world, tmp_
     sid = f"{tmp_path}/delta/semantic_ids"
     v0 = DeltaTable(sid).version()
     env = job_env()
-    cmd = [sys.executable, "jobs/assign_ids.py", *args, *(f"{k}={v}" for k, v in copies.items()), "run.run_id=11"]
+    cmd = [sys.executable, "jobs/assign_ids.py", *args, *override_args(copies), "run.run_id=11"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
@@ -255,7 +255,7 @@ def test_clean_orphans_removes_what_killed_runs_left_and_nothing_else(spark, wor
 
     root, args = world
     copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
-    run_args = [*args, *(f"{k}={v}" for k, v in copies.items()), f"train.checkpoint_dir={tmp_path}/ckpt", "run.run_id=9"]
+    run_args = [*args, *override_args(copies), f"train.checkpoint_dir={tmp_path}/ckpt", "run.run_id=9"]
     assert run_job_process(["jobs/assign_ids.py", *run_args], kill=("commit", 1)).returncode == -9
     (tmp_path / "codebooks" / "v0002").mkdir()  # a fit killed before its manifest
     (tmp_path / "codebooks" / "v0002" / "codebooks.safetensors").write_bytes(b"partial")
@@ -362,7 +362,7 @@ def night(spark, world, tmp_path_factory):
     root, args = world
     base = tmp_path_factory.mktemp("night")
     engine = open_engine(spark, "delta-rs")
-    first = [*args, *(f"{k}={v}" for k, v in copy_tables(root / "delta", root / "codebooks", base / "prepared").items()),
+    first = [*args, *override_args(copy_tables(root / "delta", root / "codebooks", base / "prepared")),
              "reindex.min_items_for_drift=1000"]
     assert load_job("reindex_catalog").main([*first, "run.run_id=20261130"]) == 0  # the first night
     items = engine.read(f"{base}/prepared/delta/items")
@@ -374,7 +374,7 @@ def night(spark, world, tmp_path_factory):
 
     def prepared(dest) -> list[str]:
         copies = copy_tables(base / "prepared" / "delta", base / "prepared" / "codebooks", dest)
-        return [*args, *(f"{k}={v}" for k, v in copies.items()), "reindex.min_items_for_drift=1000",
+        return [*args, *override_args(copies), "reindex.min_items_for_drift=1000",
                 "run.run_id=20261201"]
 
     assert load_job("reindex_catalog").main(prepared(base / "whole")) == 0  # uninterrupted

@@ -108,7 +108,7 @@ def samples_cfg(spark, tmp_path_factory):
 def runs(tmp_path_factory):
     """One checkpoint folder for the module's trainings by train_stage: a training whose
     identity was trained before in this module is "already done" and reports that run's
-    result (the default DIN and MCCA serve three tests each)."""
+    result (the default DIN serves three tests, the default MCCA two)."""
     return str(tmp_path_factory.mktemp("runs"))
 
 
