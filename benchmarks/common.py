@@ -16,15 +16,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> dict:
     import numpy
-    import pyspark
 
+    try:  # the GPU benchmark runs where only the torch side of the stack is installed
+        import pyspark
+    except ImportError:
+        pyspark = None
     return {
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "numpy": numpy.__version__,
-        "pyspark": pyspark.__version__,
+        "pyspark": pyspark.__version__ if pyspark else None,
     }
 
 

@@ -55,6 +55,27 @@ def test_pure_cores_import_no_spark():
     assert {m: i for m, i in spark.items() if i} == {}
 
 
+def test_the_training_ranks_and_the_gpu_paths_load_neither_spark_nor_delta():
+    """A training rank (and bench_gpu.py, tests/test_cuda.py on a GPU node's own Python) imports
+    the loop, the readers, the models, k-means and the distributed workers: none of them may
+    pull in pyspark or deltalake, even through a package's __init__ (psrq.storage's engines
+    load on first use)."""
+    import subprocess
+    import sys
+
+    rank = ("psrq.training.loop", "psrq.training.readers", "psrq.training.distributed", "psrq.training.optim",
+            "psrq.training.statistics", "psrq.models.registry", "psrq.quant.kmeans", "psrq.samples.content",
+            "psrq.evaluation.arrays")
+    code = (f"import sys; import {', '.join(rank)}; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyspark', 'py4j', 'deltalake', 'petastorm'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    # and the engines are still there, for the code that writes tables
+    from psrq import storage
+
+    assert storage.DeltaRsEngine.__name__ == "DeltaRsEngine" and callable(storage.open_engine)
+
+
 def test_the_suites_longest_first_order_names_its_modules():
     """`make test` hands modules out in LONGEST_FIRST's order: a renamed module would silently
     drop to the end of it."""
