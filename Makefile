@@ -2,12 +2,13 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo test test-fast bench experiments package clean help
+.PHONY: setup demo test test-fast test-gpu bench experiments package clean help
 
 help:
 	@echo "make demo    run the main job end to end on the embedded default (local Spark, Delta on disk, CPU)"
 	@echo "make test    run the test suite"
 	@echo "make test-fast  the tests that start nothing real (no Spark, cluster, S3 endpoint or process): seconds"
+	@echo "make test-gpu  the GPU paths' tests (tests/test_cuda.py) and k-means' on a machine with a CUDA device"
 	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached); GPU=1 for GPU nodes"
 	@echo "make bench   run the benchmarks (JSON under benchmarks/results/)"
 	@echo "make experiments  tuning on the valid split, then the paper's Tables 2-4 on synthetic data and MovieLens-100k, 3 seeds (docs/results/)"
@@ -30,6 +31,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not real" $(ARGS)
+
+# On a GPU node (after `make setup GPU=1`): the GPU paths run for real; elsewhere they skip.
+test-gpu: setup
+	$(PY) -m pytest tests/test_cuda.py tests/test_kmeans.py $(ARGS)
 
 # Benchmarks write JSON under benchmarks/results/ (see benchmarks/README.md). About 45
 # minutes here at full size; BENCH=kmeans (or assign, assign_memory, training, scale,

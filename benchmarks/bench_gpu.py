@@ -1,12 +1,13 @@
 """The GPU paths on a CUDA machine, side by side with its CPU:
 - k-means of 262,144 x 1,536 float32 points, K=256, 20 iterations (the size of a
   codebook layer fit on text embeddings), on the GPU (codebooks.kmeans.device=cuda: faiss's
-  GPU build, else torch on CUDA) and with faiss on the CPU;
+  GPU build, else torch on CUDA) and with faiss on the CPU; the k-means++ seeding alone on
+  the host and on the GPU, and Lloyd's iterations alone on the GPU; each fit's inertia;
 - MCCA training samples/s in one process on cuda:0, float32 and bf16 autocast, sparse item
-  tables (the defaults), batch 512, the samples' exact schema (bench_training's rows).
+  tables (the defaults), batch 512 and 4096, the samples' exact schema (bench_training's rows).
 
 Writes benchmarks/results/gpu.json with the GPU's name. Without a CUDA device it says so
-and exits with status 2, writing nothing.
+and exits with status 2, writing nothing. Needs the torch side of the stack only (no Spark).
 
     python benchmarks/bench_gpu.py [--points 262144] [--dim 1536] [--steps 300]
 """
@@ -21,19 +22,38 @@ import torch
 from common import write_result
 
 
-def kmeans(points: int, dim: int, device: str) -> dict:
-    from psrq.quant.kmeans import KMeansSpec, fit_kmeans, resolve_backend
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, round(time.perf_counter() - t, 2)
+
+
+def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
+    """Mean squared distance of the points to their nearest centroid (on the GPU)."""
+    X, C = torch.from_numpy(x).cuda(), torch.from_numpy(centroids).cuda()
+    return float(torch.cat([torch.cdist(c, C).min(1).values.square() for c in X.split(65_536)]).mean())
+
+
+def kmeans(points: int, dim: int) -> dict:
+    from psrq.quant.kmeans import KMeansSpec, _torch, fit_kmeans, kmeans_pp, resolve_backend
 
     x = np.random.default_rng(0).normal(size=(points, dim)).astype(np.float32)
-    spec = KMeansSpec(k=256, iters=20, seed=0, max_points_per_centroid=-(-points // 256), device=device)
-    t = time.perf_counter()
-    fit_kmeans(x, spec)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return {"backend": resolve_backend(spec.backend, spec.device), "seconds": round(time.perf_counter() - t, 2)}
+    spec = dict(k=256, iters=20, seed=0, max_points_per_centroid=-(-points // 256))
+    host_init, host_seeding = timed(kmeans_pp, x, 256, 0)
+    _, gpu_seeding = timed(kmeans_pp, x, 256, 0, "cuda")
+    _, lloyd = timed(_torch, x, KMeansSpec(**spec), host_init, "cuda")
+    out = {}
+    for device in ("cuda", "cpu"):
+        c, seconds = timed(fit_kmeans, x, KMeansSpec(**spec, device=device))
+        out[device] = {"backend": resolve_backend("auto", device), "seconds": seconds, "inertia": round(inertia(x, c), 4)}
+    out["seeding_seconds"] = {"host": host_seeding, "gpu": gpu_seeding}
+    out["lloyd_20_iterations_gpu_seconds"] = lloyd
+    return out
 
 
-def training(path: str, steps: int, amp: bool) -> dict:
+def training(path: str, steps: int, batch_size: int, amp: bool) -> dict:
     from psrq.models.registry import build_model
     from psrq.training.loop import train_loop
     from psrq.training.optim import make_optimizer
@@ -43,8 +63,9 @@ def training(path: str, steps: int, amp: bool) -> dict:
 
     device = torch.device("cuda:0")
     torch.manual_seed(0)
+    torch.cuda.reset_peak_memory_stats(device)
     model = build_model("mcca", V, K, L, N, 64, sparse=True).to(device)
-    res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], 512), make_optimizer(model, 5e-4),
+    res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], batch_size), make_optimizer(model, 5e-4),
                      device, max_steps=steps, progress=False, amp_dtype=torch.bfloat16 if amp else None)
     torch.cuda.synchronize()
     return {"steps": res.steps, "samples_per_second": round(res.samples_per_second),
@@ -57,6 +78,7 @@ def main():
     p.add_argument("--points", type=int, default=262_144)
     p.add_argument("--dim", type=int, default=1536)
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 4096])
     p.add_argument("--work", default="benchmarks/.work/gpu")
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -67,15 +89,16 @@ def main():
 
     name = torch.cuda.get_device_name(0)
     print(f"GPU: {name}", flush=True)
-    km = {"cuda": kmeans(a.points, a.dim, "cuda"), "cpu": kmeans(a.points, a.dim, "cpu")}
+    (torch.ones(64, 64, device="cuda") @ torch.ones(64, 64, device="cuda")).sum().item()  # CUDA and cuBLAS started
+    km = kmeans(a.points, a.dim)
     print("k-means", km, flush=True)
-    path = str(write_samples(Path(a.work), 512 * a.steps) / "train")
-    train = {"fp32": training(path, a.steps, False), "bf16": training(path, a.steps, True)}
+    path = str(write_samples(Path(a.work), max(a.batch_sizes) * a.steps) / "train")
+    train = {f"batch_{b}_{p}": training(path, a.steps, b, p == "bf16") for b in a.batch_sizes for p in ("fp32", "bf16")}
     print("training", train, flush=True)
     write_result("gpu", {
         "gpu": name, "cuda": torch.version.cuda, "torch": torch.__version__,
         "sizes": {"kmeans_points": a.points, "kmeans_dim": a.dim, "k": 256, "iters": 20, "train_steps": a.steps,
-                  "batch_size": 512},
+                  "batch_sizes": a.batch_sizes},
         "kmeans": km, "kmeans_cpu_over_gpu": round(km["cpu"]["seconds"] / km["cuda"]["seconds"], 1),
         "mcca_training_one_process": train,
     })

@@ -4,14 +4,19 @@ well-formed, k-means falls back to the CPU out loud, bf16 autocast trains (on th
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
 
 from psrq.config import load_config
 from psrq.spark import GPU_DISCOVERY, gpu_discovery_script, spark_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
 
@@ -160,3 +165,25 @@ def test_ddp_uses_nccl_on_gpus_only_where_it_can_reduce_the_gradients():
     assert ddp_backend(torch.device("cpu"), sparse=True) == ddp_backend(torch.device("cpu"), sparse=False) == "gloo"
     assert ddp_backend(torch.device("cuda:1"), sparse=False) == "cpu:gloo,cuda:nccl"
     assert ddp_backend(torch.device("cuda:0"), sparse=True) == "gloo"  # NCCL has no sparse allreduce
+
+
+GPU_NODE_LINES = sorted({m.group(1) for doc in ("README.md", "benchmarks/README.md")
+                         for m in re.finditer(r"`(PYTHONPATH=lib python [^`]+)`", open(os.path.join(ROOT, doc)).read())})
+
+
+@pytest.mark.real  # starts a process
+@no_cuda
+@pytest.mark.parametrize("line", GPU_NODE_LINES)
+def test_the_gpu_node_command_lines_run_as_written(line):
+    """The docs' commands for a GPU node's own Python (no venv, no Spark) run as written; here,
+    without a GPU, the tests skip and the benchmark says so, exits 2 and writes nothing."""
+    words = shlex.split(line)
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "lib")}
+    result = os.path.join(ROOT, "benchmarks", "results", "gpu.json")
+    before = open(result).read()
+    out = subprocess.run([sys.executable, *words[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if "pytest" in words:
+        assert out.returncode == 0 and " skipped" in out.stdout and "passed" not in out.stdout, out.stdout + out.stderr
+    else:
+        assert out.returncode == 2 and "no GPU here" in out.stderr, out.stdout + out.stderr
+    assert open(result).read() == before

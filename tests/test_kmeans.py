@@ -72,3 +72,19 @@ def test_nearest_is_exact_and_batch_independent():
     got = nearest(x, c)
     assert (got == brute).mean() > 0.999  # float32 rounding may flip exact near-ties
     assert np.array_equal(np.concatenate([nearest(x[:1234], c), nearest(x[1234:], c, chunk=100)]), got)
+
+
+def test_seeding_over_a_torch_tensor_draws_what_the_host_draws():
+    """The GPU's k-means++ (seed_indices, run here on a CPU tensor) makes the host's draws:
+    on small integer points every distance and running sum is exact in both, so they pick
+    the same points."""
+    import torch
+
+    from psrq.quant.kmeans import kmeans_pp, seed_indices
+
+    x = np.random.default_rng(4).integers(-8, 9, size=(400, 6)).astype(np.float32)
+    for seed in range(5):
+        host = kmeans_pp(x, 12, seed)
+        assert np.array_equal(x[seed_indices(torch.from_numpy(x), 12, seed)], host)
+    same = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # k > distinct points: zero mass, drawn uniformly
+    assert np.array_equal(same[seed_indices(torch.from_numpy(same), 5, 0)], kmeans_pp(same, 5, 0))

@@ -75,12 +75,10 @@ def test_without_resolved_jars_the_launcher_passes_the_derived_coordinates(monke
 
 def test_every_path_the_docs_name_exists():
     """README.md and docs/*.md name files and folders of the tree: each one is there."""
-    written_by_a_run = {"benchmarks/results/gpu.json"}  # bench_gpu.py's output, on a machine with a GPU
     missing = {}
     for doc in [Path(ROOT, "README.md"), *Path(ROOT, "docs").glob("*.md")]:
         paths = set(re.findall(r"`((?:lib|docs|tests|scripts|jobs|conf|benchmarks)/[\w./-]*\w/?)`", doc.read_text()))
-        gone = sorted(p for p in paths if "*" not in p and "<" not in p and p not in written_by_a_run
-                      and not Path(ROOT, p).exists())
+        gone = sorted(p for p in paths if "*" not in p and "<" not in p and not Path(ROOT, p).exists())
         if gone:
             missing[doc.name] = gone
     assert missing == {}

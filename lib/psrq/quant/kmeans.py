@@ -103,15 +103,21 @@ def fit_kmeans(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
         raise QuantizerError("k-means sample contains NaN or Inf values")
     x = subsample(x, spec)
     backend = resolve_backend(spec.backend, spec.device)
-    init = kmeans_pp(x, spec.k, spec.seed) if spec.init == "kmeans++" else None
+    init = kmeans_pp(x, spec.k, spec.seed, "cuda" if backend == "torch-cuda" else "cpu") if spec.init == "kmeans++" else None
     if backend.startswith("faiss"):
         return _faiss(x, spec, init, gpu=backend == "faiss-gpu")
     return _torch(x, spec, init, device="cuda" if backend == "torch-cuda" else "cpu")
 
 
-def kmeans_pp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+def kmeans_pp(x: np.ndarray, k: int, seed: int, device: str = "cpu") -> np.ndarray:
     """k-means++ seeding: each next centroid drawn with probability ~ squared distance.
-    Distances via |x|^2 - 2 x.c + |c|^2 (one matrix-vector product per centroid)."""
+    Distances via |x|^2 - 2 x.c + |c|^2 (one matrix-vector product per centroid). device=cuda:
+    the same draws with the points on the GPU (torch-cuda k-means), where the k sequential
+    passes over the sample would otherwise cost more on the host than the whole GPU fit."""
+    if device != "cpu":
+        import torch
+
+        return x[seed_indices(torch.from_numpy(x).to(device), k, seed)].copy()
     rng = np.random.default_rng(seed)
     sq = np.einsum("ij,ij->i", x, x)
     idx = [int(rng.integers(len(x)))]
@@ -123,6 +129,30 @@ def kmeans_pp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
         idx.append(nxt)
         np.minimum(d2, np.maximum(sq - 2.0 * (x @ x[nxt]) + sq[nxt], 0.0), out=d2)
     return x[idx].copy()
+
+
+def seed_indices(X, k: int, seed: int) -> list[int]:
+    """kmeans_pp's draws over a torch tensor on any device (the same random stream and rule;
+    the running sum in float64, so a draw can differ from the host's float32 one only at a
+    boundary between two points)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    sq = (X * X).sum(1)
+    idx = [int(rng.integers(len(X)))]
+    d2 = (sq - 2.0 * (X @ X[idx[0]]) + sq[idx[0]]).clamp_min_(0.0)
+    for _ in range(1, k):
+        cum = torch.cumsum(d2, 0, dtype=torch.float64)
+        total = float(cum[-1])
+        if total > 0:
+            at = torch.tensor([rng.random() * total], dtype=torch.float64, device=X.device)
+            nxt = int(torch.searchsorted(cum, at)[0])
+        else:
+            nxt = int(rng.integers(len(X)))
+        nxt = min(nxt, len(X) - 1)
+        idx.append(nxt)
+        torch.minimum(d2, (sq - 2.0 * (X @ X[nxt]) + sq[nxt]).clamp_min_(0.0), out=d2)
+    return idx
 
 
 def _faiss(x: np.ndarray, spec: KMeansSpec, init, gpu: bool) -> np.ndarray:

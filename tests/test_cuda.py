@@ -1,0 +1,142 @@
+"""The GPU paths on a CUDA device: they run only where torch sees one (CI has none, so CI
+skips this module; tests/test_gpu_paths.py covers what a CPU machine can). This module needs
+the torch side of the stack only (no Spark, no conftest fixtures), so that a GPU node's
+Python runs it as it is:
+
+    PYTHONPATH=lib python -m pytest -p no:cacheprovider --noconftest tests/test_cuda.py
+
+benchmarks/results/gpu_tests.txt records the last run on a GPU."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")
+
+V, K, L, N, SPACES = 500, 16, 3, 5, ("text", "audio", "joint")
+
+
+def batch(n: int, seed: int) -> dict:
+    """Sample rows with the samples' columns; the label is learnable (it follows the target
+    item's parity), so a model that trains lowers its loss."""
+    g = np.random.default_rng(seed)
+    item = g.integers(1, V, n)
+    lens = g.integers(1, N + 1, n)
+    mask = np.arange(N)[None, :] < lens[:, None]
+    out = {"item_idx": item.astype(np.int32), "hist_item_idx": (g.integers(1, V, (n, N)) * mask).astype(np.int32),
+           "hist_len": lens.astype(np.int32), "label": (item % 2).astype(np.int32),
+           "is_cold": np.zeros(n, dtype=np.int32)}
+    for s in SPACES:
+        out[f"target_{s}_codes"] = g.integers(1, K + 1, (n, L)).astype(np.int16)
+        out[f"hist_{s}_codes"] = (g.integers(1, K + 1, (n, N, L)) * mask[:, :, None]).reshape(n, N * L).astype(np.int16)
+    return out
+
+
+def mcca(sparse: bool = True):
+    from psrq.models.registry import build_model
+
+    torch.manual_seed(0)
+    return build_model("mcca", V, K, L, N, 16, sparse=sparse)
+
+
+def test_auto_devices_resolve_to_the_gpu():
+    from psrq.quant.kmeans import resolve_backend
+    from psrq.training.loop import autocast_dtype, device_for
+
+    assert device_for("auto") == device_for("cuda") == torch.device("cuda:0")
+    assert autocast_dtype("auto", torch.device("cuda:0")) == torch.bfloat16
+    assert resolve_backend("auto", "auto") in ("faiss-gpu", "torch-cuda")
+    assert resolve_backend("torch", "cuda") == "torch-cuda"
+
+
+def test_kmeans_on_the_gpu_finds_the_cpu_centroids():
+    """Same seeding (k-means++ on the host), same Lloyd iterations: on well-separated
+    clusters every point gets the same centroid on both devices, so the centroids agree to
+    float rounding."""
+    from psrq.quant.kmeans import KMeansSpec, fit_kmeans, nearest
+
+    g = np.random.default_rng(0)
+    centres = g.normal(scale=20.0, size=(8, 32))
+    x = (centres[g.integers(0, 8, 20_000)] + g.normal(size=(20_000, 32))).astype(np.float32)
+    spec = dict(k=8, iters=10, seed=0, max_points_per_centroid=20_000)
+    gpu = fit_kmeans(x, KMeansSpec(**spec, backend="torch", device="cuda"))
+    cpu = fit_kmeans(x, KMeansSpec(**spec, backend="torch", device="cpu"))
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+    assert (nearest(x, gpu) == nearest(x, cpu)).all()
+    auto = fit_kmeans(x, KMeansSpec(**spec))  # device auto: on the GPU here
+    assert (nearest(x, auto) == nearest(x, cpu)).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mcca_trains_on_the_gpu_with_sparse_item_tables(precision):
+    from psrq.models.layers import item_tables
+    from psrq.training.loop import autocast_dtype, train_loop
+    from psrq.training.optim import make_optimizer
+
+    device = torch.device("cuda:0")
+    model = mcca().to(device)
+    assert any(t.sparse for t in item_tables(model))  # row-wise Adagrad on sparse CUDA gradients
+    batches = [batch(256, s) for s in range(8)]
+    res = train_loop(model, lambda: iter(batches), make_optimizer(model, 1e-2), device, progress=False,
+                     epochs=6, amp_dtype=autocast_dtype(precision, device))
+    assert res.precision == precision and res.steps == 48
+    assert all(np.isfinite(res.losses)) and np.mean(res.losses[-8:]) < 0.9 * np.mean(res.losses[:8]), res.losses
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_checkpoint_written_on_the_gpu_predicts_the_same_on_the_cpu(tmp_path):
+    """The evaluation reads the trainer's checkpoint on the CPU (map_location) and must
+    score the rows as the GPU model does."""
+    from psrq.training.loop import load_checkpoint, predict, save_checkpoint, train_loop
+    from psrq.training.optim import make_optimizer
+
+    device = torch.device("cuda:0")
+    model = mcca().to(device)
+    opt = make_optimizer(model, 1e-2)
+    train_loop(model, lambda: iter([batch(256, s) for s in range(4)]), opt, device, progress=False)
+    save_checkpoint(str(tmp_path), model, opt, 4, {"identity": "cuda-test"})
+    ckpt = load_checkpoint(str(tmp_path))
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values() if isinstance(t, torch.Tensor))
+    cpu_model = mcca()
+    cpu_model.load_state_dict(ckpt["model"])
+    rows = [batch(512, 99)]
+    on_gpu, labels, _ = predict(model, rows, device)
+    on_cpu, labels_cpu, _ = predict(cpu_model, rows, torch.device("cpu"))
+    assert (labels == labels_cpu).all()
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+
+
+def write_split(path, rows: dict) -> None:
+    def column(a):
+        a = np.asarray(a)
+        if a.ndim == 1:
+            return pa.array(a)
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, a.size + 1, a.shape[1], dtype=np.int32)), pa.array(a.reshape(-1)))
+
+    path.mkdir(parents=True)
+    pq.write_table(pa.table({k: column(v) for k, v in rows.items()}), path / "part-0.parquet", row_group_size=256)
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse-gloo", "dense-nccl"])
+def test_torch_distributor_rank_trains_on_its_gpu(sparse, tmp_path, monkeypatch):
+    """One TorchDistributor rank (world 1 on one GPU) through ddp_worker: the process group
+    ddp_backend names (Gloo for sparse item tables, NCCL for dense ones) initialises on
+    CUDA and reduces the gradients."""
+    import socket
+
+    from psrq.training.distributed import ddp_backend, ddp_worker, worker_job
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}.items():
+        monkeypatch.setenv(key, value)
+    write_split(tmp_path / "train", batch(2048, 0))
+    job = worker_job(model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 16,
+                            "sparse": sparse}, path=str(tmp_path / "train"), lr=1e-2, batch_size=256, device="cuda")
+    [summary] = ddp_worker(job)
+    assert ddp_backend(torch.device("cuda:0"), sparse) == ("gloo" if sparse else "cpu:gloo,cuda:nccl")
+    assert summary["device"] == "cuda:0" and summary["world"] == 1 and summary["steps"] == 8
+    assert summary["rows"] == 2048 and np.isfinite(summary["last_loss"]) and np.isfinite(summary["checksum"])
