@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 PKG = Path(ROOT, "lib", "psrq")
@@ -55,6 +57,7 @@ def test_pure_cores_import_no_spark():
     assert {m: i for m, i in spark.items() if i} == {}
 
 
+@pytest.mark.real  # starts a process
 def test_the_training_ranks_and_the_gpu_paths_load_neither_spark_nor_delta():
     """A training rank (and bench_gpu.py, tests/test_cuda.py on a GPU node's own Python) imports
     the loop, the readers, the models, k-means and the distributed workers: none of them may

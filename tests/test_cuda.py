@@ -68,6 +68,15 @@ def test_kmeans_on_the_gpu_finds_the_cpu_centroids():
     assert (nearest(x, auto) == nearest(x, cpu)).all()
 
 
+def test_kmeans_on_the_gpu_is_deterministic_by_seed():
+    """The same seed gives the same codebook bit for bit (index_add_'s atomics did not)."""
+    from psrq.quant.kmeans import KMeansSpec, fit_kmeans
+
+    x = np.random.default_rng(1).normal(size=(50_000, 64)).astype(np.float32)
+    spec = KMeansSpec(k=64, iters=10, seed=2, max_points_per_centroid=1_000, device="cuda")
+    assert np.array_equal(fit_kmeans(x, spec), fit_kmeans(x, spec))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_mcca_trains_on_the_gpu_with_sparse_item_tables(precision):
     from psrq.models.layers import item_tables

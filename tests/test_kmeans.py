@@ -88,3 +88,21 @@ def test_seeding_over_a_torch_tensor_draws_what_the_host_draws():
         assert np.array_equal(x[seed_indices(torch.from_numpy(x), 12, seed)], host)
     same = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # k > distinct points: zero mass, drawn uniformly
     assert np.array_equal(same[seed_indices(torch.from_numpy(same), 5, 0)], kmeans_pp(same, 5, 0))
+
+
+def test_cluster_sums_in_a_fixed_order_equal_index_add():
+    """The GPU's ordered sums (a one-hot product, run here on the CPU) are the per-cluster
+    sums, with empty clusters at zero, and the same bits on every call."""
+    import torch
+
+    from psrq.quant.kmeans import cluster_sums
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5000, 16, generator=g)
+    assign = torch.randint(0, 7, (5000,), generator=g)
+    assign[assign == 3] = 4  # cluster 3 empty
+    fixed = cluster_sums(X, assign, 8, fixed_order=True)
+    expected = torch.stack([X[assign == c].sum(0) if (assign == c).any() else torch.zeros(16) for c in range(8)])
+    torch.testing.assert_close(fixed, expected, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(cluster_sums(X, assign, 8, fixed_order=False), expected, atol=1e-3, rtol=1e-5)
+    assert torch.equal(fixed, cluster_sums(X, assign, 8, fixed_order=True)) and not fixed[3].any()
