@@ -7,30 +7,11 @@ Python runs it as it is:
 
 benchmarks/results/gpu_tests.txt records the last run on a GPU."""
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
+from sample_rows import K, L, N, V, batch, ddp_job, world_of_one, write_split
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")
-
-V, K, L, N, SPACES = 500, 16, 3, 5, ("text", "audio", "joint")
-
-
-def batch(n: int, seed: int) -> dict:
-    """Sample rows with the samples' columns; the label is learnable (it follows the target
-    item's parity), so a model that trains lowers its loss."""
-    g = np.random.default_rng(seed)
-    item = g.integers(1, V, n)
-    lens = g.integers(1, N + 1, n)
-    mask = np.arange(N)[None, :] < lens[:, None]
-    out = {"item_idx": item.astype(np.int32), "hist_item_idx": (g.integers(1, V, (n, N)) * mask).astype(np.int32),
-           "hist_len": lens.astype(np.int32), "label": (item % 2).astype(np.int32),
-           "is_cold": np.zeros(n, dtype=np.int32)}
-    for s in SPACES:
-        out[f"target_{s}_codes"] = g.integers(1, K + 1, (n, L)).astype(np.int16)
-        out[f"hist_{s}_codes"] = (g.integers(1, K + 1, (n, N, L)) * mask[:, :, None]).reshape(n, N * L).astype(np.int16)
-    return out
 
 
 def mcca(sparse: bool = True):
@@ -51,7 +32,7 @@ def test_auto_devices_resolve_to_the_gpu():
 
 
 def test_kmeans_on_the_gpu_finds_the_cpu_centroids():
-    """Same seeding (k-means++ on the host), same Lloyd iterations: on well-separated
+    """The same k-means++ draws (on the GPU there), the same Lloyd iterations: on well-separated
     clusters every point gets the same centroid on both devices, so the centroids agree to
     float rounding."""
     from psrq.quant.kmeans import KMeansSpec, fit_kmeans, nearest
@@ -116,35 +97,16 @@ def test_a_checkpoint_written_on_the_gpu_predicts_the_same_on_the_cpu(tmp_path):
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
 
 
-def write_split(path, rows: dict) -> None:
-    def column(a):
-        a = np.asarray(a)
-        if a.ndim == 1:
-            return pa.array(a)
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, a.size + 1, a.shape[1], dtype=np.int32)), pa.array(a.reshape(-1)))
-
-    path.mkdir(parents=True)
-    pq.write_table(pa.table({k: column(v) for k, v in rows.items()}), path / "part-0.parquet", row_group_size=256)
-
-
 @pytest.mark.parametrize("sparse", [True, False], ids=["sparse-gloo", "dense-nccl"])
 def test_torch_distributor_rank_trains_on_its_gpu(sparse, tmp_path, monkeypatch):
     """One TorchDistributor rank (world 1 on one GPU) through ddp_worker: the process group
     ddp_backend names (Gloo for sparse item tables, NCCL for dense ones) initialises on
     CUDA and reduces the gradients."""
-    import socket
+    from psrq.training.distributed import ddp_backend, ddp_worker
 
-    from psrq.training.distributed import ddp_backend, ddp_worker, worker_job
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}.items():
-        monkeypatch.setenv(key, value)
+    world_of_one(monkeypatch)
     write_split(tmp_path / "train", batch(2048, 0))
-    job = worker_job(model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 16,
-                            "sparse": sparse}, path=str(tmp_path / "train"), lr=1e-2, batch_size=256, device="cuda")
+    job = ddp_job(tmp_path / "train", sparse, "cuda")
     [summary] = ddp_worker(job)
     assert ddp_backend(torch.device("cuda:0"), sparse) == ("gloo" if sparse else "cpu:gloo,cuda:nccl")
     assert summary["device"] == "cuda:0" and summary["world"] == 1 and summary["steps"] == 8

@@ -187,3 +187,25 @@ def test_the_gpu_node_command_lines_run_as_written(line):
     else:
         assert out.returncode == 2 and "no GPU here" in out.stderr, out.stdout + out.stderr
     assert open(result).read() == before
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_a_torch_distributor_rank_trains_on_the_cpu_without_library_warnings(sparse, tmp_path, monkeypatch):
+    """tests/test_cuda.py's rank on the CPU (world 1, Gloo, in this process): it trains, and
+    neither DDP nor anything else warns (DDP's deprecated broadcast_buffers warned in every
+    rank of every TorchDistributor training)."""
+    import warnings
+
+    import numpy as np
+    from sample_rows import batch, ddp_job, world_of_one, write_split
+
+    from psrq.training.distributed import ddp_worker
+
+    world_of_one(monkeypatch)
+    write_split(tmp_path / "train", batch(1024, 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        [summary] = ddp_worker(ddp_job(tmp_path / "train", sparse, "cpu"))
+    assert summary["device"] == "cpu" and summary["world"] == 1 and summary["steps"] == 4 and summary["rows"] == 1024
+    assert np.isfinite(summary["last_loss"])
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []

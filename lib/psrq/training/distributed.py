@@ -190,6 +190,17 @@ def ddp_backend(device: torch.device, sparse: bool) -> str:
     return "cpu:gloo,cuda:nccl"
 
 
+def no_buffer_sync(ddp_class) -> dict:
+    """DDP's argument for not re-broadcasting the buffers every step: they (the priors'
+    statistics, the content codes) are the same constants on every rank. torch 2.13 renames
+    broadcast_buffers (deprecated: a FutureWarning from every rank) to forward_sync_buffers;
+    a GPU node's own, older torch has only the first."""
+    import inspect
+
+    takes = inspect.signature(ddp_class).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in takes else {"broadcast_buffers": False}
+
+
 def ddp_worker(job: dict) -> list[dict]:
     """Runs in each TorchDistributor process; returns every rank's summary (from rank 0)."""
     import torch.distributed as dist
@@ -207,9 +218,7 @@ def ddp_worker(job: dict) -> list[dict]:
         gathered = [None] * world
         dist.all_gather_object(gathered, start)
         start = same_start(gathered)
-        # broadcasts rank 0's parameters on construction; the buffers (priors' statistics,
-        # content codes) are the same constants on every rank: not re-broadcast each step
-        ddp = DDP(model, broadcast_buffers=False)
+        ddp = DDP(model, **no_buffer_sync(DDP))
         reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
 
         def agree_max(n: int) -> int:
