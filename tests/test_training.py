@@ -215,14 +215,19 @@ def test_content_baselines_learn_and_reach_cold_items(samples_cfg, runs):
 
 @pytest.mark.parametrize("backend,model,epochs", [("horovod", "mcca", 2), ("torch-distributor", "mcca", 2),
                                                  ("horovod", "simtier_make", 1)])
-def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend, model, epochs):
+def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend, model, epochs, capfd):
     """simtier_make: parameter groups and an auxiliary loss under Horovod's optimizer. Two
     epochs: rank 0 validates at each epoch's end while the other rank waits, both pad their
     short shard in every epoch."""
     cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
         update={"backend": backend, "num_proc": 2, "checkpoint_dir": str(tmp_path), "batch_size": 256, "model": model,
                 "epochs": epochs})})
+    omp = os.environ.get("OMP_NUM_THREADS")
     res = train_stage(cfg, spark, progress=False)
+    out = capfd.readouterr()
+    # quiet ranks: no torchrun banner, no library warning; the driver's environment as it was
+    assert "Setting OMP_NUM_THREADS" not in out.out + out.err and "Warning" not in out.out + out.err, out
+    assert os.environ.get("OMP_NUM_THREADS") == omp
     ranks = res["ranks"]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]

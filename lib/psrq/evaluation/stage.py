@@ -88,5 +88,6 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     }
     engine.write(spark.createDataFrame([record], EVAL_METRICS), metrics_path, "append", txn,
                  description=f"metrics of {eval_id}")
-    log.info("%s on %s: AUC %.4f, cold AUC %s, logloss %.4f", tc.model, ec.split, metrics["auc"], metrics["cold_auc"], metrics["logloss"])
+    cold = "n/a (no cold rows)" if metrics["cold_auc"] is None else f"{metrics['cold_auc']:.4f}"
+    log.info("%s on %s: AUC %.4f, cold AUC %s, logloss %.4f", tc.model, ec.split, metrics["auc"], cold, metrics["logloss"])
     return _summary(record, "evaluated", reads_content)

@@ -256,4 +256,18 @@ def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
         job = {**job, "gloo_ifname": "lo"}  # Gloo over the loopback interface only
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     use_gpu = wants_gpu(job["device"], spark, local)
-    return TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(ddp_worker, job)
+    distributor = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu)
+    if not local:  # the executors' environment already has RANK_ENV (spark.executorEnv)
+        return distributor.run(ddp_worker, job)
+    # torchrun inherits this process's environment: without OMP_NUM_THREADS it prints a
+    # banner into the job's output and sets it to 1 itself
+    saved = {k: os.environ.get(k) for k in RANK_ENV}
+    os.environ.update({k: os.environ.get(k) or v for k, v in RANK_ENV.items()})
+    try:
+        return distributor.run(ddp_worker, job)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
