@@ -14,8 +14,10 @@ help:
 	@echo "make experiments  tuning on the valid split, then the paper's Tables 2-4 on synthetic data and MovieLens-100k, 3 seeds (docs/results/)"
 	@echo "make package build dist/psrq.zip for spark-submit --py-files"
 
-# GPU=1: faiss's GPU build and horovod with NCCL (needs an NVIDIA driver and the CUDA toolkit)
-GPU ?= 0
+# GPU=1: faiss's GPU build and horovod with NCCL (needs an NVIDIA driver and the CUDA toolkit);
+# GPU=0: the CPU build. Unset: the install that is there (CPU for a new .venv), so that
+# `make test-gpu` after `make setup GPU=1` keeps the GPU build.
+GPU ?=
 setup:
 	@PSRQ_GPU=$(GPU) bash scripts/setup_env.sh
 

@@ -7,7 +7,8 @@
   tables (the defaults), batch 512 and 4096, the samples' exact schema (bench_training's rows).
 
 Writes benchmarks/results/gpu.json with the GPU's name. Without a CUDA device it says so
-and exits with status 2, writing nothing. Needs the torch side of the stack only (no Spark).
+and exits with status 2, writing nothing. Needs the torch side of the stack only (torch, numpy,
+pyarrow, psutil; no Spark), so a GPU node's own Python runs it.
 
     python benchmarks/bench_gpu.py [--points 262144] [--dim 1536] [--steps 300]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import write_result
+from common import inertia, write_result
 
 
 def timed(fn, *args, **kwargs):
@@ -30,19 +31,13 @@ def timed(fn, *args, **kwargs):
     return out, round(time.perf_counter() - t, 2)
 
 
-def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
-    """Mean squared distance of the points to their nearest centroid (on the GPU)."""
-    X, C = torch.from_numpy(x).cuda(), torch.from_numpy(centroids).cuda()
-    return float(torch.cat([torch.cdist(c, C).min(1).values.square() for c in X.split(65_536)]).mean())
-
-
 def kmeans(points: int, dim: int) -> dict:
     from psrq.quant.kmeans import KMeansSpec, _torch, fit_kmeans, kmeans_pp, resolve_backend
 
     x = np.random.default_rng(0).normal(size=(points, dim)).astype(np.float32)
     spec = dict(k=256, iters=20, seed=0, max_points_per_centroid=-(-points // 256))
     host_init, host_seeding = timed(kmeans_pp, x, 256, 0)
-    _, gpu_seeding = timed(kmeans_pp, x, 256, 0, "cuda")
+    _, gpu_seeding = timed(lambda: kmeans_pp(x, 256, 0, torch.from_numpy(x).cuda()))  # the upload included
     _, lloyd = timed(_torch, x, KMeansSpec(**spec), host_init, "cuda")
     out = {}
     for device in ("cuda", "cpu"):

@@ -12,14 +12,10 @@ import numpy as np
 
 from psrq.config import SyntheticConf
 from psrq.data import synthetic as syn
-from psrq.quant.kmeans import KMeansSpec, _faiss, _torch, kmeans_pp, nearest
+from psrq.quant.kmeans import KMeansSpec, _faiss, _torch, kmeans_pp
 from psrq.quant.spaces import normalise
 
-from common import write_result
-
-
-def inertia(x, c):
-    return float(((x - c[nearest(x, c)]) ** 2).sum(1).mean())
+from common import inertia, write_result
 
 
 def main():

@@ -26,6 +26,8 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from psrq.samples.layout import fixed_lists
+
 from common import write_result
 
 N, DIM, BATCH, WORLD, ZIPF = 20, 64, 512, 2, 1.05
@@ -51,8 +53,7 @@ def write_samples(root: Path, vocab: int, rows: int, groups: int = 8) -> Path:
         "label": rng.integers(0, 2, rows).astype(np.int32),
         "item_idx": zipf_items(rng, vocab, rows),
         "hist_len": lens.astype(np.int32),
-        "hist_item_idx": pa.ListArray.from_arrays(pa.array(np.arange(0, (rows + 1) * N, N, dtype=np.int32)),
-                                                  pa.array(hist.reshape(-1))),
+        "hist_item_idx": fixed_lists(hist, hist.dtype),
     })
     pq.write_table(table, root / "train" / "part-0.parquet", row_group_size=-(-rows // groups))
     marker.write_text(json.dumps({"vocab": vocab, "rows": rows}))

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from psrq.models.registry import build_model
+from psrq.samples.layout import fixed_lists
 from psrq.training.loop import train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader, row_groups
@@ -38,10 +39,6 @@ def write_samples(root: Path, rows: int, files: int = 4, row_group_mb: int = 8) 
     train.mkdir(parents=True)
     rng = np.random.default_rng(0)
 
-    def lists(m, dtype):
-        n, w = m.shape
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * w, w, dtype=np.int32)), pa.array(m.reshape(-1).astype(dtype)))
-
     per_file = rows // files
     for f in range(files):
         n = per_file if f < files - 1 else rows - per_file * (files - 1)
@@ -49,10 +46,10 @@ def write_samples(root: Path, rows: int, files: int = 4, row_group_mb: int = 8) 
         mask = np.arange(N)[None, :] < lens[:, None]
         cols = {"label": rng.integers(0, 2, n).astype(np.int32), "item_idx": rng.integers(1, V, n).astype(np.int32),
                 "is_cold": rng.integers(0, 2, n).astype(np.int32), "hist_len": lens.astype(np.int32),
-                "hist_item_idx": lists(rng.integers(2, V, (n, N)) * mask, np.int32)}
+                "hist_item_idx": fixed_lists(rng.integers(2, V, (n, N)) * mask, np.int32)}
         for s in SPACES:
-            cols[f"target_{s}_codes"] = lists(rng.integers(1, K + 1, (n, L)), np.int16)
-            cols[f"hist_{s}_codes"] = lists((rng.integers(1, K + 1, (n, N, L)) * mask[:, :, None]).reshape(n, N * L), np.int16)
+            cols[f"target_{s}_codes"] = fixed_lists(rng.integers(1, K + 1, (n, L)), np.int16)
+            cols[f"hist_{s}_codes"] = fixed_lists((rng.integers(1, K + 1, (n, N, L)) * mask[:, :, None]).reshape(n, N * L), np.int16)
         table = pa.table(cols)
         rg_rows = max(1, int(row_group_mb * 2**20 / (table.nbytes / n)))
         pq.write_table(table, train / f"part-{f}.parquet", row_group_size=rg_rows)

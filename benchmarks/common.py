@@ -31,6 +31,13 @@ def machine() -> dict:
     }
 
 
+def inertia(x, centroids) -> float:
+    """k-means' objective: the mean squared distance of the points to their nearest centroid."""
+    from psrq.quant.kmeans import nearest
+
+    return float(((x - centroids[nearest(x, centroids)]) ** 2).sum(1).mean())
+
+
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

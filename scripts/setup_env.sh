@@ -7,7 +7,8 @@
 # PSRQ_GPU=1 (make setup GPU=1), on a machine with an NVIDIA driver and the CUDA toolkit:
 # faiss's GPU build instead of faiss-cpu (setup.cfg [tool:psrq-native] faiss_gpu) and
 # horovod built with NCCL for GPU tensors (Gloo stays the controller and the CPU path).
-# torch from PyPI is already a CUDA build. The default install is the CPU one.
+# torch from PyPI is already a CUDA build. The default install is the CPU one; the mode is
+# kept in $VENV/.psrq-gpu for the later runs that do not name one.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,10 +24,13 @@ command -v java >/dev/null || die "Java 17+ is required by Spark 4 and was not f
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
 [ -n "$java_major" ] && [ "$java_major" -ge 17 ] || die "Java 17+ is required by Spark 4; found '$(java -version 2>&1 | head -1)'."
 command -v mvn >/dev/null || die "Maven (mvn) is required to resolve the Delta and hadoop-aws jars for Spark and was not found on PATH (install maven)."
-GPU=${PSRQ_GPU:-0}
+# the mode is sticky: a later `make <target>` (PSRQ_GPU empty) keeps the install that is there
+# instead of swapping a GPU install back to the CPU one; PSRQ_GPU=0 or 1 (GPU=0/1) changes it
+GPU=${PSRQ_GPU:-$(cat "$VENV/.psrq-gpu" 2>/dev/null || echo 0)}
+[ "$GPU" = 0 ] || [ "$GPU" = 1 ] || die "PSRQ_GPU (make GPU=...) must be 0 or 1, not '$GPU'."
 if [ "$GPU" = 1 ]; then
-  command -v nvidia-smi >/dev/null || die "PSRQ_GPU=1 (make setup GPU=1) needs an NVIDIA driver and nvidia-smi was not found on PATH: this machine has no GPU driver (plain 'make setup' installs the CPU stack)."
-  command -v nvcc >/dev/null || die "PSRQ_GPU=1 (make setup GPU=1) builds horovod with NCCL and needs the CUDA toolkit matching the pinned torch's CUDA; nvcc was not found on PATH (set CUDA_HOME/PATH, or use plain 'make setup')."
+  command -v nvidia-smi >/dev/null || die "PSRQ_GPU=1 (make setup GPU=1) needs an NVIDIA driver and nvidia-smi was not found on PATH: this machine has no GPU driver ('make setup GPU=0' installs the CPU stack)."
+  command -v nvcc >/dev/null || die "PSRQ_GPU=1 (make setup GPU=1) builds horovod with NCCL and needs the CUDA toolkit matching the pinned torch's CUDA; nvcc was not found on PATH (set CUDA_HOME/PATH, or 'make setup GPU=0' for the CPU stack)."
 fi
 command -v "$PY" >/dev/null || die "$PY not found; Python 3.11 is required."
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
@@ -39,6 +43,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" "setuptools>=70,<80" wheel
 fi
 VPY="$VENV/bin/python"
+echo "$GPU" > "$VENV/.psrq-gpu"
 
 # --- pinned python packages (setup.cfg) -----------------------------------------------------
 stamp="$VENV/.psrq-deps.sha"

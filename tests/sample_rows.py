@@ -26,14 +26,11 @@ def batch(n: int, seed: int) -> dict:
 
 def write_split(path, rows: dict, row_group_size: int = 256) -> None:
     """rows as one parquet file in the folder `path` (2-d arrays become list columns)."""
-    def column(a):
-        a = np.asarray(a)
-        if a.ndim == 1:
-            return pa.array(a)
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, a.size + 1, a.shape[1], dtype=np.int32)), pa.array(a.reshape(-1)))
+    from psrq.samples.layout import fixed_lists
 
+    columns = {k: fixed_lists(v, v.dtype) if v.ndim == 2 else pa.array(v) for k, v in rows.items()}
     path.mkdir(parents=True)
-    pq.write_table(pa.table({k: column(v) for k, v in rows.items()}), path / "part-0.parquet", row_group_size=row_group_size)
+    pq.write_table(pa.table(columns), path / "part-0.parquet", row_group_size=row_group_size)
 
 
 def ddp_job(path, sparse: bool, device: str) -> dict:

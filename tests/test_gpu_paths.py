@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 
+from sample_rows import K, L, N, V, batch
+
 from psrq.config import load_config
 from psrq.spark import GPU_DISCOVERY, gpu_discovery_script, spark_settings
 
@@ -122,16 +124,9 @@ def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
     torch.manual_seed(0)
-    model = build_model("mcca", 500, 16, 3, 5, 16, sparse=True)
-    g = torch.Generator().manual_seed(0)
-    batch = {"item_idx": torch.randint(1, 500, (64,), generator=g).numpy(),
-             "hist_item_idx": torch.randint(1, 500, (64, 5), generator=g).numpy(),
-             "hist_len": torch.randint(1, 6, (64,), generator=g).numpy(),
-             "label": torch.randint(0, 2, (64,), generator=g).numpy()}
-    for s in ("text", "audio", "joint"):
-        batch[f"target_{s}_codes"] = torch.randint(1, 17, (64, 3), generator=g).numpy()
-        batch[f"hist_{s}_codes"] = torch.randint(1, 17, (64, 15), generator=g).numpy()
-    res = train_loop(model, lambda: [batch] * 20, make_optimizer(model, 1e-2), cpu, progress=False,
+    model = build_model("mcca", V, K, L, N, 16, sparse=True)
+    rows = batch(64, 0)
+    res = train_loop(model, lambda: [rows] * 20, make_optimizer(model, 1e-2), cpu, progress=False,
                      amp_dtype=autocast_dtype("bf16", cpu))
     assert res.precision == "bf16" and res.steps == 20
     assert all(map(lambda v: v == v, res.losses)) and res.losses[-1] < res.losses[0]
@@ -154,6 +149,20 @@ def test_the_gpu_install_says_what_this_machine_lacks_before_changing_anything(t
     no_toolkit = run()
     assert no_toolkit.returncode == 1 and "needs the CUDA toolkit" in no_toolkit.stderr and "nvcc" in no_toolkit.stderr
     assert not (tmp_path / "venv").exists()  # refused before a virtual environment was made
+    # the mode is sticky: a later run that names none keeps a GPU install's (and so checks
+    # for the driver again) instead of swapping the CPU build back in
+    kept = tmp_path / "gpu-venv"
+    kept.mkdir()
+    (kept / ".psrq-gpu").write_text("1\n")
+    unnamed = {k: v for k, v in os.environ.items() if k != "PSRQ_GPU"}
+    sticky = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=root, capture_output=True, text=True,
+                            env={**unnamed, "PSRQ_VENV": str(kept)})
+    assert sticky.returncode == 1 and "needs an NVIDIA driver" in sticky.stderr, sticky.stderr
+    bad = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PSRQ_VENV": str(kept), "PSRQ_GPU": "yes"})
+    assert bad.returncode == 1 and "must be 0 or 1, not 'yes'" in bad.stderr
+    assert "PSRQ_GPU= bash scripts/setup_env.sh" in subprocess.run(["make", "-n", "test-gpu"], cwd=root, capture_output=True,
+                                                                   text=True, check=True).stdout
     # the README's `make setup GPU=1` is this script in GPU mode
     dry = subprocess.run(["make", "-n", "setup", "GPU=1"], cwd=root, capture_output=True, text=True, check=True)
     assert "PSRQ_GPU=1 bash scripts/setup_env.sh" in dry.stdout
@@ -169,6 +178,11 @@ def test_ddp_uses_nccl_on_gpus_only_where_it_can_reduce_the_gradients():
 
 GPU_NODE_LINES = sorted({m.group(1) for doc in ("README.md", "benchmarks/README.md")
                          for m in re.finditer(r"`(PYTHONPATH=lib python [^`]+)`", open(os.path.join(ROOT, doc)).read())})
+
+
+def test_the_docs_show_the_gpu_node_command_lines():
+    assert {w for line in GPU_NODE_LINES for w in line.split() if w.endswith(".py")} == {
+        "benchmarks/bench_gpu.py", "tests/test_cuda.py"}
 
 
 @pytest.mark.real  # starts a process
@@ -197,7 +211,7 @@ def test_a_torch_distributor_rank_trains_on_the_cpu_without_library_warnings(spa
     import warnings
 
     import numpy as np
-    from sample_rows import batch, ddp_job, world_of_one, write_split
+    from sample_rows import ddp_job, world_of_one, write_split
 
     from psrq.training.distributed import ddp_worker
 

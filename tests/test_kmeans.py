@@ -74,25 +74,25 @@ def test_nearest_is_exact_and_batch_independent():
     assert np.array_equal(np.concatenate([nearest(x[:1234], c), nearest(x[1234:], c, chunk=100)]), got)
 
 
-def test_seeding_over_a_torch_tensor_draws_what_the_host_draws():
-    """The GPU's k-means++ (seed_indices, run here on a CPU tensor) makes the host's draws:
-    on small integer points every distance and running sum is exact in both, so they pick
-    the same points."""
+def test_seeding_with_the_points_in_torch_draws_what_the_host_draws():
+    """kmeans_pp with the points as a torch tensor (a GPU's, here the CPU's) makes the host's
+    draws: on small integer points every distance is exact in both, so they pick the same
+    points; so does a fit whose sample has fewer distinct points than K (zero mass)."""
     import torch
 
-    from psrq.quant.kmeans import kmeans_pp, seed_indices
+    from psrq.quant.kmeans import kmeans_pp
 
     x = np.random.default_rng(4).integers(-8, 9, size=(400, 6)).astype(np.float32)
     for seed in range(5):
-        host = kmeans_pp(x, 12, seed)
-        assert np.array_equal(x[seed_indices(torch.from_numpy(x), 12, seed)], host)
-    same = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # k > distinct points: zero mass, drawn uniformly
-    assert np.array_equal(same[seed_indices(torch.from_numpy(same), 5, 0)], kmeans_pp(same, 5, 0))
+        assert np.array_equal(kmeans_pp(x, 12, seed, torch.from_numpy(x)), kmeans_pp(x, 12, seed))
+    same = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)
+    assert np.array_equal(kmeans_pp(same, 5, 0, torch.from_numpy(same)), kmeans_pp(same, 5, 0))
 
 
 def test_cluster_sums_in_a_fixed_order_equal_index_add():
     """The GPU's ordered sums (a one-hot product, run here on the CPU) are the per-cluster
-    sums, with empty clusters at zero, and the same bits on every call."""
+    sums, with empty clusters at zero. (That they are the same bits on every run matters on a
+    GPU, where index_add_ is not: tests/test_cuda.py checks that; both are here.)"""
     import torch
 
     from psrq.quant.kmeans import cluster_sums

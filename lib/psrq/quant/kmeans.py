@@ -103,56 +103,41 @@ def fit_kmeans(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
         raise QuantizerError("k-means sample contains NaN or Inf values")
     x = subsample(x, spec)
     backend = resolve_backend(spec.backend, spec.device)
-    init = kmeans_pp(x, spec.k, spec.seed, "cuda" if backend == "torch-cuda" else "cpu") if spec.init == "kmeans++" else None
     if backend.startswith("faiss"):
+        init = kmeans_pp(x, spec.k, spec.seed) if spec.init == "kmeans++" else None
         return _faiss(x, spec, init, gpu=backend == "faiss-gpu")
-    return _torch(x, spec, init, device="cuda" if backend == "torch-cuda" else "cpu")
+    return _torch(x, spec, None, device="cuda" if backend == "torch-cuda" else "cpu")
 
 
-def kmeans_pp(x: np.ndarray, k: int, seed: int, device: str = "cpu") -> np.ndarray:
+def kmeans_pp(x: np.ndarray, k: int, seed: int, points=None) -> np.ndarray:
     """k-means++ seeding: each next centroid drawn with probability ~ squared distance.
-    Distances via |x|^2 - 2 x.c + |c|^2 (one matrix-vector product per centroid). device=cuda:
-    the same draws with the points on the GPU (torch-cuda k-means), where the k sequential
-    passes over the sample would otherwise cost more on the host than the whole GPU fit."""
-    if device != "cpu":
-        import torch
+    Distances via |x|^2 - 2 x.c + |c|^2 (one matrix-vector product per centroid).
 
-        return x[seed_indices(torch.from_numpy(x).to(device), k, seed)].copy()
+    points: x as a torch tensor already on a GPU (torch-cuda k-means). The k sequential
+    passes over the sample then run there (on the host they took longer than the whole GPU
+    fit: 4.6 s against 1.4 s at 262,144 x 1,536, K=256, on an H200) and only each pass's n
+    distances come back; the draws, running sums and minima stay on the host as for x, so
+    the seeds are the host's up to the rounding of the distances, and the same on every run."""
+    if points is None:
+        sq = np.einsum("ij,ij->i", x, x)
+
+        def distances(i: int) -> np.ndarray:
+            return np.maximum(sq - 2.0 * (x @ x[i]) + sq[i], 0.0)
+    else:
+        psq = (points * points).sum(1)
+
+        def distances(i: int) -> np.ndarray:
+            return (psq - 2.0 * (points @ points[i]) + psq[i]).clamp_min_(0.0).cpu().numpy()
     rng = np.random.default_rng(seed)
-    sq = np.einsum("ij,ij->i", x, x)
     idx = [int(rng.integers(len(x)))]
-    d2 = np.maximum(sq - 2.0 * (x @ x[idx[0]]) + sq[idx[0]], 0.0)
+    d2 = distances(idx[0])
     for _ in range(1, k):
         total = float(d2.sum())
         nxt = int(np.searchsorted(np.cumsum(d2), rng.random() * total)) if total > 0 else int(rng.integers(len(x)))
         nxt = min(nxt, len(x) - 1)
         idx.append(nxt)
-        np.minimum(d2, np.maximum(sq - 2.0 * (x @ x[nxt]) + sq[nxt], 0.0), out=d2)
+        np.minimum(d2, distances(nxt), out=d2)
     return x[idx].copy()
-
-
-def seed_indices(X, k: int, seed: int) -> list[int]:
-    """kmeans_pp's draws over a torch tensor on any device (the same random stream and rule;
-    the running sum in float64, so a draw can differ from the host's float32 one only at a
-    boundary between two points)."""
-    import torch
-
-    rng = np.random.default_rng(seed)
-    sq = (X * X).sum(1)
-    idx = [int(rng.integers(len(X)))]
-    d2 = (sq - 2.0 * (X @ X[idx[0]]) + sq[idx[0]]).clamp_min_(0.0)
-    for _ in range(1, k):
-        cum = torch.cumsum(d2, 0, dtype=torch.float64)
-        total = float(cum[-1])
-        if total > 0:
-            at = torch.tensor([rng.random() * total], dtype=torch.float64, device=X.device)
-            nxt = int(torch.searchsorted(cum, at)[0])
-        else:
-            nxt = int(rng.integers(len(X)))
-        nxt = min(nxt, len(X) - 1)
-        idx.append(nxt)
-        torch.minimum(d2, (sq - 2.0 * (X @ X[nxt]) + sq[nxt]).clamp_min_(0.0), out=d2)
-    return idx
 
 
 def _faiss(x: np.ndarray, spec: KMeansSpec, init, gpu: bool) -> np.ndarray:
@@ -168,12 +153,15 @@ def _faiss(x: np.ndarray, spec: KMeansSpec, init, gpu: bool) -> np.ndarray:
 
 
 def _torch(x: np.ndarray, spec: KMeansSpec, init, device: str) -> np.ndarray:
-    """Lloyd iterations; an empty cluster is re-seeded at the point farthest from its centroid.
-    Deterministic by seed on both devices (see cluster_sums)."""
+    """Lloyd iterations from `init` (None: seeded as spec.init says, on the device the points
+    are copied to once); an empty cluster is re-seeded at the point farthest from its
+    centroid. Deterministic by seed on both devices (see cluster_sums)."""
     import torch
 
     X = torch.from_numpy(x).to(device)
-    if init is None:
+    if init is None and spec.init == "kmeans++":
+        init = kmeans_pp(x, spec.k, spec.seed, X if X.is_cuda else None)
+    elif init is None:
         gen = torch.Generator().manual_seed(spec.seed)
         init = x[torch.randperm(len(x), generator=gen)[: spec.k].numpy()]
     C = torch.from_numpy(np.ascontiguousarray(init)).to(device)
@@ -192,10 +180,10 @@ def _torch(x: np.ndarray, spec: KMeansSpec, init, device: str) -> np.ndarray:
 
 def cluster_sums(X, assign, k: int, fixed_order: bool):
     """The sum of each cluster's points (k, d). fixed_order: as a one-hot (k, n) matrix times
-    the points, the same bits on every run; `index_add_` adds with atomics on CUDA, in no fixed
-    order, and the same seed gave other centroids on a GPU (H200, 2026-11-30). On the CPU
-    index_add_ is ordered and k times cheaper; on the GPU the product costs about what the
-    distances do (a millisecond per iteration at n=262,144, d=1,536, k=256)."""
+    the points, the same bits on every run: `index_add_` adds with atomics on CUDA, in no
+    fixed order, and the same seed gave other centroids on a GPU (H200, 2026-11-30). On the
+    CPU index_add_ is ordered and k times cheaper. The product's cost on a GPU (2knd FLOP and
+    a (k, n) matrix, as the distances) is not measured yet: the machine was not lent again."""
     import torch
 
     if not fixed_order:

@@ -39,7 +39,8 @@ def split_of(ts: np.ndarray, valid_from: int, test_from: int) -> np.ndarray:
     return np.where(ts >= test_from, "test", np.where(ts >= valid_from, "valid", "train"))
 
 
-def _fixed_lists(values: np.ndarray, dtype) -> pa.Array:
+def fixed_lists(values: np.ndarray, dtype) -> pa.Array:
+    """A (rows, width) matrix as a list column of `width` values per row (the samples' lists)."""
     m, width = values.shape
     offsets = pa.array(np.arange(0, (m + 1) * width, width, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1).astype(dtype)))
@@ -73,17 +74,17 @@ def user_samples(events: pa.Table, spaces: list[str], layers: int, n: int, valid
         "split": pa.array(split_of(ts, valid_from, test_from)),
         "is_cold": pa.array(np.asarray(ev.column("is_cold"), dtype=np.int32)),
         "hist_len": pa.array(length.astype(np.int32)),
-        "hist_item_idx": _fixed_lists(np.where(pad, PAD, item_idx[safe]), np.int32),
+        "hist_item_idx": fixed_lists(np.where(pad, PAD, item_idx[safe]), np.int32),
     }
     if "content_idx" in ev.column_names:
         cidx = np.asarray(ev.column("content_idx"), dtype=np.int32)
         out["content_idx"] = pa.array(cidx)
-        out["hist_content_idx"] = _fixed_lists(np.where(pad, PAD, cidx[safe]), np.int32)
+        out["hist_content_idx"] = fixed_lists(np.where(pad, PAD, cidx[safe]), np.int32)
     for s in spaces:
         codes = _matrix(ev.column(f"{s}_codes"), layers).astype(np.int16) + 1
-        out[f"target_{s}_codes"] = _fixed_lists(codes, np.int16)
+        out[f"target_{s}_codes"] = fixed_lists(codes, np.int16)
         hist = np.where(pad[:, :, None], PAD, codes[safe])  # (m, n, layers)
-        out[f"hist_{s}_codes"] = _fixed_lists(hist.reshape(len(ts), n * layers), np.int16)
+        out[f"hist_{s}_codes"] = fixed_lists(hist.reshape(len(ts), n * layers), np.int16)
     last = np.where(length > 0, ts[safe[np.arange(len(ts)), np.maximum(length - 1, 0)]], 0)
     out["hist_last_ts"] = pa.array(last, type=pa.int64(), mask=length == 0).cast(pa.timestamp("us", tz="UTC"))
     out["codebook_version"] = pa.array([codebook_version] * len(ts))

@@ -24,6 +24,7 @@ filesystem layer (its options travel in the job). Rank 0 writes the checkpoints;
 resumes from them (the checkpoint folder must be shared storage on a cluster)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -190,21 +191,25 @@ def ddp_backend(device: torch.device, sparse: bool) -> str:
     return "cpu:gloo,cuda:nccl"
 
 
-def no_buffer_sync(ddp_class) -> dict:
-    """DDP's argument for not re-broadcasting the buffers every step: they (the priors'
-    statistics, the content codes) are the same constants on every rank. torch 2.13 renames
-    broadcast_buffers (deprecated: a FutureWarning from every rank) to forward_sync_buffers;
-    a GPU node's own, older torch has only the first."""
-    import inspect
+def ddp_without_buffer_sync(model: torch.nn.Module):
+    """DDP over the model, its buffers never broadcast: they (the priors' statistics, the
+    content codes and vectors: catalogue-sized) are the same constants on every rank.
+    broadcast_buffers=False says so on every torch; torch 2.13 deprecates it with a
+    FutureWarning, and its successor (forward_sync_buffers=False) still broadcasts them
+    once at the start, gigabytes at 10M items, so the old argument stays, the warning is
+    dropped here."""
+    import warnings
 
-    takes = inspect.signature(ddp_class).parameters
-    return {"forward_sync_buffers": False} if "forward_sync_buffers" in takes else {"broadcast_buffers": False}
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return DDP(model, broadcast_buffers=False)
 
 
 def ddp_worker(job: dict) -> list[dict]:
     """Runs in each TorchDistributor process; returns every rank's summary (from rank 0)."""
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     if job.get("gloo_ifname"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", job["gloo_ifname"])
@@ -218,7 +223,7 @@ def ddp_worker(job: dict) -> list[dict]:
         gathered = [None] * world
         dist.all_gather_object(gathered, start)
         start = same_start(gathered)
-        ddp = DDP(model, **no_buffer_sync(DDP))
+        ddp = ddp_without_buffer_sync(model)
         reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
 
         def agree_max(n: int) -> int:
@@ -246,28 +251,35 @@ def wants_gpu(device: str, spark, local: bool) -> bool:
     return device == "cuda" or float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) >= 1
 
 
-def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
-    """Under a local master, torchrun's processes run on this machine (local_mode=True); on
-    a cluster, in barrier tasks on the executors (local_mode=False)."""
-    from pyspark.ml.torch.distributor import TorchDistributor
-
-    local = spark is None or spark.sparkContext.master.startswith("local")
-    if spark is None or loopback_only(spark):
-        job = {**job, "gloo_ifname": "lo"}  # Gloo over the loopback interface only
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    use_gpu = wants_gpu(job["device"], spark, local)
-    distributor = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu)
-    if not local:  # the executors' environment already has RANK_ENV (spark.executorEnv)
-        return distributor.run(ddp_worker, job)
-    # torchrun inherits this process's environment: without OMP_NUM_THREADS it prints a
-    # banner into the job's output and sets it to 1 itself
-    saved = {k: os.environ.get(k) for k in RANK_ENV}
-    os.environ.update({k: os.environ.get(k) or v for k, v in RANK_ENV.items()})
+@contextlib.contextmanager
+def environment(**values: str):
+    """These variables set for what runs inside (their own value kept where one is set),
+    the environment as it was afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: os.environ.get(k) or v for k, v in values.items()})
     try:
-        return distributor.run(ddp_worker, job)
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
+    """Under a local master, torchrun's processes run on this machine (local_mode=True); on
+    a cluster, in barrier tasks on the executors (local_mode=False). Under a local master
+    torchrun inherits this process's environment for the run: Gloo on the loopback interface
+    where Spark is, and OMP_NUM_THREADS=1 as every rank gets (without it torchrun prints a
+    banner into the job's output and sets it itself); the driver's environment is restored."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    local = spark is None or spark.sparkContext.master.startswith("local")
+    env = {"OMP_NUM_THREADS": RANK_ENV["OMP_NUM_THREADS"]} if local else {}
+    if spark is None or loopback_only(spark):
+        job = {**job, "gloo_ifname": "lo"}  # Gloo over the loopback interface only
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    use_gpu = wants_gpu(job["device"], spark, local)
+    with environment(**env):
+        return TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(ddp_worker, job)
