@@ -43,11 +43,8 @@ def ddp_job(path, sparse: bool, device: str) -> dict:
 
 def world_of_one(monkeypatch) -> None:
     """The environment torchrun gives a single rank, on the loopback interface."""
-    import socket
+    from psrq.standalone import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
                        "LOCAL_RANK": "0", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}.items():
         monkeypatch.setenv(key, value)

@@ -18,7 +18,7 @@ from sample_rows import K, L, N, V, batch
 from psrq.config import load_config
 from psrq.spark import GPU_DISCOVERY, gpu_discovery_script, spark_settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
 
@@ -136,17 +136,18 @@ def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
 @pytest.mark.real  # starts a process
 @pytest.mark.skipif(bool(shutil.which("nvidia-smi") or shutil.which("nvcc")), reason="a GPU driver or CUDA toolkit is here")
 def test_the_gpu_install_says_what_this_machine_lacks_before_changing_anything(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    def setup(env: dict):
+        return subprocess.run(["bash", "scripts/setup_env.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+
     env = {**os.environ, "PSRQ_GPU": "1", "PSRQ_VENV": str(tmp_path / "venv")}
-    run = lambda: subprocess.run(["bash", "scripts/setup_env.sh"], cwd=root, env=env, capture_output=True, text=True)  # noqa: E731
-    no_driver = run()
+    no_driver = setup(env)
     assert no_driver.returncode == 1 and "needs an NVIDIA driver and nvidia-smi was not found" in no_driver.stderr
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
     (fake / "nvidia-smi").chmod(0o755)
     env["PATH"] = f"{fake}:{os.environ['PATH']}"
-    no_toolkit = run()
+    no_toolkit = setup(env)
     assert no_toolkit.returncode == 1 and "needs the CUDA toolkit" in no_toolkit.stderr and "nvcc" in no_toolkit.stderr
     assert not (tmp_path / "venv").exists()  # refused before a virtual environment was made
     # the mode is sticky: a later run that names none keeps a GPU install's (and so checks
@@ -155,16 +156,14 @@ def test_the_gpu_install_says_what_this_machine_lacks_before_changing_anything(t
     kept.mkdir()
     (kept / ".psrq-gpu").write_text("1\n")
     unnamed = {k: v for k, v in os.environ.items() if k != "PSRQ_GPU"}
-    sticky = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=root, capture_output=True, text=True,
-                            env={**unnamed, "PSRQ_VENV": str(kept)})
+    sticky = setup({**unnamed, "PSRQ_VENV": str(kept)})
     assert sticky.returncode == 1 and "needs an NVIDIA driver" in sticky.stderr, sticky.stderr
-    bad = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PSRQ_VENV": str(kept), "PSRQ_GPU": "yes"})
+    bad = setup({**os.environ, "PSRQ_VENV": str(kept), "PSRQ_GPU": "yes"})
     assert bad.returncode == 1 and "must be 0 or 1, not 'yes'" in bad.stderr
-    assert "PSRQ_GPU= bash scripts/setup_env.sh" in subprocess.run(["make", "-n", "test-gpu"], cwd=root, capture_output=True,
+    assert "PSRQ_GPU= bash scripts/setup_env.sh" in subprocess.run(["make", "-n", "test-gpu"], cwd=ROOT, capture_output=True,
                                                                    text=True, check=True).stdout
     # the README's `make setup GPU=1` is this script in GPU mode
-    dry = subprocess.run(["make", "-n", "setup", "GPU=1"], cwd=root, capture_output=True, text=True, check=True)
+    dry = subprocess.run(["make", "-n", "setup", "GPU=1"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "PSRQ_GPU=1 bash scripts/setup_env.sh" in dry.stdout
 
 

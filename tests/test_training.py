@@ -190,7 +190,7 @@ def test_checkpoint_of_another_model_is_refused(samples_cfg, tmp_path):
 
 
 def test_samples_of_another_codebook_version_are_refused(samples_cfg):
-    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(update={"codebook_version": "v0042"})})
+    cfg = _with(samples_cfg, codebook_version="v0042")
     with pytest.raises(TrainingError, match="built with codebook v0001, the model expects v0042"):
         train_stage(cfg, progress=False)
 
@@ -219,9 +219,8 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     """simtier_make: parameter groups and an auxiliary loss under Horovod's optimizer. Two
     epochs: rank 0 validates at each epoch's end while the other rank waits, both pad their
     short shard in every epoch."""
-    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(
-        update={"backend": backend, "num_proc": 2, "checkpoint_dir": str(tmp_path), "batch_size": 256, "model": model,
-                "epochs": epochs})})
+    cfg = _with(samples_cfg, backend=backend, num_proc=2, checkpoint_dir=str(tmp_path), batch_size=256, model=model,
+                epochs=epochs)
     omp = os.environ.get("OMP_NUM_THREADS")
     res = train_stage(cfg, spark, progress=False)
     out = capfd.readouterr()
@@ -342,7 +341,7 @@ def test_damaged_checkpoints_give_a_clear_error_and_restart_recovers(samples_cfg
 
 
 def test_too_many_processes_is_refused_before_workers_start(spark, samples_cfg):
-    cfg = samples_cfg.model_copy(update={"train": samples_cfg.train.model_copy(update={"backend": "horovod", "num_proc": 64})})
+    cfg = _with(samples_cfg, backend="horovod", num_proc=64)
     with pytest.raises(ShardError, match="for 64 processes"):
         train_stage(cfg, spark, progress=False)
 

@@ -89,6 +89,6 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     engine.write(spark.createDataFrame([record], EVAL_METRICS), metrics_path, "append", txn,
                  description=f"metrics of {eval_id}")
     cold = (f"{metrics['cold_auc']:.4f}" if metrics["cold_auc"] is not None
-            else "n/a (no cold rows)" if not metrics.get("cold_rows") else "n/a (the cold rows have one label)")
+            else "n/a (no cold rows)" if not metrics["cold_rows"] else "n/a (the cold rows have one label)")
     log.info("%s on %s: AUC %.4f, cold AUC %s, logloss %.4f", tc.model, ec.split, metrics["auc"], cold, metrics["logloss"])
     return _summary(record, "evaluated", reads_content)
