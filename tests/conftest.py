@@ -27,7 +27,7 @@ REAL_FIXTURES = {"spark", "engine", "python_exe", "s3", "cluster"}
 # `make test`'s two processes (xdist --dist loadfile --no-loadscope-reorder) each module goes
 # whole to the first free process in this order, so the long ones start at once and the short
 # ones fill the end instead of one long module running alone there.
-LONGEST_FIRST = ("test_training.py", "test_faults.py", "test_jobs.py", "test_object_storage.py", "test_cluster.py",
+LONGEST_FIRST = ("test_training.py", "test_faults.py", "test_cluster.py", "test_jobs.py", "test_object_storage.py",
                  "test_experiments.py", "test_reindex.py", "test_evaluation.py", "test_samples.py", "test_assign.py",
                  "test_storage_delta_rs.py", "test_tuning.py", "test_readme.py", "test_movielens.py",
                  "test_validation.py", "test_models.py", "test_storage_delta_spark.py", "test_stack_smoke.py")
@@ -144,6 +144,15 @@ def run_python(args: list[str], **kw):
     import subprocess
 
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=job_env(), **kw)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """(endpoint, bucket, boto3 client) of a local S3-compatible server (tests/s3_endpoint.py)."""
+    from s3_endpoint import moto_endpoint
+
+    with moto_endpoint(tmp_path_factory.mktemp("moto")) as found:
+        yield found
 
 
 @pytest.fixture

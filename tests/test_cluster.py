@@ -3,6 +3,9 @@ their own work directories), every process bound to 127.0.0.1. The pipeline is s
 through the documented launcher (`python -m psrq.submit`) from a working directory that is
 not the repository, with the package zip `make package` builds and executors whose Python
 sits at another path than the driver's; the semantic IDs must equal a local-mode run's.
+The nodes hold the object store's credentials in their environment, as instance settings
+would: one demo keeps everything on a local S3 endpoint (tests/s3_endpoint.py), and the
+secret must show up in no output or log of the driver, master, workers or executors.
 The cluster is stopped by the PIDs this test started."""
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from s3_endpoint import CREDENTIALS, SECRET, assert_pipeline_on_s3, delta_table, read_metrics, s3_locations
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +27,7 @@ pytestmark = pytest.mark.slow
 def cluster(tmp_path_factory):
     from psrq.standalone import StandaloneCluster
 
-    with StandaloneCluster(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="2g") as c:
+    with StandaloneCluster(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="2g", env=CREDENTIALS) as c:
         yield c.url, c.logs
 
 
@@ -50,7 +54,7 @@ def submit(cluster, tmp_path_factory):
     work = base / "cwd"
     work.mkdir()
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "package.py")], check=True, capture_output=True)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {**os.environ, **CREDENTIALS, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.pop("PYSPARK_PYTHON", None)
 
     def run(job: str, *overrides: str) -> dict:
@@ -60,6 +64,7 @@ def submit(cluster, tmp_path_factory):
         t = time.time()
         out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, f"{job}:\n{out.stderr[-4000:]}"
+        assert SECRET not in out.stdout + out.stderr
         run_id = next(o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("run.run_id="))
         # the application ran on the cluster, under its own name
         assert f"Registered app psrq-{job}-{run_id} with ID" in (logs / "master.log").read_text()
@@ -68,6 +73,7 @@ def submit(cluster, tmp_path_factory):
         return doc
 
     run.executor_python = executor_python
+    run.cwd = work
     return run
 
 
@@ -127,22 +133,35 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     print("cluster seconds (delta-rs demo):", demo["_seconds"], demo["timings"])
 
 
-def test_demo_with_delta_spark_through_the_launcher(submit, tmp_path):
-    """delta-spark engine, the Delta jars shipped by the launcher (--jars): the whole demo as
-    one application, its training with TorchDistributor (barrier tasks on the executors
-    start the torchrun ranks)."""
-    from deltalake import DeltaTable
-
-    data = tmp_path / "data"
-    doc = submit("demo", f"storage.root=file://{data}/delta", f"storage.codebooks=file://{data}/codebooks",
-                 f"samples.path=file://{data}/samples", f"train.checkpoint_dir=file://{data}/checkpoints",
-                 "storage.engine=delta-spark", "spark.jvm_packages=[delta]", "codebooks.compare=[]",
-                 "evaluate.floors=false", *SMALL, "train.backend=torch-distributor")
+def test_demo_with_delta_spark_on_s3_through_the_launcher(submit, s3, cluster, tmp_path):
+    """delta-spark engine on object storage: the Delta jars and hadoop-aws shipped by the
+    launcher (--jars), every location on the S3 endpoint; the whole demo as one application,
+    its training with TorchDistributor (barrier tasks on the executors start the torchrun
+    ranks, which read their shards from the endpoint with Petastorm and write the checkpoints
+    there)."""
+    endpoint, bucket, client = s3
+    root = f"{bucket}/cluster"
+    cwd_before = set(os.listdir(submit.cwd))
+    doc = submit("demo", *s3_locations(endpoint, root), "storage.engine=delta-spark", "spark.jvm_packages=[delta,s3a]",
+                 "codebooks.compare=[]", "evaluate.floors=false", *SMALL, "samples.content.dim=8",
+                 "train.backend=torch-distributor")
     assert doc["assigned"]["items"] == 400 and doc["trained"]["status"] == "trained"
     assert doc["reindexed"]["status"] == "done" and doc["reindexed"]["n_changed"] == 0
     _ranks_ran_on_executors(doc["trained"], submit.executor_python)
     assert set(doc["evaluated"]) == {"mcca"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())
-    # written by Delta's own writer (delta-spark), read back by delta-rs
-    history = DeltaTable(f"{data}/delta/semantic_ids").history()
+    assert set(os.listdir(submit.cwd)) == cwd_before  # nothing local: every location was on the endpoint
+    assert_pipeline_on_s3(client, bucket, "cluster", ["mcca"])
+    metrics = read_metrics(endpoint, root)
+    assert [m["model"] for m in metrics] == ["mcca"]
+    assert abs(metrics[0]["auc"] - doc["evaluated"]["mcca"]["auc"]) < 1e-12
+    # written by Delta's own writer (delta-spark) through s3a, read back by delta-rs
+    history = delta_table(endpoint, f"{root}/delta/semantic_ids").history()
     assert "Delta-Lake" in history[0].get("engineInfo", "")  # the newest commit, by Delta's own writer
-    print("cluster seconds (delta-spark demo):", doc["_seconds"], doc["timings"])
+    # the credentials reached every process through its environment and were never printed:
+    # the master's and workers' logs, each executor's stdout and stderr
+    _, logs = cluster
+    outputs = [f for f in logs.parent.rglob("*") if f.name in ("stdout", "stderr") or f.suffix == ".log"]
+    assert len(outputs) >= 3 + 2 * 2  # master, 2 workers; this application's executors and the one before
+    assert not [str(f) for f in outputs if SECRET in f.read_text(errors="replace")]
+    print("cluster seconds (delta-spark demo on S3):", doc["_seconds"], doc["timings"])
+

@@ -24,12 +24,16 @@ def free_port() -> int:
 
 
 class StandaloneCluster:
-    def __init__(self, root: str | Path, workers: int = 2, cores: int = 1, memory: str = "2g", timeout: float = 90):
+    def __init__(self, root: str | Path, workers: int = 2, cores: int = 1, memory: str = "2g", timeout: float = 90,
+                 env: dict[str, str] | None = None):
+        """env: more environment for the master and workers (their executors inherit it), as
+        a node's own settings would be, e.g. the object store's credentials."""
         import pyspark
 
         self.home = Path(pyspark.__file__).parent
         self.root = Path(root)
         self.workers, self.cores, self.memory, self.timeout = workers, cores, memory, timeout
+        self.env = dict(env or {})
         self.logs = self.root / "logs"
         self.url = ""
         self.procs: list[subprocess.Popen] = []
@@ -53,7 +57,7 @@ class StandaloneCluster:
 
     def start(self) -> "StandaloneCluster":
         self.logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SPARK_HOME": str(self.home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
+        env = {**os.environ, **self.env, "SPARK_HOME": str(self.home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1",
                "SPARK_MASTER_HOST": "127.0.0.1"}
         port = free_port()
         self.url = f"spark://127.0.0.1:{port}"
