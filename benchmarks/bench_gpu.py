@@ -48,7 +48,7 @@ def kmeans(points: int, dim: int) -> dict:
     return out
 
 
-def training(path: str, steps: int, batch_size: int, amp: bool) -> dict:
+def training(path: str, steps: int, batch_size: int, amp: bool, prefetch: int = 2) -> dict:
     from psrq.models.registry import build_model
     from psrq.training.loop import train_loop
     from psrq.training.optim import make_optimizer
@@ -61,9 +61,9 @@ def training(path: str, steps: int, batch_size: int, amp: bool) -> dict:
     torch.cuda.reset_peak_memory_stats(device)
     model = build_model("mcca", V, K, L, N, 64, sparse=True).to(device)
     res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], batch_size), make_optimizer(model, 5e-4),
-                     device, max_steps=steps, progress=False, amp_dtype=torch.bfloat16 if amp else None)
+                     device, max_steps=steps, progress=False, amp_dtype=torch.bfloat16 if amp else None, prefetch=prefetch)
     torch.cuda.synchronize()
-    return {"steps": res.steps, "samples_per_second": round(res.samples_per_second),
+    return {"steps": res.steps, "prefetch": prefetch, "samples_per_second": round(res.samples_per_second),
             "median_step_ms": round(1000 * res.median_step_seconds, 2), "precision": res.precision,
             "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)}
 
@@ -89,6 +89,9 @@ def main():
     print("k-means", km, flush=True)
     path = str(write_samples(Path(a.work), max(a.batch_sizes) * a.steps) / "train")
     train = {f"batch_{b}_{p}": training(path, a.steps, b, p == "bf16") for b in a.batch_sizes for p in ("fp32", "bf16")}
+    # reading ahead (train.prefetch, the default 2) against reading in the loop's thread
+    big = max(a.batch_sizes)
+    train[f"batch_{big}_fp32_no_prefetch"] = training(path, a.steps, big, False, prefetch=0)
     print("training", train, flush=True)
     write_result("gpu", {
         "gpu": name, "cuda": torch.version.cuda, "torch": torch.__version__,
@@ -96,6 +99,8 @@ def main():
                   "batch_sizes": a.batch_sizes},
         "kmeans": km, "kmeans_cpu_over_gpu": round(km["cpu"]["seconds"] / km["cuda"]["seconds"], 1),
         "mcca_training_one_process": train,
+        "prefetch_speedup": round(train[f"batch_{big}_fp32"]["samples_per_second"]
+                                  / train[f"batch_{big}_fp32_no_prefetch"]["samples_per_second"], 2),
     })
 
 

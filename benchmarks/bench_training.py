@@ -3,7 +3,11 @@
   the columns MCCA reads), in one run;
 - training samples/s in one process for MCCA and DIN (batch 512, history 20, dim 64), with
   dense item tables (all Adam) and sparse ones (row-wise Adagrad, the default);
-- 2-process horovod (through Spark) and TorchDistributor vs 1 process, MCCA (sparse).
+- 2-process horovod (through Spark) and TorchDistributor vs 1 process, MCCA (sparse);
+- reading ahead on a thread (train.prefetch 2, the default) against reading in the loop:
+  MCCA in one process, and the Arrow reader at batch 4096 feeding a stand-in for a device
+  step (a wait that releases the GIL, as a step waiting on a GPU does, as long as reading
+  the batch takes).
 The sample rows are random but have the samples' exact schema and row-group size.
 
     python benchmarks/bench_training.py [--rows 2000000] [--steps 150]
@@ -23,7 +27,7 @@ from psrq.models.registry import build_model
 from psrq.samples.layout import fixed_lists
 from psrq.training.loop import train_loop
 from psrq.training.optim import make_optimizer
-from psrq.training.readers import make_reader, row_groups
+from psrq.training.readers import make_reader, prefetched, row_groups
 
 from common import write_result
 
@@ -64,21 +68,38 @@ def reader_rate(kind: str, path: str, cols: list[str]) -> dict:
     return {"rows": rows, "seconds": round(s, 2), "rows_per_second": round(rows / s)}
 
 
-def one_process(name: str, path: str, steps: int, sparse: bool) -> dict:
+def one_process(name: str, path: str, steps: int, sparse: bool, prefetch: int = 2) -> dict:
     torch.manual_seed(0)
     model = build_model(name, V, K, L, N, 64, sparse=sparse)
     opt = make_optimizer(model, 1e-4)
     res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], 512), opt,
-                     torch.device("cpu"), max_steps=steps, progress=False)
-    return {"steps": res.steps, "samples": res.samples, "seconds": round(res.seconds, 2),
+                     torch.device("cpu"), max_steps=steps, progress=False, prefetch=prefetch)
+    return {"steps": res.steps, "prefetch": prefetch, "samples": res.samples, "seconds": round(res.seconds, 2),
             "samples_per_second": round(res.samples_per_second), "torch_threads": torch.get_num_threads()}
+
+
+def read_beside_a_device(path: str, cols: list[str], batch_size: int = 4096) -> dict:
+    """Batches of the Arrow reader fed to a stand-in for a device step (time.sleep, which
+    releases the GIL, as a step waiting on a GPU does) as long as reading one takes: in the
+    loop's thread the two add up, read ahead they overlap (at best half the time)."""
+    t = time.perf_counter()
+    n = sum(1 for _ in make_reader("arrow", path, cols, batch_size))
+    wait = (time.perf_counter() - t) / n
+    out = {"batch_size": batch_size, "batches": n, "read_ms_per_batch": round(1000 * wait, 2)}
+    for depth in (0, 2):
+        t = time.perf_counter()
+        for _ in prefetched(make_reader("arrow", path, cols, batch_size), depth):
+            time.sleep(wait)
+        out[f"prefetch_{depth}_seconds"] = round(time.perf_counter() - t, 2)
+    out["speedup"] = round(out["prefetch_0_seconds"] / out["prefetch_2_seconds"], 2)
+    return out
 
 
 def two_process(backend: str, path: str, steps: int, spark) -> dict:
     from psrq.training.distributed import run_horovod, run_torch_distributor, worker_job
 
     job = worker_job(model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64,
-                            "sparse": True}, path=path, lr=1e-4, batch_size=512, max_steps=steps)
+                            "sparse": True}, path=path, lr=1e-4, batch_size=512, max_steps=steps, prefetch=2)
     ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(spark, job, 2)
     samples, secs = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     return {"processes": 2, "steps_per_rank": steps, "samples": samples, "seconds": round(secs, 2),
@@ -100,6 +121,13 @@ def main():
     single = {name: {kind: one_process(name, path, a.steps, kind == "sparse") for kind in ("dense", "sparse")}
               for name in ("mcca", "din")}
     print("one process", single, flush=True)
+    # on the CPU the two differ by less than this machine's noise: three pairs, alternating
+    rounds = [{d: one_process("mcca", path, a.steps, True, prefetch=d)["samples_per_second"] for d in (0, 2)}
+              for _ in range(3)]
+    prefetch = {"mcca_sparse_one_process_samples_per_second": [{f"prefetch_{d}": r[d] for d in r} for r in rounds],
+                "mcca_one_process_speedup": round(sum(r[2] for r in rounds) / sum(r[0] for r in rounds), 2),
+                "arrow_reader_beside_a_device_step": read_beside_a_device(path, mcca_cols)}
+    print("prefetch", prefetch, flush=True)
     from psrq.config import SparkConf
     from psrq.spark import build_spark
 
@@ -118,6 +146,7 @@ def main():
                                         for n, d in single.items()},
         "two_processes_mcca": dist,
         "scaling_vs_one_process_mcca": {b: round(d["samples_per_second"] / base, 2) for b, d in dist.items()},
+        "prefetch": prefetch,
         "device": "cpu",
     })
 

@@ -19,7 +19,7 @@ from psrq.samples.build import build_samples
 from psrq.samples.layout import SamplesManifest
 from psrq.training.loop import TrainingError, load_checkpoint, resume, train_loop
 from psrq.training.optim import make_optimizer
-from psrq.training.readers import ShardError, make_reader
+from psrq.training.readers import ShardError, make_reader, prefetched
 from psrq.training.run import identity_and_folder
 from psrq.training.stage import train_stage
 
@@ -67,6 +67,69 @@ def test_petastorm_and_arrow_readers_give_the_same_batches_in_the_same_order(par
             assert len(peta) == len(arrow)
             for a, b in zip(arrow, peta):
                 assert set(a) == set(b) and all(np.array_equal(a[c], b[c]) and a[c].dtype == b[c].dtype for c in a)
+
+
+def _prefetch_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "psrq-prefetch"]
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_prefetched_batches_are_the_readers_in_its_order(parquet_dir, depth):
+    path, total = parquet_dir
+    direct = list(make_reader("arrow", path, ["id", "hist"], 50))
+    ahead = list(prefetched(make_reader("arrow", path, ["id", "hist"], 50), depth))
+    assert len(ahead) == len(direct) == -(-total // 50)
+    assert all(a.keys() == b.keys() and all(np.array_equal(a[c], b[c]) for c in a) for a, b in zip(ahead, direct))
+    assert not _prefetch_threads()
+
+
+def test_a_readers_error_is_raised_in_the_consumer_and_a_closed_prefetch_stops_reading():
+    def failing():
+        yield from ({"i": np.array([i])} for i in range(3))
+        raise ShardError("row group 4 of part-0.parquet is unreadable")
+
+    got = []
+    with pytest.raises(ShardError, match="row group 4 of part-0.parquet"):
+        for b in prefetched(failing(), 2):
+            got.append(int(b["i"][0]))
+    assert got == [0, 1, 2] and not _prefetch_threads()
+
+    state = {"read": 0, "closed": False}
+
+    def endless():
+        try:
+            while True:
+                state["read"] += 1
+                yield {"i": np.array([state["read"]])}
+        finally:
+            state["closed"] = True  # the reader's own cleanup ran (Petastorm's pool is stopped so)
+
+    source = prefetched(endless(), 2)
+    assert [int(next(source)["i"][0]) for _ in range(3)] == [1, 2, 3]
+    source.close()  # a run that stopped early
+    assert state["closed"] and state["read"] <= 3 + 2 + 1 and not _prefetch_threads()
+
+
+def test_prefetching_trains_the_same_weights(tmp_path):
+    """Reading ahead changes when a batch is read, not which: the same steps, losses and
+    weights as reading in the loop's thread (so it is no part of a run's identity)."""
+    from sample_rows import K, L, N, V, batch, write_split
+
+    write_split(tmp_path / "train", batch(3000, 0), row_group_size=300)
+    weights, losses = [], []
+    for depth in (0, 2):
+        torch.manual_seed(0)
+        model = build_model("mcca", V, K, L, N, 16, sparse=True)
+        opt = make_optimizer(model, 1e-2)
+        res = train_loop(model, lambda: make_reader("arrow", str(tmp_path / "train"), model.inputs + ["label"], 256), opt,
+                         torch.device("cpu"), max_steps=15, epochs=2, progress=False, prefetch=depth)
+        weights.append(model.state_dict())
+        losses.append(res.losses)
+    assert len(losses[0]) == 15 and losses[0] == losses[1]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not _prefetch_threads()
 
 
 @pytest.mark.real  # starts a process
@@ -286,6 +349,9 @@ def test_an_identical_rerun_is_already_done_and_any_changed_setting_trains(sampl
     assert again["status"] == "already done" and again["steps_this_run"] == 0 and again["steps"] == 5
     assert again["valid"] == first["valid"] and again["checkpoint"] == first["checkpoint"]
     assert again["identity"] == first["identity"]
+    # reading ahead or not trains the same weights (test_prefetching_trains_the_same_weights): the same run
+    unprefetched = train_stage(_with(cfg, prefetch=0), progress=False)
+    assert unprefetched["status"] == "already done" and unprefetched["identity"] == first["identity"]
     # every setting that changes the weights is a new run in its own folder
     for change in ({"lr": 0.5}, {"batch_size": 128}, {"max_steps": 6}, {"seed": 1}, {"dim": 32}, {"reader": "petastorm"},
                    {"sparse": False}, {"table_optimizer": "adam"}, {"table_lr": 0.1}):

@@ -237,6 +237,9 @@ class TrainConf(_Strict):
     reader: Literal["petastorm", "arrow"] = "petastorm"
     num_proc: int = Field(2, ge=1)
     batch_size: int = Field(512, ge=1)
+    # batches read ahead on a background thread while a step runs (0: none); the same batches
+    # in the same order either way, so not part of a run's identity
+    prefetch: int = Field(2, ge=0)
     lr: float = Field(5e-4, gt=0)
     dim: int = Field(64, ge=1)
     # model-specific settings, e.g. simtier_make: {tiers: 10, make: true, make_lr_scale: 4.0}

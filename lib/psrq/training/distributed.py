@@ -47,7 +47,8 @@ def worker_job(*, model: dict, path: str, lr: float, batch_size: int, reader: st
                checkpoint_dir: str | None = None, checkpoint_every: int = 0, max_steps: int | None = None,
                meta: dict | None = None, content: str | None = None, device: str = "cpu",
                precision: str = "auto", weight_decay: float = 0.0, epochs: int = 1, eval_every: int = 0,
-               patience: int = 0, valid_path: str | None = None, statistics: str | None = None) -> dict:
+               patience: int = 0, valid_path: str | None = None, statistics: str | None = None,
+               prefetch: int = 0) -> dict:
     """What every rank receives (plain values only): model is build_model's arguments, path
     the training split, checkpoint_dir None for a run that keeps no checkpoint, valid_path
     the split rank 0 validates on (None: no validation), statistics the priors' file."""
@@ -56,7 +57,7 @@ def worker_job(*, model: dict, path: str, lr: float, batch_size: int, reader: st
             "checkpoint_every": checkpoint_every, "max_steps": max_steps, "meta": meta or {}, "content": content,
             "device": device, "precision": precision, "weight_decay": weight_decay, "epochs": epochs,
             "eval_every": eval_every, "patience": patience, "valid_path": valid_path, "statistics": statistics,
-            "fs": fs.current()}
+            "prefetch": prefetch, "fs": fs.current()}
 
 
 def _where() -> dict:
@@ -131,6 +132,7 @@ def loop_args(job: dict, rank: int, reader, device: torch.device, agree_max, sto
             "max_steps": job.get("max_steps"), "progress": False, "epoch_steps": epoch_steps(job, reader, agree_max),
             "amp_dtype": autocast_dtype(job["precision"], device), "epochs": job.get("epochs", 1),
             "eval_every": job.get("eval_every", 0), "validate": validate, "stopping": stopping,
+            "prefetch": job.get("prefetch", 0),
             "agree": lambda flag: int(agree_max(flag))}
 
 

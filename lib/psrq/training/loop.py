@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -34,6 +35,7 @@ from psrq.models.base import LOGITS, Ranker
 from psrq.storage import fs
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.optim import gradient_bytes
+from psrq.training.readers import prefetched
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -280,6 +282,7 @@ def train_loop(
     eval_every: int = 0,
     stopping: Optional[EarlyStopping] = None,
     agree: Optional[Callable[[int], int]] = None,
+    prefetch: int = 0,
 ) -> TrainResult:
     """Up to `epochs` passes over `batches()` (called once per epoch), skipping the first
     `start_step` steps (a resumed run; see `resume`). Checkpoints go to checkpoint_dir
@@ -296,7 +299,8 @@ def train_loop(
     steps, else at each epoch's end, and after the last step) on the process that decides
     (rank 0); `stopping` records them and says when to stop; agree(flag) -> the flag's
     maximum over the ranks (every rank calls it at every validation point, so all stop at
-    the same step; None in one process)."""
+    the same step; None in one process). prefetch: batches read ahead on a background
+    thread (readers.prefetched; the same batches in the same order)."""
     meta = meta or {}
     start = start_step
     state_model = state_model or model
@@ -339,44 +343,46 @@ def train_loop(
         if epoch_steps is not None and start >= step + epoch_steps:
             step += epoch_steps  # trained before the resume: skipped without reading it
             continue
-        stream = padded(batches(), epoch_steps) if epoch_steps is not None else ((b, True) for b in batches())
-        for batch, own in stream:
-            if step >= limit:
-                break
-            if step < start:  # already trained before the resume: same order, so skip
+        with closing(prefetched(batches(), prefetch)) as source:
+            stream = padded(source, epoch_steps) if epoch_steps is not None else ((b, True) for b in source)
+            for batch, own in stream:
+                if step >= limit:
+                    break
+                if step < start:  # already trained before the resume: same order, so skip
+                    step += 1
+                    continue
+                t_step = time.perf_counter()
+                data = to_tensors(batch, device)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss = batch_loss(model, state_model, data)
+                if not torch.isfinite(loss):
+                    where = (f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir
+                             else "no checkpoint")
+                    raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
+                opt.zero_grad()
+                (loss if own else loss * 0.0).backward()
+                grad_bytes += gradient_bytes(state_model)
+                opt.step()
+                step_seconds.append(time.perf_counter() - t_step)
                 step += 1
-                continue
-            t_step = time.perf_counter()
-            data = to_tensors(batch, device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = batch_loss(model, state_model, data)
-            if not torch.isfinite(loss):
-                where = f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
-                raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
-            opt.zero_grad()
-            (loss if own else loss * 0.0).backward()
-            grad_bytes += gradient_bytes(state_model)
-            opt.step()
-            step_seconds.append(time.perf_counter() - t_step)
-            step += 1
-            if own:
-                samples += len(batch["label"])
-                losses.append(float(loss.item()))
-                since_check.append(losses[-1])
-            else:
-                pads += 1
-            elapsed = time.perf_counter() - t0
-            bar.update(1)
-            if losses:
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
-            end_of_epoch = epoch_steps is not None and step % epoch_steps == 0
-            if (eval_every and step % eval_every == 0) or (not eval_every and end_of_epoch) or step == limit:
-                stop = check(epoch)
-            if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
-                last_good, unsaved = step, False
-            if stop:
-                break
+                if own:
+                    samples += len(batch["label"])
+                    losses.append(float(loss.item()))
+                    since_check.append(losses[-1])
+                else:
+                    pads += 1
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                if losses:
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
+                end_of_epoch = epoch_steps is not None and step % epoch_steps == 0
+                if (eval_every and step % eval_every == 0) or (not eval_every and end_of_epoch) or step == limit:
+                    stop = check(epoch)
+                if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
+                    save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
+                    last_good, unsaved = step, False
+                if stop:
+                    break
         if not stop and step > checked and step > start:  # an epoch of unknown length ended
             stop = check(epoch)
     bar.close()

@@ -5,7 +5,10 @@ one smaller): `arrow` (pyarrow, reads row groups directly) and `petastorm`
 (make_batch_reader with the same sharding)."""
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +148,64 @@ class PetastormReader:
 
 
 READERS = {"arrow": ArrowReader, "petastorm": PetastormReader}
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def prefetched(batches: Iterable[dict], depth: int) -> Iterator[dict]:
+    """The batches, in their order, read up to `depth` ahead on a background thread, so that
+    reading and converting the next batches overlaps the step (on a GPU the step mostly
+    waits on the device). depth 0: read in the caller's thread. A reader's error is raised
+    here, in the caller; closing this generator (a run that stops before its data ends)
+    stops the thread and closes the reader in it."""
+    if depth <= 0:
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(batches)
+        try:
+            for batch in source:
+                if not put(batch):
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(_Failed(exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="psrq-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_reader(kind: str, path: str, columns: list[str], batch_size: int, rank: int = 0, world: int = 1):

@@ -105,7 +105,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         res = train_loop(model, lambda: iter(reader), opt, device, ckpt_dir, tc.checkpoint_every, meta, tc.max_steps,
                          start, progress=progress, epoch_steps=batch_count(reader.rows, tc.batch_size),
                          amp_dtype=autocast_dtype(tc.precision, device), epochs=tc.epochs, eval_every=tc.eval_every,
-                         validate=validator(tc.reader, valid_path, device),
+                         validate=validator(tc.reader, valid_path, device), prefetch=tc.prefetch,
                          stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
                   "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision}]
@@ -146,7 +146,8 @@ def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckp
                      seed=tc.seed, table_optimizer=tc.table_optimizer, table_lr=tc.table_lr, checkpoint_dir=ckpt_dir,
                      checkpoint_every=tc.checkpoint_every, max_steps=tc.max_steps, meta=meta, content=content_path,
                      device=tc.device, precision=tc.precision, weight_decay=tc.weight_decay, epochs=tc.epochs,
-                     eval_every=tc.eval_every, patience=tc.patience, valid_path=man.split_path("valid"), statistics=stats)
+                     eval_every=tc.eval_every, patience=tc.patience, valid_path=man.split_path("valid"), statistics=stats,
+                     prefetch=tc.prefetch)
     from psrq.training.distributed import run_horovod, run_torch_distributor
     from psrq.training.readers import row_groups, shard
 
