@@ -89,6 +89,28 @@ def test_seeding_with_the_points_in_torch_draws_what_the_host_draws():
     assert np.array_equal(kmeans_pp(same, 5, 0, torch.from_numpy(same)), kmeans_pp(same, 5, 0))
 
 
+def test_faiss_gpu_seeds_with_torch_on_the_gpu_and_draws_the_hosts_seeds(monkeypatch):
+    """faiss-gpu's k-means++ seeding computes its distances with torch on the GPU where torch
+    sees one (gpu_points; here substituted by the points as a CPU tensor, and faiss's fit by
+    a recorder): the same seeds as the host's; where torch sees no GPU it seeds on the host."""
+    import torch
+
+    from psrq.quant import kmeans
+
+    x = np.random.default_rng(4).integers(-8, 9, size=(400, 6)).astype(np.float32)
+    handed = {}
+    monkeypatch.setattr(kmeans, "resolve_backend", lambda backend, device: "faiss-gpu")
+    monkeypatch.setattr(kmeans, "_faiss", lambda x, spec, init, gpu: handed.update(init=init, gpu=gpu) or init)
+    used = []
+    monkeypatch.setattr(kmeans, "gpu_points", lambda x: used.append(len(x)) or torch.from_numpy(x))
+    fit_kmeans(x, KMeansSpec(k=12, seed=3))
+    assert used == [400] and handed["gpu"] is True
+    assert np.array_equal(handed["init"], kmeans.kmeans_pp(x, 12, 3))
+    monkeypatch.undo()
+    if not kmeans.torch_cuda():
+        assert kmeans.gpu_points(x) is None  # no CUDA for torch: the host seeds
+
+
 def test_cluster_sums_in_a_fixed_order_equal_index_add():
     """The GPU's ordered sums (a one-hot product, run here on the CPU) are the per-cluster
     sums, with empty clusters at zero. (That they are the same bits on every run matters on a
