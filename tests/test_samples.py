@@ -1,5 +1,6 @@
 """Training samples: history sequences by hand, and the Spark job end to end (no leakage)."""
 import json
+import os
 from datetime import datetime, timezone
 
 import numpy as np
@@ -160,10 +161,11 @@ def test_content_features_cover_the_catalogue(spark, small_pipeline):
 
 def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tmp_path):
     """The same data laid out otherwise (the interactions in several files instead of one) and
-    built with other shuffle settings and another number of per-user grouping tasks: the same
-    rows in the same order, so a model trains on the same batches (validation AUCs within
-    0.005, here equal)."""
-    from psrq.training.readers import ArrowReader
+    built with other shuffle settings, another number of per-user grouping tasks and later in
+    the session: the same rows in the same order, in the same files and row groups, so every
+    data-parallel rank (they shard by row group) trains on the same batches, and one process
+    too (validation AUCs within 0.005, here equal)."""
+    from psrq.training.readers import ArrowReader, row_groups
     from psrq.training.stage import train_stage
 
     cfg, info = small_pipeline
@@ -183,6 +185,15 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tm
     for split in ("train", "valid"):
         a, b = (pq.read_table(i["splits"][split]["path"]).to_pandas() for i in (info, again))
         assert len(a) == info["splits"][split]["rows"] and a.equals(b), split
+        layouts = [[(g.index, g.rows) for g in row_groups(i["splits"][split]["path"])] for i in (info, again)]
+        assert layouts[0] == layouts[1], split
+    # the train split in several files: their boundaries are what moved before
+    assert len({os.path.basename(g.file) for g in row_groups(info["splits"]["train"]["path"])}) > 1
+    for world in (2, 3):
+        for rank in range(world):
+            a, b = ([x["item_idx"].tolist() for x in ArrowReader(i["splits"]["train"]["path"], ["item_idx"], 64, rank, world)]
+                    for i in (info, again))
+            assert a == b, (rank, world)
     # the order mixes users and time (a seeded shuffle, not grouped by user)
     train = pq.read_table(info["splits"]["train"]["path"]).to_pandas()
     assert (train.user_id.diff() != 0).mean() > 0.9

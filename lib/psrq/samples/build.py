@@ -73,18 +73,33 @@ def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err
     return out
 
 
-def in_seeded_order(df: DataFrame, seed: int) -> DataFrame:
-    """The rows sorted by a seeded hash of the event: an order that mixes users and time,
-    and does not depend on how many partitions built them (two builds with any shuffle
-    settings write the same rows in the same order, so a model trains on the same batches).
-    The sort's range partitions are sized by adaptive execution, not by a fixed count."""
-    key = F.xxhash64(F.lit(seed), "user_id", ITEM_ID, F.unix_micros("ts"), "label")
-    return df.withColumn("_order", key).orderBy("_order", "user_id", ITEM_ID, "ts", "label").drop("_order")
+TIE_BREAK = ("user_id", ITEM_ID, "ts", "label")
 
 
-def arrow_row_bytes(df: DataFrame, probe_rows: int = 2048) -> float:
-    """Uncompressed bytes per row, measured on a few rows (the samples' widths are fixed)."""
-    t = df.limit(probe_rows).toArrow()
+def seeded_key(seed: int):
+    """A seeded hash of the event (a sample row): the order the splits are written in."""
+    return F.xxhash64(F.lit(seed), "user_id", ITEM_ID, F.unix_micros("ts"), "label")
+
+
+def in_seeded_order(df: DataFrame, seed: int, files: int) -> DataFrame:
+    """The rows spread over `files` partitions (one Parquet file each) by a seeded hash of
+    the event and sorted by it within each: an order that mixes users and time, and a layout
+    (which rows go to which file, and so to which row group and training process) that
+    depends on the rows alone, not on how many partitions built them nor on the session that
+    wrote them. (A global sort did not do that: its range bounds come from a sample whose
+    seed follows the session's RDD count, so the files split the same order elsewhere, and
+    Horovod's ranks, which shard by row group, trained on other batches.) An explicit count
+    is a hash shuffle that adaptive execution leaves as it is."""
+    return (df.withColumn("_order", seeded_key(seed)).repartition(files, "_order")
+            .sortWithinPartitions("_order", *TIE_BREAK).drop("_order"))
+
+
+def arrow_row_bytes(df: DataFrame, seed: int, probe_rows: int = 2048) -> float:
+    """Uncompressed bytes per row, measured on a few rows (the samples' widths are fixed):
+    the first of the seeded order, the same whatever the partitioning (Arrow's validity
+    buffers follow the rows probed, and the row-group size that follows must not move)."""
+    t = (df.withColumn("_order", seeded_key(seed)).orderBy("_order", *TIE_BREAK).limit(probe_rows)
+         .drop("_order").toArrow())
     return t.nbytes / max(t.num_rows, 1)
 
 
@@ -93,6 +108,14 @@ def row_group_bytes(rows: int, row_bytes: float, row_group_mb: int, min_row_grou
     fewer than min_row_groups groups (each training process reads whole row groups)."""
     whole = int(rows * row_bytes)
     return max(64 * 1024, min(row_group_mb * 2**20, whole // max(min_row_groups, 1)))
+
+
+ROW_GROUPS_PER_FILE = 8
+
+
+def file_count(rows: int, row_bytes: float, block: int) -> int:
+    """Files of a split: about ROW_GROUPS_PER_FILE row groups of `block` bytes each."""
+    return max(1, -(-int(rows * row_bytes) // (block * ROW_GROUPS_PER_FILE)))
 
 
 def grouping_partitions(events: int, events_per_task: int, cores: int) -> int:
@@ -253,16 +276,18 @@ def histories(spark: SparkSession, cfg: Config, src: Sources, split: Split, even
 
 
 def write_splits(cfg: Config, samples: DataFrame) -> dict:
-    """Each split as Parquet in a seeded random order, row groups sized by bytes."""
+    """Each split as Parquet in a seeded random order, row groups sized by bytes, files by
+    their number of row groups."""
     sc = cfg.samples
     counts_by_split = {r["split"]: r["count"] for r in samples.groupBy("split").count().collect()}
-    row_bytes = arrow_row_bytes(samples.drop("split"))
+    row_bytes = arrow_row_bytes(samples.drop("split"), sc.order_seed)
     out = {}
     for split in SPLITS:
         path = fs.join(cfg.samples_root(), split)
         rows = counts_by_split.get(split, 0)
         block = row_group_bytes(rows, row_bytes, sc.row_group_mb, sc.min_row_groups)
-        (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), sc.order_seed)
+        files = file_count(rows, row_bytes, block)
+        (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), sc.order_seed, files)
          .write.mode("overwrite").option("parquet.block.size", block).parquet(fs.spark_uri(path)))
-        out[split] = {"path": path, "rows": rows, "row_group_bytes": block}
+        out[split] = {"path": path, "rows": rows, "row_group_bytes": block, "files": files}
     return out

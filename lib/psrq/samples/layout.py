@@ -103,7 +103,7 @@ class SamplesManifest:
     spaces: tuple
     history_len: int
     vocab_size: int
-    splits: dict          # split -> {"path", "rows"}
+    splits: dict          # split -> {"path", "rows", "row_group_bytes", "files"}
     source_versions: dict
     split_from_us: dict
     content: Optional[dict]
