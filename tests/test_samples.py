@@ -159,6 +159,24 @@ def test_content_features_cover_the_catalogue(spark, small_pipeline):
     assert info["content"]["qarm_pairs"] > 0
 
 
+def test_behaviour_pairs_are_the_same_whatever_the_partitioning(spark):
+    """QARM's pairs (each positive and the user's next one), sorted; above max_pairs the same
+    seeded subset from 1 partition and from 5."""
+    from psrq.samples.content_spark import behaviour_pairs
+
+    rng = np.random.default_rng(0)
+    rows = [(int(u), datetime.fromtimestamp(1_700_000_000 + int(t), timezone.utc), int(i), 1)
+            for u, t, i in zip(rng.integers(0, 40, 3000), rng.integers(0, 10**6, 3000), rng.integers(0, 200, 3000))]
+    train = spark.createDataFrame(rows, "user_id long, ts timestamp, item_id long, label int")
+    cat = spark.createDataFrame([(i, i + 1) for i in range(200)], "item_id long, content_idx int")
+    whole = {n: behaviour_pairs(train.repartition(n), cat.repartition(n), 10**6, 0) for n in (1, 5)}
+    assert len(whole[1]) > 2000 and np.array_equal(whole[1], whole[5])
+    assert (np.diff(whole[1][:, 0]) >= 0).all() and (whole[1][:, 0] != whole[1][:, 1]).all()
+    part = {n: behaviour_pairs(train.repartition(n), cat.repartition(n), 500, 3) for n in (1, 5)}
+    assert len(part[1]) == 500 and np.array_equal(part[1], part[5])
+    assert not np.array_equal(part[1], behaviour_pairs(train, cat, 500, 4))  # another seed, another subset
+
+
 def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tmp_path):
     """The same data laid out otherwise (the interactions in several files instead of one) and
     built with other shuffle settings, another number of per-user grouping tasks and later in
@@ -175,18 +193,27 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tm
     path = other.table_path("interactions")
     rewritten = engine.write(engine.read(path).repartition(5), path, "overwrite")
     assert (rewritten.files_removed, rewritten.files_added) == (1, 5)
-    key = "spark.sql.shuffle.partitions"
-    before = spark.conf.get(key)
-    spark.conf.set(key, "7")
+    # 7 shuffle partitions that adaptive execution may not merge: the first build's were merged into 1
+    settings = {"spark.sql.shuffle.partitions": "7", "spark.sql.adaptive.coalescePartitions.enabled": "false"}
+    before = {k: spark.conf.get(k) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
     try:
         again = build_samples(spark, other)
     finally:
-        spark.conf.set(key, before)
+        for k, v in before.items():
+            spark.conf.set(k, v)
     for split in ("train", "valid"):
         a, b = (pq.read_table(i["splits"][split]["path"]).to_pandas() for i in (info, again))
         assert len(a) == info["splits"][split]["rows"] and a.equals(b), split
         layouts = [[(g.index, g.rows) for g in row_groups(i["splits"][split]["path"])] for i in (info, again)]
         assert layouts[0] == layouts[1], split
+    # the content features too: QARM's codes are aligned on behaviour pairs drawn at random
+    from psrq.samples.content import read_content_bytes
+
+    assert info["content"]["qarm_pairs"] > 100
+    assert read_content_bytes(f"{cfg.samples.path}/content.safetensors") == read_content_bytes(
+        f"{other.samples.path}/content.safetensors")
     # the train split in several files: their boundaries are what moved before
     assert len({os.path.basename(g.file) for g in row_groups(info["splits"]["train"]["path"])}) > 1
     for world in (2, 3):

@@ -49,16 +49,22 @@ def _reduced(items: DataFrame, cfg: Config) -> DataFrame:
 
 def behaviour_pairs(train: DataFrame, cat: DataFrame, max_pairs: int, seed: int) -> np.ndarray:
     """(content_idx of a positive, content_idx of the user's next positive) from the train
-    split, a seeded sample of at most max_pairs."""
+    split: above max_pairs, the max_pairs with the smallest seeded hash of the event; sorted,
+    so that the alignment, which draws batches from them at random, gets the same array
+    whatever the partitioning (collected as they came, their order followed the shuffle's
+    partitions, and Spark's sample is seeded per partition)."""
     pos = train.filter(F.col("label") == 1).join(cat, ITEM_ID)
     w = Window.partitionBy("user_id").orderBy("ts", ITEM_ID)
-    pairs = pos.select(F.lag("content_idx").over(w).alias("a"), F.col("content_idx").alias("b")).filter(
-        F.col("a").isNotNull() & (F.col("a") != F.col("b")))
-    n = pairs.count()
-    if n > max_pairs:
-        pairs = pairs.sample(False, min(1.0, 1.2 * max_pairs / n), seed).limit(max_pairs)
-    t = pairs.toArrow()
-    return np.stack([np.asarray(t.column("a")), np.asarray(t.column("b"))], axis=1) if t.num_rows else np.zeros((0, 2), np.int64)
+    pairs = pos.select("user_id", "ts", ITEM_ID, F.lag("content_idx").over(w).alias("a"),
+                       F.col("content_idx").alias("b")).filter(F.col("a").isNotNull() & (F.col("a") != F.col("b")))
+    if pairs.count() > max_pairs:
+        key = F.xxhash64(F.lit(seed), "user_id", F.unix_micros("ts"), ITEM_ID)
+        pairs = pairs.orderBy(key, "user_id", "ts", ITEM_ID).limit(max_pairs)
+    t = pairs.select("a", "b").toArrow()
+    if not t.num_rows:
+        return np.zeros((0, 2), np.int64)
+    out = np.stack([np.asarray(t.column("a")), np.asarray(t.column("b"))], axis=1)
+    return out[np.lexsort((out[:, 1], out[:, 0]))]
 
 
 def build_content(cfg: Config, items: DataFrame, cat: DataFrame, train: DataFrame) -> tuple[ContentFeatures, dict]:
