@@ -99,7 +99,7 @@ def two_process(backend: str, path: str, steps: int, spark) -> dict:
     from psrq.training.distributed import run_horovod, run_torch_distributor, worker_job
 
     job = worker_job(model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64,
-                            "sparse": True}, path=path, lr=1e-4, batch_size=512, max_steps=steps, prefetch=2)
+                            "sparse": True}, path=path, lr=1e-4, batch_size=512, max_steps=steps)
     ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(spark, job, 2)
     samples, secs = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     return {"processes": 2, "steps_per_rank": steps, "samples": samples, "seconds": round(secs, 2),

@@ -204,16 +204,21 @@ def test_the_gpu_node_command_lines_run_as_written(line):
 
 @pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
 def test_a_torch_distributor_rank_trains_on_the_cpu_without_library_warnings(sparse, tmp_path, monkeypatch):
-    """tests/test_cuda.py's rank on the CPU (world 1, Gloo, in this process): it trains, and
-    neither DDP nor anything else warns (DDP's deprecated broadcast_buffers warned in every
-    rank of every TorchDistributor training)."""
+    """tests/test_cuda.py's rank on the CPU (world 1, Gloo, in this process): it trains,
+    reading ahead as the job says (train.prefetch), and neither DDP nor anything else warns
+    (DDP's deprecated broadcast_buffers warned in every rank of every TorchDistributor
+    training)."""
     import warnings
 
     import numpy as np
     from sample_rows import ddp_job, world_of_one, write_split
 
+    from psrq.training import loop
     from psrq.training.distributed import ddp_worker
 
+    depths = []
+    real = loop.prefetched
+    monkeypatch.setattr(loop, "prefetched", lambda batches, depth: depths.append(depth) or real(batches, depth))
     world_of_one(monkeypatch)
     write_split(tmp_path / "train", batch(1024, 0))
     with warnings.catch_warnings(record=True) as caught:
@@ -222,3 +227,4 @@ def test_a_torch_distributor_rank_trains_on_the_cpu_without_library_warnings(spa
     assert summary["device"] == "cpu" and summary["world"] == 1 and summary["steps"] == 4 and summary["rows"] == 1024
     assert np.isfinite(summary["last_loss"])
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert depths == [2]  # worker_job's default, as train.prefetch's

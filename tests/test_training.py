@@ -106,6 +106,14 @@ def test_a_readers_error_is_raised_in_the_consumer_and_a_closed_prefetch_stops_r
         finally:
             state["closed"] = True  # the reader's own cleanup ran (Petastorm's pool is stopped so)
 
+    class Unstartable:
+        def __iter__(self):
+            raise ShardError("no Parquet files under s3://music/samples/train")
+
+    with pytest.raises(ShardError, match="no Parquet files under s3://music"):  # at once, not a hang
+        next(prefetched(Unstartable(), 2))
+    assert not _prefetch_threads()
+
     source = prefetched(endless(), 2)
     assert [int(next(source)["i"][0]) for _ in range(3)] == [1, 2, 3]
     source.close()  # a run that stopped early
@@ -117,16 +125,25 @@ def test_prefetching_trains_the_same_weights(tmp_path):
     weights as reading in the loop's thread (so it is no part of a run's identity)."""
     from sample_rows import K, L, N, V, batch, write_split
 
+    import threading
+
     write_split(tmp_path / "train", batch(3000, 0), row_group_size=300)
-    weights, losses = [], []
+    weights, losses, readers = [], [], []
+
+    def read(model):  # the reader's batches, noting the thread that read them
+        for b in make_reader("arrow", str(tmp_path / "train"), model.inputs + ["label"], 256):
+            readers[-1].add(threading.current_thread().name)
+            yield b
     for depth in (0, 2):
         torch.manual_seed(0)
         model = build_model("mcca", V, K, L, N, 16, sparse=True)
         opt = make_optimizer(model, 1e-2)
-        res = train_loop(model, lambda: make_reader("arrow", str(tmp_path / "train"), model.inputs + ["label"], 256), opt,
-                         torch.device("cpu"), max_steps=15, epochs=2, progress=False, prefetch=depth)
+        readers.append(set())
+        res = train_loop(model, lambda: read(model), opt, torch.device("cpu"), max_steps=15, epochs=2, progress=False,
+                         prefetch=depth)
         weights.append(model.state_dict())
         losses.append(res.losses)
+    assert readers == [{threading.main_thread().name}, {"psrq-prefetch"}]
     assert len(losses[0]) == 15 and losses[0] == losses[1]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not _prefetch_threads()

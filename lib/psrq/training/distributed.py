@@ -48,10 +48,11 @@ def worker_job(*, model: dict, path: str, lr: float, batch_size: int, reader: st
                meta: dict | None = None, content: str | None = None, device: str = "cpu",
                precision: str = "auto", weight_decay: float = 0.0, epochs: int = 1, eval_every: int = 0,
                patience: int = 0, valid_path: str | None = None, statistics: str | None = None,
-               prefetch: int = 0) -> dict:
+               prefetch: int = 2) -> dict:
     """What every rank receives (plain values only): model is build_model's arguments, path
     the training split, checkpoint_dir None for a run that keeps no checkpoint, valid_path
-    the split rank 0 validates on (None: no validation), statistics the priors' file."""
+    the split rank 0 validates on (None: no validation), statistics the priors' file,
+    prefetch the batches each rank reads ahead (train.prefetch)."""
     return {"model": model, "path": path, "lr": lr, "batch_size": batch_size, "reader": reader, "seed": seed,
             "table_optimizer": table_optimizer, "table_lr": table_lr, "checkpoint_dir": checkpoint_dir,
             "checkpoint_every": checkpoint_every, "max_steps": max_steps, "meta": meta or {}, "content": content,
@@ -132,7 +133,7 @@ def loop_args(job: dict, rank: int, reader, device: torch.device, agree_max, sto
             "max_steps": job.get("max_steps"), "progress": False, "epoch_steps": epoch_steps(job, reader, agree_max),
             "amp_dtype": autocast_dtype(job["precision"], device), "epochs": job.get("epochs", 1),
             "eval_every": job.get("eval_every", 0), "validate": validate, "stopping": stopping,
-            "prefetch": job.get("prefetch", 0),
+            "prefetch": job["prefetch"],
             "agree": lambda flag: int(agree_max(flag))}
 
 

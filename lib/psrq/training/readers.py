@@ -5,6 +5,7 @@ one smaller): `arrow` (pyarrow, reads row groups directly) and `petastorm`
 (make_batch_reader with the same sharding)."""
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import warnings
@@ -22,6 +23,9 @@ from psrq.storage import fs
 # FutureWarning (a dozen per rank per reader); silenced here, at their source, in every
 # process that reads samples. Our own code's warnings are untouched.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+
+log = logging.getLogger(__name__)
+
 
 class ShardError(PsrqError):
     """A rank would get no data, or the data cannot be sharded as asked."""
@@ -158,15 +162,16 @@ class _Failed:
 _END = object()
 
 
-def prefetched(batches: Iterable[dict], depth: int) -> Iterator[dict]:
-    """The batches, in their order, read up to `depth` ahead on a background thread, so that
-    reading and converting the next batches overlaps the step (on a GPU the step mostly
-    waits on the device). depth 0: read in the caller's thread. A reader's error is raised
-    here, in the caller; closing this generator (a run that stops before its data ends)
-    stops the thread and closes the reader in it."""
+def prefetched(batches: Iterable[dict], depth: int, join_seconds: float = 60.0) -> Iterator[dict]:
+    """The batches, in their order, read ahead on a background thread (`depth` waiting, one
+    more being read), so that reading and converting the next batches overlaps the step (on
+    a GPU the step mostly waits on the device). depth 0: read in the caller's thread. A
+    reader's error is raised here, in the caller; closing this generator (a run that stops
+    before its data ends) stops the thread and closes the reader in it."""
     if depth <= 0:
         yield from batches
         return
+    source = iter(batches)  # here: a reader that cannot start fails in the caller, not in the thread
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -180,7 +185,6 @@ def prefetched(batches: Iterable[dict], depth: int) -> Iterator[dict]:
         return False
 
     def produce() -> None:
-        source = iter(batches)
         try:
             for batch in source:
                 if not put(batch):
@@ -190,8 +194,11 @@ def prefetched(batches: Iterable[dict], depth: int) -> Iterator[dict]:
             put(_Failed(exc))
         finally:
             close = getattr(source, "close", None)
-            if close is not None:
-                close()
+            try:
+                if close is not None:
+                    close()
+            except Exception as exc:  # noqa: BLE001 - the batches were delivered; say so, do not fail the run
+                log.warning("closing the reader after prefetching failed: %r", exc)
 
     thread = threading.Thread(target=produce, name="psrq-prefetch", daemon=True)
     thread.start()
@@ -205,7 +212,9 @@ def prefetched(batches: Iterable[dict], depth: int) -> Iterator[dict]:
             yield item
     finally:
         stop.set()
-        thread.join()
+        thread.join(join_seconds)
+        if thread.is_alive():  # a read that does not return (storage retrying): the daemon thread is left to it
+            log.warning("the prefetching thread is still reading after %.0f s; left to finish on its own", join_seconds)
 
 
 def make_reader(kind: str, path: str, columns: list[str], batch_size: int, rank: int = 0, world: int = 1):
