@@ -4,8 +4,10 @@ through the documented launcher (`python -m psrq.submit`) from a working directo
 not the repository, with the package zip `make package` builds and executors whose Python
 sits at another path than the driver's; the semantic IDs must equal a local-mode run's.
 The nodes hold the object store's credentials in their environment, as instance settings
-would: one demo keeps everything on a local S3 endpoint (tests/s3_endpoint.py), and the
-secret must show up in no output or log of the driver, master, workers or executors.
+would (the executors' Python inherits them; Spark's s3a gets the driver's, which Spark
+copies into the Hadoop configuration): one demo keeps everything on a local S3 endpoint
+(tests/s3_endpoint.py), and the secret must show up in no output or log of the driver,
+master, workers or executors.
 The cluster is stopped by the PIDs this test started."""
 from __future__ import annotations
 
@@ -161,7 +163,7 @@ def test_demo_with_delta_spark_on_s3_through_the_launcher(submit, s3, cluster, t
     # the master's and workers' logs, each executor's stdout and stderr
     _, logs = cluster
     outputs = [f for f in logs.parent.rglob("*") if f.name in ("stdout", "stderr") or f.suffix == ".log"]
-    assert len(outputs) >= 3 + 2 * 2  # master, 2 workers; this application's executors and the one before
+    assert len(outputs) >= 3 + 2 * 2  # master and 2 workers' logs; 2 executors' stdout and stderr at least
     assert not [str(f) for f in outputs if SECRET in f.read_text(errors="replace")]
     print("cluster seconds (delta-spark demo on S3):", doc["_seconds"], doc["timings"])
 

@@ -159,6 +159,18 @@ def test_content_features_cover_the_catalogue(spark, small_pipeline):
     assert info["content"]["qarm_pairs"] > 0
 
 
+def test_split_files_hold_about_eight_row_groups():
+    from psrq.samples.build import ROW_GROUPS_PER_FILE, file_count, row_group_bytes
+
+    assert file_count(0, 600.0, row_group_bytes(0, 600.0, 8, 16)) == 1  # an empty split: one (empty) partition
+    for rows in (3_000, 64_231, 10_000_000):
+        block = row_group_bytes(rows, 600.0, 8, 16)
+        files = file_count(rows, 600.0, block)
+        groups_per_file = rows * 600.0 / block / files
+        assert ROW_GROUPS_PER_FILE / 2 < groups_per_file <= ROW_GROUPS_PER_FILE or files == 1, (rows, files)
+    assert file_count(10_000_000, 600.0, 8 * 2**20) == 90  # 6 GB in 8 MB row groups: 90 files of ~64 MB
+
+
 def test_behaviour_pairs_are_the_same_whatever_the_partitioning(spark):
     """QARM's pairs (each positive and the user's next one), sorted; above max_pairs the same
     seeded subset from 1 partition and from 5."""
@@ -214,8 +226,9 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tm
     assert info["content"]["qarm_pairs"] > 100
     assert read_content_bytes(f"{cfg.samples.path}/content.safetensors") == read_content_bytes(
         f"{other.samples.path}/content.safetensors")
-    # the train split in several files: their boundaries are what moved before
-    assert len({os.path.basename(g.file) for g in row_groups(info["splits"]["train"]["path"])}) > 1
+    # the train split in several files (their boundaries are what moved before), as many as the manifest says
+    written = {os.path.basename(g.file) for g in row_groups(info["splits"]["train"]["path"])}
+    assert len(written) == info["splits"]["train"]["files"] > 1
     for world in (2, 3):
         for rank in range(world):
             a, b = ([x["item_idx"].tolist() for x in ArrowReader(i["splits"]["train"]["path"], ["item_idx"], 64, rank, world)]

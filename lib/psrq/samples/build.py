@@ -114,7 +114,8 @@ ROW_GROUPS_PER_FILE = 8
 
 
 def file_count(rows: int, row_bytes: float, block: int) -> int:
-    """Files of a split: about ROW_GROUPS_PER_FILE row groups of `block` bytes each."""
+    """Files of a split: about ROW_GROUPS_PER_FILE row groups of `block` bytes each (a
+    partition that gets no row writes no file: a tiny split may have fewer)."""
     return max(1, -(-int(rows * row_bytes) // (block * ROW_GROUPS_PER_FILE)))
 
 
@@ -288,6 +289,8 @@ def write_splits(cfg: Config, samples: DataFrame) -> dict:
         block = row_group_bytes(rows, row_bytes, sc.row_group_mb, sc.min_row_groups)
         files = file_count(rows, row_bytes, block)
         (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), sc.order_seed, files)
-         .write.mode("overwrite").option("parquet.block.size", block).parquet(fs.spark_uri(path)))
+         .write.mode("overwrite").option("parquet.block.size", block)
+         .option("maxRecordsPerFile", 0)  # one file per partition, whatever spark.sql.files.maxRecordsPerFile says
+         .parquet(fs.spark_uri(path)))
         out[split] = {"path": path, "rows": rows, "row_group_bytes": block, "files": files}
     return out

@@ -57,10 +57,8 @@ def behaviour_pairs(train: DataFrame, cat: DataFrame, max_pairs: int, seed: int)
     w = Window.partitionBy("user_id").orderBy("ts", ITEM_ID)
     pairs = pos.select("user_id", "ts", ITEM_ID, F.lag("content_idx").over(w).alias("a"),
                        F.col("content_idx").alias("b")).filter(F.col("a").isNotNull() & (F.col("a") != F.col("b")))
-    if pairs.count() > max_pairs:
-        key = F.xxhash64(F.lit(seed), "user_id", F.unix_micros("ts"), ITEM_ID)
-        pairs = pairs.orderBy(key, "user_id", "ts", ITEM_ID).limit(max_pairs)
-    t = pairs.select("a", "b").toArrow()
+    key = F.xxhash64(F.lit(seed), "user_id", F.unix_micros("ts"), ITEM_ID)
+    t = pairs.orderBy(key, "user_id", "ts", ITEM_ID).limit(max_pairs).select("a", "b").toArrow()  # one top-k pass
     if not t.num_rows:
         return np.zeros((0, 2), np.int64)
     out = np.stack([np.asarray(t.column("a")), np.asarray(t.column("b"))], axis=1)
