@@ -219,6 +219,7 @@ def test_a_torch_distributor_rank_trains_on_the_cpu_without_library_warnings(spa
     depths = []
     real = loop.prefetched
     monkeypatch.setattr(loop, "prefetched", lambda batches, depth: depths.append(depth) or real(batches, depth))
+    wrappers_at_destroy = _count_ddp_wrappers_at_destroy(monkeypatch)
     world_of_one(monkeypatch)
     write_split(tmp_path / "train", batch(1024, 0))
     with warnings.catch_warnings(record=True) as caught:
@@ -228,3 +229,35 @@ def test_a_torch_distributor_rank_trains_on_the_cpu_without_library_warnings(spa
     assert np.isfinite(summary["last_loss"])
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     assert depths == [2]  # worker_job's default, as train.prefetch's
+    assert wrappers_at_destroy == [0]
+
+
+def _count_ddp_wrappers_at_destroy(monkeypatch) -> list[int]:
+    """How many DDP wrappers are alive each time the process group is destroyed: a wrapper
+    freed after it destroys the group under the GIL, which can hang a rank (ddp_worker)."""
+    import gc
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    counts = []
+    real = dist.destroy_process_group
+
+    def destroy(*args, **kwargs):
+        counts.append(sum(type(o) is DistributedDataParallel for o in gc.get_objects()))  # type(): no attribute lookups
+        return real(*args, **kwargs)
+    monkeypatch.setattr(dist, "destroy_process_group", destroy)
+    return counts
+
+
+def test_a_failing_torch_distributor_rank_frees_its_ddp_wrapper_before_its_process_group(tmp_path, monkeypatch):
+    from sample_rows import ddp_job, world_of_one
+
+    from psrq.training.distributed import ddp_worker
+    from psrq.training.readers import ShardError
+
+    wrappers_at_destroy = _count_ddp_wrappers_at_destroy(monkeypatch)
+    world_of_one(monkeypatch)
+    with pytest.raises(ShardError, match="no Parquet files under"):  # after the wrapper was made
+        ddp_worker(ddp_job(tmp_path / "nothing-here", True, "cpu"))
+    assert wrappers_at_destroy == [0]

@@ -212,6 +212,9 @@ def ddp_without_buffer_sync(model: torch.nn.Module):
 
 def ddp_worker(job: dict) -> list[dict]:
     """Runs in each TorchDistributor process; returns every rank's summary (from rank 0)."""
+    import gc
+    import traceback
+
     import torch.distributed as dist
 
     if job.get("gloo_ifname"):
@@ -221,26 +224,42 @@ def ddp_worker(job: dict) -> list[dict]:
         torch.cuda.set_device(device)
     dist.init_process_group(ddp_backend(device, job["model"].get("sparse", False)))
     try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        model, opt, start, stopping = _model_and_opt(job, device, dense_biases=True)
-        gathered = [None] * world
-        dist.all_gather_object(gathered, start)
-        start = same_start(gathered)
-        ddp = ddp_without_buffer_sync(model)
-        reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
-
-        def agree_max(n: int) -> int:
-            t = torch.tensor([n])
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            return int(t.item())
-
-        res = train_loop(ddp, lambda: iter(reader), opt, device, start_step=start, state_model=model,
-                         **loop_args(job, rank, reader, device, agree_max, stopping))
-        out = [None] * world
-        dist.all_gather_object(out, _summary(rank, world, res, model, reader, device))
-        return out
+        return _ddp_train(job, device)
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)  # their DDP wrapper must go first too (below)
+        raise
     finally:
+        # The DDP wrapper (its C++ Reducer) must be gone while the group registry still holds
+        # the process group: a Reducer freed afterwards destroys the group itself, holding the
+        # GIL, and Gloo's destructor waits for its worker threads, one of which may be freeing
+        # a collective's tensors and needs the GIL: the rank hung there (seen in the suite).
+        # destroy_process_group drops the group through its Python binding, which releases
+        # the GIL (pytorch/pytorch#154976).
+        gc.collect()
         dist.destroy_process_group()
+
+
+def _ddp_train(job: dict, device: torch.device) -> list[dict]:
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model, opt, start, stopping = _model_and_opt(job, device, dense_biases=True)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, start)
+    start = same_start(gathered)
+    ddp = ddp_without_buffer_sync(model)
+    reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
+
+    def agree_max(n: int) -> int:
+        t = torch.tensor([n])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    res = train_loop(ddp, lambda: iter(reader), opt, device, start_step=start, state_model=model,
+                     **loop_args(job, rank, reader, device, agree_max, stopping))
+    out = [None] * world
+    dist.all_gather_object(out, _summary(rank, world, res, model, reader, device))
+    return out
 
 
 def wants_gpu(device: str, spark, local: bool) -> bool:
