@@ -295,10 +295,12 @@ def test_content_baselines_learn_and_reach_cold_items(samples_cfg, runs):
 
 @pytest.mark.parametrize("backend,model,epochs", [("horovod", "mcca", 2), ("torch-distributor", "mcca", 2),
                                                  ("horovod", "simtier_make", 1)])
-def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend, model, epochs, capfd):
+def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_path, backend, model, epochs, capfd,
+                                                     monkeypatch):
     """simtier_make: parameter groups and an auxiliary loss under Horovod's optimizer. Two
     epochs: rank 0 validates at each epoch's end while the other rank waits, both pad their
     short shard in every epoch."""
+    monkeypatch.delenv("OMP_NUM_THREADS")  # as a driver has it (conftest sets it): the ranks' 1 comes from the backend
     cfg = _with(samples_cfg, backend=backend, num_proc=2, checkpoint_dir=str(tmp_path), batch_size=256, model=model,
                 epochs=epochs)
     omp = os.environ.get("OMP_NUM_THREADS")
