@@ -110,8 +110,10 @@ def fit_kmeans(x: np.ndarray, spec: KMeansSpec) -> np.ndarray:
             points = gpu_points(x) if gpu else None
             init = kmeans_pp(x, spec.k, spec.seed, points)
             if points is not None:
+                import torch
+
                 del points
-                release_gpu_cache()  # faiss allocates its own GPU memory: torch must not keep the sample's
+                torch.cuda.empty_cache()  # faiss allocates its own GPU memory: torch must not keep the sample's
         return _faiss(x, spec, init, gpu=gpu)
     return _torch(x, spec, None, device="cuda" if backend == "torch-cuda" else "cpu")
 
@@ -126,13 +128,6 @@ def gpu_points(x: np.ndarray):
     return torch.from_numpy(x).cuda()
 
 
-def release_gpu_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def kmeans_pp(x: np.ndarray, k: int, seed: int, points=None) -> np.ndarray:
     """k-means++ seeding: each next centroid drawn with probability ~ squared distance.
     Distances via |x|^2 - 2 x.c + |c|^2 (one matrix-vector product per centroid).
@@ -140,8 +135,9 @@ def kmeans_pp(x: np.ndarray, k: int, seed: int, points=None) -> np.ndarray:
     points: x as a torch tensor already on a GPU (torch-cuda k-means; faiss-gpu's through
     gpu_points). The k sequential passes over the sample then run there (on the host they
     took longer than the whole GPU fit: 4.6 s against 1.4 s at 262,144 x 1,536, K=256, on an
-    H200) and only each pass's n distances come back; the draws, running sums and minima stay on the host as for x, so
-    the seeds are the host's up to the rounding of the distances, and the same on every run."""
+    H200) and only each pass's n distances come back; the draws, running sums and minima
+    stay on the host as for x, so the seeds are the host's up to the rounding of the
+    distances, and the same on every run."""
     if points is None:
         sq = np.einsum("ij,ij->i", x, x)
 

@@ -81,6 +81,10 @@ def seeded_key(seed: int):
     return F.xxhash64(F.lit(seed), "user_id", ITEM_ID, F.unix_micros("ts"), "label")
 
 
+ORDER = "_order"  # the seeded key's column while rows are placed; dropped before writing
+SEEDED_ORDER = (ORDER, *TIE_BREAK)
+
+
 def in_seeded_order(df: DataFrame, seed: int, files: int) -> DataFrame:
     """The rows spread over `files` partitions (one Parquet file each) by a seeded hash of
     the event and sorted by it within each: an order that mixes users and time, and a layout
@@ -90,16 +94,15 @@ def in_seeded_order(df: DataFrame, seed: int, files: int) -> DataFrame:
     seed follows the session's RDD count, so the files split the same order elsewhere, and
     Horovod's ranks, which shard by row group, trained on other batches.) An explicit count
     is a hash shuffle that adaptive execution leaves as it is."""
-    return (df.withColumn("_order", seeded_key(seed)).repartition(files, "_order")
-            .sortWithinPartitions("_order", *TIE_BREAK).drop("_order"))
+    return (df.withColumn(ORDER, seeded_key(seed)).repartition(files, ORDER)
+            .sortWithinPartitions(*SEEDED_ORDER).drop(ORDER))
 
 
 def arrow_row_bytes(df: DataFrame, seed: int, probe_rows: int = 2048) -> float:
     """Uncompressed bytes per row, measured on a few rows (the samples' widths are fixed):
     the first of the seeded order, the same whatever the partitioning (Arrow's validity
     buffers follow the rows probed, and the row-group size that follows must not move)."""
-    t = (df.withColumn("_order", seeded_key(seed)).orderBy("_order", *TIE_BREAK).limit(probe_rows)
-         .drop("_order").toArrow())
+    t = df.withColumn(ORDER, seeded_key(seed)).orderBy(*SEEDED_ORDER).limit(probe_rows).drop(ORDER).toArrow()
     return t.nbytes / max(t.num_rows, 1)
 
 
