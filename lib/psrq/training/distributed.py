@@ -25,9 +25,11 @@ resumes from them (the checkpoint folder must be shared storage on a cluster).""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import sys
+import traceback
 
 import torch
 
@@ -212,9 +214,6 @@ def ddp_without_buffer_sync(model: torch.nn.Module):
 
 def ddp_worker(job: dict) -> list[dict]:
     """Runs in each TorchDistributor process; returns every rank's summary (from rank 0)."""
-    import gc
-    import traceback
-
     import torch.distributed as dist
 
     if job.get("gloo_ifname"):
