@@ -73,3 +73,12 @@ def test_fingerprint_follows_settings():
 def test_unknown_table_name():
     with pytest.raises(ConfigError, match="storage.tables.nope"):
         load_config("local", "synthetic_small").table_path("nope")
+
+
+def test_job_options_go_anywhere_on_the_line():
+    """--json (or --dataset) after the key=value overrides is taken, as before them."""
+    from psrq.cli import parse_args
+
+    a = parse_args("a job", ["storage.root=/x", "--json", "run.run_id=3", "--dataset", "movielens_100k"])
+    assert a.json and a.dataset == "movielens_100k" and a.overrides == ["storage.root=/x", "run.run_id=3"]
+

@@ -37,7 +37,7 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (only it: logs go to stderr)")
     p.add_argument("--master", default=None, help="Spark master (default: spark-submit's, else local[*])")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # options anywhere on the line, before or after key=value
 
 
 class Py4jRetryFilter(logging.Filter):
@@ -107,7 +107,9 @@ def _run(args, stage: Callable, writes: tuple[str, ...], needs_spark: bool) -> t
             t0 = time.time()
             spark = build_spark(cfg.spark, app_name(cfg, name), fs.spark_hadoop_conf())
             log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
+        t0 = time.time()
         result = stage(JobContext(name, cfg, spark))
+        log.info("%s done in %.1fs", name, time.time() - t0)
     except PsrqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, None
