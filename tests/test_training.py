@@ -149,6 +149,29 @@ def test_prefetching_trains_the_same_weights(tmp_path):
     assert not _prefetch_threads()
 
 
+def test_the_loop_tells_waiting_for_batches_from_steps(tmp_path):
+    """The time spent waiting for the reader is counted apart from the steps (what a GPU
+    benchmark needs to see whether reading keeps up)."""
+    from sample_rows import K, L, N, V, batch, write_split
+
+    import time as _time
+
+    write_split(tmp_path / "train", batch(1000, 0), row_group_size=100)
+
+    def slow(model):  # 30 ms per batch, far longer than a step of this model
+        for b in make_reader("arrow", str(tmp_path / "train"), model.inputs + ["label"], 100):
+            _time.sleep(0.03)
+            yield b
+    torch.manual_seed(0)
+    model = build_model("din", V, K, L, N, 8, sparse=True)
+    res = train_loop(model, lambda: slow(model), make_optimizer(model, 1e-2), torch.device("cpu"), max_steps=10,
+                     progress=False)
+    t = res.timing()
+    assert res.steps == 10 and t["wait_seconds"] >= 10 * 0.03 * 0.9
+    assert t["step_seconds_total"] == pytest.approx(sum(res.step_seconds), abs=1e-3)
+    assert t["wait_seconds"] + t["step_seconds_total"] <= res.seconds
+
+
 @pytest.mark.real  # starts a process
 def test_a_fresh_process_reads_with_petastorm_without_its_pyarrow_warnings(parquet_dir):
     """A rank is a fresh process: importing the readers silences Petastorm's FutureWarnings

@@ -109,7 +109,7 @@ def _summary(rank, world, res, model, reader, device) -> dict:
     return {"rank": rank, "world": world, "steps": res.steps, "samples": res.samples, "seconds": res.seconds,
             "last_loss": res.last_loss, "checksum": param_checksum(model), "rows": reader.rows,
             "padding_steps": res.padding_steps, "gradient_bytes": res.gradient_bytes,
-            "median_step_seconds": res.median_step_seconds,
+            "median_step_seconds": res.median_step_seconds, **res.timing(),
             "peak_rss_mb": peak_rss_mb(), "device": str(device), "precision": res.precision, **_where()}
 
 

@@ -57,6 +57,7 @@ class TrainResult:
     padding_steps: int = 0     # synchronised steps this rank took without data of its own
     gradient_bytes: float = 0  # mean bytes of gradient this rank contributed per step
     step_seconds: list = field(default_factory=list)  # wall time of each step taken
+    wait_seconds: float = 0.0  # time spent waiting for the next batch (the reader), between steps
     precision: str = "fp32"    # what the forward pass ran in (bf16 under autocast)
     stopping: Optional[EarlyStopping] = None  # the validations and the best step (with a validate callback)
 
@@ -67,6 +68,12 @@ class TrainResult:
     @property
     def samples_per_second(self) -> float:
         return self.samples / max(self.seconds, 1e-9)
+
+    def timing(self) -> dict:
+        """Where the loop's time went: in steps (tensors, forward, backward, the exchange,
+        the update) and waiting for the reader's next batch."""
+        return {"step_seconds_total": round(float(sum(self.step_seconds)), 3),
+                "wait_seconds": round(self.wait_seconds, 3)}
 
 
 def to_tensors(batch: dict, device: torch.device) -> dict:
@@ -306,7 +313,7 @@ def train_loop(
     state_model = state_model or model
     stopping = stopping or EarlyStopping()
     model.train()
-    step, samples, losses, pads, grad_bytes, step_seconds = 0, 0, [], 0, 0, []
+    step, samples, losses, pads, grad_bytes, step_seconds, waited = 0, 0, [], 0, 0, [], 0.0
     since_check: list[float] = []
     t0 = time.perf_counter()
     # a bar on a terminal only (disable=None); logs get the per-epoch validation lines
@@ -345,6 +352,7 @@ def train_loop(
             continue
         with closing(prefetched(batches(), prefetch)) as source:
             stream = padded(source, epoch_steps) if epoch_steps is not None else ((b, True) for b in source)
+            t_ready = time.perf_counter()
             for batch, own in stream:
                 if step >= limit:
                     break
@@ -352,6 +360,7 @@ def train_loop(
                     step += 1
                     continue
                 t_step = time.perf_counter()
+                waited += t_step - t_ready
                 data = to_tensors(batch, device)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     loss = batch_loss(model, state_model, data)
@@ -383,6 +392,7 @@ def train_loop(
                     last_good, unsaved = step, False
                 if stop:
                     break
+                t_ready = time.perf_counter()  # validations and checkpoints are not waiting for data
         if not stop and step > checked and step > start:  # an epoch of unknown length ended
             stop = check(epoch)
     bar.close()
@@ -390,8 +400,8 @@ def train_loop(
         save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
     taken = max(step - start, 0)
     return TrainResult(taken, samples, time.perf_counter() - t0, losses[-1] if losses else None, losses, pads,
-                       grad_bytes / max(taken, 1), step_seconds, "bf16" if amp_dtype == torch.bfloat16 else "fp32",
-                       stopping)
+                       grad_bytes / max(taken, 1), step_seconds, waited,
+                       "bf16" if amp_dtype == torch.bfloat16 else "fp32", stopping)
 
 
 def valid_metrics(model: torch.nn.Module, batches: Iterable[dict], device: torch.device) -> dict:

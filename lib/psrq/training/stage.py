@@ -108,7 +108,8 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
                          validate=validator(tc.reader, valid_path, device), prefetch=tc.prefetch,
                          stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
-                  "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision}]
+                  "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision,
+                  **res.timing()}]
     else:
         ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path, stats)
     final = load_checkpoint(ckpt_dir)  # rank 0's: the ranks were checked equal
