@@ -82,3 +82,7 @@ def test_job_options_go_anywhere_on_the_line():
     a = parse_args("a job", ["storage.root=/x", "--json", "run.run_id=3", "--dataset", "movielens_100k"])
     assert a.json and a.dataset == "movielens_100k" and a.overrides == ["storage.root=/x", "run.run_id=3"]
 
+
+def test_skew_shares_must_leave_room_for_the_other_users():
+    with pytest.raises(ConfigError, match="heavy_users"):
+        load_config("local", "synthetic_small", ["synthetic.heavy_users=[0.6,0.5]"])

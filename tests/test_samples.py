@@ -5,12 +5,13 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from psrq.errors import StorageError
 from psrq.samples.build import build_samples, split_cutoffs
-from psrq.samples.layout import event_histories, user_samples
+from psrq.samples.layout import event_histories, fixed_lists, user_samples
 from psrq.storage import open_engine
 
 from conftest import copy_pipeline
@@ -246,6 +247,26 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tm
     assert abs(runs[0]["valid"]["auc"] - runs[1]["valid"]["auc"]) < 0.005
 
 
+def test_events_of_items_without_codes_stop_the_build_before_any_write(spark, small_pipeline, tmp_path):
+    """An interaction whose item has no semantic ID of the codebook in use: an error naming
+    the items, and nothing committed (the vocabulary table keeps its version, no samples)."""
+    from psrq.errors import InputValidationError
+
+    cfg, _ = small_pipeline
+    other = copy_pipeline(cfg, tmp_path).with_overrides({"samples.path": str(tmp_path / "samples"), "run.run_id": 7})
+    engine = open_engine(spark, "delta-rs")
+    path = other.table_path("interactions")
+    from pyspark.sql import functions as F
+
+    stray = engine.read(path).limit(3).withColumn("item_id", F.lit(987_654).cast("long"))
+    engine.write(stray, path, "append")
+    vocab = other.table_path("item_vocab")
+    before = engine.version(vocab)
+    with pytest.raises(InputValidationError, match=r"item_id.*without semantic IDs.*987654"):
+        build_samples(spark, other)
+    assert engine.version(vocab) == before and not (tmp_path / "samples").exists()
+
+
 def test_the_vocabulary_numbers_items_by_train_frequency(spark, small_pipeline):
     """train.max_vocab keeps the first indices: they must be the most frequent train items."""
     cfg, info = small_pipeline
@@ -253,3 +274,98 @@ def test_the_vocabulary_numbers_items_by_train_frequency(spark, small_pipeline):
     counts = train.item_idx.value_counts().sort_index()
     assert info["vocab_order"] == "train_frequency"
     assert counts.index[0] == 2 and (counts.diff().dropna() <= 0).all()
+
+
+@pytest.fixture(scope="module")
+def skewed(spark, tmp_path_factory):
+    """About 50k events, one user holding 30% of them and one item 10% of the impressions,
+    fitted and assigned."""
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
+    from psrq.data.generate import generate
+
+    from conftest import small_config
+
+    tmp = tmp_path_factory.mktemp("skewed")
+    cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", "synthetic.n_users=500",
+                       "synthetic.mean_events_per_user=70", "synthetic.heavy_users=[0.3]",
+                       "synthetic.hot_item_share=0.1", "samples.history_len=5")
+    generate(spark, cfg)
+    fit_stage(spark, cfg)
+    assign(spark, cfg)
+    return cfg
+
+
+def test_streamed_histories_equal_each_users_own_and_hold_one_batch():
+    """A partition streamed in small Arrow batches (a heavy user over many of them, runs of
+    equal times across batch edges) gives each user's samples as if built from all their
+    events at once, and no step holds more than a batch, N context rows and one run."""
+    from psrq.samples.layout import sorted_samples, stream_samples
+
+    rng = np.random.default_rng(3)
+    counts = {0: 3000, 1: 7, 2: 400, 3: 1, 4: 90}  # user 0: 85% of the events
+    rows = []
+    for u, c in counts.items():
+        ts = np.sort(rng.integers(0, c // 3 + 2, c))  # many equal times
+        rows += [(u, int(rng.integers(0, 50)), int(rng.random() < 0.4), int(t)) for t in ts]
+    df = pa.table({"user_id": pa.array([r[0] for r in rows], pa.int64()), "item_id": pa.array([r[1] for r in rows], pa.int64()),
+                   "label": pa.array([r[2] for r in rows], pa.int32()),
+                   "ts": pa.array([r[3] * 10**6 for r in rows], pa.int64()).cast(pa.timestamp("us", tz="UTC"))})
+    df = df.append_column("item_idx", pc.add(df.column("item_id"), 2).cast(pa.int32()))
+    df = df.append_column("is_cold", pa.array(np.zeros(len(rows), dtype=np.int32)))
+    codes = np.stack([df.column("item_id").to_numpy() % 7, df.column("item_id").to_numpy() % 5], 1).astype(np.int16)
+    df = df.append_column("text_codes", fixed_lists(codes, np.int16))
+    order = np.lexsort((df.column("item_id").to_numpy(), df.column("ts").cast(pa.int64()).to_numpy(), df.column("user_id").to_numpy()))
+    df = df.take(pa.array(order))
+    kw = dict(spaces=["text"], layers=2, n=4, valid_from=800 * 10**6, test_from=900 * 10**6, codebook_version="v1")
+    held = []
+
+    def samples(t):
+        held.append(t.num_rows)
+        return sorted_samples(t, **kw)
+
+    batch = 64
+    streamed = pa.concat_tables(stream_samples(df.to_batches(max_chunksize=batch), samples, kw["n"]))
+    per_user = pa.concat_tables(user_samples(df.filter(pc.equal(df.column("user_id"), u)), **kw) for u in counts)
+    assert streamed.num_rows == len(rows) and streamed.equals(per_user)
+    longest_run = max(np.unique(np.stack([df.column("user_id").to_numpy(), df.column("ts").cast(pa.int64()).to_numpy()]),
+                                axis=1, return_counts=True)[1])
+    assert len(held) > 50 and max(held) <= batch + kw["n"] + longest_run
+
+
+def test_a_heavy_user_streams_through_the_history_step_with_the_same_samples(spark, skewed, tmp_path):
+    """The history step holds one Arrow batch per Python worker, not a user's events: with
+    batches of 500 rows the user holding 30% of the events runs over dozens of them, and the
+    samples are the ones built with batches larger than any user, row for row. The floors'
+    user-grouped AUC (GAUC, computed in the JVM) equals numpy's on the same skewed rows."""
+    from psrq.evaluation.auc import auc
+    from psrq.evaluation.floors import evaluate_floors, floor_scores
+
+    engine = open_engine(spark, "delta-rs")
+    inter = engine.read(skewed.table_path("interactions"))
+    n = inter.count()
+    per_user = inter.groupBy("user_id").count().orderBy("count", ascending=False).first()
+    assert 45_000 < n < 60_000 and per_user["user_id"] == 0 and 0.27 < per_user["count"] / n < 0.33
+    hot = inter.groupBy("item_id").count().orderBy("count", ascending=False).first()["count"]
+    assert 0.1 <= hot / n < 0.25  # 10% forced on top of the most popular item's own share
+
+    infos = {}
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    try:
+        for rows in (500, 100_000):
+            spark.conf.set(key, str(rows))
+            infos[rows] = build_samples(spark, skewed.with_overrides({"samples.path": str(tmp_path / str(rows))}))
+    finally:
+        spark.conf.set(key, before)
+    for split in ("train", "valid", "test"):
+        a, b = (pq.read_table(i["splits"][split]["path"]).to_pandas() for i in infos.values())
+        assert len(a) == infos[500]["splits"][split]["rows"] > 0 and a.equals(b), split
+
+    train, test = (spark.read.parquet(infos[500]["splits"][s]["path"]) for s in ("train", "test"))
+    floors = evaluate_floors(train, test)
+    scored = floor_scores(train, test).toPandas()
+    for name in ("item_rate", "item_popularity"):
+        want = [(auc(g[name].to_numpy(), g.label.to_numpy()), len(g)) for _, g in scored.groupby("user_id")
+                if g.label.nunique() == 2]
+        assert floors[name]["gauc"] == pytest.approx(sum(a * c for a, c in want) / sum(c for _, c in want), abs=1e-12)

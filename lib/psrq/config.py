@@ -207,7 +207,7 @@ class SamplesConf(_Strict):
     # smaller row groups for small splits, so that this many training processes get data
     min_row_groups: int = Field(16, ge=1)
     order_seed: int = 0   # rows are written in a seeded random order (psrq.samples.build.in_seeded_order)
-    # events per task of the per-user grouping (at least one task per core): its partitions
+    # events per task of the history step (at least one task per core): its partitions
     # follow the data, not spark.shuffle_partitions
     events_per_task: int = Field(1_000_000, ge=1)
     content: ContentConf = ContentConf()
@@ -365,6 +365,18 @@ class SyntheticConf(_Strict):
     start: str = "2026-01-01"
     days: int = Field(90, ge=1)
     block_size: int = Field(2048, ge=1)
+    # skew, as real logs have it: users 0, 1, ... hold these shares of all events (a bot, a
+    # shared account), and the most popular item this share of the impressions
+    heavy_users: list[Annotated[float, Field(gt=0, lt=1)]] = []
+    hot_item_share: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if sum(self.heavy_users) >= 1:
+            raise ValueError(f"heavy_users: the shares {self.heavy_users} must add up to less than 1")
+        if len(self.heavy_users) > self.n_users:
+            raise ValueError(f"heavy_users: {len(self.heavy_users)} shares for {self.n_users} users")
+        return self
 
 
 class MovieLensConf(_Strict):

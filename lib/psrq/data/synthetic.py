@@ -20,7 +20,7 @@ import numpy as np
 from psrq.config import SyntheticConf
 
 MODALITIES = ("text", "audio")
-_ITEMS, _USERS, _WORLD = 1, 2, 3
+_ITEMS, _USERS, _WORLD, _HOT = 1, 2, 3, 4
 _US_PER_DAY = 86_400 * 1_000_000
 
 
@@ -137,6 +137,10 @@ def user_block(block: int, cfg: SyntheticConf, world: World) -> dict:
         out[f"taste_{m}"] = t
     activity = rng.lognormal(0.0, 0.6, size=n)
     out["n_events"] = np.maximum(1, rng.poisson(cfg.mean_events_per_user * activity / np.exp(0.18))).astype(np.int64)
+    heavy = ids < len(cfg.heavy_users)
+    if heavy.any():  # share s of all events: s / (1 - the shares' sum) times the others' expected total
+        rest = cfg.n_users * cfg.mean_events_per_user / (1.0 - sum(cfg.heavy_users))
+        out["n_events"][heavy] = [round(cfg.heavy_users[u] * rest) for u in ids[heavy]]
     # per-user event times and popularity draws, from the same block stream
     total = int(out["n_events"].sum())
     out["event_u"] = rng.random(total)
@@ -149,6 +153,9 @@ def impressions(users: dict, cfg: SyntheticConf, world: World) -> dict:
     counts = users["n_events"]
     user_idx = np.repeat(np.arange(len(counts)), counts)
     ranks = zipf_ranks(users["event_u"], cfg.n_items, cfg.popularity_exponent)
+    if cfg.hot_item_share > 0:  # a hashed draw per (user, event number): the other draws stay as they are
+        nth = np.arange(len(user_idx)) - np.repeat(np.cumsum(counts) - counts, counts)
+        ranks = np.where(uniform_hash(cfg.seed + _HOT, users["user_id"][user_idx], nth) < cfg.hot_item_share, 0, ranks)
     t = world.start_us + (users["event_t"] * cfg.days * _US_PER_DAY).astype(np.int64)
     order = np.lexsort((t, user_idx))
     return {

@@ -165,13 +165,19 @@ def normalise_interactions(df: DataFrame, table: str = "interactions") -> DataFr
 
 def validate_interactions(df: DataFrame, items: DataFrame | None = None, table: str = "interactions",
                           window: TimeWindow | None = None) -> DataFrame:
-    """Validate and return the interactions in their contract schema.
+    """Validate and return the interactions in their contract schema (check_interactions)."""
+    return check_interactions(df, items, table, window)[0]
+
+
+def check_interactions(df: DataFrame, items: DataFrame | None = None, table: str = "interactions",
+                       window: TimeWindow | None = None) -> tuple[DataFrame, int]:
+    """The interactions in their contract schema and their row count, from one pass that
+    counts the rows and every problem.
 
     items: when given, every item_id must exist there. window: the plausible event times
     (a timestamp outside it is a unit or parsing error upstream: 1970 from a zero, 9999
     from a sentinel)."""
     norm = normalise_interactions(df, table)
-    _require_rows(norm, table)
     key = ["user_id", "item_id"]
     window = window or TimeWindow()
     lo, hi = window.bounds()
@@ -187,7 +193,10 @@ def validate_interactions(df: DataFrame, items: DataFrame | None = None, table: 
                       f"have a timestamp outside the plausible window [{lo:%Y-%m-%d}, {hi:%Y-%m-%d}] "
                       "(validation.min_ts, validation.max_future_days)"),
     }
-    counts = norm.agg(*[F.sum(F.when(cond, 1).otherwise(0)).alias(c) for c, (cond, _) in checks.items()]).first()
+    counts = norm.agg(F.count(F.lit(1)).alias("_rows"),
+                      *[F.sum(F.when(cond, 1).otherwise(0)).alias(c) for c, (cond, _) in checks.items()]).first()
+    if not counts["_rows"]:
+        raise InputValidationError(table, [Problem("*", "the table is empty")])
     problems = []
     for c, (cond, text) in checks.items():
         if counts[c]:
@@ -203,4 +212,4 @@ def validate_interactions(df: DataFrame, items: DataFrame | None = None, table: 
             problems.append(Problem("item_id", "point at items that are not in the items table", n_unknown, ex))
     if problems:
         raise InputValidationError(table, problems)
-    return norm.select(*INTERACTIONS.fieldNames())
+    return norm.select(*INTERACTIONS.fieldNames()), int(counts["_rows"])

@@ -2,8 +2,8 @@
 
 interactions + semantic_ids (of the codebook version in use: codebooks.version, else the one
 marked current) -> item vocabulary (Delta) -> per user,
-every event with its last N earlier positives (psrq.samples.layout.user_samples, on the executors,
-one group per user) -> Parquet per split, row groups sized for Petastorm, and a manifest
+every event with its last N earlier positives (psrq.samples.layout.stream_samples on the
+executors, over the events sorted by user and time) -> Parquet per split, row groups sized for Petastorm, and a manifest
 the trainer checks (codebook version, vocabulary size, spaces, K, L, N)."""
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from psrq.catalog.current import version_in_use
 from psrq.config import Config
-from psrq.data.validation import validate_interactions
+from psrq.data.validation import check_interactions
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.quant.artifact import read_manifest
 from psrq.samples.content import CONTENT_FILE, write_content
-from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, user_samples
+from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, sorted_samples, stream_samples
+from psrq.samples.layout import ORDER as HISTORY_ORDER
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
 from psrq.storage import AppTxn, fs, open_engine
 
@@ -102,7 +103,9 @@ def arrow_row_bytes(df: DataFrame, seed: int, probe_rows: int = 2048) -> float:
     """Uncompressed bytes per row, measured on a few rows (the samples' widths are fixed):
     the first of the seeded order, the same whatever the partitioning (Arrow's validity
     buffers follow the rows probed, and the row-group size that follows must not move)."""
+    # in one chunk: Arrow's buffers per chunk would make the figure follow the Arrow batch size
     t = df.withColumn(ORDER, seeded_key(seed)).orderBy(*SEEDED_ORDER).limit(probe_rows).drop(ORDER).toArrow()
+    t = t.combine_chunks()
     return t.nbytes / max(t.num_rows, 1)
 
 
@@ -180,6 +183,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     """The steps, in order: sources, split, vocabulary, events, histories, write, manifest."""
     engine = open_engine(spark, cfg.storage.engine)
     src = read_sources(engine, cfg)
+    require_codes(src)
     split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events))
     vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
     vocab_path = cfg.table_path("item_vocab")
@@ -219,8 +223,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
 def read_sources(engine, cfg: Config) -> Sources:
     inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
     versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
-    interactions = validate_interactions(engine.read(inter_path), window=cfg.validation.window())
-    n_events = interactions.count()
+    interactions, n_events = check_interactions(engine.read(inter_path), window=cfg.validation.window())
     cb_version = version_in_use(engine, cfg)
     codes, spaces = semantic_codes(engine.read(sid_path), cb_version)
     manifest = read_manifest(cfg.codebooks_root(), cb_version)
@@ -236,14 +239,14 @@ def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[D
     vocab_path = cfg.table_path("item_vocab")
     txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{src.codebook_version}.{src.versions['interactions']}",
                  cfg.run.run_id)
-    engine.write(vocab, vocab_path, "overwrite", txn, description=f"item vocabulary for samples ({src.codebook_version})")
+    res = engine.write(vocab, vocab_path, "overwrite", txn, description=f"item vocabulary for samples ({src.codebook_version})")
     vocab = engine.read(vocab_path)
-    return vocab, vocab.count() + FIRST_INDEX
+    return vocab, (vocab.count() if res.skipped or not res.rows_written else res.rows_written) + FIRST_INDEX
 
 
 def sample_events(engine, cfg: Config, src: Sources, split: Split, vocab: DataFrame, cat: DataFrame | None) -> DataFrame:
     """Every event with its item's codes, vocabulary index, cold flag (and catalogue index);
-    an event whose item has no codes of the codebook in use stops the build."""
+    every item has codes (require_codes)."""
     sc = cfg.samples
     counted = src.interactions if sc.cold_scope == "all" else src.interactions.filter(split.in_train)
     counts = counted.groupBy(ITEM_ID).agg(F.count("*").alias("_n"))
@@ -255,28 +258,38 @@ def sample_events(engine, cfg: Config, src: Sources, split: Split, vocab: DataFr
     events = events.select("user_id", ITEM_ID, "label", "ts", F.coalesce("idx", F.lit(OOV)).alias("item_idx"),
                            (F.coalesce("_n", F.lit(0)) < sc.cold_threshold).cast("int").alias("is_cold"),
                            *[f"{s}_codes" for s in src.spaces], *extra)
-    missing = events.filter(F.col(f"{src.spaces[0]}_codes").isNull())
-    n_missing = missing.count()
-    if n_missing:
-        ex = [r[0] for r in missing.select(ITEM_ID).distinct().limit(5).collect()]
-        raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook "
-                                                             f"{src.codebook_version} (run jobs/reindex_catalog.py or "
-                                                             "assign_ids.py)", n_missing, ex)])
     return events
 
 
+def require_codes(src: Sources) -> None:
+    """Every event's item has codes of the codebook in use, checked before anything is
+    written (one anti-join of the interactions with the codes)."""
+    missing = src.interactions.select(ITEM_ID).join(src.codes.select(ITEM_ID), ITEM_ID, "left_anti")
+    r = missing.agg(F.count(F.lit(1)).alias("n"), F.slice(F.sort_array(F.collect_set(ITEM_ID)), 1, 5).alias("ex")).first()
+    if r["n"]:
+        raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook "
+                                                             f"{src.codebook_version} (run jobs/reindex_catalog.py or "
+                                                             "assign_ids.py); nothing was written", r["n"], r["ex"])])
+
+
 def histories(spark: SparkSession, cfg: Config, src: Sources, split: Split, events: DataFrame) -> DataFrame:
-    """Per user, every event with its last N earlier positives and its split
-    (psrq.samples.layout.user_samples on the executors, one group per user)."""
+    """Every event with its user's last N earlier positives and its split: the events
+    hash-partitioned by user, sorted by user and time within each partition, and streamed
+    through psrq.samples.layout.stream_samples on the executors. A Python worker holds one
+    Arrow batch (spark.arrow_batch_rows) and N context rows at a time, however many events a
+    user has (Spark's sort spills to disk); no user's events are gathered in one place."""
     sc = cfg.samples
     schema = samples_schema(src.spaces, "content_idx" in events.columns)
-    fn = partial(user_samples, spaces=src.spaces, layers=src.layers, n=sc.history_len, valid_from=split.valid_from,
-                 test_from=split.test_from, codebook_version=src.codebook_version)
     arrow_schema = to_arrow_schema(schema, timestamp_utc=True)
+    samples = partial(sorted_samples, spaces=src.spaces, layers=src.layers, n=sc.history_len,
+                      valid_from=split.valid_from, test_from=split.test_from, codebook_version=src.codebook_version)
+
+    def task(batches):
+        for t in stream_samples(batches, samples, sc.history_len):
+            yield from t.select(schema.fieldNames()).cast(arrow_schema).to_batches()
+
     parts = grouping_partitions(src.n_events, sc.events_per_task, spark.sparkContext.defaultParallelism)
-    # hash-partitioned by user_id already: the grouping adds no second shuffle
-    return (events.repartition(parts, "user_id").groupBy("user_id")
-            .applyInArrow(lambda t: fn(t).select(schema.fieldNames()).cast(arrow_schema), schema))
+    return events.repartition(parts, "user_id").sortWithinPartitions(*HISTORY_ORDER).mapInArrow(task, schema)
 
 
 def write_splits(cfg: Config, samples: DataFrame) -> dict:

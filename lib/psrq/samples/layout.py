@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 PAD = 0
 OOV = 1  # vocabulary index of items not seen in training
@@ -22,16 +23,26 @@ FIRST_INDEX = 2
 VOCAB_ORDER = "train_frequency"  # item indices by descending train count (manifest "vocab_order")
 
 
-def event_histories(ts: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """ts ascending. Returns (idx (m, n): positions of the last n positives strictly before
-    each event, oldest first, -1 as padding; lengths (m,))."""
+def event_histories(ts: np.ndarray, labels: np.ndarray, n: int,
+                    users: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by user, then time (one user when `users` is None). Returns (idx (m, n):
+    positions of the user's last n positives strictly before each event, oldest first, -1 as
+    padding; lengths (m,))."""
+    m = len(ts)
+    rows = np.arange(m)
+    other_user = np.zeros(m, dtype=bool) if users is None else np.r_[False, users[1:] != users[:-1]]
+    # the first row of each (user, time) run and of each user: the positives before a run's
+    # first row are the ones strictly before its events
+    run = np.maximum.accumulate(np.where(np.r_[True, (ts[1:] != ts[:-1]) | other_user[1:]], rows, 0))
+    first = np.maximum.accumulate(np.where(np.r_[True, other_user[1:]], rows, 0))
+    positives = np.r_[0, np.cumsum(labels == 1)]  # positives[i]: positives among rows [0, i)
+    before = positives[run]
+    length = np.minimum(before - positives[first], n)
     pos = np.flatnonzero(labels == 1)
-    before = np.searchsorted(ts[pos], ts, side="left")  # positives with ts < ts_i
-    length = np.minimum(before, n)
+    if len(pos) == 0:
+        return np.full((m, n), -1, dtype=np.int64), length
     grid = (before - length)[:, None] + np.arange(n)[None, :]
     valid = np.arange(n)[None, :] < length[:, None]
-    if len(pos) == 0:
-        return np.full((len(ts), n), -1, dtype=np.int64), length
     return np.where(valid, pos[np.minimum(grid, len(pos) - 1)], -1), length
 
 
@@ -51,17 +62,25 @@ def _matrix(col: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
     return np.asarray(arr.flatten()).reshape(-1, width)
 
 
+CONTEXT = "_context"  # a row that only feeds the histories of the user's later events
+ORDER = ("user_id", "ts", "item_id")  # the order the histories are read in: by time, equal times by item
+
+
 def user_samples(events: pa.Table, spaces: list[str], layers: int, n: int, valid_from: int, test_from: int,
                  codebook_version: str) -> pa.Table:
     """events: one user's rows with user_id, item_id, label, ts (timestamp[us]), item_idx,
     is_cold, <space>_codes (raw codes, `layers` each) and, optionally, content_idx."""
-    ts_all = np.asarray(events.column("ts").cast(pa.int64()))
-    items = np.asarray(events.column("item_id"))
-    order = np.lexsort((items, ts_all))  # by time; equal times in a fixed order
-    ev = events.take(pa.array(order))
-    ts = ts_all[order]
+    order = np.lexsort((np.asarray(events.column("item_id")), np.asarray(events.column("ts").cast(pa.int64()))))
+    return sorted_samples(events.take(pa.array(order)), spaces, layers, n, valid_from, test_from, codebook_version)
+
+
+def sorted_samples(ev: pa.Table, spaces: list[str], layers: int, n: int, valid_from: int, test_from: int,
+                   codebook_version: str) -> pa.Table:
+    """The samples of rows sorted by ORDER (any number of users); rows with CONTEXT true
+    feed the histories and get no sample of their own."""
+    ts = np.asarray(ev.column("ts").cast(pa.int64()))
     labels = np.asarray(ev.column("label"))
-    idx, length = event_histories(ts, labels, n)
+    idx, length = event_histories(ts, labels, n, np.asarray(ev.column("user_id")))
     pad = idx < 0
     safe = np.where(pad, 0, idx)
     item_idx = np.asarray(ev.column("item_idx"), dtype=np.int32)
@@ -88,7 +107,47 @@ def user_samples(events: pa.Table, spaces: list[str], layers: int, n: int, valid
     last = np.where(length > 0, ts[safe[np.arange(len(ts)), np.maximum(length - 1, 0)]], 0)
     out["hist_last_ts"] = pa.array(last, type=pa.int64(), mask=length == 0).cast(pa.timestamp("us", tz="UTC"))
     out["codebook_version"] = pa.array([codebook_version] * len(ts))
-    return pa.table(out)
+    table = pa.table(out)
+    if CONTEXT in ev.column_names:
+        table = table.filter(pc.invert(ev.column(CONTEXT)))
+    return table
+
+
+def _last_run(ev: pa.Table) -> int:
+    """Where the last run of equal (user_id, ts) begins in rows sorted by ORDER."""
+    users, ts = (np.asarray(ev.column(c).cast(pa.int64())) for c in ("user_id", "ts"))
+    differ = np.flatnonzero((users != users[-1]) | (ts != ts[-1])) if len(ts) else np.zeros(0, dtype=int)
+    return int(differ[-1]) + 1 if len(differ) else 0
+
+
+def _context(done: pa.Table, user, n: int) -> pa.Table:
+    """`user`'s last n positives among the rows done, as context rows."""
+    mine = done.filter(pc.and_(pc.equal(done.column("user_id"), user), pc.equal(done.column("label"), 1)))
+    mine = mine.slice(max(mine.num_rows - n, 0))
+    return mine.set_column(mine.schema.get_field_index(CONTEXT), CONTEXT, pa.array(np.ones(mine.num_rows, dtype=bool)))
+
+
+def stream_samples(batches: Iterable[pa.RecordBatch], samples: Callable[[pa.Table], pa.Table], n: int) -> Iterator[pa.Table]:
+    """The samples of a stream of events sorted by ORDER (a partition, as Spark hands it over
+    in Arrow batches), with `samples` = sorted_samples with its settings bound. A user's
+    events may run over many batches: the rows of the last (user, time) run of a batch wait
+    for the next one (a history needs the positives strictly before it), and carry with
+    them that user's last n positives as context rows. So one step holds a batch, at most n
+    context rows and one run of equal times, however many events a user has."""
+    carry = None
+    for batch in batches:
+        t = pa.Table.from_batches([batch])
+        t = t.append_column(CONTEXT, pa.array(np.zeros(t.num_rows, dtype=bool)))
+        table = pa.concat_tables([carry, t]) if carry is not None else t
+        cut = _last_run(table)
+        if cut == 0:  # one run so far: wait for its end
+            carry = table
+            continue
+        done, rest = table.slice(0, cut), table.slice(cut)
+        yield samples(done)
+        carry = pa.concat_tables([_context(done, rest.column("user_id")[0], n), rest])
+    if carry is not None:
+        yield samples(carry)
 
 
 @dataclass(frozen=True)
