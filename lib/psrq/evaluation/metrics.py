@@ -7,12 +7,12 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from psrq.evaluation.arrays import CALIBRATION_BINS, EPS
-from psrq.evaluation.auc import AucPiece, EvaluationError, auc, auc_piece, combine
+from psrq.evaluation.auc import AucPiece, EvaluationError, auc_piece, combine
 
 log = logging.getLogger(__name__)
 # what eval_metrics keeps of a result
@@ -102,17 +102,21 @@ def logloss(preds: DataFrame, score: str = "score", label: str = "label") -> flo
 
 def grouped_auc(preds: DataFrame, group: str = "user_id", score: str = "score", label: str = "label") -> tuple[float | None, int]:
     """Impression-weighted mean of per-user AUCs over users with both labels (GAUC), and
-    how many users count."""
-    schema = T.StructType([T.StructField("auc", T.DoubleType()), T.StructField("n", T.LongType())])
-
-    def per_user(t: pa.Table) -> pa.Table:
-        y = np.asarray(t.column(label))
-        if y.min() == y.max():
-            return pa.table({"auc": pa.array([], pa.float64()), "n": pa.array([], pa.int64())})
-        return pa.table({"auc": [auc(np.asarray(t.column(score)), y)], "n": [len(y)]})
-
-    r = (preds.select(group, score, label).groupBy(group).applyInArrow(per_user, schema)
-         .agg(F.sum(F.col("auc") * F.col("n")).alias("w"), F.sum("n").alias("n"), F.count("*").alias("users")).first())
+    how many users count. In the JVM, with no user's rows gathered in one place: positives and
+    negatives per (user, distinct score), the negatives below each score by a running sum over
+    the user's scores (a window Spark spills), then per user the rank statistic with ties
+    counted as one half (as scikit-learn's roc_auc_score)."""
+    y = F.col(label).cast("long")
+    per_score = preds.groupBy(group, F.col(score).cast("double").alias("_s")).agg(
+        F.sum(y).alias("_pos"), F.sum(1 - y).alias("_neg"))
+    below = Window.partitionBy(group).orderBy("_s").rowsBetween(Window.unboundedPreceding, -1)
+    pairs = F.col("_pos") * (F.coalesce(F.sum("_neg").over(below), F.lit(0)) + 0.5 * F.col("_neg"))
+    users = (per_score.select(group, "_pos", "_neg", pairs.alias("_won")).groupBy(group)
+             .agg(F.sum("_won").alias("won"), F.sum("_pos").alias("p"), F.sum("_neg").alias("q"))
+             .filter((F.col("p") > 0) & (F.col("q") > 0)))
+    n = F.col("p") + F.col("q")
+    r = users.agg(F.sum(F.col("won") / (F.col("p") * F.col("q")) * n).alias("w"), F.sum(n).alias("n"),
+                  F.count("*").alias("users")).first()
     return (None, 0) if not r["users"] else (float(r["w"] / r["n"]), int(r["users"]))
 
 
