@@ -136,8 +136,7 @@ def run_job(cmd: list[str], env: dict, logs: Path, timeout: int = 4 * 3600) -> t
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{text[-6000:]}")
     if "Traceback" in text:
         print(f"  note: a traceback in the log of a successful job: {logs}", flush=True)
-    doc = json.loads(Path(env["PSRQ_JSON_OUT"]).read_text()) if env.get("PSRQ_JSON_OUT") else json.loads(out)
-    return doc, {"seconds": seconds, **stage_seconds(text), "memory": mem.peaks}
+    return json.loads(out), {"seconds": seconds, **stage_seconds(text), "memory": mem.peaks}
 
 
 def change_items(items_path: Path, share: float) -> dict:
@@ -196,13 +195,14 @@ def run_size(name: str, mode: str, work: Path, env: dict, submit: list[str] | No
         shutil.rmtree(folder, ignore_errors=True)
         args = ["--dataset", "synthetic_small", "--json", *locations, *SETTINGS, *size, *extra,
                 *eventlog.overrides(folder)]
-        job_env = dict(env)
         if submit is None:
             cmd = [sys.executable, str(ROOT / "jobs" / f"{job}.py"), "spark.master=local[2]", *args]
-        else:
-            cmd = [*submit, str(ROOT / "jobs" / f"{job}.py"), *args]
-            job_env["PSRQ_JSON_OUT"] = str(work / "last.json")
-        doc, cost = run_job(cmd, job_env, work / "logs" / f"{mode}-{name}" / f"{stage}.log")
+        else:  # the launcher prints the job's document on stdout, spark-submit's output on stderr
+            # the cluster profile, as the docs submit it (its dynamic allocation off: Horovod's ranks
+            # run at once; the profile leaves it off since 2026-12-04)
+            cmd = [*submit, str(ROOT / "jobs" / f"{job}.py"), "--profile", "cluster", *args,
+                   "spark.conf.spark.dynamicAllocation.enabled=false"]
+        doc, cost = run_job(cmd, env, work / "logs" / f"{mode}-{name}" / f"{stage}.log")
         if stage == "generate":
             g = doc["generated"]
             counts.update(events=g["interactions"]["rows_written"], items=g["items"]["rows_written"])
@@ -251,6 +251,39 @@ def exponents(runs: dict, order: list[str]) -> dict:
             max(s["memory"]["driver_python_mib"] for s in rb["stages"].values())
             / max(s["memory"]["driver_python_mib"] for s in ra["stages"].values()), 3)
     return out
+
+
+def sizing(runs: dict, order: list[str], target_events: float = 1e8) -> dict:
+    """Each stage projected from the two largest sizes to target_events (items growing alongside,
+    1 per 10 events): t(target) = t(largest) x (target / events)^exponent, on this run's 2 cores.
+    On N executors of c cores divide by N*c/2 where the stage runs on the executors (every stage
+    but the driver-side fit and QARM alignment); the fit's sample is capped, so its time stays."""
+    sized = [s for s in order if s in runs and s != "demo"]
+    if len(sized) < 2:
+        return {}
+    a, b = runs[sized[-2]], runs[sized[-1]]
+    n_a, n_b = a["counts"]["events"], b["counts"]["events"]
+    out = {}
+    for st, cost in b["stages"].items():
+        exp = math.log(cost["seconds"] / a["stages"][st]["seconds"]) / math.log(n_b / n_a)
+        out[st] = {"seconds_at_largest": cost["seconds"], "exponent": round(exp, 3),
+                   "projected_seconds_2_cores": round(cost["seconds"] * (target_events / n_b) ** max(exp, 0.0), 1),
+                   "driver_python_mib": cost["memory"]["driver_python_mib"],
+                   "task_peak_execution_mib": round(cost["spark"].get("task_peak_execution_memory_bytes", 0) / 2**20, 1),
+                   "executor_peak_jvm_heap_mib": cost["spark"]["executor_peak_mib"].get("JVMHeapMemory"),
+                   "shuffle_write_mib": round(cost["spark"].get("shuffle_write_bytes", 0) / 2**20, 1)}
+    return {"from": f"{sized[-2]}->{sized[-1]}", "target_events": target_events, "stages": out}
+
+
+def gpu_figures() -> dict | None:
+    """The middle size's k-means fit and training on a GPU (bench_gpu.py --pipeline, run on
+    a GPU node: results/gpu.json), beside this machine's figures."""
+    path = ROOT / "benchmarks" / "results" / "gpu.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    if "pipeline_middle_size" not in doc:
+        return None
+    return {"gpu": doc["gpu"], "measured_at": doc["measured_at"], "source": "results/gpu.json",
+            **doc["pipeline_middle_size"]}
 
 
 def plot(local: dict, path: Path) -> None:
@@ -333,8 +366,10 @@ def main():
                   "cluster": "standalone, 2 workers x 1 core, executors 2 GB, 127.0.0.1, python -m psrq.submit"},
         "local": local, "cluster": cluster,
         "growth_exponents_local": exponents(local, order),
+        "sizing_1e8_events": sizing(local, order),
         "demo_build_samples": {m: {k: v[k] for k in ("seconds", "stage_seconds", "session_seconds")} | {
             "spark_jobs": v["spark"]["jobs"]} for m, v in demo.items()},
+        "gpu_middle_size": gpu_figures(),
         "training_wait_over_step_at_largest": local[largest[0]]["stages"]["train"]["training"]["wait_over_step"]
         if largest else None,
     })
