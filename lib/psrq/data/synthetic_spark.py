@@ -128,7 +128,10 @@ def synthetic_frames(spark: SparkSession, cfg: Config) -> dict[str, DataFrame]:
     imps = _blocks(spark, syn_cfg.n_users, syn_cfg.block_size, syn_cfg.mean_events_per_user).mapInArrow(
         partial(_impressions_task, cfg=syn_cfg, dims=dims), _IMPRESSIONS
     )
-    interactions = imps.join(latents, "item_id").mapInArrow(partial(_label_task, cfg=syn_cfg), INTERACTIONS)
+    # a sort-merge join: Spark sizes a mapInArrow output by its input (a few block numbers), so it
+    # would broadcast the catalogue's latents, which at 10^6 items no longer fit the driver
+    interactions = imps.join(latents.hint("merge"), "item_id").mapInArrow(partial(_label_task, cfg=syn_cfg),
+                                                                          INTERACTIONS)
     return {
         "items": items_all.select(*item_cols.fieldNames()),
         "item_truth": items_all.select(*ITEM_TRUTH.fieldNames()),
