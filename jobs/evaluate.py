@@ -4,7 +4,7 @@ exact All AUC, Cold AUC, Logloss and user-grouped AUC; beside it the non-learned
 (global rate, item popularity, item and user positive rates from the train split;
 evaluate.floors=false to skip them).
 
-    spark-submit jobs/evaluate.py --profile cluster train.model=mcca evaluate.split=test run.run_id=20261123
+    python -m psrq.submit --master <url> jobs/evaluate.py --profile cluster --dataset catalogue train.model=mcca evaluate.split=test run.run_id=20261123
 """
 import sys
 
@@ -33,7 +33,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root",))
+    return run_job(__doc__, stage, argv, writes=("storage.root", "tables.predictions", "tables.eval_metrics"),
+                   reads=("run", "spark", "storage", "samples", "train", "evaluate"))
 
 
 if __name__ == "__main__":

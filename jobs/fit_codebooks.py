@@ -2,7 +2,7 @@
 joint space on a seeded sample of the items table, and write a new codebook version with
 its diagnostics.
 
-    spark-submit jobs/fit_codebooks.py --profile cluster --dataset my_catalog codebooks.k=256
+    python -m psrq.submit --master <url> jobs/fit_codebooks.py --profile cluster --dataset catalogue codebooks.k=256
 """
 import sys
 
@@ -22,7 +22,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.codebooks",))
+    return run_job(__doc__, stage, argv, writes=("storage.codebooks",),
+                   reads=("run", "spark", "storage", "dataset", "codebooks"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Generate a synthetic catalogue (items with text+audio embeddings), item ground truth and
 user interactions into Delta tables, then validate them and print a summary.
 
-    spark-submit jobs/generate_synthetic.py --profile cluster --dataset synthetic_1m run.run_id=1
+    python -m psrq.submit --master <url> jobs/generate_synthetic.py --profile cluster --dataset synthetic_1m run.run_id=1
 """
 import sys
 
@@ -20,7 +20,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root",))
+    return run_job(__doc__, stage, argv, writes=("storage.root", "tables.items", "tables.item_truth", "tables.interactions"),
+                   reads=("run", "spark", "storage", "dataset", "synthetic", "validation", "samples"))
 
 
 if __name__ == "__main__":

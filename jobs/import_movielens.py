@@ -19,7 +19,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root",))
+    return run_job(__doc__, stage, argv, writes=("storage.root", "tables.items", "tables.interactions"),
+                   reads=("run", "spark", "storage", "dataset", "movielens"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root",))
+    return run_job(__doc__, stage, argv, writes=("storage.root", "tables.codebook_current"),
+                   reads=("run", "spark", "storage", "codebooks"))
 
 
 if __name__ == "__main__":

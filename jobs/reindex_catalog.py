@@ -2,7 +2,7 @@
 whole catalogue when they drift from the codebook's fit. run.run_id is the night
 (e.g. 20261123): running the same night again changes nothing.
 
-    spark-submit jobs/reindex_catalog.py --profile cluster --dataset my_catalog run.run_id=20261123
+    python -m psrq.submit --master <url> jobs/reindex_catalog.py --profile cluster --dataset catalogue run.run_id=20261123
 """
 import sys
 
@@ -18,7 +18,13 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root", "storage.codebooks"))
+    return run_job(
+        __doc__,
+        stage,
+        argv,
+        writes=("storage.root", "storage.codebooks", "tables.semantic_ids", "tables.reindex_state", "tables.codebook_current"),
+        reads=("run", "spark", "storage", "dataset", "codebooks", "reindex", "validation"),
+    )
 
 
 if __name__ == "__main__":

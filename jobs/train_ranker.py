@@ -3,7 +3,7 @@ simtier_make) on the
 samples with train.backend (single, horovod through Spark, torch-distributor) and
 train.reader (petastorm, arrow), and print validation AUC, Cold AUC and Logloss.
 
-    spark-submit jobs/train_ranker.py --profile cluster train.backend=horovod train.num_proc=8
+    python -m psrq.submit --master <url> jobs/train_ranker.py --profile cluster --dataset catalogue train.backend=horovod train.num_proc=8
 """
 import sys
 
@@ -25,7 +25,8 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("train.checkpoint_dir",))
+    return run_job(__doc__, stage, argv, writes=("train.checkpoint_dir",),
+                   reads=("run", "spark", "storage", "samples", "train"))
 
 
 if __name__ == "__main__":

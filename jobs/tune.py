@@ -28,7 +28,13 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv, writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"))
+    return run_job(
+        __doc__,
+        stage,
+        argv,
+        writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"),
+        reads=("run", "spark", "storage", "dataset", "tuning", "experiments", "codebooks", "samples", "train"),
+    )
 
 
 if __name__ == "__main__":

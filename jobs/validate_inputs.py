@@ -1,7 +1,7 @@
 """Validate the configured items and interactions tables against their contracts
 (embedding dimensions, NaN/Inf, ids, labels, timestamps, unknown items) and summarise them.
 
-    spark-submit jobs/validate_inputs.py --profile cluster --dataset my_catalog
+    python -m psrq.submit --master <url> jobs/validate_inputs.py --profile cluster --dataset catalogue
 """
 import sys
 
@@ -19,7 +19,7 @@ def stage(job: JobContext):
 
 
 def main(argv=None) -> int:
-    return run_job(__doc__, stage, argv)
+    return run_job(__doc__, stage, argv, reads=("spark", "storage", "dataset", "validation", "samples"))
 
 
 if __name__ == "__main__":

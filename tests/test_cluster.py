@@ -59,13 +59,26 @@ def submit(cluster, tmp_path_factory):
     env = {**os.environ, **CREDENTIALS, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.pop("PYSPARK_PYTHON", None)
 
-    def run(job: str, *overrides: str) -> dict:
-        cmd = [sys.executable, "-m", "psrq.submit", "--master", url, "--python", executor_python,
+    # your own dataset, described in a file outside the repository (shipped by the launcher)
+    dataset = base / "elsewhere" / "mydata.yaml"
+    dataset.parent.mkdir()
+    dataset.write_text(Path(ROOT, "conf", "datasets", "synthetic_small.yaml").read_text()
+                       .replace("name: synthetic_small", "name: mydata"))
+
+    def run(job: str, *overrides: str, conf: tuple[str, ...] = (), python: str = executor_python,
+            expect: int = 0) -> dict:
+        cmd = [sys.executable, "-m", "psrq.submit", "--master", url, "--python", python,
                "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.executor.memory=1g",
-               os.path.join(ROOT, "jobs", f"{job}.py"), "--json", *overrides]
+               *[a for kv in conf for a in ("--conf", kv)],
+               os.path.join(ROOT, "jobs", f"{job}.py"), "--profile", "cluster", "--dataset", str(dataset), "--json",
+               *overrides]
         t = time.time()
         out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=400)
+        if expect:
+            assert out.returncode == expect, out.stderr[-3000:]
+            return {"stderr": out.stderr, "_seconds": time.time() - t}
         assert out.returncode == 0, f"{job}:\n{out.stderr[-4000:]}"
+        assert "Traceback" not in out.stderr, f"{job} succeeded with a traceback in its output:\n{out.stderr[-4000:]}"
         assert SECRET not in out.stdout + out.stderr
         run_id = next(o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("run.run_id="))
         # the application ran on the cluster, under its own name
@@ -99,29 +112,32 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     from conftest import small_config
 
     data = tmp_path / "data"
-    overrides = [f"storage.root=file://{data}/delta", f"storage.codebooks=file://{data}/codebooks",
-                 f"samples.path=file://{data}/samples", f"train.checkpoint_dir=file://{data}/checkpoints",
-                 "storage.engine=delta-rs", "codebooks.compare=[]", *SMALL]
+    cwd_before = set(os.listdir(submit.cwd))
+    # storage.root alone: every other location defaults under it, never under the working directory
+    overrides = [f"storage.root=file://{data}", "storage.engine=delta-rs", "codebooks.compare=[]", *SMALL]
     demo = submit("demo", *overrides)
+    assert set(os.listdir(submit.cwd)) == cwd_before
+    assert {"codebooks", "samples", "checkpoints", "items", "semantic_ids", "eval_metrics"} <= set(os.listdir(data))
+    assert demo["generated"]["items"]["rows_written"] == 400
     assert demo["generated"]["items"]["version"] == 0 and demo["assigned"]["version"] == 0
     night = demo["reindexed"]  # the night after the assignment: nothing changed
     assert night["status"] == "done" and night["n_changed"] == 0 and not night["refit"]
     engine = open_engine(spark, "delta-rs")
-    versions = {t: engine.version(f"{data}/delta/{t}") for t in ("items", "interactions", "semantic_ids",
+    versions = {t: engine.version(f"{data}/{t}") for t in ("items", "interactions", "semantic_ids",
                                                                   "codebook_current", "reindex_state", "eval_metrics")}
     assert versions == {"items": 0, "interactions": 0, "semantic_ids": 0, "codebook_current": 0, "reindex_state": 1,
                         "eval_metrics": 1}  # MCCA, then the floors in one commit
     # the Horovod ranks ran on the executors
     _ranks_ran_on_executors(demo["trained"], submit.executor_python)
     # the metrics the evaluations recorded are the ones the job reported
-    metrics = engine.read(f"{data}/delta/eval_metrics").toPandas().set_index("model")
+    metrics = engine.read(f"{data}/eval_metrics").toPandas().set_index("model")
     floors = sorted(f"floor:{f}" for f in demo["floors"])
     assert sorted(metrics.index) == [*floors, "mcca"] and len(floors) == 4
     assert metrics.loc["mcca", "train_identity"] == demo["trained"]["identity"]
     for model, m in [*demo["evaluated"].items(), *((f"floor:{f}", m) for f, m in demo["floors"].items())]:
         assert abs(metrics.loc[model, "auc"] - m["auc"]) < 1e-12 and 0 < m["auc"] < 1
 
-    on_cluster = engine.read(f"{data}/delta/semantic_ids").toPandas()
+    on_cluster = engine.read(f"{data}/semantic_ids").toPandas()
     # the same data and seed in local mode, in this process
     local = small_config(tmp_path / "local", "codebooks.k=16", "codebooks.sample_size=300", "run.run_id=3")
     generate(spark, local)
@@ -148,6 +164,9 @@ def test_demo_with_delta_spark_on_s3_through_the_launcher(submit, s3, cluster, t
                  "codebooks.compare=[]", "evaluate.floors=false", *SMALL, "samples.content.dim=8",
                  "train.backend=torch-distributor")
     assert doc["assigned"]["items"] == 400 and doc["trained"]["status"] == "trained"
+    # the summary's row counts are the tables' (Delta's own writer reports them in its log)
+    assert {t: r["rows_written"] for t, r in doc["generated"].items()} == {
+        "items": 400, "item_truth": 400, "interactions": doc["validated"]["interactions"]["rows"]}
     assert doc["reindexed"]["status"] == "done" and doc["reindexed"]["n_changed"] == 0
     _ranks_ran_on_executors(doc["trained"], submit.executor_python)
     assert set(doc["evaluated"]) == {"mcca"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())
@@ -167,3 +186,34 @@ def test_demo_with_delta_spark_on_s3_through_the_launcher(submit, s3, cluster, t
     assert not [str(f) for f in outputs if SECRET in f.read_text(errors="replace")]
     print("cluster seconds (delta-spark demo on S3):", doc["_seconds"], doc["timings"])
 
+
+
+def test_a_conf_given_to_the_launcher_wins_over_the_profile(submit, tmp_path):
+    """The cluster profile turns adaptive execution on; `--conf spark.sql.adaptive.enabled=false`
+    on the launcher's line is what the running application has (read from its event log)."""
+    import json
+
+    logs = tmp_path / "events"
+    logs.mkdir()
+    submit("validate_inputs", f"storage.root=file://{tmp_path}/data", "storage.engine=delta-rs", *SMALL,
+           expect=2, conf=("spark.sql.adaptive.enabled=false", "spark.eventLog.enabled=true",
+                           f"spark.eventLog.dir=file://{logs}", "spark.eventLog.compress=false"))
+    props = {}
+    for f in logs.rglob("*"):
+        for line in (f.read_text().splitlines() if f.is_file() else []):
+            e = json.loads(line)
+            if e.get("Event") == "SparkListenerEnvironmentUpdate":
+                props = e["Spark Properties"]
+    assert props.get("spark.sql.adaptive.enabled") == "false" and props.get("spark.sql.shuffle.partitions") == "4"
+
+
+def test_executors_with_the_wrong_python_fail_in_seconds_with_one_line(submit, tmp_path):
+    """An executors' interpreter without the stack (a bare virtual environment): the job stops
+    before any real work, naming that Python, what it lacks and the option that sets it."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    out = submit("validate_inputs", f"storage.root=file://{tmp_path}/data", "storage.engine=delta-rs", *SMALL,
+                 python=bare, expect=2)
+    lines = [line for line in out["stderr"].splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"the executors' Python ({bare}" in lines[0] and "numpy is missing" in lines[0]
+    assert "--python" in lines[0] and "Traceback" not in out["stderr"] and out["_seconds"] < 30, out["_seconds"]

@@ -86,3 +86,32 @@ def test_job_options_go_anywhere_on_the_line():
 def test_skew_shares_must_leave_room_for_the_other_users():
     with pytest.raises(ConfigError, match="heavy_users"):
         load_config("local", "synthetic_small", ["synthetic.heavy_users=[0.6,0.5]"])
+
+
+def test_show_config_prints_the_merged_settings_the_job_reads(capsys):
+    import yaml
+
+    from conftest import load_job
+
+    assert load_job("assign_ids").main(["--show-config", "--dataset", "catalogue", "storage.root=/data/x",
+                                        "codebooks.k=64"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert set(shown) == {"run", "spark", "storage", "dataset", "codebooks", "validation"}
+    assert shown["storage"]["root"] == "/data/x" and shown["codebooks"]["k"] == 64
+    assert shown["dataset"]["name"] == "catalogue"
+
+
+def test_a_dataset_file_anywhere_and_locations_under_the_root(tmp_path):
+    mine = tmp_path / "somewhere" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text("dataset: {name: mine, kind: external, modalities: {text: {column: t, dim: 8}}}\n")
+    cfg = load_config("local", str(mine), ["storage.root=/data/mine"])
+    assert cfg.dataset.name == "mine" and cfg.dataset.modalities["text"].dim == 8
+    assert (cfg.codebooks_root(), cfg.samples_root(), cfg.checkpoint_root(), cfg.table_path("items")) == (
+        "/data/mine/codebooks", "/data/mine/samples", "/data/mine/checkpoints", "/data/mine/items")
+    assert load_config("local", str(mine), ["storage.root=s3://b/p", "samples.path=/abs"]).samples_root() == "/abs"
+    assert load_config("local", str(mine), ["storage.root=s3://b/p"]).codebooks_root() == "s3://b/p/codebooks"
+    with pytest.raises(ConfigError, match="must stay under storage.root"):
+        load_config("local", str(mine), ["samples.path=../elsewhere"])
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config("local", str(tmp_path / "missing.yaml"))

@@ -231,21 +231,53 @@ def test_two_concurrent_assign_runs_of_one_run_id_commit_once(spark, world, tmp_
     assert sum("skipped (already written by this run)" in o[0] for o in outs) == 1
 
 
-def test_single_process_training_killed_after_a_checkpoint_resumes_to_the_same_weights(world, tmp_path):
+# MCCA with the synthetic data's tuned settings (conf/tuned/synthetic_small.yaml): dropout on, so
+# a resumed run matches an uninterrupted one only if every step draws what it drew then
+TUNED = ["train.model=mcca", "train.lr=0.005", "train.embedding_dropout=0.2", "train.weight_decay=0.0001",
+         "train.priors=true"]
+
+
+def _weights(folder: Path, model: str = "mcca"):
     import torch
 
+    return torch.load(next(folder.glob(f"{model}-*/checkpoint.pt")), weights_only=True)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    import torch
+
+    return a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world, tmp_path_factory):
+    """One uninterrupted single-process training with the tuned settings (in this process)."""
     root, args = world
-    run_args = lambda d: ["jobs/train_ranker.py", *args, f"train.checkpoint_dir={tmp_path}/{d}", "train.model=mcca"]  # noqa: E731
-    assert load_job("train_ranker").main(run_args("whole")[1:]) == 0  # uninterrupted: in this process
-    killed = run_job_process(run_args("killed"), kill=("checkpoint", 2))  # after the step-4 checkpoint
-    assert killed.returncode == -9
-    resumed = run_job_process(run_args("killed"))
+    folder = tmp_path_factory.mktemp("whole")
+    assert load_job("train_ranker").main([*args, *TUNED, f"train.checkpoint_dir={folder}"]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_single_process_training_stopped_after_a_checkpoint_resumes_to_the_same_weights(world, uninterrupted, tmp_path,
+                                                                                       signal_name):
+    """kill -9 after the step-4 checkpoint, or a scheduler's SIGTERM there (the loop stops at the
+    step boundary, exit 143, saying how to resume): the re-run resumes and ends with the
+    uninterrupted run's weights, bit for bit, with embedding dropout on."""
+    root, args = world
+    run_args = ["jobs/train_ranker.py", *args, *TUNED, f"train.checkpoint_dir={tmp_path}"]
+    stopped = run_job_process(run_args, kill=("checkpoint" if signal_name == "SIGKILL" else "sigterm", 2))
+    if signal_name == "SIGKILL":
+        assert stopped.returncode == -9
+    else:
+        assert stopped.returncode == 143, stopped.stderr[-2000:]
+        assert "stopped by SIGTERM after step 4" in stopped.stderr and "run the same command again" in stopped.stderr
+        assert "Traceback" not in stopped.stderr
+    assert _weights(tmp_path)["step"] == 4
+    resumed = run_job_process(run_args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed" in resumed.stdout and "(2 this run)" in resumed.stdout
-    a = torch.load(next((tmp_path / "whole").glob("mcca-*/checkpoint.pt")), weights_only=True)
-    b = torch.load(next((tmp_path / "killed").glob("mcca-*/checkpoint.pt")), weights_only=True)
-    assert a["step"] == b["step"] == 6
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert _same_weights(_weights(uninterrupted), _weights(tmp_path))
 
 
 def test_clean_orphans_removes_what_killed_runs_left_and_nothing_else(spark, world, tmp_path):
@@ -300,7 +332,8 @@ def _descendants_alive(sid: int) -> list[int]:
 @pytest.mark.real  # starts a process
 def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishes(world, tmp_path):
     """kill -9 of the whole job (driver, JVM, Spark workers, both Horovod ranks) once rank 0
-    wrote its first checkpoint; the re-run resumes from it and finishes the same run."""
+    wrote its first checkpoint; the re-run resumes from it and ends with the weights of the
+    same run uninterrupted, with embedding dropout on."""
     import json
     import signal
     import time
@@ -308,15 +341,15 @@ def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishe
     import torch
 
     root, args = world
-    run_args = [*args, f"train.checkpoint_dir={tmp_path}/ckpt", "train.backend=horovod", "train.num_proc=2",
-                "train.max_steps=1000", "train.checkpoint_every=5", "train.batch_size=32", "spark.master=local[2]"]
+    run_args = [*args, *TUNED, f"train.checkpoint_dir={tmp_path}/ckpt", "train.backend=horovod", "train.num_proc=2",
+                "train.max_steps=60", "train.checkpoint_every=5", "train.batch_size=32", "spark.master=local[2]"]
     env = job_env()
     job = subprocess.Popen([sys.executable, "jobs/train_ranker.py", *run_args], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     ckpt = None
     while time.time() < deadline and job.poll() is None:
-        found = list((tmp_path / "ckpt").glob("din-*/checkpoint.pt"))
+        found = list((tmp_path / "ckpt").glob("mcca-*/checkpoint.pt"))
         if found:
             ckpt = found[0]
             break
@@ -344,6 +377,12 @@ def test_two_rank_horovod_training_killed_after_a_checkpoint_resumes_and_finishe
     assert res["status"] == "resumed" and res["steps"] == final["step"] > step_at_kill
     assert res["steps_this_run"] > 0 and res["processes"] == 2
     assert (ckpt.parent / "result.json").exists()
+    # the same run uninterrupted: the same weights, bit for bit (each rank's dropout is drawn
+    # from its seed and the step alone)
+    whole = run_job_process(["jobs/train_ranker.py", "--json", *run_args, f"train.checkpoint_dir={tmp_path}/whole"],
+                            timeout=400)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert _same_weights(_weights(tmp_path / "whole"), final)
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +439,135 @@ def test_a_night_killed_with_sigkill_resumes_to_the_uninterrupted_result(spark, 
     audit = {n: _table(spark, f"{d}/delta/reindex_state")[audit_cols].sort_values(["night", "status"])
              .reset_index(drop=True).astype(str) for n, d in runs.items()}
     assert audit["killed"].equals(audit["whole"]) and "25" in set(audit["whole"].n_changed)
+
+
+def _locations_free(args: list[str]) -> list[str]:
+    """The world's arguments without its explicit locations (storage.root alone then decides)."""
+    keys = ("storage.root=", "storage.codebooks=", "samples.path=", "train.checkpoint_dir=")
+    return [a for a in args if not a.startswith(keys)]
+
+
+@pytest.mark.parametrize("job", ["assign_ids", "reindex_catalog"])
+def test_an_empty_items_table_never_replaces_the_semantic_ids(spark, world, capsys, tmp_path, job):
+    """assign_ids and reindex_catalog run without validate_inputs on an emptied items table:
+    exit 2, every table version as it was (the IDs in use stay)."""
+    from psrq.storage import open_engine
+
+    root, args = world
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
+    engine = open_engine(spark, "delta-rs")
+    items = f"{tmp_path}/delta/items"
+    engine.write(engine.read(items).limit(0), items, "overwrite")
+    code, err = run_fault(capsys, tmp_path, job, [*args, *override_args(copies), "run.run_id=5"])
+    assert code == 2 and "Traceback" not in err and "the table is empty" in err, err
+    assert "validation.allow_empty=true" in err
+
+
+def test_a_rerun_of_a_finished_assignment_encodes_nothing(spark, world, tmp_path):
+    root, args = world
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
+    run_args = ["jobs/assign_ids.py", *args, *override_args(copies), "run.run_id=12"]
+    first = run_job_process(run_args)
+    assert first.returncode == 0 and "encoded 400 items" in first.stderr, first.stderr[-2000:]
+    again = run_job_process(run_args)
+    assert again.returncode == 0 and "nothing encoded" in again.stderr and "encoded 400 items" not in again.stderr
+    assert "skipped (already written by this run)" in again.stdout
+
+
+def test_already_done_checks_the_checkpoint_it_reports(world, capsys, tmp_path):
+    """A finished run whose checkpoint was damaged afterwards is not reported as done."""
+    import shutil
+
+    root, args = world
+    shutil.copytree(root / "ckpt", tmp_path / "ckpt")
+    ckpt = next((tmp_path / "ckpt").glob("din-*/checkpoint.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])
+    code, err = run_fault(capsys, root, "train_ranker", [*args, f"train.checkpoint_dir={tmp_path}/ckpt"])
+    assert code == 2 and f"{ckpt} is damaged" in err and "train.restart=true" in err and "Traceback" not in err
+
+
+def test_listing_codebooks_names_the_versions_it_skipped(world, capsys, tmp_path):
+    """The only version's manifest edited: not "no versions", but which one was skipped and why."""
+    import json
+    import shutil
+
+    root, args = world
+    shutil.copytree(root / "codebooks", tmp_path / "codebooks")
+    f = tmp_path / "codebooks" / "v0001" / "manifest.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "seed": 99}))
+    code, err = run_fault(capsys, root, "assign_ids", [*args, f"storage.codebooks={tmp_path}/codebooks"])
+    assert code == 2 and "no usable psrq codebook version" in err and "1 skipped (v0001:" in err
+    assert "manifest.json was modified after it was written" in err and "run jobs/fit_codebooks.py first" not in err
+
+
+def test_jobs_started_anywhere_with_storage_root_alone_write_only_under_it(world, tmp_path):
+    """A dataset file outside the repository, storage.root the only location given, started
+    from another working directory: the codebooks land under storage.root, the working
+    directory stays empty, and the fit is the one started from the repository."""
+    import json
+
+    root, args = world
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path / "copy")
+    data = tmp_path / "copy" / "delta"
+    dataset = tmp_path / "elsewhere" / "mine.yaml"
+    dataset.parent.mkdir()
+    dataset.write_text(Path(ROOT, "conf", "datasets", "synthetic_small.yaml").read_text())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    cmd = [sys.executable, os.path.join(ROOT, "jobs", "fit_codebooks.py"), "--dataset", str(dataset), "--json",
+           *_locations_free(args), f"storage.root={data}", "run.run_id=31"]
+    out = subprocess.run(cmd, cwd=cwd, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.listdir(cwd) == [] and (data / "codebooks" / "v0001" / "manifest.json").is_file()
+    fitted = json.loads(out.stdout)
+    mine = json.loads((data / "codebooks" / "v0001" / "manifest.json").read_text())
+    want = json.loads((Path(copies["storage.codebooks"]) / "v0001" / "manifest.json").read_text())
+    assert fitted["version"] == "v0001" and mine["checksums"]["codebooks.safetensors"] == want["checksums"]["codebooks.safetensors"]
+
+
+def test_a_table_folder_that_cannot_be_written_stops_the_job_before_any_work(world, capsys, tmp_path):
+    """One table the job writes sits where nothing can be written (here a folder of /proc, which
+    refuses even root): the write probe names it before Spark starts."""
+    root, args = world
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
+    sid = tmp_path / "delta" / "semantic_ids"
+    import shutil
+
+    shutil.rmtree(sid)
+    sid.symlink_to("/proc/self/fdinfo")
+    code, err = run_fault(capsys, tmp_path, "assign_ids", [*args, *override_args(copies), "run.run_id=13"])
+    assert code == 2 and f"tables.semantic_ids: cannot write to {sid}" in err and "nothing was started" in err
+
+
+def test_a_truncated_delta_log_entry_names_the_table_the_file_and_the_way_back(spark, world, capsys, tmp_path):
+    root, args = world
+    copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
+    log = sorted((tmp_path / "delta" / "interactions" / "_delta_log").glob("*.json"))[-1]
+    log.write_bytes(log.read_bytes()[: len(log.read_bytes()) // 2])
+    code, err = run_fault(capsys, tmp_path, "validate_inputs", [*args, *override_args(copies)])
+    assert code == 2 and "Traceback" not in err and f"{tmp_path}/delta/interactions" in err
+    assert f"{log} is not valid JSON" in err and "move it out of _delta_log" in err
+    assert not re.search(r"^\s*\d+: ", err, re.M)  # no Rust backtrace frames
+
+
+def test_a_file_size_limit_during_a_write_is_one_line_and_a_rerun_recovers(world, tmp_path):
+    """`ulimit -f` small enough that the checkpoint cannot be written: exit 2 with one line
+    naming the file; no checkpoint or result is left half-written; without the limit the same
+    command trains the run."""
+    import resource
+
+    root, args = world
+    run_args = ["jobs/train_ranker.py", *args, *TUNED, f"train.checkpoint_dir={tmp_path}", "train.dim=32"]
+    limit = 64 * 1024  # the checkpoint holds about 0.3 MB; Spark's own files here are smaller
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = run_python(run_args, timeout=300, preexec_fn=limited)
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "storage refused a write (File too large: " in lines[0] and str(tmp_path) in lines[0], lines[0]
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("*.tmp-*"))
+    again = run_job_process(run_args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert list(tmp_path.rglob("result.json"))

@@ -33,6 +33,8 @@ def test_each_job_line_parses_and_its_overrides_are_valid(line):
     load_config(profile, dataset, overrides)  # raises ConfigError on an unknown key or a bad value
     out = subprocess.run([sys.executable, job, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "key=value" in out.stdout, out.stderr[-1000:]
+    # the job's own settings, from the configuration schema, with their defaults
+    assert "The settings this job reads" in out.stdout and re.search(r"^  \w+\.\w+(\.\w+)* = ", out.stdout, re.M)
 
 
 SUBMIT_LINES = [m.group(1) for m in re.finditer(r"\.venv/bin/python -m psrq\.submit ([^>\n]*)", README)]

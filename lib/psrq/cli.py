@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from psrq.config import Config, load_config
-from psrq.errors import PsrqError
+from psrq.errors import PsrqError, storage_refusal
 from psrq.job import JobContext
 from psrq.storage import fs
 from psrq.storage.probe import output_locations, probe_writable
@@ -25,19 +25,38 @@ log = logging.getLogger("psrq")
 # where --json writes its document when set (psrq.submit sets it: under spark-submit the
 # driver's stdout and stderr reach the caller as one stream)
 JSON_OUT = "PSRQ_JSON_OUT"
+DEMO_DATASET = "synthetic_small"  # --dataset in local mode when none is given
 
 
-def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(description: str, argv: list[str] | None = None, reads: tuple[str, ...] = ()) -> argparse.Namespace:
+    """reads: the configuration sections the job reads, listed by --help with their defaults."""
+    epilog = "Any configuration key can be overridden: key.path=value (e.g. storage.root=/data/psrq)."
+    if reads:
+        from psrq.settings_help import describe
+
+        epilog += ("\n\nThe settings this job reads (key = default  # meaning; --show-config prints their merged "
+                   f"values):\n{describe(reads)}")
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Any configuration key can be overridden: key.path=value "
-                                       "(e.g. synthetic.n_items=100000 storage.root=/data/psrq)")
+                                epilog=epilog)
     p.add_argument("--profile", default="local", help="conf/<profile>.yaml: local (default) or cluster")
-    p.add_argument("--dataset", default="synthetic_small", help="conf/datasets/<dataset>.yaml")
+    p.add_argument("--dataset", default=None,
+                   help="a name in conf/datasets/ or a YAML file (a path or URI); required on a cluster, "
+                        f"{DEMO_DATASET} (the synthetic demo) by default in local mode")
     p.add_argument("--conf-dir", default=None, help="folder with base.yaml, profiles and datasets/")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (only it: logs go to stderr)")
     p.add_argument("--master", default=None, help="Spark master (default: spark-submit's, else local[*])")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the merged configuration of the sections this job reads (YAML) and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    return p.parse_intermixed_args(argv)  # options anywhere on the line, before or after key=value
+    args = p.parse_intermixed_args(argv)  # options anywhere on the line, before or after key=value
+    if args.dataset is None:
+        from psrq.spark import submitted
+
+        if submitted() or args.profile == "cluster" or (args.master or "local").split("[")[0] != "local":
+            p.error("--dataset is required on a cluster: a name in conf/datasets/ or a YAML file of your own "
+                    f"(without it a job would run with the synthetic demo's settings, {DEMO_DATASET})")
+        args.dataset = DEMO_DATASET
+    return args
 
 
 class Py4jRetryFilter(logging.Filter):
@@ -62,11 +81,13 @@ def configure_logging() -> None:
 
 
 def run_job(description: str, stage: Callable, argv: list[str] | None = None, writes: tuple[str, ...] = (),
-            needs_spark: bool = True) -> int:
+            needs_spark: bool = True, reads: tuple[str, ...] = ()) -> int:
     """stage(job: JobContext) -> dict (the job's summary). writes: the configuration keys of
     the locations the job writes (probed before Spark starts). needs_spark=False: the job's
-    context has no Spark session."""
-    args = parse_args(description, argv)
+    context has no Spark session. reads: the configuration sections it reads (--help)."""
+    args = parse_args(description, argv, reads)
+    if args.show_config:
+        return show_config(args, reads)
     configure_logging()
     # --json: stdout carries the one JSON document only. Everything else written to file
     # descriptor 1 while the job runs (its own lines, the JVM and the workers it starts,
@@ -107,13 +128,39 @@ def _run(args, stage: Callable, writes: tuple[str, ...], needs_spark: bool) -> t
             t0 = time.time()
             spark = build_spark(cfg.spark, app_name(cfg, name), fs.spark_hadoop_conf())
             log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
+            if not spark.sparkContext.master.startswith("local"):  # executors with a Python of their own
+                from psrq.preflight import check_executors
+
+                check_executors(spark, name)
         t0 = time.time()
         result = stage(JobContext(name, cfg, spark))
         log.info("%s done in %.1fs", name, time.time() - t0)
     except PsrqError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2), None
+    except Exception as exc:
+        if (refused := storage_refusal(exc)) is None:
+            raise  # a bug: the traceback is what helps
+        print(f"error: storage refused a write ({refused}); nothing half-written is visible (Delta commits and "
+              "checkpoints are whole or absent): free space or raise the limit, then run the same job again",
+              file=sys.stderr)
         return 2, None
     return 0, result
+
+
+def show_config(args, reads: tuple[str, ...]) -> int:
+    """--show-config: the merged configuration (defaults, profile, dataset, tuned, overrides)
+    of the sections the job reads, as YAML on stdout; nothing else runs."""
+    import yaml
+
+    try:
+        cfg = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)
+    except PsrqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    doc = cfg.model_dump(mode="json")
+    print(yaml.safe_dump({k: doc[k] for k in (reads or doc)}, sort_keys=False), end="")
+    return 0
 
 
 def job_name(stage: Callable) -> str:

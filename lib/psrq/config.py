@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+import posixpath
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Optional
 
 from omegaconf import OmegaConf
@@ -106,11 +107,13 @@ class S3Conf(_Strict):
 
 
 class StorageConf(_Strict):
-    root: str = "./data/delta"
+    # every location defaults under it (tables, codebooks, samples, checkpoints, experiments);
+    # the only one a relative path resolves against the working directory
+    root: str = "./data"
     engine: Literal["auto", "delta-rs", "delta-spark"] = "auto"
     tables: TablesConf = TablesConf()
     # versioned codebook artifacts (not a Delta table): <codebooks>/vNNNN/
-    codebooks: str = "./data/codebooks"
+    codebooks: str = "codebooks"
     s3: S3Conf = S3Conf()
 
 
@@ -194,7 +197,7 @@ class QarmConf(_Strict):
 
 
 class SamplesConf(_Strict):
-    path: str = "./data/samples"  # Parquet, one folder per split, and manifest.json
+    path: str = "samples"  # Parquet, one folder per split, and manifest.json
     history_len: int = Field(20, ge=1)
     # is_cold: the target has fewer than cold_threshold interactions (any label), counted
     # over all splits ("all", as the paper's dataset statistics do) or the train split only
@@ -246,7 +249,7 @@ class TrainConf(_Strict):
     model_options: dict = Field(default_factory=dict)
     seed: int = 0
     max_steps: Optional[int] = Field(None, ge=1)
-    checkpoint_dir: str = "./data/checkpoints"
+    checkpoint_dir: str = "checkpoints"
     checkpoint_every: int = Field(200, ge=0)
     # move an unreadable or foreign checkpoint folder aside (<folder>.moved-<time>) and start over
     restart: bool = False
@@ -306,6 +309,9 @@ class ValidationConf(_Strict):
     # after now is refused (a unit or sentinel error upstream)
     min_ts: str = "1990-01-01"
     max_future_days: int = Field(1, ge=0)
+    # an empty items table is refused where it would replace what is there (every semantic
+    # ID of a codebook version); true for a catalogue that is really empty
+    allow_empty: bool = False
 
     @field_validator("min_ts")
     @classmethod
@@ -414,13 +420,14 @@ class TuningConf(_Strict):
 
 
 class ExperimentsConf(_Strict):
-    root: str = "./data/experiments"   # per dataset: Delta tables, codebooks, samples, checkpoints
+    root: str = "experiments"   # per dataset: Delta tables, codebooks, samples, checkpoints
     names: list[str] = Field(default_factory=lambda: ["table2", "table3", "table4"])  # conf/experiments/<name>.yaml
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     reports: str = "./docs/results"
 
 
-# every configured location: a local path or a URI of a scheme psrq.storage.fs supports
+# every configured location: a local path or a URI of a scheme psrq.storage.fs supports; all
+# but storage.root resolve under storage.root when relative (Config.location)
 LOCATION_KEYS = ("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir", "experiments.root")
 
 
@@ -458,7 +465,13 @@ class Config(_Strict):
 
         for key in LOCATION_KEYS:
             section, name = key.split(".")
-            check_location(key, getattr(getattr(self, section), name))
+            value = getattr(getattr(self, section), name)
+            check_location(key, value)
+            if key != "storage.root":
+                try:
+                    self.location(value)
+                except ConfigError as exc:
+                    raise ValueError(f"{key}: {exc}") from None
         return self
 
     def fs_options(self):
@@ -469,12 +482,39 @@ class Config(_Strict):
         return FsOptions(endpoint=s3.endpoint, region=s3.region, path_style=s3.path_style,
                          delta_rs_s3_commit=s3.delta_rs_commit)
 
+    def root(self) -> str:
+        """storage.root, absolute (a URI as it is)."""
+        return absolute(self.storage.root)
+
+    def location(self, value: str) -> str:
+        """A configured location: a URI or an absolute path as it is; a relative path under
+        storage.root, never under the working directory (a job gives the same result
+        wherever it is started, and on object storage nothing lands on the driver's disk)."""
+        if "://" in value or PurePosixPath(value).is_absolute():
+            return value
+        rel = posixpath.normpath(value)
+        if rel == "..":
+            raise ConfigError(f"{value}: a relative location must stay under storage.root ({self.storage.root})")
+        if rel.startswith("../"):
+            raise ConfigError(f"{value}: a relative location must stay under storage.root ({self.storage.root})")
+        root = self.root()
+        return root if rel == "." else f"{root.rstrip('/')}/{rel}"
+
     def codebooks_root(self) -> str:
-        return absolute(self.storage.codebooks)
+        """storage.codebooks (Config.location)."""
+        return self.location(self.storage.codebooks)
 
     def samples_root(self) -> str:
-        """samples.path, absolute (a URI as it is)."""
-        return absolute(self.samples.path)
+        """samples.path (Config.location)."""
+        return self.location(self.samples.path)
+
+    def checkpoint_root(self) -> str:
+        """train.checkpoint_dir (Config.location)."""
+        return self.location(self.train.checkpoint_dir)
+
+    def experiments_root(self) -> str:
+        """experiments.root (Config.location)."""
+        return self.location(self.experiments.root)
 
     def table_path(self, name: str) -> str:
         """Location of a named table (a key of storage.tables) under storage.root."""
@@ -482,10 +522,7 @@ class Config(_Strict):
             table = getattr(self.storage.tables, name)
         except AttributeError:
             raise ConfigError(f"storage.tables.{name}: no such table in the configuration") from None
-        root = self.storage.root
-        if "://" in root:
-            return f"{root.rstrip('/')}/{table}"
-        return str((Path(root) / table).resolve())
+        return f"{self.root().rstrip('/')}/{table}"
 
     def with_overrides(self, overrides: dict) -> "Config":
         """A copy with `dotted.key: value` overrides, validated like the command line's."""
@@ -542,6 +579,33 @@ def _explain(exc: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+def is_dataset_file(dataset: str) -> bool:
+    """--dataset is a YAML file (a local path or a URI) rather than a name in conf/datasets/."""
+    return "/" in dataset or dataset.endswith((".yaml", ".yml"))
+
+
+def dataset_layer(conf_dir, dataset: str):
+    """(the dataset's configuration layer, its name for conf/tuned): conf/datasets/<name>.yaml,
+    or a YAML file anywhere the storage layer reaches (your own dataset, without editing
+    the package)."""
+    if not is_dataset_file(dataset):
+        return read_layer(conf_dir.joinpath("datasets"), dataset, "dataset"), dataset
+    from psrq.storage import fs
+
+    try:
+        text = fs.read_text(dataset if "://" in dataset else str(Path(dataset).expanduser().resolve()))
+    except (FileNotFoundError, OSError) as exc:
+        raise ConfigError(f"--dataset {dataset}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        layer = OmegaConf.create(text)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"--dataset {dataset}: cannot parse YAML: {exc}") from exc
+    name = OmegaConf.select(layer, "dataset.name")
+    if not name:
+        raise ConfigError(f"--dataset {dataset}: the file sets no dataset.name (see conf/datasets/catalogue.yaml)")
+    return layer, str(name)
+
+
 def load_config(
     profile: str = "local",
     dataset: str = "synthetic_small",
@@ -552,8 +616,8 @@ def load_config(
     """tuned=False: without the dataset's tuned settings (conf/tuned), the hand-set defaults;
     None: with them unless the environment sets PSRQ_TUNED=0 (the test suite does)."""
     conf_dir = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
-    layers = [read_layer(conf_dir, "base", "base config"), read_layer(conf_dir, profile, "profile"),
-              read_layer(conf_dir.joinpath("datasets"), dataset, "dataset")]
+    data_layer, dataset = dataset_layer(conf_dir, dataset)
+    layers = [read_layer(conf_dir, "base", "base config"), read_layer(conf_dir, profile, "profile"), data_layer]
     cli = _overrides(list(overrides))
     if tuned is None:
         tuned = os.environ.get("PSRQ_TUNED", "1") != "0"

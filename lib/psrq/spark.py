@@ -104,6 +104,14 @@ def jvm_settings(bundles: list[str]) -> dict[str, str]:
     return out
 
 
+def launch_settings() -> dict[str, str]:
+    """The Spark settings spark-submit started this driver with (its --conf, spark-defaults)."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the gateway spark-submit launched: its system properties
+    return dict(SparkConf().getAll())
+
+
 def build_spark(cfg: SparkConf, app_name: str | None = None, storage: dict[str, str] | None = None) -> SparkSession:
     master = resolve_master(cfg)
     if master and master.startswith("local"):
@@ -115,7 +123,14 @@ def build_spark(cfg: SparkConf, app_name: str | None = None, storage: dict[str, 
     builder = SparkSession.builder.appName(app_name or cfg.app_name)
     if master:
         builder = builder.master(master)
-    for key, value in spark_settings(cfg, master or "", storage).items():
+    settings = spark_settings(cfg, master or "", storage)
+    if submitted():
+        # one precedence: the command line over the profile over the defaults. The launcher
+        # passed the configuration's settings to spark-submit and the user's --conf after
+        # them (the last wins there); re-applying the configuration here would undo a --conf
+        launched = launch_settings()
+        settings = {k: v for k, v in settings.items() if k not in launched}
+    for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from psrq import jvm
 from psrq.cli import JSON_OUT, app_name, parse_args
-from psrq.config import load_config
+from psrq.config import is_dataset_file, load_config
 from psrq.errors import PsrqError
 from psrq.spark import GPU_DISCOVERY, gpu_discovery_script, spark_settings
 from psrq.storage import fs
@@ -56,11 +56,37 @@ def command(job: str, job_args: list[str], master: str, package: str, python: st
         cmd += ["--files", f"{gpu_discovery_script()}#{GPU_DISCOVERY}"]  # renamed in the executors' folder
     if python:  # the executors' (and in cluster deploy mode the driver's) interpreter
         settings["spark.pyspark.python"] = python
+    if is_dataset_file(args.dataset) and "://" not in args.dataset:
+        # your own dataset file travels with the job; a driver on the cluster reads its copy
+        local = str(Path(args.dataset).expanduser().resolve())
+        cmd += ["--files", local]
+        if deploy_mode == "cluster":
+            job_args = _replace_option(job_args, "--dataset", f"./{Path(local).name}")
     for key, value in sorted(settings.items()):
         cmd += ["--conf", f"{key}={value}"]
     for kv in extra_conf:
         cmd += ["--conf", kv]
     return [*cmd, job, *job_args]
+
+
+def _replace_option(args: list[str], option: str, value: str) -> list[str]:
+    out = list(args)
+    i = out.index(option)
+    out[i + 1] = value
+    return out
+
+
+def stale_package(package: Path) -> str | None:
+    """Why the package zip must be (re)built from this source tree, or None: missing, or
+    older than a file of lib/psrq or conf/ (only for the tree's own dist/psrq.zip)."""
+    if not package.is_file():
+        return "missing"
+    if package.resolve() != (ROOT / "dist" / "psrq.zip").resolve() or not (ROOT / "lib" / "psrq").is_dir():
+        return None
+    built = package.stat().st_mtime
+    newer = next((p for d in (ROOT / "lib" / "psrq", ROOT / "conf") for p in d.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.stat().st_mtime > built), None)
+    return f"older than {newer.relative_to(ROOT)}" if newer else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,9 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.job).is_file():
         print(f"error: no job at {a.job}", file=sys.stderr)
         return 2
-    if not Path(a.package).is_file():
-        print(f"error: {a.package} not found: run `make package` first", file=sys.stderr)
-        return 2
+    package = Path(a.package)
+    if (why := stale_package(package)) is not None and not a.dry_run:
+        if package.resolve() != (ROOT / "dist" / "psrq.zip").resolve():
+            print(f"error: {a.package} not found: build it with `make package` (dist/psrq.zip)", file=sys.stderr)
+            return 2
+        print(f"psrq.submit: {a.package} is {why}: building it (make package)", file=sys.stderr)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py")], check=True, stdout=sys.stderr)
     try:
         cmd = command(a.job, a.job_args, a.master, a.package, a.python, a.deploy_mode, a.conf)
     except PsrqError as exc:
@@ -89,13 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         print(shlex.join(cmd))
         return 0
+    # the driver (client mode) runs this interpreter unless told otherwise: the one with the stack
+    env = {**os.environ, "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable)}
     if "--json" not in a.job_args or a.deploy_mode == "cluster":
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
     # --json (client mode): the driver writes its document to a file; spark-submit's own
     # output (the driver's stdout and stderr merged) goes to stderr; stdout gets the document
     with tempfile.TemporaryDirectory(prefix="psrq-submit-") as tmp:
         doc = Path(tmp, "result.json")
-        code = subprocess.call(cmd, stdout=sys.stderr.fileno(), env={**os.environ, JSON_OUT: str(doc)})
+        code = subprocess.call(cmd, stdout=sys.stderr.fileno(), env={**env, JSON_OUT: str(doc)})
         if code == 0 and doc.is_file():
             sys.stdout.write(doc.read_text())
             sys.stdout.flush()

@@ -2,6 +2,7 @@
 
     python kill_at.py commit N jobs/<job>.py [args...]      SIGKILL just before the N-th Delta commit
     python kill_at.py checkpoint N jobs/<job>.py [args...]  SIGKILL just after the N-th checkpoint write
+    python kill_at.py sigterm N jobs/<job>.py [args...]     SIGTERM (a scheduler's stop) after the N-th one
 
 No cleanup handler runs (that is the point): what is left on disk is what a real crash leaves."""
 import os
@@ -32,7 +33,7 @@ if point == "commit":
         return real_commit(self, fn)
 
     DeltaRsEngine._commit = commit
-elif point == "checkpoint":
+elif point in ("checkpoint", "sigterm"):
     from psrq.training import loop
 
     real_save = loop.save_checkpoint
@@ -41,7 +42,10 @@ elif point == "checkpoint":
         out = real_save(*a, **k)
         calls["n"] += 1
         if calls["n"] == n:
-            die()
+            if point == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread, handled there
+            else:
+                die()
         return out
 
     loop.save_checkpoint = save

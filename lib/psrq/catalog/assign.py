@@ -13,12 +13,13 @@ from pyspark.sql import functions as F
 
 from psrq.config import Config
 from psrq.data.validation import check_item_ids, require_item_columns
-from psrq.errors import ArtifactError
+from psrq.errors import ArtifactError, InputValidationError, Problem
 from psrq.quant.artifact import load_artifact
 from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine, open_engine
+from psrq.storage.base import WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,48 @@ def assign_full(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: Da
     unless codebooks.mark_current=false."""
     txn = txn or AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
     out_path = cfg.table_path("semantic_ids")
+    if encoded is None and committed(engine, out_path, txn):  # a re-run: nothing to encode
+        log.info("semantic_ids: codebook %s already written by run %s (%s): nothing encoded", cbs.version, txn.version,
+                 txn.app_id)
+        n = engine.read(out_path).filter(F.col("codebook_version") == cbs.version).count()
+        res = WriteResult(out_path, engine.version(out_path), skipped=True)
+        return _summary(out_path, res, n, cbs, _mark(spark, cfg, engine, cbs), time.time())
     with _encoding(spark, cfg, items, cbs, encoded) as (encoded, n, t0):
+        require_items(cfg, engine, out_path, cbs, n)
         rows = semantic_rows(encoded, cbs, None)
         # sorted by code_key: file and row-group statistics make reverse lookups cheap
         rows = rows.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "code_key").sortWithinPartitions("code_key", ITEM_ID)
         res = engine.replace_where(rows, out_path, "codebook_version", cbs.version, txn, description=f"assign_ids {cbs.version}")
-    current = None
-    if cfg.codebooks.mark_current:
-        from psrq.catalog.current import mark_current
+    return _summary(out_path, res, n, cbs, _mark(spark, cfg, engine, cbs), t0)
 
-        current = mark_current(spark, engine, cfg, cbs.version)["codebook_version"]
-    return _summary(out_path, res, n, cbs, current, t0)
+
+def _mark(spark, cfg: Config, engine: DeltaEngine, cbs: CodebookSet) -> Optional[str]:
+    if not cfg.codebooks.mark_current:
+        return None
+    from psrq.catalog.current import mark_current
+
+    return mark_current(spark, engine, cfg, cbs.version)["codebook_version"]
+
+
+def committed(engine: DeltaEngine, path: str, txn: AppTxn) -> bool:
+    """The table already recorded this app transaction (a re-run of a committed write)."""
+    if not engine.exists(path):
+        return False
+    done = engine.transaction_version(path, txn.app_id)
+    return done is not None and done >= txn.version
+
+
+def require_items(cfg: Config, engine: DeltaEngine, out_path: str, cbs: CodebookSet, n: int) -> None:
+    """An empty catalogue would replace every semantic ID of the version: refused (before
+    anything is written) unless validation.allow_empty says it is really empty."""
+    if n or cfg.validation.allow_empty:
+        return
+    held = (engine.read(out_path).filter(F.col("codebook_version") == cbs.version).count()
+            if engine.exists(out_path) else 0)
+    raise InputValidationError("items", [Problem("*", f"the table is empty: assigning it would leave codebook "
+                                                      f"{cbs.version} with no semantic IDs (it has {held:,} now); "
+                                                      "nothing was written (validation.allow_empty=true if the "
+                                                      "catalogue is really empty)")])
 
 
 def assign_incremental(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: DataFrame, cbs: CodebookSet,

@@ -12,7 +12,8 @@ from pyspark.sql import SparkSession
 
 from psrq.config import Config
 from psrq.data.validation import check_item_ids, require_item_columns
-from psrq.quant.artifact import find_fit, spec_to_dict, write_artifact
+from psrq.errors import ArtifactError
+from psrq.quant.artifact import find_fit, load_artifact, spec_to_dict, write_artifact
 from psrq.quant.base import QuantSpec
 from psrq.quant.diagnostics import diagnose, plot_code_distributions
 from psrq.quant.kmeans import resolve_backend
@@ -60,6 +61,11 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
     modalities = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
     ident = fit_identity(cfg, spec, modalities, items_path, items_version, created_by or {})
     if (done := find_fit(cfg.codebooks_root(), ident)) is not None:
+        try:  # "already done" checks what it reports: the arrays against the manifest's checksum
+            load_artifact(cfg.codebooks_root(), done["version"])
+        except ArtifactError as exc:
+            raise ArtifactError(f"this run already fitted codebook {done['version']}, but it is damaged ({exc}): "
+                                f"remove {cfg.codebooks_root()}/{done['version']} to fit it again") from None
         log.info("codebook %s already fitted by this run (fit %s): nothing to do", done["version"], ident)
         return {**done, "status": "already done"}
     items = engine.read(items_path)

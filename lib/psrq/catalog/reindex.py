@@ -30,6 +30,7 @@ from psrq.catalog.assign import assign_full, assign_incremental
 from psrq.catalog.current import current_version, mark_current
 from psrq.catalog.fit import fit_stage
 from psrq.config import Config
+from psrq.errors import InputValidationError, Problem
 from psrq.quant.artifact import load_artifact, manifests
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
@@ -93,7 +94,12 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
     if engine.exists(state_path):
         watermark = engine.read(state_path).filter(F.col("status") == "done").agg(F.max("watermark")).first()[0]
     has_ts = UPDATED_AT in items.columns
-    cutoff = items.agg(F.max(UPDATED_AT)).first()[0] if has_ts else None
+    seen = items.agg(F.count(F.lit(1)).alias("n"), (F.max(UPDATED_AT) if has_ts else F.lit(None)).alias("cutoff")).first()
+    cutoff = seen["cutoff"]
+    if not seen["n"] and not cfg.validation.allow_empty:
+        raise InputValidationError("items", [Problem("*", f"the table is empty (version {items_version}): night {night} "
+                                                          "records nothing and changes nothing "
+                                                          "(validation.allow_empty=true if the catalogue is really empty)")])
 
     # tonight's codebook: the plan's; else codebooks.version, the one marked current, or (a
     # first night, before anything was marked) the latest fitted of the method

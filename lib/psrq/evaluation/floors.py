@@ -75,7 +75,7 @@ def floors_stage(spark, cfg) -> dict[str, dict]:
     """The floors of evaluate.split (the train split's statistics), recorded in eval_metrics
     once per samples build and split: an evaluation that finds them reports the record."""
     ec = cfg.evaluate
-    man = SamplesManifest.read(cfg.samples.path)
+    man = SamplesManifest.read(cfg.samples_root())
     ids = {name: EvalIdentity(train_key="floor", model=f"floor:{name}", step=0, weights=f"prior={PRIOR}", split=ec.split,
                               samples=man.key).eval_id for name in FLOORS}
     engine = open_engine(spark, cfg.storage.engine)

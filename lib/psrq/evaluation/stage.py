@@ -40,12 +40,12 @@ def _summary(record: dict, status: str, content: bool) -> dict:
 
 def evaluate_stage(spark, cfg: Config) -> dict:
     ec, tc = cfg.evaluate, cfg.train
-    man = SamplesManifest.read(cfg.samples.path)
+    man = SamplesManifest.read(cfg.samples_root())
     ident, ckpt_dir = identity_and_folder(cfg, man)
     ckpt = load_checkpoint(ckpt_dir, best=True)  # the best validation's weights
     if ckpt is None:
         raise EvaluationError(f"no trained {tc.model} (seed {tc.seed}) with these training settings for the samples at "
-                              f"{cfg.samples.path} (run {ident.key}, looked in {ckpt_dir}): run jobs/train_ranker.py "
+                              f"{cfg.samples_root()} (run {ident.key}, looked in {ckpt_dir}): run jobs/train_ranker.py "
                               "with the same settings first")
     check_compatible(ckpt, checkpoint_meta(ident), f"{ckpt_dir}/{CHECKPOINT} ")
     eid = EvalIdentity(train_key=ident.key, model=tc.model, step=int(ckpt["step"]), weights=weights_hash(ckpt["model"]),
@@ -59,7 +59,7 @@ def evaluate_stage(spark, cfg: Config) -> dict:
         if done:
             log.info("evaluation %s already recorded in %s: reporting it", eval_id, metrics_path)
             return _summary(done[0].asDict(), "already done", reads_content)
-    content = read_content_bytes(content_file(cfg.samples.path, man)) if reads_content else None
+    content = read_content_bytes(content_file(cfg.samples_root(), man)) if reads_content else None
     bundle = bundle_from_checkpoint(ckpt, eval_id, model_args(cfg, man), content)
     bc = spark.sparkContext.broadcast(bundle)
     split_path = man.split_path(ec.split)

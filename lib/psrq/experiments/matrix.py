@@ -30,7 +30,7 @@ def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
 
 def dataset_config(cfg: Config) -> Config:
     """Everything of one dataset's experiments lives under experiments.root/<dataset>."""
-    root = f"{cfg.experiments.root.rstrip('/')}/{cfg.dataset.name}"
+    root = f"{cfg.experiments_root().rstrip('/')}/{cfg.dataset.name}"
     return cfg.with_overrides({"storage.root": f"{root}/delta", "storage.codebooks": f"{root}/codebooks",
                                "train.checkpoint_dir": f"{root}/checkpoints", "samples.path": f"{root}/samples"})
 

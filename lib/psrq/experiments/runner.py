@@ -27,7 +27,7 @@ RESULTS_TABLE = "experiment_results"
 
 
 def results_path(dcfg: Config) -> str:
-    return f"{dcfg.storage.root.rstrip('/')}/{RESULTS_TABLE}"
+    return f"{dcfg.root().rstrip('/')}/{RESULTS_TABLE}"
 
 
 def read_results(spark, dcfg: Config, latest: bool = True):
@@ -72,7 +72,7 @@ def prepare_method(spark, c: Config) -> dict:
     from psrq.samples.layout import SamplesManifest
 
     if fs.exists(fs.join(c.samples_root(), SamplesManifest.FILE)):
-        return SamplesManifest.read(c.samples.path).raw
+        return SamplesManifest.read(c.samples_root()).raw
     from psrq.catalog.assign import assign
     from psrq.catalog.fit import fit_stage
 
@@ -99,7 +99,7 @@ def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progre
         for seed in seeds:
             c = cell_config(dcfg, exp.cells[cell], seed)
             prepare_method(spark, c)  # the samples name the identity; built once per quantizer
-            key = TrainIdentity.of(c.train, SamplesManifest.read(c.samples.path)).key
+            key = TrainIdentity.of(c.train, SamplesManifest.read(c.samples_root())).key
             if (exp.name, cell, seed, key) not in done:
                 plan.append((cell, seed, c))
     progress(f"[{exp.name} on {dcfg.dataset.name}] {len(exp.cells) * len(seeds) - len(plan)} of "

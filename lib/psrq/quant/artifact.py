@@ -52,19 +52,32 @@ def _versions(fs, root: str) -> dict[str, bool]:
     return out
 
 
-def manifests(root: str, method: str | None = None) -> dict[str, dict]:
-    """version -> manifest of the complete, intact versions, oldest first; only those of
-    `method` when given. A version whose manifest is broken is logged and skipped."""
+def scan(root: str, method: str | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """(version -> manifest of the complete, intact versions, oldest first, only those of
+    `method` when given; version -> why each other version cannot be used)."""
     fs, path = resolve(root)
-    out = {}
-    for v in sorted(v for v, complete in _versions(fs, path).items() if complete):
+    out, broken = {}, {}
+    for v, complete in sorted(_versions(fs, path).items()):
+        if not complete:
+            broken[v] = "incomplete: no manifest.json (a fit stopped before it finished; jobs/clean_orphans.py removes it)"
+            continue
         try:
             m = _manifest(fs, path, v)
         except ArtifactError as exc:
-            log.warning("skipping codebook version %s: %s", v, exc)
+            broken[v] = str(exc)
             continue
         if method is None or m.get("method") == method:
             out[v] = m
+    return out, broken
+
+
+def manifests(root: str, method: str | None = None) -> dict[str, dict]:
+    """version -> manifest of the complete, intact versions, oldest first; only those of
+    `method` when given. A version whose manifest is broken is logged and skipped."""
+    out, broken = scan(root, method)
+    for v, why in broken.items():
+        if not why.startswith("incomplete"):
+            log.warning("skipping codebook version %s: %s", v, why)
     return out
 
 
@@ -141,11 +154,15 @@ def read_manifest(root: str, version: str | None = None, method: str | None = No
     """Manifest of `version`, or of the latest complete version (of `method` when given)."""
     fs, path = resolve(root)
     if version is None:
-        versions = list_versions(root, method)
-        if not versions:
+        usable, broken = scan(root, method)
+        if not usable:
             what = f"{method} codebook" if method else "codebook"
+            if broken:  # "none usable" is not "none": say which were skipped, and why
+                skipped = "; ".join(f"{v}: {why}" for v, why in broken.items())
+                raise ArtifactError(f"no usable {what} version under {root}: {len(broken)} skipped ({skipped}); "
+                                    "repair or remove them, or run jobs/fit_codebooks.py")
             raise ArtifactError(f"no {what} versions under {root}: run jobs/fit_codebooks.py first")
-        version = versions[-1]
+        version = list(usable)[-1]
     elif not _versions(fs, path).get(version):
         raise ArtifactError(f"codebook version {version!r} not found under {root} (available: {', '.join(list_versions(root)) or 'none'})")
     return _manifest(fs, path, version)  # asked for by name: a broken manifest is an error, not skipped

@@ -217,7 +217,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
         info["content"]["file"] = CONTENT_FILE
     fs.write_text(fs.join(base, SamplesManifest.FILE), json.dumps(info, indent=2))  # last: the samples are complete
     log.info("samples: %s", {s: o["rows"] for s, o in splits.items()})
-    return info
+    return {**info, "path": base, "splits": {s: {**o, "path": fs.join(base, o["path"])} for s, o in splits.items()}}
 
 
 def read_sources(engine, cfg: Config) -> Sources:
@@ -308,5 +308,6 @@ def write_splits(cfg: Config, samples: DataFrame) -> dict:
          .write.mode("overwrite").option("parquet.block.size", block)
          .option("maxRecordsPerFile", 0)  # one file per partition, whatever spark.sql.files.maxRecordsPerFile says
          .parquet(fs.spark_uri(path)))
-        out[split] = {"path": path, "rows": rows, "row_group_bytes": block, "files": files}
+        # relative to the manifest's folder: a copied or moved samples folder reads its own files
+        out[split] = {"path": split, "rows": rows, "row_group_bytes": block, "files": files}
     return out

@@ -182,18 +182,23 @@ class SamplesManifest:
             raise TrainingError(f"no samples at {path} (missing {cls.FILE}): run jobs/build_samples.py first") from None
         try:
             m = json.loads(text)
+            # split paths are relative to the manifest's folder (absolute in manifests before 2026-12)
+            splits = {s: {**o, "path": o["path"] if "://" in o["path"] or o["path"].startswith("/")
+                          else fs.join(path, o["path"])} for s, o in m["splits"].items()}
             return cls(path=path, codebook_version=m["codebook_version"], k=int(m["k"]), layers=int(m["layers"]),
                        spaces=tuple(m["spaces"]), history_len=int(m["history_len"]), vocab_size=int(m["vocab_size"]),
-                       splits=m["splits"], source_versions=m["source_versions"], split_from_us=m["split_from_us"],
+                       splits=splits, source_versions=m["source_versions"], split_from_us=m["split_from_us"],
                        content=m.get("content"), raw=m)
         except (ValueError, KeyError, TypeError) as exc:
             raise TrainingError(f"the samples manifest {f} is unreadable or incomplete ({exc!r}): rebuild the samples") from exc
 
     @property
     def key(self) -> str:
-        """One build of the samples."""
+        """One build of the samples (its splits as the manifest names them: where the folder
+        lies is no part of it)."""
         return hashlib.sha256(json.dumps({"codebook_version": self.codebook_version, "vocab_size": self.vocab_size,
-                                          "splits": self.splits, "source_versions": self.source_versions,
+                                          "splits": self.raw.get("splits", self.splits),
+                                          "source_versions": self.source_versions,
                                           "split_from_us": self.split_from_us}, sort_keys=True).encode()).hexdigest()[:10]
 
     def split_path(self, split: str) -> str:

@@ -8,6 +8,7 @@ version: the files it wrote are not in the log, so no reader sees them.
 from __future__ import annotations
 
 import json
+import re
 import time
 from functools import partial
 from typing import Optional
@@ -65,9 +66,10 @@ class DeltaRsEngine:
         except TableNotFoundError:
             raise StorageError(f"no Delta table at {path}") from None
         except DeltaError as exc:
+            why = _without_backtrace(exc)
             if version is not None:
-                raise StorageError(f"cannot load version {version} of the Delta table at {path}: {exc}") from None
-            raise StorageError(f"cannot open the Delta table at {path}: {exc}") from None
+                raise StorageError(f"cannot load version {version} of the Delta table at {path}: {why}") from None
+            raise StorageError(f"cannot open the Delta table at {path}: {why}{_log_diagnosis(path)}") from None
 
     def exists(self, path: str) -> bool:
         uri, opts = self._location(path)
@@ -286,6 +288,35 @@ class DeltaRsEngine:
             kept = self.spark.read.schema(self.spark_schema(dt)).parquet(*[fs.spark_uri(t) for t in touched]).join(source.select(*keys), keys, "left_anti")
             rewritten = kept.unionByName(source)
         return self._rewrite(dt, path, schema, rewritten, touched, txn, description, "merge")
+
+
+def _without_backtrace(exc: BaseException) -> str:
+    """delta-rs' message without the Rust backtrace it appends (lines of `N: <frame>`)."""
+    lines = str(exc).splitlines()
+    cut = next((i for i, line in enumerate(lines) if re.match(r"^\s*(\d+: |at \S)", line) or "Stack backtrace" in line),
+               len(lines))
+    return " ".join(line.strip() for line in lines[:cut] if line.strip()) or type(exc).__name__
+
+
+def _log_diagnosis(path: str) -> str:
+    """What is wrong with the table's newest log entry, if that is the trouble (a commit cut
+    short by a crash or a full disk), and the way out."""
+    log_dir = fs.join(path, "_delta_log")
+    commits = sorted(n for n in fs.listdir(log_dir) if n.endswith(".json") and n[:-5].isdigit())
+    if not commits:
+        return ""
+    newest = fs.join(log_dir, commits[-1])
+    try:
+        for line in fs.read_text(newest).splitlines():
+            if line.strip():
+                json.loads(line)
+    except ValueError:
+        previous = int(commits[-1][:-5]) - 1
+        return (f". Its newest log entry {newest} is not valid JSON (a commit cut short): restore it from a copy, "
+                f"or move it out of _delta_log to go back to version {previous}" if previous >= 0 else ".")
+    except OSError:
+        return ""
+    return ""
 
 
 def _loose(t: pa.DataType) -> pa.DataType:

@@ -4,6 +4,8 @@ Same API as the delta-rs engine; Delta's own writer, MERGE and time travel do th
 and `txnAppId`/`txnVersion` give the same idempotent re-runs."""
 from __future__ import annotations
 
+import json
+
 from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
@@ -106,7 +108,23 @@ class DeltaSparkEngine:
             writer.save(fs.spark_uri(path))
         except Exception as exc:  # noqa: BLE001 - surface the JVM message with the path
             raise StorageError(f"Delta write to {path} failed: {exc}") from exc
-        return WriteResult(path, self.version(path))
+        return self._result(path)
+
+    def _result(self, path: str) -> WriteResult:
+        """The commit just made, with the row and file counts Delta recorded in its log entry
+        (commitInfo.operationMetrics: numOutputRows, numFiles, numRemovedFiles)."""
+        version = self.version(path)
+        metrics: dict = {}
+        try:
+            for line in fs.read_text(fs.join(path, "_delta_log", f"{version:020d}.json")).splitlines():
+                info = json.loads(line).get("commitInfo") if line.strip() else None
+                if info:
+                    metrics = {k: int(v) for k, v in (info.get("operationMetrics") or {}).items() if str(v).isdigit()}
+        except (OSError, ValueError):  # the counts are a report; the commit stands without them
+            pass
+        return WriteResult(path, version, files_added=metrics.get("numFiles", metrics.get("numAddedFiles", 0)),
+                           files_removed=metrics.get("numRemovedFiles", 0),
+                           rows_written=metrics.get("numOutputRows", 0), metrics=metrics)
 
     def replace_where(self, df: DataFrame, path: str, column: str, value: str, txn: Optional[AppTxn] = None,
                       description: str = "") -> WriteResult:
@@ -139,4 +157,4 @@ class DeltaSparkEngine:
             for k in ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
                       "spark.databricks.delta.commitInfo.userMetadata"):
                 conf.unset(k)
-        return WriteResult(path, self.version(path))
+        return self._result(path)

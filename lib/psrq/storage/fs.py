@@ -16,6 +16,8 @@ them in their closures and pass them explicitly.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -216,6 +218,16 @@ def read_bytes(location: str) -> bytes:
         raise
 
 
+def sha256(location: str, block: int = 8 << 20) -> str:
+    """The file's SHA-256, read in blocks (a checkpoint can be gigabytes)."""
+    fs, path = resolve(location)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_text(location: str) -> str:
     return read_bytes(location).decode()
 
@@ -229,8 +241,13 @@ def write_bytes(location: str, data: bytes) -> None:
         fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{os.getpid()}"  # a killed writer's leftovers are told by their pid
-        with open(tmp, "wb") as f:
-            f.write(data)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except OSError as exc:  # a full disk or a file-size limit: the file named, no part left
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise OSError(exc.errno, exc.strerror, location) from None
         os.replace(tmp, path)
         return
     with fs.open_output_stream(path) as f:

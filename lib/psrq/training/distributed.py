@@ -36,7 +36,8 @@ import torch
 from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
-from psrq.training.loop import TrainingError, autocast_dtype, batch_count, device_for, resume, train_loop, validator
+from psrq.training.loop import (TrainingError, autocast_dtype, batch_count, device_for, rank_seed, resume, train_loop,
+                                 validator)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -135,7 +136,7 @@ def loop_args(job: dict, rank: int, reader, device: torch.device, agree_max, sto
             "max_steps": job.get("max_steps"), "progress": False, "epoch_steps": epoch_steps(job, reader, agree_max),
             "amp_dtype": autocast_dtype(job["precision"], device), "epochs": job.get("epochs", 1),
             "eval_every": job.get("eval_every", 0), "validate": validate, "stopping": stopping,
-            "prefetch": job["prefetch"],
+            "prefetch": job["prefetch"], "seed": rank_seed(job["seed"], rank),
             "agree": lambda flag: int(agree_max(flag))}
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
+import threading
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -45,6 +47,29 @@ OPTIMIZER = "optimizer-{step}.pt"
 
 class TrainingError(PsrqError):
     """Training cannot go on (a NaN loss, a checkpoint that does not fit the model)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGTERM stopped the training at a step boundary, after a checkpoint: the same command
+    resumes it. The job exits 143 (128 + SIGTERM), as a terminated process does."""
+
+    exit_code = 143
+
+
+@contextmanager
+def stop_on_sigterm(enabled: bool):
+    """An event set by SIGTERM while the block runs (in the main thread of a single-process
+    training; elsewhere, or with enabled false, one that is never set), the previous handler
+    restored after."""
+    requested = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -270,6 +295,16 @@ def batch_count(rows: int, batch_size: int) -> int:
     return -(-rows // batch_size)
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The generator seed of one step: a function of the run's seed and the step alone."""
+    return (seed * 1_000_003 + step) % 2**63
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A data-parallel rank's seed: each rank draws its own dropout masks."""
+    return seed * 4_099 + rank
+
+
 def train_loop(
     model: torch.nn.Module,
     batches: Callable[[], Iterable[dict]],
@@ -290,6 +325,7 @@ def train_loop(
     stopping: Optional[EarlyStopping] = None,
     agree: Optional[Callable[[int], int]] = None,
     prefetch: int = 0,
+    seed: Optional[int] = None,
 ) -> TrainResult:
     """Up to `epochs` passes over `batches()` (called once per epoch), skipping the first
     `start_step` steps (a resumed run; see `resume`). Checkpoints go to checkpoint_dir
@@ -307,7 +343,10 @@ def train_loop(
     (rank 0); `stopping` records them and says when to stop; agree(flag) -> the flag's
     maximum over the ranks (every rank calls it at every validation point, so all stop at
     the same step; None in one process). prefetch: batches read ahead on a background
-    thread (readers.prefetched; the same batches in the same order)."""
+    thread (readers.prefetched; the same batches in the same order). seed: each step's
+    randomness (embedding dropout) is drawn from step_seed(seed, step) alone, so a resumed
+    run, which skips the steps before its checkpoint, draws what an uninterrupted one draws
+    (a data-parallel rank passes its own seed: rank_seed)."""
     meta = meta or {}
     start = start_step
     state_model = state_model or model
@@ -344,57 +383,66 @@ def train_loop(
     if stopping.stopped:  # a run that had stopped early and was killed before its result: done
         return TrainResult(0, 0, 0.0, None, precision="bf16" if amp_dtype == torch.bfloat16 else "fp32", stopping=stopping)
     stop, unsaved = False, False
-    for epoch in range(epochs):
-        if stop or step >= limit:
-            break
-        if epoch_steps is not None and start >= step + epoch_steps:
-            step += epoch_steps  # trained before the resume: skipped without reading it
-            continue
-        with closing(prefetched(batches(), prefetch)) as source:
-            stream = padded(source, epoch_steps) if epoch_steps is not None else ((b, True) for b in source)
-            t_ready = time.perf_counter()
-            for batch, own in stream:
-                if step >= limit:
-                    break
-                if step < start:  # already trained before the resume: same order, so skip
+    with stop_on_sigterm(agree is None) as terminated:
+        for epoch in range(epochs):
+            if stop or step >= limit:
+                break
+            if epoch_steps is not None and start >= step + epoch_steps:
+                step += epoch_steps  # trained before the resume: skipped without reading it
+                continue
+            with closing(prefetched(batches(), prefetch)) as source:
+                stream = padded(source, epoch_steps) if epoch_steps is not None else ((b, True) for b in source)
+                t_ready = time.perf_counter()
+                for batch, own in stream:
+                    if step >= limit:
+                        break
+                    if step < start:  # already trained before the resume: same order, so skip
+                        step += 1
+                        continue
+                    t_step = time.perf_counter()
+                    waited += t_step - t_ready
+                    if seed is not None:
+                        torch.manual_seed(step_seed(seed, step))
+                    data = to_tensors(batch, device)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        loss = batch_loss(model, state_model, data)
+                    if not torch.isfinite(loss):
+                        where = (f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir
+                                 else "no checkpoint")
+                        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
+                    opt.zero_grad()
+                    (loss if own else loss * 0.0).backward()
+                    grad_bytes += gradient_bytes(state_model)
+                    opt.step()
+                    step_seconds.append(time.perf_counter() - t_step)
                     step += 1
-                    continue
-                t_step = time.perf_counter()
-                waited += t_step - t_ready
-                data = to_tensors(batch, device)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss = batch_loss(model, state_model, data)
-                if not torch.isfinite(loss):
-                    where = (f"last good checkpoint: step {last_good} in {checkpoint_dir}" if checkpoint_dir
-                             else "no checkpoint")
-                    raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; training stopped ({where})")
-                opt.zero_grad()
-                (loss if own else loss * 0.0).backward()
-                grad_bytes += gradient_bytes(state_model)
-                opt.step()
-                step_seconds.append(time.perf_counter() - t_step)
-                step += 1
-                if own:
-                    samples += len(batch["label"])
-                    losses.append(float(loss.item()))
-                    since_check.append(losses[-1])
-                else:
-                    pads += 1
-                elapsed = time.perf_counter() - t0
-                bar.update(1)
-                if losses:
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
-                end_of_epoch = epoch_steps is not None and step % epoch_steps == 0
-                if (eval_every and step % eval_every == 0) or (not eval_every and end_of_epoch) or step == limit:
-                    stop = check(epoch)
-                if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
-                    save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
-                    last_good, unsaved = step, False
-                if stop:
-                    break
-                t_ready = time.perf_counter()  # validations and checkpoints are not waiting for data
-        if not stop and step > checked and step > start:  # an epoch of unknown length ended
-            stop = check(epoch)
+                    if own:
+                        samples += len(batch["label"])
+                        losses.append(float(loss.item()))
+                        since_check.append(losses[-1])
+                    else:
+                        pads += 1
+                    elapsed = time.perf_counter() - t0
+                    bar.update(1)
+                    if losses:
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
+                    end_of_epoch = epoch_steps is not None and step % epoch_steps == 0
+                    if (eval_every and step % eval_every == 0) or (not eval_every and end_of_epoch) or step == limit:
+                        stop = check(epoch)
+                    if checkpoint_dir and checkpoint_every and step % checkpoint_every == 0:
+                        save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
+                        last_good, unsaved = step, False
+                    if terminated.is_set():  # a step boundary: checkpoint, then stop
+                        if checkpoint_dir and (step > last_good or unsaved):
+                            save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())
+                        where = f"a checkpoint at step {step} in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
+                        raise TrainingInterrupted(f"training stopped by SIGTERM after step {step} ({where}): run the "
+                                                  "same command again to resume")
+                    if stop:
+                        break
+                    t_ready = time.perf_counter()  # validations and checkpoints are not waiting for data
+            if not stop and step > checked and step > start:  # an epoch of unknown length ended
+                stop = check(epoch)
     bar.close()
     if checkpoint_dir and (step > last_good or unsaved):
         save_checkpoint(checkpoint_dir, state_model, opt, step, meta, stopping.state())

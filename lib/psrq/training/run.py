@@ -29,7 +29,7 @@ def model_args(cfg: Config, man: SamplesManifest) -> dict:
 
 def identity_and_folder(cfg: Config, man: SamplesManifest) -> tuple[TrainIdentity, str]:
     ident = TrainIdentity.of(cfg.train, man)
-    return ident, ident.folder(cfg.train.checkpoint_dir)
+    return ident, ident.folder(cfg.checkpoint_root())
 
 
 def checkpoint_meta(ident: TrainIdentity) -> dict:

@@ -20,7 +20,7 @@ from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import (CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible,
+from psrq.training.loop import (BEST, CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible,
                                 clean_stale_temporaries, device_for, load_checkpoint, restore, train_loop, validator)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
@@ -51,7 +51,20 @@ def read_result(folder: str, ident: TrainIdentity) -> dict | None:
     if stored.get("identity") != ident.key:
         raise TrainingError(f"{f} belongs to run {stored.get('identity')!r}, not {ident.key!r}: "
                             "set train.restart=true to train afresh")
+    for name, want in stored.get("checksums", {}).items():  # "already done" checks what it reports
+        path = fs.join(folder, name)
+        got = fs.sha256(path) if fs.exists(path) else None
+        if got != want:
+            what = "missing" if got is None else "its SHA-256 differs from the one recorded when the run finished"
+            raise TrainingError(f"the finished run's {path} is damaged ({what}): set train.restart=true to train afresh")
     return stored
+
+
+def checksums(folder: str, best_step: int) -> dict[str, str]:
+    """The SHA-256 of what a finished run leaves for evaluation: its last checkpoint and its
+    best validation's weights."""
+    names = [CHECKPOINT, *([BEST.format(step=best_step)] if fs.exists(fs.join(folder, BEST.format(step=best_step))) else [])]
+    return {n: fs.sha256(fs.join(folder, n)) for n in names}
 
 
 def write_result(folder: str, result: dict) -> None:
@@ -66,12 +79,13 @@ def _finite(x):
 def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     """Train cfg.train.model with cfg.train.backend; validation metrics from the result."""
     tc = cfg.train
-    man = SamplesManifest.read(cfg.samples.path)
+    check_launchable(cfg, spark)
+    man = SamplesManifest.read(cfg.samples_root())
     if tc.codebook_version and tc.codebook_version != man.codebook_version:
-        raise TrainingError(f"samples at {cfg.samples.path} were built with codebook {man.codebook_version}, "
+        raise TrainingError(f"samples at {cfg.samples_root()} were built with codebook {man.codebook_version}, "
                             f"the model expects {tc.codebook_version} (train.codebook_version): rebuild the samples")
     if tc.max_vocab and man.raw.get("vocab_order") != VOCAB_ORDER:
-        raise TrainingError(f"train.max_vocab keeps the most frequent items, but the samples at {cfg.samples.path} "
+        raise TrainingError(f"train.max_vocab keeps the most frequent items, but the samples at {cfg.samples_root()} "
                             "number items in another order (built before the vocabulary was frequency-ordered): "
                             "rebuild them with jobs/build_samples.py")
     ident, ckpt_dir = identity_and_folder(cfg, man)
@@ -86,7 +100,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     if existing is not None:
         check_compatible(existing, meta, f"{ckpt_dir}/{CHECKPOINT} ")
     torch.manual_seed(tc.seed)
-    content_path = content_file(cfg.samples.path, man) if needs_content(tc.model) else None
+    content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model) else None
     content = read_content(content_path) if content_path else None
     model = build_model(**model_args(cfg, man), content=content)
     needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}
@@ -106,7 +120,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
                          start, progress=progress, epoch_steps=batch_count(reader.rows, tc.batch_size),
                          amp_dtype=autocast_dtype(tc.precision, device), epochs=tc.epochs, eval_every=tc.eval_every,
                          validate=validator(tc.reader, valid_path, device), prefetch=tc.prefetch,
-                         stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
+                         stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience), seed=tc.seed)
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
                   "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision,
                   **res.timing()}]
@@ -133,8 +147,28 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
               "checkpoint": ckpt_dir, "codebook_version": man.codebook_version,
               "ranks": [{k: _finite(v) for k, v in r.items()} for r in ranks],
               "finished_at": datetime.now(timezone.utc).isoformat()}
+    result["checksums"] = checksums(ckpt_dir, result["best_step"])
     write_result(ckpt_dir, result)
     return result
+
+
+def where_failed(exc: BaseException) -> str:
+    """Where an exception of a distributed training came from, as its message shows: a task on
+    an executor (a rank), or the driver (Spark refusing the job, say)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "PythonException" in text or "stage failure" in text or ("Task " in text and " failed" in text):
+        return "in a worker (its traceback is above)"
+    return "in the driver"
+
+
+def check_launchable(cfg: Config, spark) -> None:
+    """A training backend this application cannot run is refused before any work starts."""
+    tc = cfg.train
+    if (tc.backend == "torch-distributor" and spark is not None and not spark.sparkContext.master.startswith("local")
+            and spark.conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true"):
+        raise TrainingError("train.backend=torch-distributor runs its processes as barrier tasks, which Spark refuses "
+                            "under dynamic allocation (spark.dynamicAllocation.enabled=true in this application): "
+                            "submit with --conf spark.dynamicAllocation.enabled=false, or use train.backend=horovod")
 
 
 def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckpt_dir: str, content_path,
@@ -163,7 +197,7 @@ def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckp
     except Exception as exc:  # noqa: BLE001 - the workers' own tracebacks are on stderr above
         if isinstance(exc, TrainingError):
             raise
-        raise TrainingError(f"{tc.backend} training failed in a worker (its traceback is above): {exc}") from exc
+        raise TrainingError(f"{tc.backend} training failed {where_failed(exc)}: {exc}") from exc
     if len({round(r["checksum"], 6) for r in ranks}) != 1:
         # never resumed as if it were good: the next run starts afresh
         bad = fs.join(ckpt_dir, CHECKPOINT)
