@@ -175,7 +175,7 @@ def test_ddp_uses_nccl_on_gpus_only_where_it_can_reduce_the_gradients():
     assert ddp_backend(torch.device("cuda:0"), sparse=True) == "gloo"  # NCCL has no sparse allreduce
 
 
-GPU_NODE_LINES = sorted({m.group(1) for doc in ("README.md", "benchmarks/README.md")
+GPU_NODE_LINES = sorted({m.group(1) for doc in ("README.md", "benchmarks/README.md", "docs/GPUS.md")
                          for m in re.finditer(r"`(PYTHONPATH=lib python [^`]+)`", open(os.path.join(ROOT, doc)).read())})
 
 
