@@ -571,3 +571,55 @@ def test_a_file_size_limit_during_a_write_is_one_line_and_a_rerun_recovers(world
     again = run_job_process(run_args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert list(tmp_path.rglob("result.json"))
+
+
+def _rank_processes(sid: int) -> dict[int, int]:
+    """Horovod rank -> PID of the rank processes running in a job's session."""
+    out = {}
+    for pid in _descendants_alive(sid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"horovod.spark.task.gloo_exec_fn" in cmd:
+            rank = next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"HOROVOD_RANK=")), None)
+            if rank is not None:
+                out[rank] = pid
+    return out
+
+
+@pytest.mark.real  # starts a process
+def test_one_horovod_rank_killed_fails_the_job_in_seconds_naming_the_rank(world, tmp_path):
+    """kill -9 of rank 1 alone mid-run: the job fails within 60 s, says which rank, and records
+    nothing as done (no result.json)."""
+    import signal
+    import time
+
+    root, args = world
+    run_args = [*args, f"train.checkpoint_dir={tmp_path}/ckpt", "train.backend=horovod", "train.num_proc=2",
+                "train.max_steps=100000", "train.epochs=1000", "train.checkpoint_every=5", "train.batch_size=16",
+                "spark.master=local[2]"]
+    job = subprocess.Popen([sys.executable, "jobs/train_ranker.py", *run_args], cwd=ROOT, env=job_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, ranks = time.time() + 240, {}
+        while time.time() < deadline and job.poll() is None:
+            ranks = _rank_processes(job.pid)
+            if len(ranks) == 2 and list((tmp_path / "ckpt").glob("din-*/checkpoint.pt")):
+                break
+            time.sleep(0.2)
+        assert len(ranks) == 2, f"the ranks did not start: {ranks}"
+        os.kill(ranks[1], signal.SIGKILL)
+        killed_at = time.time()
+        _, err = job.communicate(timeout=120)
+        assert time.time() - killed_at < 60
+    finally:
+        for pid in _descendants_alive(job.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert job.returncode == 2, err[-3000:]
+    assert "error: horovod training failed in rank 1 (its process ended with exit code" in err
+    assert not list((tmp_path / "ckpt").glob("*/result.json"))

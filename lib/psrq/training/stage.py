@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from datetime import datetime, timezone
 
 import torch
@@ -156,6 +157,8 @@ def where_failed(exc: BaseException) -> str:
     """Where an exception of a distributed training came from, as its message shows: a task on
     an executor (a rank), or the driver (Spark refusing the job, say)."""
     text = f"{type(exc).__name__}: {exc}"
+    if rank := re.search(r"Process name: (\d+)\s+Exit code: (-?\d+)", text):  # Horovod's launcher names it
+        return f"in rank {rank.group(1)} (its process ended with exit code {rank.group(2)}; its traceback, if any, is above)"
     if "PythonException" in text or "stage failure" in text or ("Task " in text and " failed" in text):
         return "in a worker (its traceback is above)"
     return "in the driver"
