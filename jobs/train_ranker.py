@@ -3,7 +3,8 @@ simtier_make) on the
 samples with train.backend (single, horovod through Spark, torch-distributor) and
 train.reader (petastorm, arrow), and print validation AUC, Cold AUC and Logloss.
 
-    python -m psrq.submit --master <url> jobs/train_ranker.py --profile cluster --dataset catalogue train.backend=horovod train.num_proc=8
+    python -m psrq.submit --master <url> jobs/train_ranker.py --profile cluster --dataset catalogue \\
+        train.backend=horovod train.num_proc=8
 """
 import sys
 

@@ -128,7 +128,7 @@ def _run(args, stage: Callable, writes: tuple[str, ...], needs_spark: bool) -> t
             t0 = time.time()
             spark = build_spark(cfg.spark, app_name(cfg, name), fs.spark_hadoop_conf())
             log.info("spark %s ready in %.1fs (master %s)", spark.version, time.time() - t0, spark.sparkContext.master)
-            if not spark.sparkContext.master.startswith("local"):  # executors with a Python of their own
+            if not (spark.sparkContext.master or "local").startswith("local"):  # executors with a Python of their own
                 from psrq.preflight import check_executors
 
                 check_executors(spark, name)

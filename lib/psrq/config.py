@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import posixpath
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Optional
 
@@ -619,13 +620,12 @@ def load_config(
     data_layer, dataset = dataset_layer(conf_dir, dataset)
     layers = [read_layer(conf_dir, "base", "base config"), read_layer(conf_dir, profile, "profile"), data_layer]
     cli = _overrides(list(overrides))
-    if tuned is None:
-        tuned = os.environ.get("PSRQ_TUNED", "1") != "0"
+    with_tuned = os.environ.get("PSRQ_TUNED", "1") != "0" if tuned is None else tuned
     explicit = {o.split("=", 1)[0].strip()[len("train."):] for o in overrides if o.strip().startswith("train.")}
-    tuned = tuned_settings(conf_dir, dataset, explicit) if tuned else {}
+    table = tuned_settings(conf_dir, dataset, explicit) if with_tuned else {}
     model = OmegaConf.select(OmegaConf.merge(*layers, cli), "train.model")
-    merged = OmegaConf.merge(*layers, OmegaConf.create({"tuned": tuned, "conf_dir": str(conf_dir)}),
-                             OmegaConf.create({"train": tuned.get(model, {})}),
+    merged = OmegaConf.merge(*layers, OmegaConf.create({"tuned": table, "conf_dir": str(conf_dir)}),
+                             OmegaConf.create({"train": table.get(model, {})}),
                              cli)
     try:
         raw = OmegaConf.to_container(merged, resolve=True)
@@ -640,7 +640,7 @@ def load_config(
 TUNED_DIR = "tuned"  # conf/tuned/<dataset>.yaml (jobs/tune.py)
 
 
-def tuned_settings(conf_dir, dataset: str, explicit: set[str] = frozenset()) -> dict[str, dict]:
+def tuned_settings(conf_dir, dataset: str, explicit: Collection[str] = frozenset()) -> dict[str, dict]:
     """model -> {train setting: value} from conf/tuned/<dataset>.yaml (none: {}), without the
     train settings set explicitly on the command line (those win)."""
     path = conf_dir.joinpath(TUNED_DIR).joinpath(f"{dataset}.yaml")  # a folder, or one inside the package zip

@@ -55,7 +55,7 @@ OS_WRITE_ERRORS = ("File too large", "No space left on device", "Disk quota exce
                    "Permission denied")
 
 
-def storage_refusal(exc: BaseException) -> str | None:
+def storage_refusal(exc: BaseException | None) -> str | None:
     """One line for an exception that is storage refusing a write (a full disk, a file-size
     limit, permissions), wherever it was raised (here, on an executor, in the JVM); None
     for anything else. Names the file when the error does."""

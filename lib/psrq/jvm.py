@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
@@ -85,7 +86,7 @@ def coordinates(bundle: str) -> list[Coordinate]:
     raise ConfigError(f"spark.jvm_packages: unknown bundle {bundle!r} (known: {', '.join(BUNDLES)})")
 
 
-def packages(bundles: list[str]) -> str:
+def packages(bundles: Sequence[str]) -> str:
     """Comma-separated coordinates, as `spark.jars.packages` and `--packages` take them."""
     return ",".join(str(c) for b in bundles for c in coordinates(b))
 
@@ -148,7 +149,7 @@ def resolved(bundle: str, manifest: Path = MANIFEST) -> list[str] | None:
     return entry["jars"]
 
 
-def local_jars(bundles: list[str], manifest: Path = MANIFEST) -> list[str]:
+def local_jars(bundles: Sequence[str], manifest: Path = MANIFEST) -> list[str]:
     """Jars for `spark.jars`; a clear error when setup has not resolved a bundle."""
     out = []
     for b in bundles:

@@ -7,19 +7,23 @@ with `register` (and takes it back with `unregister`)."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Generic, TypeVar, cast
+
+T = TypeVar("T")
 
 
-class Registry:
-    def __init__(self, kind: str, base: str, built_in: dict[str, str | type], error: type[Exception] = ValueError):
+class Registry(Generic[T]):
+    def __init__(self, kind: str, base: str, built_in: Mapping[str, str | type[T]], error: type[Exception] = ValueError):
         """kind: what the parts are ("quantizer"); base: the import path of their base class."""
         self.kind, self.base, self.error = kind, base, error
         self.built_in = dict(built_in)
-        self._entries: dict[str, str | type] = dict(built_in)
+        self._entries: dict[str, str | type[T]] = dict(built_in)
 
     def _base(self) -> type:
         return _import(self.base)
 
-    def register(self, name: str, cls: type) -> type:
+    def register(self, name: str, cls: type[T]) -> type[T]:
         if not (isinstance(cls, type) and issubclass(cls, self._base())):
             raise TypeError(f"{self.kind} {name!r}: {cls!r} is not a {self.base.replace(':', '.')} subclass")
         path = f"{cls.__module__}:{cls.__qualname__}"
@@ -45,16 +49,16 @@ class Registry:
             raise self.error(f"unknown {self.kind} {name!r} (choose from {', '.join(self._entries)})") from None
         return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
 
-    def get(self, name: str) -> type:
+    def get(self, name: str) -> type[T]:
         entry = self._entries.get(name)
         return entry if isinstance(entry, type) else self.load(self.path(name))
 
-    def load(self, path: str) -> type:
+    def load(self, path: str) -> type[T]:
         """The class at an import path, checked to be one of this registry's parts."""
         cls = _import(path)
         if not (isinstance(cls, type) and issubclass(cls, self._base())):
             raise TypeError(f"{path} is not a {self.base.replace(':', '.')} subclass")
-        return cls
+        return cast("type[T]", cls)
 
 
 def _import(path: str):

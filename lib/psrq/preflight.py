@@ -20,12 +20,14 @@ class EnvironmentMismatch(PsrqError):
 
 def versions(modules) -> dict:
     """{"python": the interpreter, "versions": module -> version, "missing": module -> why}."""
-    out = {"python": sys.executable, "version": sys.version.split()[0], "versions": {}, "missing": {}}
+    found: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    out = {"python": sys.executable, "version": sys.version.split()[0], "versions": found, "missing": missing}
     for name in modules:
         try:
-            out["versions"][name] = getattr(importlib.import_module(name), "__version__", "?")
+            found[name] = getattr(importlib.import_module(name), "__version__", "?")
         except Exception as exc:  # noqa: BLE001 - any import failure is what we report
-            out["missing"][name] = f"{type(exc).__name__}: {exc}"
+            missing[name] = f"{type(exc).__name__}: {exc}"
     return out
 
 

@@ -58,6 +58,7 @@ def describe(sections: tuple[str, ...]) -> str:
     lines = []
     for section in sections:
         model = Config.model_fields[section].annotation
+        assert inspect.isclass(model) and issubclass(model, BaseModel), section  # every section is a model
         for key, default, note in keys(model, section):
             lines.append(f"  {key} = {default}" + (f"  # {note}" if note else ""))
     return "\n".join(lines)

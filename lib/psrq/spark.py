@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 from pyspark.sql import SparkSession
 
@@ -89,7 +90,7 @@ def gpu_settings(gpus_per_executor: int) -> dict[str, str]:
             "spark.executor.resource.gpu.discoveryScript": f"./{GPU_DISCOVERY}"}
 
 
-def jvm_settings(bundles: list[str]) -> dict[str, str]:
+def jvm_settings(bundles: Sequence[str]) -> dict[str, str]:
     """The jars of the requested JVM packages: those setup resolved with Maven (`spark.jars`,
     nothing downloaded at start), or else their coordinates for Spark to resolve itself."""
     if not bundles:

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from psrq import jvm
@@ -35,7 +36,7 @@ def spark_submit_binary() -> str:
 
 
 def command(job: str, job_args: list[str], master: str, package: str, python: str | None = None,
-            deploy_mode: str | None = None, extra_conf: list[str] = ()) -> list[str]:
+            deploy_mode: str | None = None, extra_conf: Sequence[str] = ()) -> list[str]:
     """The spark-submit command line (pure: tested without running it)."""
     args = parse_args("", job_args)
     cfg = load_config(args.profile, args.dataset, args.overrides, args.conf_dir)

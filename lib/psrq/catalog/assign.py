@@ -19,7 +19,7 @@ from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine, open_engine
-from psrq.storage.base import WriteResult
+from psrq.storage.base import WriteResult, version_of
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,14 @@ def assign_full(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: Da
         log.info("semantic_ids: codebook %s already written by run %s (%s): nothing encoded", cbs.version, txn.version,
                  txn.app_id)
         n = engine.read(out_path).filter(F.col("codebook_version") == cbs.version).count()
-        res = WriteResult(out_path, engine.version(out_path), skipped=True)
+        res = WriteResult(out_path, version_of(engine, out_path), skipped=True)
         return _summary(out_path, res, n, cbs, _mark(spark, cfg, engine, cbs), time.time())
     with _encoding(spark, cfg, items, cbs, encoded) as (encoded, n, t0):
         require_items(cfg, engine, out_path, cbs, n)
         rows = semantic_rows(encoded, cbs, None)
         # sorted by code_key: file and row-group statistics make reverse lookups cheap
-        rows = rows.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "code_key").sortWithinPartitions("code_key", ITEM_ID)
+        rows = (rows.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "code_key")
+                .sortWithinPartitions("code_key", ITEM_ID))
         res = engine.replace_where(rows, out_path, "codebook_version", cbs.version, txn, description=f"assign_ids {cbs.version}")
     return _summary(out_path, res, n, cbs, _mark(spark, cfg, engine, cbs), t0)
 
@@ -140,17 +141,16 @@ def _encoding(spark: SparkSession, cfg: Config, items: DataFrame, cbs: CodebookS
     check_compatible(cbs, cfg, items)
     t0 = time.time()
     owned = encoded is None
-    if owned:
-        encoded = encode_items(spark, items, cbs).persist(StorageLevel.MEMORY_AND_DISK)
+    frame = encode_items(spark, items, cbs).persist(StorageLevel.MEMORY_AND_DISK) if encoded is None else encoded
     try:
-        n = encoded.count()  # the one pass over the embeddings (a cached frame when given)
+        n = frame.count()  # the one pass over the embeddings (a cached frame when given)
         if owned:
-            raise_on_problems(encoded, cbs)
+            raise_on_problems(frame, cbs)
         log.info("encoded %d items with codebook %s in %.1fs", n, cbs.version, time.time() - t0)
-        yield encoded, n, t0
+        yield frame, n, t0
     finally:
         if owned:
-            encoded.unpersist()
+            frame.unpersist()
 
 
 def _summary(path: str, res, n: int, cbs: CodebookSet, current: Optional[str], t0: float) -> dict:

@@ -75,7 +75,8 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
     t0 = time.time()
     ids, embs = fit_sample(items, cc, modalities, n_items)
     log.info("sampled %d of %d items in %.1fs; fitting %s (K=%d, L=%d) with k-means backend %s",
-             len(ids), n_items, time.time() - t0, spec.method, spec.k, quantizer_class(spec.method).layers_of(spec), resolve_backend(spec.kmeans.backend, spec.kmeans.device))
+             len(ids), n_items, time.time() - t0, spec.method, spec.k, quantizer_class(spec.method).layers_of(spec),
+             resolve_backend(spec.kmeans.backend, spec.kmeans.device))
     t1 = time.time()
     cbs = fit_codebooks(spec, embs, modalities, cc.normalisation, cc.joint,
                         progress=lambda s, shape: log.info("fitting space %s on %s", s, shape))

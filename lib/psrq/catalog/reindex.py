@@ -92,9 +92,9 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
     items = engine.read(items_path, items_version)
     watermark = None
     if engine.exists(state_path):
-        watermark = engine.read(state_path).filter(F.col("status") == "done").agg(F.max("watermark")).first()[0]
+        watermark = engine.read(state_path).filter(F.col("status") == "done").agg(F.max("watermark")).collect()[0][0]
     has_ts = UPDATED_AT in items.columns
-    seen = items.agg(F.count(F.lit(1)).alias("n"), (F.max(UPDATED_AT) if has_ts else F.lit(None)).alias("cutoff")).first()
+    seen = items.agg(F.count(F.lit(1)).alias("n"), (F.max(UPDATED_AT) if has_ts else F.lit(None)).alias("cutoff")).collect()[0]
     cutoff = seen["cutoff"]
     if not seen["n"] and not cfg.validation.allow_empty:
         raise InputValidationError("items", [Problem("*", f"the table is empty (version {items_version}): night {night} "

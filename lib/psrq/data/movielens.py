@@ -23,8 +23,8 @@ FILES = ("u.data", "u.item", "u.genre")
 def _check_files(root: Path) -> None:
     missing = [f for f in FILES if not (root / f).is_file()]
     if missing:
-        raise InputValidationError(f"movielens at {root}", [Problem("files", f"missing {', '.join(missing)} (expected the "
-                                                                             "ml-100k folder: movielens.path)", len(missing), missing)])
+        why = f"missing {', '.join(missing)} (expected the ml-100k folder: movielens.path)"
+        raise InputValidationError(f"movielens at {root}", [Problem("files", why, len(missing), missing)])
 
 
 def read_genres(root: Path) -> list[str]:
@@ -42,7 +42,8 @@ def read_items(root: str | Path) -> pd.DataFrame:
     flags = df[genres].to_numpy(dtype=np.float32)
     if (flags.sum(1) == 0).any():
         bad = df.item_id[flags.sum(1) == 0].head(5).tolist()
-        raise InputValidationError("u.item", [Problem("genres", "items without any genre flag", int((flags.sum(1) == 0).sum()), bad)])
+        n_bad = int((flags.sum(1) == 0).sum())
+        raise InputValidationError("u.item", [Problem("genres", "items without any genre flag", n_bad, bad)])
     emb = flags / np.linalg.norm(flags, axis=1, keepdims=True)
     names = [", ".join(g for g, f in zip(genres, row) if f) for row in flags]
     title = df.title.fillna("").str.strip()

@@ -25,7 +25,7 @@ def validate_inputs(spark: SparkSession, cfg: Config, cold_threshold: int = 30) 
     stats = interactions.agg(
         F.count("*").alias("n"), F.avg("label").alias("positive_rate"),
         F.countDistinct("user_id").alias("users"), F.min("ts").alias("first"), F.max("ts").alias("last"),
-    ).first()
+    ).collect()[0]
     per_item = interactions.groupBy("item_id").count()
     warm = per_item.filter(F.col("count") >= cold_threshold).count()
     summary = {

@@ -64,7 +64,8 @@ def id_problems(df: DataFrame) -> list[Problem]:
     """Null and duplicate item ids: every job that reads items checks them (one pass)."""
     counts = df.groupBy(ITEM_ID).count()
     stats = counts.agg(F.sum(F.when(F.col(ITEM_ID).isNull(), F.col("count")).otherwise(0)).alias("nulls"),
-                       F.sum(F.when(F.col(ITEM_ID).isNotNull() & (F.col("count") > 1), 1).otherwise(0)).alias("dups")).first()
+                       F.sum(F.when(F.col(ITEM_ID).isNotNull() & (F.col("count") > 1), 1).otherwise(0)).alias("dups"),
+                       ).collect()[0]
     problems = []
     if stats["nulls"]:
         problems.append(Problem(ITEM_ID, "have a null item_id", stats["nulls"]))
@@ -194,7 +195,7 @@ def check_interactions(df: DataFrame, items: DataFrame | None = None, table: str
                       "(validation.min_ts, validation.max_future_days)"),
     }
     counts = norm.agg(F.count(F.lit(1)).alias("_rows"),
-                      *[F.sum(F.when(cond, 1).otherwise(0)).alias(c) for c, (cond, _) in checks.items()]).first()
+                      *[F.sum(F.when(cond, 1).otherwise(0)).alias(c) for c, (cond, _) in checks.items()]).collect()[0]
     if not counts["_rows"]:
         raise InputValidationError(table, [Problem("*", "the table is empty")])
     problems = []

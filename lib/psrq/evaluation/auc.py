@@ -45,15 +45,15 @@ def auc_piece(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> AucPiece 
     return AucPiece(float(scores[order[0]]), int(p.sum()), int(n.sum()), int(np.sum(p * (2 * below + n))))
 
 
-def combine(pieces: list[AucPiece], what: str = "predictions") -> float:
-    pieces = sorted((p for p in pieces if p is not None), key=lambda p: p.low)
-    total_pos = sum(p.pos for p in pieces)
-    total_neg = sum(p.neg for p in pieces)
+def combine(pieces: list[AucPiece | None], what: str = "predictions") -> float:
+    kept = sorted((p for p in pieces if p is not None), key=lambda p: p.low)
+    total_pos = sum(p.pos for p in kept)
+    total_neg = sum(p.neg for p in kept)
     if total_pos == 0 or total_neg == 0:
         only = "no rows" if total_pos + total_neg == 0 else f"only label {1 if total_pos else 0} ({total_pos + total_neg:,} rows)"
         raise EvaluationError(f"AUC needs both labels, but the {what} hold {only}")
     twice, neg_before = 0, 0
-    for p in pieces:
+    for p in kept:
         twice += p.twice_local + 2 * p.pos * neg_before
         neg_before += p.neg
     return twice / (2.0 * total_pos * total_neg)

@@ -37,7 +37,7 @@ def floor_scores(train: DataFrame, rows: DataFrame, prior: float = PRIOR) -> Dat
     """rows (user_id, item_id, label, is_cold) with one score column per floor, from `train`
     (user_id, item_id, label) only."""
     t = train.agg(F.avg(F.col("label").cast("double")).alias("g"), F.count(F.lit(1)).alias("n"),
-                  F.countDistinct("item_id").alias("items")).first()
+                  F.countDistinct("item_id").alias("items")).collect()[0]
     if not t["n"]:
         raise EvaluationError("the non-learned floors need train rows: the train split is empty")
     g, mean_events = float(t["g"]), t["n"] / t["items"]

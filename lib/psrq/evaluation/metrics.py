@@ -116,7 +116,7 @@ def grouped_auc(preds: DataFrame, group: str = "user_id", score: str = "score", 
              .filter((F.col("p") > 0) & (F.col("q") > 0)))
     n = F.col("p") + F.col("q")
     r = users.agg(F.sum(F.col("won") / (F.col("p") * F.col("q")) * n).alias("w"), F.sum(n).alias("n"),
-                  F.count("*").alias("users")).first()
+                  F.count("*").alias("users")).collect()[0]
     return (None, 0) if not r["users"] else (float(r["w"] / r["n"]), int(r["users"]))
 
 

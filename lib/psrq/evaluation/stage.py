@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 def _summary(record: dict, status: str, content: bool) -> dict:
     out = {k: v for k, v in record.items() if k != "config"}
-    out["evaluated_at"] = record["evaluated_at"].isoformat() if hasattr(record["evaluated_at"], "isoformat") else record["evaluated_at"]
+    at = record["evaluated_at"]
+    out["evaluated_at"] = at.isoformat() if hasattr(at, "isoformat") else at
     return {**out, "status": status, "metrics": {k: record.get(k) for k in RECORDED},
             "content_file": CONTENT_FILE if content else None}
 
@@ -80,8 +81,8 @@ def evaluate_stage(spark, cfg: Config) -> dict:
         "model": tc.model, "seed": tc.seed, "split": ec.split, "codebook_version": man.codebook_version,
         "checkpoint": ckpt_dir, "checkpoint_step": eid.step, "train_identity": ident.key, "weights": eid.weights,
         "samples": man.key, "data_versions": json.dumps(man.source_versions, sort_keys=True),
-        "config": json.dumps({s: getattr(cfg, s).model_dump(mode="json") for s in ("dataset", "codebooks", "samples", "train", "evaluate")},
-                             sort_keys=True),
+        "config": json.dumps({s: getattr(cfg, s).model_dump(mode="json")
+                              for s in ("dataset", "codebooks", "samples", "train", "evaluate")}, sort_keys=True),
         "predictions": pred_path, "rows": metrics["rows"], "cold_rows": metrics["cold_rows"], "auc": metrics["auc"],
         "cold_auc": metrics["cold_auc"], "logloss": metrics["logloss"], "gauc": metrics.get("gauc"),
         "calibration_error": metrics.get("calibration_error"),

@@ -22,6 +22,8 @@ def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
     folder = (Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR).joinpath("experiments")
     path = folder.joinpath(f"{name}.yaml")
     raw = OmegaConf.to_container(read_layer(folder, name, "experiment"), resolve=True)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping (name, title, ours, cells)")
     cells = raw.get("cells") or {}
     if raw.get("ours") not in cells:
         raise ConfigError(f"{path}: `ours` ({raw.get('ours')!r}) must name one of the cells ({', '.join(cells)})")

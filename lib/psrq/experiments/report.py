@@ -50,14 +50,16 @@ def compare(res: pd.DataFrame, summary: pd.DataFrame, exp: Experiment) -> dict:
         b = cand.loc[cand[m].idxmax() if best == "max" else cand[m].idxmin()]
         a_vals = res[(res.cell == exp.ours)][m].dropna().astype(float)
         b_vals = res[(res.cell == b.cell)][m].dropna().astype(float)
-        p, ci = float("nan"), (float("nan"), float("nan"))
+        p = float("nan")
+        ci: tuple[float, ...] = (float("nan"), float("nan"))
         # Welch's test needs spread in at least one cell: seeds that all give the same value
         # (a seed-independent metric) leave it undefined (nan), which scipy would also warn of
         if min(len(a_vals), len(b_vals)) > 1 and (np.ptp(a_vals) > 0 or np.ptp(b_vals) > 0):
             t = ttest_ind(a_vals, b_vals, equal_var=False)
             p, ci = float(t.pvalue), tuple(float(x) for x in t.confidence_interval(0.95))
         better = ours[m] > b[m] if best == "max" else ours[m] < b[m]
-        out[m] = {"best_other": b.cell, "improvement_pct": 100 * (ours[m] - b[m]) / b[m], "p_value": p, "ours_better": bool(better),
+        out[m] = {"best_other": b.cell, "improvement_pct": 100 * (ours[m] - b[m]) / b[m], "p_value": p,
+                  "ours_better": bool(better),
                   "diff_ci95": ci}
     return out
 
@@ -146,7 +148,8 @@ def verdict(cmp: dict, exp: Experiment, alpha: float = 0.05) -> list[str]:
         lo, hi = c["diff_ci95"]
         out.append(f"- {label}: {exp.ours} {word} the best other cell ({c['best_other']}, {c['improvement_pct']:+.2f}%); "
                    f"the difference is {sig} at {alpha} (Welch p = {c['p_value']:.3f}; 95% interval of the difference of "
-                   f"means [{lo:+.4f}, {hi:+.4f}]{', which includes 0' if lo <= 0 <= hi else ''}; few seeds make this a weak test).")
+                   f"means [{lo:+.4f}, {hi:+.4f}]{', which includes 0' if lo <= 0 <= hi else ''}; "
+                   "few seeds make this a weak test).")
     return out
 
 

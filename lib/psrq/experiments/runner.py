@@ -39,7 +39,7 @@ def read_results(spark, dcfg: Config, latest: bool = True):
     path = results_path(dcfg)
     if not engine.exists(path):
         return pd.DataFrame(columns=EXPERIMENT_RESULTS.fieldNames())
-    res = engine.read(path).toPandas()
+    res: pd.DataFrame = engine.read(path).toPandas()
     if latest and len(res):
         res = res.sort_values("finished_at").drop_duplicates(["experiment", "dataset", "cell", "seed"], keep="last")
     return res.reset_index(drop=True)

@@ -1,6 +1,8 @@
 """Building blocks of the rankers (torch)."""
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 from torch import nn
@@ -69,14 +71,17 @@ def item_tables(model: nn.Module) -> list[ItemTable]:
     return [m for m in model.modules() if isinstance(m, ItemTable)]
 
 
-def set_dropout(model: nn.Module, p: float) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def set_dropout(model: M, p: float) -> M:
     """Dropout on the embeddings of every item-ID table wider than one (not on bias tables)."""
     for table in item_tables(model):
         table.dropout = p if table.embedding_dim > 1 else 0.0
     return model
 
 
-def set_sparse(model: nn.Module, sparse: bool) -> nn.Module:
+def set_sparse(model: M, sparse: bool) -> M:
     """Sparse (or dense) gradients for every item-ID table of the model."""
     for table in item_tables(model):
         table.sparse = sparse
@@ -91,11 +96,12 @@ class SemanticEmbedding(nn.Module):
     def __init__(self, k: int, layers: int, dim: int):
         super().__init__()
         self.layers = layers
-        self.tables = nn.ModuleList(nn.Embedding(k + 1, dim, padding_idx=0) for _ in range(layers))
-        for t in self.tables:
+        tables = [nn.Embedding(k + 1, dim, padding_idx=0) for _ in range(layers)]
+        for t in tables:
             nn.init.normal_(t.weight, std=0.05)
             with torch.no_grad():
                 t.weight[0].zero_()
+        self.tables = nn.ModuleList(tables)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (..., layers) -> (..., dim)."""

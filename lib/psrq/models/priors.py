@@ -52,6 +52,13 @@ def train_statistics(batches, vocab_size: int, user_buckets: int) -> dict[str, n
 
 
 class Priors(nn.Module):
+    # buffers (register_buffer): the train statistics and the global rate
+    item_n: torch.Tensor
+    item_pos: torch.Tensor
+    user_n: torch.Tensor
+    user_pos: torch.Tensor
+    global_rate: torch.Tensor
+
     def __init__(self, vocab_size: int, user_buckets: int, keep: int | None = None, buckets: int = 0):
         super().__init__()
         self.user_buckets = user_buckets
@@ -68,7 +75,8 @@ class Priors(nn.Module):
         with torch.no_grad():
             for name in STATS:
                 if stats[name].shape != getattr(self, name).shape:
-                    raise ValueError(f"statistics {name}: shape {stats[name].shape}, the model's {tuple(getattr(self, name).shape)}")
+                    want = tuple(getattr(self, name).shape)
+                    raise ValueError(f"statistics {name}: shape {stats[name].shape}, the model's {want}")
                 getattr(self, name).copy_(torch.from_numpy(np.asarray(stats[name], dtype=np.float32)))
             n = float(stats["item_n"].sum())
             g = float(stats["item_pos"].sum()) / n if n else 0.5

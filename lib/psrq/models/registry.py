@@ -19,7 +19,7 @@ BUILT_IN: dict[str, str] = {
     "din_codes": "psrq.models.mcca:CodeAttention", "mcca_wo_msc": "psrq.models.mcca:CodeAttention",
     "mcca_wo_mjc": "psrq.models.mcca:CodeAttention", "qarm": "psrq.models.qarm:Qarm",
     "vbpr": "psrq.models.vbpr:Vbpr", "simtier_make": "psrq.models.simtier:SimTierMake"}
-RANKERS = Registry("model", "psrq.models.base:Ranker", BUILT_IN)
+RANKERS: Registry[Ranker] = Registry("model", "psrq.models.base:Ranker", BUILT_IN)
 register, unregister, names, ranker_class, ranker_path = (RANKERS.register, RANKERS.unregister, RANKERS.names,
                                                           RANKERS.get, RANKERS.path)
 
@@ -54,7 +54,7 @@ def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: in
         raise ValueError(f"train.model_options {unknown}: model {name} takes {', '.join(takes) or 'none'}")
     keep = FIRST_INDEX + max_vocab if max_vocab else None
     spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities), keep, hash_buckets if keep else 0)
-    model = cls(spec, content, **(options or {}))
+    model: Ranker = cls(spec, content, **(options or {}))  # type: ignore[call-arg]  # subclasses take content
     if priors:
         from psrq.models.priors import Priors, WithPriors
 

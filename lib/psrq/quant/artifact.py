@@ -164,7 +164,8 @@ def read_manifest(root: str, version: str | None = None, method: str | None = No
             raise ArtifactError(f"no {what} versions under {root}: run jobs/fit_codebooks.py first")
         version = list(usable)[-1]
     elif not _versions(fs, path).get(version):
-        raise ArtifactError(f"codebook version {version!r} not found under {root} (available: {', '.join(list_versions(root)) or 'none'})")
+        available = ", ".join(list_versions(root)) or "none"
+        raise ArtifactError(f"codebook version {version!r} not found under {root} (available: {available})")
     return _manifest(fs, path, version)  # asked for by name: a broken manifest is an error, not skipped
 
 
@@ -178,7 +179,8 @@ def load_artifact(root: str, version: str | None = None, method: str | None = No
     want = manifest.get("checksums", {}).get(ARRAYS)
     got = hashlib.sha256(blob).hexdigest()
     if want != got:
-        raise ArtifactError(f"codebook {version} under {root} is corrupt: {ARRAYS} checksum {got[:12]}… != manifest {str(want)[:12]}…")
+        raise ArtifactError(f"codebook {version} under {root} is corrupt: {ARRAYS} checksum {got[:12]}… "
+                            f"!= manifest {str(want)[:12]}…")
     flat = st_load(blob)
     arrays: dict = {}
     for key, a in flat.items():

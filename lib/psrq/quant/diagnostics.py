@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+from typing import IO
+
 import numpy as np
 
 
@@ -89,11 +91,13 @@ def format_side_by_side(diags: dict[str, dict], space: str) -> str:
                 f"{method:<7}{ly['layer']:>6}{ly['utilisation']:>7.2f}{ly['perplexity']:>9.1f}{ly['max_share']:>9.3f}"
                 f"{ly['coherence_layer']:>10.3f}{ly['coherence_random']:>9.3f}{ly['coherence_prefix']:>11.3f}"
             )
-        lines.append(f"{method:<7}  full codes: collision rate {d['collision_rate']:.3f}, relative error {d['relative_error']:.3f}")
+        lines.append(f"{method:<7}  full codes: collision rate {d['collision_rate']:.3f}, "
+                     f"relative error {d['relative_error']:.3f}")
     return "\n".join(lines)
 
 
-def plot_code_distributions(diag_codes: dict[str, np.ndarray], k: int, path: str, title: str = "") -> str:
+def plot_code_distributions(diag_codes: dict[str, np.ndarray], k: int, path: str | IO[bytes],
+                            title: str = "") -> str | IO[bytes]:
     """PNG: for each space, the sorted frequency of each layer's codes (log scale)."""
     import matplotlib
 

@@ -16,7 +16,8 @@ def splits(d: int, m: int) -> list[np.ndarray]:
 
 class PQ(Quantizer):
     def _fit(self, x):
-        return {f"layer{l}": fit_kmeans(x[:, s], layer_kmeans(self.spec, l)) for l, s in enumerate(splits(x.shape[1], self.n_layers))}
+        parts = splits(x.shape[1], self.n_layers)
+        return {f"layer{l}": fit_kmeans(x[:, s], layer_kmeans(self.spec, l)) for l, s in enumerate(parts)}
 
     def _encode(self, x):
         arrays = self.fitted

@@ -15,7 +15,7 @@ from psrq.quant.residual import PSRQ, RQ, VQ
 from psrq.quant.rqvae import RQVAE
 
 BUILT_IN: dict[str, type[Quantizer]] = {"vq": VQ, "rq": RQ, "psrq": PSRQ, "pq": PQ, "rqvae": RQVAE}
-QUANTIZERS = Registry("quantizer", "psrq.quant.base:Quantizer", BUILT_IN, QuantizerError)
+QUANTIZERS: Registry[Quantizer] = Registry("quantizer", "psrq.quant.base:Quantizer", BUILT_IN, QuantizerError)
 register, unregister, names, quantizer_class = QUANTIZERS.register, QUANTIZERS.unregister, QUANTIZERS.names, QUANTIZERS.get
 
 

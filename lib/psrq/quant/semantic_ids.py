@@ -66,7 +66,8 @@ def fit_sample(items: DataFrame, cc: CodebooksConf, modalities: dict, n_items: i
     holds fewer items than K."""
     ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items")
     if len(ids) < cc.k:
-        raise QuantizerError(f"K={cc.k} is larger than the sample ({len(ids)} items of {n_items}): lower codebooks.k or sample more")
+        raise QuantizerError(f"K={cc.k} is larger than the sample ({len(ids)} items of {n_items}): "
+                             "lower codebooks.k or sample more")
     return ids, embs
 
 

@@ -62,7 +62,8 @@ def encode_batch(cbs: CodebookSet, batch: pa.RecordBatch) -> pa.RecordBatch:
         problem[bad], problem_col[bad] = kinds[bad], info["column"]
         embs[m] = x
     good = problem == None  # noqa: E711
-    out = {ITEM_ID: pa.array(ids), "problem": pa.array(problem, pa.string()), "problem_column": pa.array(problem_col, pa.string())}
+    out = {ITEM_ID: pa.array(ids), "problem": pa.array(problem, pa.string()),
+           "problem_column": pa.array(problem_col, pa.string())}
     primary = primary_space(cbs)
     key = np.zeros(n, dtype=np.int64)
     err = np.zeros(n, dtype=np.float32)

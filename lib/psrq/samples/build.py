@@ -55,21 +55,22 @@ def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err
     ks = [max(1, math.ceil(Fraction(str(p)) * n)) for p in probs]
     edges = df.approxQuantile(col, [q for p in probs for q in (max(p - 2 * rel_err, 0.0), min(p + 2 * rel_err, 1.0))],
                               rel_err)
-    brackets = [(int(edges[2 * i]), int(edges[2 * i + 1])) for i in range(len(probs))]
+    brackets: list[tuple[int, int] | None] = [(int(edges[2 * i]), int(edges[2 * i + 1])) for i in range(len(probs))]
     c = F.col(col)
-    counts = df.agg(*[F.count(F.when(c < lo, 1)).alias(f"b{i}") for i, (lo, _) in enumerate(brackets)],
-                    *[F.count(F.when(c <= hi, 1)).alias(f"a{i}") for i, (_, hi) in enumerate(brackets)]).first()
+    spans = [b for b in brackets if b is not None]  # all of them, here
+    counts = df.agg(*[F.count(F.when(c < lo, 1)).alias(f"b{i}") for i, (lo, _) in enumerate(spans)],
+                    *[F.count(F.when(c <= hi, 1)).alias(f"a{i}") for i, (_, hi) in enumerate(spans)]).collect()[0]
     below = [counts[f"b{i}"] for i in range(len(probs))]
     for i, k in enumerate(ks):
         if not below[i] < k <= counts[f"a{i}"]:  # never, if approxQuantile keeps its promise
             log.warning("%s: the approximate bracket of quantile %s missed; taking it from all rows", col, probs[i])
-            brackets[i], below[i] = (None, None), 0
-    inside = [(c >= lo) & (c <= hi) if lo is not None else F.lit(True) for lo, hi in brackets]
+            brackets[i], below[i] = None, 0
+    inside = [(c >= b[0]) & (c <= b[1]) if b is not None else F.lit(True) for b in brackets]
     rows = df.filter(reduce(lambda a, b: a | b, inside)).select(col).collect()
     values = sorted(r[0] for r in rows)
     out = []
-    for (lo, hi), b, k in zip(brackets, below, ks):
-        mine = values if lo is None else [v for v in values if lo <= v <= hi]
+    for span, b, k in zip(brackets, below, ks):
+        mine = values if span is None else [v for v in values if span[0] <= v <= span[1]]
         out.append(int(mine[k - b - 1]))
     return out
 
@@ -198,7 +199,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
         splits = write_splits(cfg, samples)
     finally:
         samples.unpersist()
-    info = {
+    info: dict = {
         "codebook_version": src.codebook_version, "k": src.k, "layers": src.layers, "spaces": src.spaces,
         "history_len": cfg.samples.history_len, "vocab_size": vocab_size, "vocab_table": vocab_path,
         "vocab_version": engine.version(vocab_path), "code_shift": 1, "padding": 0, "oov_index": OOV,
@@ -265,7 +266,7 @@ def require_codes(src: Sources) -> None:
     """Every event's item has codes of the codebook in use, checked before anything is
     written (one anti-join of the interactions with the codes)."""
     missing = src.interactions.select(ITEM_ID).join(src.codes.select(ITEM_ID), ITEM_ID, "left_anti")
-    r = missing.agg(F.count(F.lit(1)).alias("n"), F.slice(F.sort_array(F.collect_set(ITEM_ID)), 1, 5).alias("ex")).first()
+    r = missing.agg(F.count(F.lit(1)).alias("n"), F.slice(F.sort_array(F.collect_set(ITEM_ID)), 1, 5).alias("ex")).collect()[0]
     if r["n"]:
         raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook "
                                                              f"{src.codebook_version} (run jobs/reindex_catalog.py or "

@@ -29,6 +29,16 @@ class WriteResult:
     metrics: dict = field(default_factory=dict)
 
 
+def version_of(engine: "DeltaEngine", path: str) -> int:
+    """The version of a table that exists (one just written, or found committed)."""
+    version = engine.version(path)
+    if version is None:
+        from psrq.errors import StorageError
+
+        raise StorageError(f"no Delta table at {path}")
+    return version
+
+
 class DeltaEngine(Protocol):
     name: str
 

@@ -24,7 +24,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from psrq.errors import StorageError
 from psrq.storage import fs
-from psrq.storage.base import AppTxn, WriteMode, WriteResult
+from psrq.storage.base import AppTxn, WriteMode, WriteResult, version_of
 from psrq.storage.parquet_files import FILE_META_SCHEMA, write_task_file
 
 DATA_DIR = "data"
@@ -151,7 +151,7 @@ class DeltaRsEngine:
             return None
         done = self.transaction_version(path, txn.app_id)
         if done is not None and done >= txn.version:
-            return WriteResult(table=path, version=self.version(path), skipped=True)
+            return WriteResult(table=path, version=version_of(self, path), skipped=True)
         return None
 
     def _check_schema(self, dt: DeltaTable, schema: pa.Schema, path: str) -> pa.Schema:
@@ -189,8 +189,9 @@ class DeltaRsEngine:
                 dt = self._table(path)
                 tx_mode = "append" if mode == "append" else "overwrite"
                 removed = 0 if mode == "append" else len(dt.file_uris())
+                actions: list = list(adds)
                 commit = lambda: dt.create_write_transaction(  # noqa: E731
-                    adds, mode=tx_mode, schema=Schema.from_arrow(schema), commit_properties=props)
+                    actions, mode=tx_mode, schema=Schema.from_arrow(schema), commit_properties=props)
             else:
                 removed = 0
                 uri, opts = self._location(path)
@@ -200,13 +201,14 @@ class DeltaRsEngine:
                 done = self._commit_once(path, txn, adds, commit)
             except _Conflict:
                 if attempt == _ATTEMPTS - 1:
-                    raise StorageError(f"Delta commit to {path} kept conflicting with concurrent writers; re-run the job") from None
+                    raise StorageError(f"Delta commit to {path} kept conflicting with concurrent writers; "
+                                       "re-run the job") from None
                 adds = self._write_files(df, path, schema)  # ours were dropped with the conflict
                 exists = True
                 continue
             if done:
                 return done
-            return WriteResult(path, self.version(path), False, len(adds), removed, rows)
+            return WriteResult(path, version_of(self, path), False, len(adds), removed, rows)
         raise AssertionError("unreachable")
 
     def _open_for_rewrite(self, df: DataFrame, path: str, txn: Optional[AppTxn], description: str):
@@ -241,7 +243,7 @@ class DeltaRsEngine:
                 removes + adds, mode="append", schema=Schema.from_arrow(schema), commit_properties=props))
         except _Conflict as exc:
             raise StorageError(f"{what} on {path} conflicted with a concurrent write ({exc}); re-run the job") from None
-        return done or WriteResult(path, self.version(path), False, len(adds), len(removes), n)
+        return done or WriteResult(path, version_of(self, path), False, len(adds), len(removes), n)
 
     def replace_where(
         self, df: DataFrame, path: str, column: str, value: str, txn: Optional[AppTxn] = None, description: str = ""
@@ -285,7 +287,8 @@ class DeltaRsEngine:
                    .select("_file").distinct().collect()]
         rewritten = source
         if touched:
-            kept = self.spark.read.schema(self.spark_schema(dt)).parquet(*[fs.spark_uri(t) for t in touched]).join(source.select(*keys), keys, "left_anti")
+            kept = (self.spark.read.schema(self.spark_schema(dt)).parquet(*[fs.spark_uri(t) for t in touched])
+                    .join(source.select(*keys), keys, "left_anti"))
             rewritten = kept.unionByName(source)
         return self._rewrite(dt, path, schema, rewritten, touched, txn, description, "merge")
 

@@ -5,15 +5,14 @@ and `txnAppId`/`txnVersion` give the same idempotent re-runs."""
 from __future__ import annotations
 
 import json
-
-from typing import Optional
+from typing import Any, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 
 from psrq import jvm
 from psrq.errors import StorageError
 from psrq.storage import fs
-from psrq.storage.base import AppTxn, WriteMode, WriteResult
+from psrq.storage.base import AppTxn, WriteMode, WriteResult, version_of
 
 _SPARK_MODE = {"create": "errorifexists", "append": "append", "overwrite": "overwrite"}
 
@@ -22,9 +21,10 @@ def delta_jars_loaded(spark: SparkSession) -> bool:
     """True when the Delta JVM classes are on the session's classpath."""
     try:
         # jars from spark.jars / --packages live in Spark's class loader, not the system one
-        loader = spark._jvm.java.lang.Thread.currentThread().getContextClassLoader()  # noqa: SLF001
+        jvm: Any = spark._jvm  # noqa: SLF001
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         loader.loadClass("io.delta.tables.DeltaTable")
-        return "DeltaSparkSessionExtension" in spark.conf.get("spark.sql.extensions", "")
+        return "DeltaSparkSessionExtension" in (spark.conf.get("spark.sql.extensions", "") or "")
     except Exception:  # noqa: BLE001 - any JVM error means "not available"
         return False
 
@@ -87,10 +87,11 @@ class DeltaSparkEngine:
             return None
         done = self.transaction_version(path, txn.app_id)
         if done is not None and done >= txn.version:
-            return WriteResult(path, self.version(path), skipped=True)
+            return WriteResult(path, version_of(self, path), skipped=True)
         return None
 
-    def write(self, df: DataFrame, path: str, mode: WriteMode, txn: Optional[AppTxn] = None, description: str = "") -> WriteResult:
+    def write(self, df: DataFrame, path: str, mode: WriteMode, txn: Optional[AppTxn] = None,
+              description: str = "") -> WriteResult:
         if mode not in _SPARK_MODE:
             raise StorageError(f"unknown write mode {mode!r} (create, append, overwrite)")
         skipped = self._skip(path, txn)
@@ -113,7 +114,7 @@ class DeltaSparkEngine:
     def _result(self, path: str) -> WriteResult:
         """The commit just made, with the row and file counts Delta recorded in its log entry
         (commitInfo.operationMetrics: numOutputRows, numFiles, numRemovedFiles)."""
-        version = self.version(path)
+        version = version_of(self, path)
         metrics: dict = {}
         try:
             for line in fs.read_text(fs.join(path, "_delta_log", f"{version:020d}.json")).splitlines():
@@ -138,7 +139,8 @@ class DeltaSparkEngine:
                   .option("userMetadata", description))
         return self._save(writer, path, txn)
 
-    def merge(self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None, description: str = "") -> WriteResult:
+    def merge(self, df: DataFrame, path: str, keys: list[str], txn: Optional[AppTxn] = None,
+              description: str = "") -> WriteResult:
         if not self.exists(path):
             return self.write(df, path, "create", txn, description)
         skipped = self._skip(path, txn)

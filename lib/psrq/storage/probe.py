@@ -12,7 +12,6 @@ from psrq.config import TablesConf
 from psrq.errors import StorageError
 from psrq.storage.fs import resolve
 
-
 # every Delta table of storage.tables, as output keys (a job that writes them all: the demo)
 ALL_TABLES = tuple(f"tables.{t}" for t in TablesConf.model_fields)
 

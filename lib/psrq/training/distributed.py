@@ -36,8 +36,7 @@ import torch
 from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
-from psrq.training.loop import (TrainingError, autocast_dtype, batch_count, device_for, rank_seed, resume, train_loop,
-                                 validator)
+from psrq.training.loop import TrainingError, autocast_dtype, batch_count, device_for, rank_seed, resume, train_loop, validator
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -244,7 +243,7 @@ def _ddp_train(job: dict, device: torch.device) -> list[dict]:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     model, opt, start, stopping = _model_and_opt(job, device, dense_biases=True)
-    gathered = [None] * world
+    gathered: list = [None] * world
     dist.all_gather_object(gathered, start)
     start = same_start(gathered)
     ddp = ddp_without_buffer_sync(model)
@@ -257,7 +256,7 @@ def _ddp_train(job: dict, device: torch.device) -> list[dict]:
 
     res = train_loop(ddp, lambda: iter(reader), opt, device, start_step=start, state_model=model,
                      **loop_args(job, rank, reader, device, agree_max, stopping))
-    out = [None] * world
+    out: list = [None] * world
     dist.all_gather_object(out, _summary(rank, world, res, model, reader, device))
     return out
 
@@ -304,4 +303,7 @@ def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
         env["GLOO_SOCKET_IFNAME"] = "lo"
     use_gpu = wants_gpu(job["device"], spark, local)
     with environment(**env):
-        return TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(ddp_worker, job)
+        ranks = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(ddp_worker, job)
+    if ranks is None:  # TorchDistributor returns rank 0's value: ddp_worker's list of every rank's summary
+        raise TrainingError("TorchDistributor returned no result from rank 0")
+    return ranks

@@ -26,7 +26,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, cast
 
 import numpy as np
 import torch
@@ -186,7 +186,7 @@ def load_checkpoint(directory: str, best: bool = False) -> Optional[dict]:
     is refused before any of it runs. The optimiser state is not read (load_optimizer_state)."""
     last = load_checkpoint_file(fs.join(directory, CHECKPOINT))
     best_step = ((last or {}).get("trace") or {}).get("best_step") if best else None
-    if best_step is None or best_step == last["step"]:
+    if last is None or best_step is None or best_step == last["step"]:
         return last
     ckpt = load_checkpoint_file(path := fs.join(directory, BEST.format(step=best_step)))
     if ckpt is None:
@@ -227,7 +227,7 @@ def check_compatible(ckpt: dict, meta: dict, where: str = "") -> None:
 
 def clean_stale_temporaries(directory: str) -> list[str]:
     """Remove `<checkpoint file>.tmp-<pid>` files left by killed writers (pid no longer alive)."""
-    removed = []
+    removed: list[str] = []
     if not fs.is_local(directory):
         return removed  # object stores: a PUT is whole or absent, no temporaries
     for tmp in Path(fs.local_path(directory)).glob("*.pt.tmp-*"):
@@ -288,7 +288,7 @@ def padded(batches: Iterable[dict], total: int) -> Iterable[tuple[dict, bool]]:
     if first is None and total:
         raise TrainingError("this rank's shard yielded no batch; every rank needs at least one")
     for _ in range(total - n):
-        yield first, False
+        yield cast(dict, first), False
 
 
 def batch_count(rows: int, batch_size: int) -> int:
@@ -349,7 +349,7 @@ def train_loop(
     (a data-parallel rank passes its own seed: rank_seed)."""
     meta = meta or {}
     start = start_step
-    state_model = state_model or model
+    state_model = cast(Ranker, state_model or model)
     stopping = stopping or EarlyStopping()
     model.train()
     step, samples, losses, pads, grad_bytes, step_seconds, waited = 0, 0, [], 0, 0, [], 0.0
@@ -358,6 +358,7 @@ def train_loop(
     # a bar on a terminal only (disable=None); logs get the per-epoch validation lines
     bar = tqdm(desc="train", unit="batch", disable=None if progress else True, mininterval=2.0)
     last_good, checked = start, start
+    stop, unsaved = False, False
     limit = min(x for x in (max_steps, epoch_steps * epochs if epoch_steps is not None else None, float("inf"))
                 if x is not None)
 
@@ -382,7 +383,6 @@ def train_loop(
 
     if stopping.stopped:  # a run that had stopped early and was killed before its result: done
         return TrainResult(0, 0, 0.0, None, precision="bf16" if amp_dtype == torch.bfloat16 else "fp32", stopping=stopping)
-    stop, unsaved = False, False
     with stop_on_sigterm(agree is None) as terminated:
         for epoch in range(epochs):
             if stop or step >= limit:
@@ -463,8 +463,11 @@ def validator(reader: str, path: str, device: torch.device) -> Callable[[torch.n
     """validate(model) for train_loop: the evaluation's metrics on the split at `path`."""
     from psrq.training.readers import make_reader
 
-    return lambda model: valid_metrics(model, make_reader(reader, path, list(model.inputs) + ["label", "is_cold"], 4096),
-                                       device)
+    def validate(model: torch.nn.Module) -> dict:
+        columns = [*cast(Ranker, model).inputs, "label", "is_cold"]
+        return valid_metrics(model, make_reader(reader, path, columns, 4096), device)
+
+    return validate
 
 
 @torch.no_grad()

@@ -115,7 +115,7 @@ def make_optimizer(model: Ranker, lr: float, table_optimizer: str = "rowwise_ada
     ids = {id(p) for p in tables}
     dense = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in model.param_groups(lr)]
     dense = [g for g in dense if g["params"]]
-    parts = {}
+    parts: dict[str, torch.optim.Optimizer] = {}
     if dense:  # a model of sparse item tables only has none
         parts["dense"] = (torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay) if weight_decay
                           else torch.optim.Adam(dense, lr=lr))

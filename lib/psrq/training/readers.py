@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,7 +162,7 @@ class _Failed:
 _END = object()
 
 
-def prefetched(batches: Iterable[dict], depth: int, join_seconds: float = 60.0) -> Iterator[dict]:
+def prefetched(batches: Iterable[dict], depth: int, join_seconds: float = 60.0) -> Generator[dict, None, None]:
     """The batches, in their order, read ahead on a background thread (`depth` waiting, one
     more being read), so that reading and converting the next batches overlaps the step (on
     a GPU the step mostly waits on the device). depth 0: read in the caller's thread. A

@@ -20,7 +20,8 @@ def content_file(samples_path: str, man: SamplesManifest) -> str:
 
 def model_args(cfg: Config, man: SamplesManifest) -> dict:
     """build_model's arguments (content aside) for the samples' manifest."""
-    return {"name": cfg.train.model, "ranker": ranker_path(cfg.train.model), "vocab_size": man.vocab_size, "k": man.k, "layers": man.layers,
+    return {"name": cfg.train.model, "ranker": ranker_path(cfg.train.model), "vocab_size": man.vocab_size, "k": man.k,
+            "layers": man.layers,
             "history_len": man.history_len, "dim": cfg.train.dim, "options": cfg.train.model_options,
             "modalities": man.modalities, "sparse": cfg.train.sparse, "max_vocab": cfg.train.max_vocab,
             "hash_buckets": cfg.train.hash_buckets, "priors": cfg.train.priors, "user_buckets": cfg.train.user_buckets,

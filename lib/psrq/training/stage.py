@@ -21,8 +21,20 @@ from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import (BEST, CHECKPOINT, TrainingError, autocast_dtype, batch_count, check_compatible,
-                                clean_stale_temporaries, device_for, load_checkpoint, restore, train_loop, validator)
+from psrq.training.loop import (
+    BEST,
+    CHECKPOINT,
+    TrainingError,
+    autocast_dtype,
+    batch_count,
+    check_compatible,
+    clean_stale_temporaries,
+    device_for,
+    load_checkpoint,
+    restore,
+    train_loop,
+    validator,
+)
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
@@ -128,6 +140,8 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     else:
         ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path, stats)
     final = load_checkpoint(ckpt_dir)  # rank 0's: the ranks were checked equal
+    if final is None:
+        raise TrainingError(f"no checkpoint in {ckpt_dir} after training: its storage lost the file")
     step = int(final["step"])
     trace = EarlyStopping.restored(final.get("trace"), tc.patience)
     samples = sum(r["samples"] for r in ranks)
