@@ -52,7 +52,7 @@ def kmeans(points: int, dim: int) -> dict:
 
 def training(path: str, steps: int, batch_size: int, amp: bool, prefetch: int = 2) -> dict:
     from psrq.models.registry import build_model
-    from psrq.training.loop import train_loop
+    from psrq.training.loop import LoopOptions, train_loop
     from psrq.training.optim import make_optimizer
     from psrq.training.readers import make_reader
 
@@ -62,8 +62,8 @@ def training(path: str, steps: int, batch_size: int, amp: bool, prefetch: int = 
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats(device)
     model = build_model("mcca", V, K, L, N, 64, sparse=True).to(device)
-    res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], batch_size), make_optimizer(model, 5e-4),
-                     device, max_steps=steps, progress=False, amp_dtype=torch.bfloat16 if amp else None, prefetch=prefetch)
+    res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], batch_size), make_optimizer(model, 5e-4), device,
+                     LoopOptions(max_steps=steps, progress=False, amp_dtype=torch.bfloat16 if amp else None, prefetch=prefetch))
     torch.cuda.synchronize()
     return {"steps": res.steps, "prefetch": prefetch, "samples_per_second": round(res.samples_per_second),
             "median_step_ms": round(1000 * res.median_step_seconds, 2), "precision": res.precision,
@@ -102,7 +102,7 @@ def pipeline_size(items: int, train_rows: int, vocab: int, batch_size: int, work
 
     from psrq.models.registry import build_model
     from psrq.samples.layout import fixed_lists
-    from psrq.training.loop import train_loop
+    from psrq.training.loop import LoopOptions, train_loop
     from psrq.training.optim import make_optimizer
     from psrq.training.readers import make_reader
 
@@ -129,9 +129,8 @@ def pipeline_size(items: int, train_rows: int, vocab: int, batch_size: int, work
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model("mcca", vocab, 256, 3, hist, 64, sparse=True).to(device)
-    res = train_loop(model, lambda: make_reader("arrow", str(path), model.inputs + ["label"], batch_size),
-                     make_optimizer(model, 5e-3), device, progress=False, prefetch=2,
-                     epoch_steps=-(-n // batch_size))
+    res = train_loop(model, lambda: make_reader("arrow", str(path), model.inputs + ["label"], batch_size), make_optimizer(model, 5e-3), device,
+                     LoopOptions(progress=False, prefetch=2, epoch_steps=-(-n // batch_size)))
     if gpu:
         torch.cuda.synchronize()
     train = {"rows": n, "vocab": vocab, "batch_size": batch_size, "steps": res.steps,

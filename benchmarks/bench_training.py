@@ -25,7 +25,7 @@ import torch
 
 from psrq.models.registry import build_model
 from psrq.samples.layout import fixed_lists
-from psrq.training.loop import train_loop
+from psrq.training.loop import LoopOptions, train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader, prefetched, row_groups
 
@@ -72,8 +72,8 @@ def one_process(name: str, path: str, steps: int, sparse: bool, prefetch: int = 
     torch.manual_seed(0)
     model = build_model(name, V, K, L, N, 64, sparse=sparse)
     opt = make_optimizer(model, 1e-4)
-    res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], 512), opt,
-                     torch.device("cpu"), max_steps=steps, progress=False, prefetch=prefetch)
+    res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], 512), opt, torch.device("cpu"),
+                     LoopOptions(max_steps=steps, progress=False, prefetch=prefetch))
     return {"steps": res.steps, "prefetch": prefetch, "samples": res.samples, "seconds": round(res.seconds, 2),
             "samples_per_second": round(res.samples_per_second), "torch_threads": torch.get_num_threads()}
 
@@ -96,10 +96,12 @@ def read_beside_a_device(path: str, cols: list[str], batch_size: int = 4096) -> 
 
 
 def two_process(backend: str, path: str, steps: int, spark) -> dict:
-    from psrq.training.distributed import run_horovod, run_torch_distributor, worker_job
+    from psrq.config import TrainConf
+    from psrq.training.distributed import RankJob, run_horovod, run_torch_distributor
 
-    job = worker_job(model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64,
-                            "sparse": True}, path=path, lr=1e-4, batch_size=512, max_steps=steps)
+    train = TrainConf(model="mcca", lr=1e-4, batch_size=512, max_steps=steps, reader="arrow", prefetch=2)
+    job = RankJob(train=train, model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64,
+                                      "sparse": True}, path=path)
     ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(spark, job, 2)
     samples, secs = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     return {"processes": 2, "steps_per_rank": steps, "samples": samples, "seconds": round(secs, 2),

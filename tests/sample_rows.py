@@ -33,12 +33,14 @@ def write_split(path, rows: dict, row_group_size: int = 256) -> None:
     pq.write_table(pa.table(columns), path / "part-0.parquet", row_group_size=row_group_size)
 
 
-def ddp_job(path, sparse: bool, device: str) -> dict:
-    """One TorchDistributor rank's job (psrq.training.distributed.worker_job) for MCCA on the split at path."""
-    from psrq.training.distributed import worker_job
+def ddp_job(path, sparse: bool, device: str):
+    """One TorchDistributor rank's job (psrq.training.distributed.RankJob) for MCCA on the split at path."""
+    from psrq.config import TrainConf
+    from psrq.training.distributed import RankJob
 
-    return worker_job(model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 16,
-                             "sparse": sparse}, path=str(path), lr=1e-2, batch_size=256, device=device)
+    train = TrainConf(model="mcca", lr=1e-2, batch_size=256, device=device, reader="arrow", epochs=1)
+    return RankJob(train=train, model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 16,
+                                       "sparse": sparse}, path=str(path))
 
 
 def world_of_one(monkeypatch) -> None:

@@ -66,7 +66,7 @@ def test_the_training_ranks_and_the_gpu_paths_load_neither_spark_nor_delta():
     import subprocess
     import sys
 
-    rank = ("psrq.training.loop", "psrq.training.readers", "psrq.training.distributed", "psrq.training.optim",
+    rank = ("psrq.training.loop", "psrq.training.checkpoints", "psrq.training.readers", "psrq.training.distributed", "psrq.training.optim",
             "psrq.training.statistics", "psrq.models.registry", "psrq.quant.kmeans", "psrq.samples.content",
             "psrq.evaluation.arrays")
     code = (f"import sys; import {', '.join(rank)}; "

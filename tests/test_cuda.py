@@ -62,15 +62,15 @@ def test_kmeans_on_the_gpu_is_deterministic_by_seed():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_mcca_trains_on_the_gpu_with_sparse_item_tables(precision):
     from psrq.models.layers import item_tables
-    from psrq.training.loop import autocast_dtype, train_loop
+    from psrq.training.loop import LoopOptions, autocast_dtype, train_loop
     from psrq.training.optim import make_optimizer
 
     device = torch.device("cuda:0")
     model = mcca().to(device)
     assert any(t.sparse for t in item_tables(model))  # row-wise Adagrad on sparse CUDA gradients
     batches = [batch(256, s) for s in range(8)]
-    res = train_loop(model, lambda: iter(batches), make_optimizer(model, 1e-2), device, progress=False,
-                     epochs=6, amp_dtype=autocast_dtype(precision, device))
+    res = train_loop(model, lambda: iter(batches), make_optimizer(model, 1e-2), device,
+                     LoopOptions(progress=False, epochs=6, amp_dtype=autocast_dtype(precision, device)))
     assert res.precision == precision and res.steps == 48
     assert all(np.isfinite(res.losses)) and np.mean(res.losses[-8:]) < 0.9 * np.mean(res.losses[:8]), res.losses
     assert all(p.is_cuda and p.dtype == torch.float32 for p in model.parameters())
@@ -79,13 +79,14 @@ def test_mcca_trains_on_the_gpu_with_sparse_item_tables(precision):
 def test_a_checkpoint_written_on_the_gpu_predicts_the_same_on_the_cpu(tmp_path):
     """The evaluation reads the trainer's checkpoint on the CPU (map_location) and must
     score the rows as the GPU model does."""
-    from psrq.training.loop import load_checkpoint, predict, save_checkpoint, train_loop
+    from psrq.training.checkpoints import load_checkpoint, save_checkpoint
+    from psrq.training.loop import LoopOptions, predict, train_loop
     from psrq.training.optim import make_optimizer
 
     device = torch.device("cuda:0")
     model = mcca().to(device)
     opt = make_optimizer(model, 1e-2)
-    train_loop(model, lambda: iter([batch(256, s) for s in range(4)]), opt, device, progress=False)
+    train_loop(model, lambda: iter([batch(256, s) for s in range(4)]), opt, device, LoopOptions(progress=False))
     save_checkpoint(str(tmp_path), model, opt, 4, {"identity": "cuda-test"})
     ckpt = load_checkpoint(str(tmp_path))
     assert all(t.device.type == "cpu" for t in ckpt["model"].values() if isinstance(t, torch.Tensor))

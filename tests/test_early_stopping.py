@@ -8,7 +8,8 @@ import torch
 
 from psrq.models.registry import build_model
 from psrq.training.early_stop import EarlyStopping
-from psrq.training.loop import BEST, load_checkpoint, resume, train_loop
+from psrq.training.checkpoints import BEST, load_checkpoint, resume
+from psrq.training.loop import LoopHooks, LoopOptions, train_loop
 from psrq.training.optim import make_optimizer
 
 V, N, B = 50, 5, 16
@@ -55,8 +56,9 @@ def test_early_stopping_picks_the_best_validation_step_and_evaluation_reads_its_
     model, opt = _model()
     val = Scripted([0.60, 0.70, 0.65, 0.64, 0.99])  # best at the 2nd validation, stop at the 4th
     ckpt = str(tmp_path)
-    res = train_loop(model, lambda: _batches(), opt, torch.device("cpu"), ckpt, 0, {"run": "x"}, progress=False,
-                     epoch_steps=6, epochs=10, eval_every=2, validate=val, stopping=EarlyStopping(patience=2))
+    res = train_loop(model, lambda: _batches(), opt, torch.device("cpu"),
+                     LoopOptions(checkpoint_dir=ckpt, checkpoint_every=0, meta={"run": "x"}, progress=False, epoch_steps=6, epochs=10, eval_every=2),
+                     LoopHooks(validate=val, stopping=EarlyStopping(patience=2)))
     assert res.steps == 8 and res.stopping.stopped  # 4 validations x 2 steps, not 10 epochs
     assert res.stopping.best_step == 4 and [p["step"] for p in res.stopping.curve] == [2, 4, 6, 8]
     assert all(p["train_loss"] > 0 for p in res.stopping.curve)
@@ -71,19 +73,22 @@ def test_early_stopping_picks_the_best_validation_step_and_evaluation_reads_its_
 def test_a_resumed_run_continues_the_same_curve_and_a_stopped_run_takes_no_step(tmp_path):
     aucs = [0.60, 0.70, 0.65, 0.64]
     whole_model, opt = _model()
-    whole = train_loop(whole_model, lambda: _batches(), opt, torch.device("cpu"), str(tmp_path / "a"), 2, {}, progress=False,
-                       epoch_steps=6, epochs=10, eval_every=2, validate=Scripted(aucs), stopping=EarlyStopping(patience=2))
+    whole = train_loop(whole_model, lambda: _batches(), opt, torch.device("cpu"),
+                       LoopOptions(checkpoint_dir=str(tmp_path / "a"), checkpoint_every=2, meta={}, progress=False, epoch_steps=6, epochs=10, eval_every=2),
+                       LoopHooks(validate=Scripted(aucs), stopping=EarlyStopping(patience=2)))
     # killed after 3 validations (max_steps), then resumed by a fresh process
     ckpt = str(tmp_path / "b")
     m, opt = _model()
-    train_loop(m, lambda: _batches(), opt, torch.device("cpu"), ckpt, 2, {}, max_steps=6, progress=False, epoch_steps=6,
-               epochs=10, eval_every=2, validate=Scripted(aucs), stopping=EarlyStopping(patience=2))
+    train_loop(m, lambda: _batches(), opt, torch.device("cpu"),
+               LoopOptions(checkpoint_dir=ckpt, checkpoint_every=2, meta={}, max_steps=6, progress=False, epoch_steps=6, epochs=10, eval_every=2),
+               LoopHooks(validate=Scripted(aucs), stopping=EarlyStopping(patience=2)))
     m, opt = _model()
     start, trace = resume(ckpt, m, opt, {})
     assert start == 6 and len(trace["curve"]) == 3
     val = Scripted(aucs[3:])
-    res = train_loop(m, lambda: _batches(), opt, torch.device("cpu"), ckpt, 2, {}, start_step=start, progress=False,
-                     epoch_steps=6, epochs=10, eval_every=2, validate=val, stopping=EarlyStopping.restored(trace, 2))
+    res = train_loop(m, lambda: _batches(), opt, torch.device("cpu"),
+                     LoopOptions(checkpoint_dir=ckpt, checkpoint_every=2, meta={}, start_step=start, progress=False, epoch_steps=6, epochs=10, eval_every=2),
+                     LoopHooks(validate=val, stopping=EarlyStopping.restored(trace, 2)))
     assert res.steps == 2 and res.stopping.curve == whole.stopping.curve
     for name, tensor in whole_model.state_dict().items():
         assert torch.equal(m.state_dict()[name], tensor), name
@@ -91,23 +96,25 @@ def test_a_resumed_run_continues_the_same_curve_and_a_stopped_run_takes_no_step(
     # the stopped run resumed again (killed before its result was written): nothing to do
     m, opt = _model()
     start, trace = resume(ckpt, m, opt, {})
-    again = train_loop(m, lambda: _batches(), opt, torch.device("cpu"), ckpt, 2, {}, start_step=start, progress=False,
-                       epoch_steps=6, epochs=10, eval_every=2, validate=Scripted([]),
-                       stopping=EarlyStopping.restored(trace, 2))
+    again = train_loop(m, lambda: _batches(), opt, torch.device("cpu"),
+                       LoopOptions(checkpoint_dir=ckpt, checkpoint_every=2, meta={}, start_step=start, progress=False, epoch_steps=6, epochs=10, eval_every=2),
+                       LoopHooks(validate=Scripted([]), stopping=EarlyStopping.restored(trace, 2)))
     assert again.steps == 0 and load_checkpoint(ckpt)["step"] == 8  # and its checkpoint left as it was
 
 
 def test_epochs_validate_at_each_end_and_ranks_that_do_not_decide_follow_the_decision(tmp_path):
     model, opt = _model()
     val = Scripted([0.5, 0.6, 0.7])
-    res = train_loop(model, lambda: _batches(), opt, torch.device("cpu"), None, progress=False, epoch_steps=6, epochs=3,
-                     validate=val, stopping=EarlyStopping(patience=1))
+    res = train_loop(model, lambda: _batches(), opt, torch.device("cpu"),
+                     LoopOptions(checkpoint_dir=None, progress=False, epoch_steps=6, epochs=3),
+                     LoopHooks(validate=val, stopping=EarlyStopping(patience=1)))
     assert [p["step"] for p in res.stopping.curve] == [6, 12, 18] and [p["epoch"] for p in res.stopping.curve] == [0, 1, 2]
     # a rank without validation stops when the deciding rank says so (agree: the max over ranks)
     decisions = iter([0, 1])
     model, opt = _model()
-    follower = train_loop(model, lambda: _batches(), opt, torch.device("cpu"), None, progress=False, epoch_steps=6,
-                          epochs=5, eval_every=3, agree=lambda flag: max(flag, next(decisions)))
+    follower = train_loop(model, lambda: _batches(), opt, torch.device("cpu"),
+                          LoopOptions(checkpoint_dir=None, progress=False, epoch_steps=6, epochs=5, eval_every=3),
+                          LoopHooks(agree=lambda flag: max(flag, next(decisions))))
     assert follower.steps == 6
     with pytest.raises(StopIteration):  # asked exactly at the two validation points
         next(decisions)
@@ -117,7 +124,7 @@ def test_a_best_file_no_record_names_is_never_read_and_goes_at_the_next_checkpoi
     """A crash after a new best's weights and before its checkpoint leaves best-<step>.pt that
     the last checkpoint's record does not name: evaluation reads the named one, and the next
     checkpoint removes the stray."""
-    from psrq.training.loop import save_best, save_checkpoint
+    from psrq.training.checkpoints import save_best, save_checkpoint
 
     model, opt = _model()
     save_best(str(tmp_path), model, 4, {}, {"auc": 0.7})

@@ -99,7 +99,8 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     from psrq.samples.content import read_content
     from psrq.samples.layout import SamplesManifest
     from psrq.storage import open_engine
-    from psrq.training.loop import load_checkpoint, predict
+    from psrq.training.checkpoints import load_checkpoint
+    from psrq.training.loop import predict
     from psrq.training.readers import make_reader
     from psrq.training.run import identity_and_folder, model_args
 
@@ -132,7 +133,7 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
     from psrq.evaluation.stage import evaluate_stage
     from psrq.samples.layout import SamplesManifest
     from psrq.storage import open_engine
-    from psrq.training.loop import load_checkpoint
+    from psrq.training.checkpoints import load_checkpoint
     from psrq.training.run import identity_and_folder
 
     cfg = trained.with_overrides({"evaluate.split": "valid"})
@@ -165,7 +166,7 @@ def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, request):
     from psrq.models import registry
     from psrq.samples.layout import SamplesManifest
     from psrq.storage import open_engine
-    from psrq.training.loop import load_checkpoint
+    from psrq.training.checkpoints import load_checkpoint
     from psrq.training.run import identity_and_folder, model_args
     from psrq.training.stage import train_stage
 

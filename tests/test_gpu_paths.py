@@ -25,7 +25,8 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is
 
 @no_cuda
 def test_device_auto_resolves_to_the_cpu_here_and_cuda_is_refused():
-    from psrq.training.loop import TrainingError, device_for
+    from psrq.errors import TrainingError
+    from psrq.training.loop import device_for
 
     assert device_for("auto") == device_for("auto", 3) == device_for("cpu", 1) == torch.device("cpu")
     with pytest.raises(TrainingError, match="train.device=cuda but the process with local rank 1 sees no CUDA device"):
@@ -48,13 +49,13 @@ def test_the_cluster_profile_schedules_one_gpu_per_task_when_asked(monkeypatch):
 def test_the_launcher_ships_the_discovery_script_under_the_name_the_settings_use():
     from psrq.submit import command
 
-    cmd = command("jobs/train_ranker.py", ["--profile", "cluster", "spark.gpus_per_executor=2"], "yarn", "dist/psrq.zip")
+    cmd = command("jobs/train_ranker.py", ["--profile", "cluster", "--dataset", "catalogue", "spark.gpus_per_executor=2"], "yarn", "dist/psrq.zip")
     files = cmd[cmd.index("--files") + 1]
     path, name = files.split("#")
     assert os.path.isfile(path) and os.access(path, os.X_OK) and name == GPU_DISCOVERY
     confs = {cmd[i + 1] for i, c in enumerate(cmd) if c == "--conf"}
     assert {"spark.executor.resource.gpu.amount=2", f"spark.executor.resource.gpu.discoveryScript=./{GPU_DISCOVERY}"} <= confs
-    plain = command("jobs/train_ranker.py", ["--profile", "cluster"], "yarn", "dist/psrq.zip")
+    plain = command("jobs/train_ranker.py", ["--profile", "cluster", "--dataset", "catalogue"], "yarn", "dist/psrq.zip")
     assert "--files" not in plain
 
 
@@ -117,7 +118,7 @@ def test_kmeans_falls_back_to_the_cpu_out_loud_and_refuses_cuda_without_a_gpu(ca
 
 def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
     from psrq.models.registry import build_model
-    from psrq.training.loop import autocast_dtype, train_loop
+    from psrq.training.loop import LoopOptions, autocast_dtype, train_loop
     from psrq.training.optim import make_optimizer
 
     cpu = torch.device("cpu")
@@ -126,8 +127,8 @@ def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
     torch.manual_seed(0)
     model = build_model("mcca", V, K, L, N, 16, sparse=True)
     rows = batch(64, 0)
-    res = train_loop(model, lambda: [rows] * 20, make_optimizer(model, 1e-2), cpu, progress=False,
-                     amp_dtype=autocast_dtype("bf16", cpu))
+    res = train_loop(model, lambda: [rows] * 20, make_optimizer(model, 1e-2), cpu,
+                     LoopOptions(progress=False, amp_dtype=autocast_dtype("bf16", cpu)))
     assert res.precision == "bf16" and res.steps == 20
     assert all(map(lambda v: v == v, res.losses)) and res.losses[-1] < res.losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in float32
@@ -228,7 +229,7 @@ def test_a_torch_distributor_rank_trains_on_the_cpu_without_library_warnings(spa
     assert summary["device"] == "cpu" and summary["world"] == 1 and summary["steps"] == 4 and summary["rows"] == 1024
     assert np.isfinite(summary["last_loss"])
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
-    assert depths == [2]  # worker_job's default, as train.prefetch's
+    assert depths == [2]  # train.prefetch's default, read from the train section the rank gets
     assert wrappers_at_destroy == [0]
 
 

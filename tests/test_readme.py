@@ -78,7 +78,7 @@ def test_without_resolved_jars_the_launcher_passes_the_derived_coordinates(monke
 
     monkeypatch.setattr(jvm, "resolved", lambda bundle, manifest=None: None)
     monkeypatch.setenv("PSRQ_STORAGE_ROOT", "/tmp/psrq")
-    cmd = submit.command("jobs/assign_ids.py", ["--profile", "cluster", "run.run_id=1"], "yarn", "dist/psrq.zip")
+    cmd = submit.command("jobs/assign_ids.py", ["--profile", "cluster", "--dataset", "catalogue", "run.run_id=1"], "yarn", "dist/psrq.zip")
     assert cmd[cmd.index("--packages") + 1] == jvm.packages(["delta", "s3a"]) and "--jars" not in cmd
 
 

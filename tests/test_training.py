@@ -17,7 +17,9 @@ from psrq.data.generate import generate
 from psrq.models.registry import build_model
 from psrq.samples.build import build_samples
 from psrq.samples.layout import SamplesManifest
-from psrq.training.loop import TrainingError, load_checkpoint, resume, train_loop
+from psrq.errors import TrainingError
+from psrq.training.checkpoints import load_checkpoint, resume
+from psrq.training.loop import LoopOptions, train_loop
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import ShardError, make_reader, prefetched
 from psrq.training.run import identity_and_folder
@@ -139,8 +141,8 @@ def test_prefetching_trains_the_same_weights(tmp_path):
         model = build_model("mcca", V, K, L, N, 16, sparse=True)
         opt = make_optimizer(model, 1e-2)
         readers.append(set())
-        res = train_loop(model, lambda: read(model), opt, torch.device("cpu"), max_steps=15, epochs=2, progress=False,
-                         prefetch=depth)
+        res = train_loop(model, lambda: read(model), opt, torch.device("cpu"),
+                         LoopOptions(max_steps=15, epochs=2, progress=False, prefetch=depth))
         weights.append(model.state_dict())
         losses.append(res.losses)
     assert readers == [{threading.main_thread().name}, {"psrq-prefetch"}]
@@ -164,8 +166,8 @@ def test_the_loop_tells_waiting_for_batches_from_steps(tmp_path):
             yield b
     torch.manual_seed(0)
     model = build_model("din", V, K, L, N, 8, sparse=True)
-    res = train_loop(model, lambda: slow(model), make_optimizer(model, 1e-2), torch.device("cpu"), max_steps=10,
-                     progress=False)
+    res = train_loop(model, lambda: slow(model), make_optimizer(model, 1e-2), torch.device("cpu"),
+                     LoopOptions(max_steps=10, progress=False))
     t = res.timing()
     assert res.steps == 10 and t["wait_seconds"] >= 10 * 0.03 * 0.9
     assert t["step_seconds_total"] == pytest.approx(sum(res.step_seconds), abs=1e-3)
@@ -224,7 +226,8 @@ def _train(cfg, ckpt, steps, every, model_name="mcca"):
     reader = lambda: make_reader("arrow", man.split_path("train"), cols, 256)  # noqa: E731
     meta = {"model_name": model_name, "vocab_size": man.vocab_size}
     start, _ = resume(ckpt, model, opt, meta)
-    res = train_loop(model, reader, opt, torch.device("cpu"), ckpt, every, meta, steps, start, progress=False)
+    res = train_loop(model, reader, opt, torch.device("cpu"),
+                     LoopOptions(checkpoint_dir=ckpt, checkpoint_every=every, meta=meta, max_steps=steps, start_step=start, progress=False))
     return model, res
 
 
@@ -467,13 +470,13 @@ def test_ranks_that_disagree_fail_the_run_and_it_is_never_recorded_done(spark, s
     """Diverging ranks are simulated (the real 3-rank divergence is issue 13's): the stage
     must fail, write no result, and set the last checkpoint aside so a re-run starts afresh."""
     from psrq.training import distributed
-    from psrq.training.loop import save_checkpoint
+    from psrq.training.checkpoints import save_checkpoint
 
     cfg = _with(samples_cfg, model="din", backend="horovod", num_proc=2, checkpoint_dir=str(tmp_path), max_steps=3)
 
     def diverged(spark_, job, num_proc):
-        model = build_model(**job["model"])
-        save_checkpoint(job["checkpoint_dir"], model, torch.optim.Adam(model.parameters()), 3, job["meta"])
+        model = build_model(**job.model)
+        save_checkpoint(job.checkpoint_dir, model, torch.optim.Adam(model.parameters()), 3, job.meta)
         return [{"rank": r, "steps": 3, "samples": 10, "seconds": 1.0, "last_loss": 0.5, "checksum": 1.0 + r, "rows": 10}
                 for r in range(2)]
 

@@ -20,6 +20,10 @@ class ArtifactError(PsrqError):
     """A codebook artifact is missing, corrupt, or does not match the data."""
 
 
+class TrainingError(PsrqError):
+    """Training cannot go on (a NaN loss, a checkpoint that does not fit the model)."""
+
+
 class StorageError(PsrqError):
     """A table is missing, corrupt, or an operation on it is not allowed."""
 

@@ -24,8 +24,8 @@ from psrq.samples.content import CONTENT_FILE, read_content_bytes
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs, open_engine
+from psrq.training.checkpoints import CHECKPOINT, check_compatible, load_checkpoint
 from psrq.training.identity import EvalIdentity, weights_hash
-from psrq.training.loop import CHECKPOINT, check_compatible, load_checkpoint
 from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
 
 log = logging.getLogger(__name__)

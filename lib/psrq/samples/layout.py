@@ -172,8 +172,8 @@ class SamplesManifest:
 
     @classmethod
     def read(cls, path: str) -> "SamplesManifest":
+        from psrq.errors import TrainingError
         from psrq.storage import fs
-        from psrq.training.loop import TrainingError
 
         f = fs.join(path, cls.FILE)
         try:

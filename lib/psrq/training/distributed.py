@@ -30,13 +30,19 @@ import os
 import socket
 import sys
 import traceback
+from dataclasses import dataclass, field, replace
+from typing import Optional
 
 import torch
 
+from psrq.config import TrainConf
+from psrq.errors import TrainingError
 from psrq.storage import fs
+from psrq.storage.fs import FsOptions
 from psrq.training import statistics
+from psrq.training.checkpoints import resume
 from psrq.training.early_stop import EarlyStopping
-from psrq.training.loop import TrainingError, autocast_dtype, batch_count, device_for, rank_seed, resume, train_loop, validator
+from psrq.training.loop import LoopHooks, LoopOptions, autocast_dtype, batch_count, device_for, rank_seed, train_loop, validator
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 
@@ -44,23 +50,22 @@ from psrq.training.readers import make_reader
 RANK_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def worker_job(*, model: dict, path: str, lr: float, batch_size: int, reader: str = "arrow", seed: int = 0,
-               table_optimizer: str = "rowwise_adagrad", table_lr: float | None = None,
-               checkpoint_dir: str | None = None, checkpoint_every: int = 0, max_steps: int | None = None,
-               meta: dict | None = None, content: str | None = None, device: str = "cpu",
-               precision: str = "auto", weight_decay: float = 0.0, epochs: int = 1, eval_every: int = 0,
-               patience: int = 0, valid_path: str | None = None, statistics: str | None = None,
-               prefetch: int = 2) -> dict:
-    """What every rank receives (plain values only): model is build_model's arguments, path
-    the training split, checkpoint_dir None for a run that keeps no checkpoint, valid_path
-    the split rank 0 validates on (None: no validation), statistics the priors' file,
-    prefetch the batches each rank reads ahead (train.prefetch)."""
-    return {"model": model, "path": path, "lr": lr, "batch_size": batch_size, "reader": reader, "seed": seed,
-            "table_optimizer": table_optimizer, "table_lr": table_lr, "checkpoint_dir": checkpoint_dir,
-            "checkpoint_every": checkpoint_every, "max_steps": max_steps, "meta": meta or {}, "content": content,
-            "device": device, "precision": precision, "weight_decay": weight_decay, "epochs": epochs,
-            "eval_every": eval_every, "patience": patience, "valid_path": valid_path, "statistics": statistics,
-            "prefetch": prefetch, "fs": fs.current()}
+@dataclass
+class RankJob:
+    """What every rank receives (pickled to it): the run's training settings as configured
+    (train: lr, batch size, reader, seed, optimisers, epochs, validation, precision, device,
+    prefetch), and what the driver resolved for this run."""
+
+    train: TrainConf
+    model: dict                            # build_model's arguments (psrq.training.run.model_args)
+    path: str                              # the train split
+    meta: dict = field(default_factory=dict)  # the run's identity, recorded in its checkpoints
+    checkpoint_dir: Optional[str] = None   # None: a run that keeps no checkpoint
+    valid_path: Optional[str] = None       # the split rank 0 validates on (None: no validation)
+    content: Optional[str] = None          # the content features file, for the models that read it
+    statistics: Optional[str] = None       # the priors' file (train.priors)
+    fs: FsOptions = field(default_factory=fs.current)  # the driver's filesystem options (endpoint, region)
+    gloo_ifname: Optional[str] = None      # Gloo's network interface (lo where Spark is on the loopback)
 
 
 def _where() -> dict:
@@ -84,7 +89,7 @@ def same_start(starts: list[int]) -> int:
     return starts[0]
 
 
-def _model_and_opt(job: dict, device: torch.device, dense_biases: bool = False):
+def _model_and_opt(job: RankJob, device: torch.device, dense_biases: bool = False):
     """dense_biases (DDP): the one-wide bias tables (the priors', VBPR's) take dense
     gradients. Gloo's sparse allreduce corrupted memory on them intermittently (free():
     invalid size, SIGSEGV in backward; torch 2.x, 2 of 3 two-epoch runs here); a dense
@@ -93,16 +98,17 @@ def _model_and_opt(job: dict, device: torch.device, dense_biases: bool = False):
     from psrq.models.registry import build_model
     from psrq.samples.content import read_content
 
-    fs.configure(job["fs"])  # the driver's filesystem options (endpoint, region)
-    torch.set_num_threads(job.get("threads", 1))
-    torch.manual_seed(job["seed"])
-    content = read_content(job["content"]) if job.get("content") else None
-    model = statistics.apply(build_model(**job["model"], content=content), job.get("statistics")).to(device)
+    fs.configure(job.fs)  # the driver's filesystem options (endpoint, region)
+    torch.set_num_threads(1)  # a rank per core
+    torch.manual_seed(job.train.seed)
+    content = read_content(job.content) if job.content else None
+    model = statistics.apply(build_model(**job.model, content=content), job.statistics).to(device)
     for table in item_tables(model) if dense_biases else ():
         table.sparse = table.sparse and table.embedding_dim > 1
-    opt = make_optimizer(model, job["lr"], job["table_optimizer"], job["table_lr"], job.get("weight_decay", 0.0))
-    start, trace = resume(job["checkpoint_dir"], model, opt, job["meta"])
-    return model, opt, start, EarlyStopping.restored(trace, job.get("patience", 0))
+    tc = job.train
+    opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr, tc.weight_decay)
+    start, trace = resume(job.checkpoint_dir, model, opt, job.meta)
+    return model, opt, start, EarlyStopping.restored(trace, tc.patience)
 
 
 def _summary(rank, world, res, model, reader, device) -> dict:
@@ -120,32 +126,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def epoch_steps(job: dict, reader, agree_max) -> int:
+def epoch_steps(job: RankJob, reader, agree_max) -> int:
     """The steps of one epoch on every rank: the longest shard's batches (agree_max: the
     backend's max-reduction over ranks)."""
-    return int(agree_max(batch_count(reader.rows, job["batch_size"])))
+    return int(agree_max(batch_count(reader.rows, job.train.batch_size)))
 
 
-def loop_args(job: dict, rank: int, reader, device: torch.device, agree_max, stopping: EarlyStopping) -> dict:
-    """train_loop's arguments that every backend sets the same way: rank 0 checkpoints and
-    validates, every rank takes the agreed steps and learns the stopping decision."""
-    validate = validator(job["reader"], job["valid_path"], device) if rank == 0 and job.get("valid_path") else None
-    return {"checkpoint_dir": job["checkpoint_dir"] if rank == 0 else None,
-            "checkpoint_every": job["checkpoint_every"] if rank == 0 else 0, "meta": job["meta"],
-            "max_steps": job.get("max_steps"), "progress": False, "epoch_steps": epoch_steps(job, reader, agree_max),
-            "amp_dtype": autocast_dtype(job["precision"], device), "epochs": job.get("epochs", 1),
-            "eval_every": job.get("eval_every", 0), "validate": validate, "stopping": stopping,
-            "prefetch": job["prefetch"], "seed": rank_seed(job["seed"], rank),
-            "agree": lambda flag: int(agree_max(flag))}
+def loop_setup(job: RankJob, rank: int, reader, device: torch.device, agree_max, stopping: EarlyStopping,
+               start: int) -> tuple[LoopOptions, LoopHooks]:
+    """train_loop's options and hooks, set the same way by every backend: rank 0 checkpoints
+    and validates, every rank takes the agreed steps and learns the stopping decision."""
+    tc = job.train
+    validate = validator(tc.reader, job.valid_path, device) if rank == 0 and job.valid_path else None
+    options = LoopOptions(checkpoint_dir=job.checkpoint_dir if rank == 0 else None,
+                          checkpoint_every=tc.checkpoint_every if rank == 0 else 0, meta=job.meta,
+                          max_steps=tc.max_steps, start_step=start, progress=False,
+                          epoch_steps=epoch_steps(job, reader, agree_max), amp_dtype=autocast_dtype(tc.precision, device),
+                          epochs=tc.epochs, eval_every=tc.eval_every, prefetch=tc.prefetch, seed=rank_seed(tc.seed, rank))
+    return options, LoopHooks(validate=validate, stopping=stopping, agree=lambda flag: int(agree_max(flag)))
 
 
-def horovod_worker(job: dict) -> dict:
+def horovod_worker(job: RankJob) -> dict:
     """Runs in each Spark task; `job` holds plain values only."""
     import horovod.torch as hvd
 
     hvd.init()
     rank, world = hvd.rank(), hvd.size()
-    device = device_for(job["device"], hvd.local_rank())
+    device = device_for(job.train.device, hvd.local_rank())
     model, opt, start, stopping = _model_and_opt(job, device)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     # every rank restored the same checkpoint or none (checked): the optimiser state needs
@@ -154,14 +161,14 @@ def horovod_worker(job: dict) -> dict:
     names = {id(p): n for n, p in model.named_parameters()}
     opt.wrap(lambda part: hvd.DistributedOptimizer(
         part, named_parameters=[(names[id(p)], p) for g in part.param_groups for p in g["params"]]))
-    reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
+    reader = make_reader(job.train.reader, job.path, model.inputs + ["label"], job.train.batch_size, rank, world)
     calls = iter(range(1 << 62))  # Horovod matches collectives by name: one name per call
 
     def agree_max(n: int) -> int:
         return int(hvd.allreduce(torch.tensor(n), op=hvd.Max, name=f"psrq.agree.{next(calls)}").item())
 
-    res = train_loop(model, lambda: iter(reader), opt, device, start_step=start,
-                     **loop_args(job, rank, reader, device, agree_max, stopping))
+    options, hooks = loop_setup(job, rank, reader, device, agree_max, stopping, start)
+    res = train_loop(model, lambda: iter(reader), opt, device, options, hooks)
     return _summary(rank, world, res, model, reader, device)
 
 
@@ -178,7 +185,7 @@ def loopback_only(spark) -> bool:
             or spark.conf.get("spark.driver.host", "") in ("127.0.0.1", "localhost"))
 
 
-def run_horovod(spark, job: dict, num_proc: int) -> list[dict]:
+def run_horovod(spark, job: RankJob, num_proc: int) -> list[dict]:
     import horovod.spark
 
     nics = {"lo"} if loopback_only(spark) else None
@@ -212,16 +219,16 @@ def ddp_without_buffer_sync(model: torch.nn.Module):
         return DDP(model, broadcast_buffers=False)
 
 
-def ddp_worker(job: dict) -> list[dict]:
+def ddp_worker(job: RankJob) -> list[dict]:
     """Runs in each TorchDistributor process; returns every rank's summary (from rank 0)."""
     import torch.distributed as dist
 
-    if job.get("gloo_ifname"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", job["gloo_ifname"])
-    device = device_for(job["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    if job.gloo_ifname:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", job.gloo_ifname)
+    device = device_for(job.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(ddp_backend(device, job["model"].get("sparse", False)))
+    dist.init_process_group(ddp_backend(device, job.model.get("sparse", False)))
     try:
         return _ddp_train(job, device)
     except BaseException as exc:
@@ -238,7 +245,7 @@ def ddp_worker(job: dict) -> list[dict]:
         dist.destroy_process_group()
 
 
-def _ddp_train(job: dict, device: torch.device) -> list[dict]:
+def _ddp_train(job: RankJob, device: torch.device) -> list[dict]:
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -247,15 +254,16 @@ def _ddp_train(job: dict, device: torch.device) -> list[dict]:
     dist.all_gather_object(gathered, start)
     start = same_start(gathered)
     ddp = ddp_without_buffer_sync(model)
-    reader = make_reader(job["reader"], job["path"], model.inputs + ["label"], job["batch_size"], rank, world)
+    reader = make_reader(job.train.reader, job.path, model.inputs + ["label"], job.train.batch_size, rank, world)
 
     def agree_max(n: int) -> int:
         t = torch.tensor([n])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
-    res = train_loop(ddp, lambda: iter(reader), opt, device, start_step=start, state_model=model,
-                     **loop_args(job, rank, reader, device, agree_max, stopping))
+    options, hooks = loop_setup(job, rank, reader, device, agree_max, stopping, start)
+    hooks.state_model = model  # the ranker inside DDP: what checkpoints hold
+    res = train_loop(ddp, lambda: iter(reader), opt, device, options, hooks)
     out: list = [None] * world
     dist.all_gather_object(out, _summary(rank, world, res, model, reader, device))
     return out
@@ -288,7 +296,7 @@ def environment(**values: str):
                 os.environ[k] = v
 
 
-def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
+def run_torch_distributor(spark, job: RankJob, num_proc: int) -> list[dict]:
     """Under a local master, torchrun's processes run on this machine (local_mode=True); on
     a cluster, in barrier tasks on the executors (local_mode=False). Under a local master
     torchrun inherits this process's environment for the run: Gloo on the loopback interface
@@ -299,9 +307,9 @@ def run_torch_distributor(spark, job: dict, num_proc: int) -> list[dict]:
     local = spark is None or spark.sparkContext.master.startswith("local")
     env = {"OMP_NUM_THREADS": RANK_ENV["OMP_NUM_THREADS"]} if local else {}
     if spark is None or loopback_only(spark):
-        job = {**job, "gloo_ifname": "lo"}  # Gloo over the loopback interface only
+        job = replace(job, gloo_ifname="lo")  # Gloo over the loopback interface only
         env["GLOO_SOCKET_IFNAME"] = "lo"
-    use_gpu = wants_gpu(job["device"], spark, local)
+    use_gpu = wants_gpu(job.train.device, spark, local)
     with environment(**env):
         ranks = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(ddp_worker, job)
     if ranks is None:  # TorchDistributor returns rank 0's value: ddp_worker's list of every rank's summary

@@ -4,11 +4,11 @@ evaluation through this module (neither stage imports the other)."""
 from __future__ import annotations
 
 from psrq.config import Config, absolute
+from psrq.errors import TrainingError
 from psrq.models.registry import ranker_path
 from psrq.samples.layout import SamplesManifest
 from psrq.storage import fs
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import TrainingError
 
 
 def content_file(samples_path: str, man: SamplesManifest) -> str:

@@ -14,27 +14,16 @@ from datetime import datetime, timezone
 import torch
 
 from psrq.config import Config
+from psrq.errors import TrainingError
 from psrq.models.registry import build_model, needs_content
 from psrq.samples.content import read_content
 from psrq.samples.layout import VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
 from psrq.training import statistics
+from psrq.training.checkpoints import BEST, CHECKPOINT, check_compatible, clean_stale_temporaries, load_checkpoint, restore
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.identity import TrainIdentity
-from psrq.training.loop import (
-    BEST,
-    CHECKPOINT,
-    TrainingError,
-    autocast_dtype,
-    batch_count,
-    check_compatible,
-    clean_stale_temporaries,
-    device_for,
-    load_checkpoint,
-    restore,
-    train_loop,
-    validator,
-)
+from psrq.training.loop import LoopHooks, LoopOptions, autocast_dtype, batch_count, device_for, train_loop, validator
 from psrq.training.optim import make_optimizer
 from psrq.training.readers import make_reader
 from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
@@ -129,11 +118,12 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr, tc.weight_decay)
         start = restore(ckpt_dir, existing, model, opt, meta) if existing is not None else 0
         reader = make_reader(tc.reader, train_path, cols, tc.batch_size)
-        res = train_loop(model, lambda: iter(reader), opt, device, ckpt_dir, tc.checkpoint_every, meta, tc.max_steps,
-                         start, progress=progress, epoch_steps=batch_count(reader.rows, tc.batch_size),
-                         amp_dtype=autocast_dtype(tc.precision, device), epochs=tc.epochs, eval_every=tc.eval_every,
-                         validate=validator(tc.reader, valid_path, device), prefetch=tc.prefetch,
-                         stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience), seed=tc.seed)
+        options = LoopOptions(ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress,
+                              batch_count(reader.rows, tc.batch_size), autocast_dtype(tc.precision, device), tc.epochs,
+                              tc.eval_every, tc.prefetch, tc.seed)
+        hooks = LoopHooks(validate=validator(tc.reader, valid_path, device),
+                          stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
+        res = train_loop(model, lambda: iter(reader), opt, device, options, hooks)
         ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
                   "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision,
                   **res.timing()}]
@@ -192,14 +182,10 @@ def _train_distributed(cfg: Config, spark, man: SamplesManifest, meta: dict, ckp
                        stats: str | None) -> list[dict]:
     tc = cfg.train
     train_path = man.split_path("train")
-    from psrq.training.distributed import worker_job
+    from psrq.training.distributed import RankJob
 
-    job = worker_job(model=model_args(cfg, man), path=train_path, lr=tc.lr, batch_size=tc.batch_size, reader=tc.reader,
-                     seed=tc.seed, table_optimizer=tc.table_optimizer, table_lr=tc.table_lr, checkpoint_dir=ckpt_dir,
-                     checkpoint_every=tc.checkpoint_every, max_steps=tc.max_steps, meta=meta, content=content_path,
-                     device=tc.device, precision=tc.precision, weight_decay=tc.weight_decay, epochs=tc.epochs,
-                     eval_every=tc.eval_every, patience=tc.patience, valid_path=man.split_path("valid"), statistics=stats,
-                     prefetch=tc.prefetch)
+    job = RankJob(train=tc, model=model_args(cfg, man), path=train_path, meta=meta, checkpoint_dir=ckpt_dir,
+                  valid_path=man.split_path("valid"), content=content_path, statistics=stats)
     from psrq.training.distributed import run_horovod, run_torch_distributor
     from psrq.training.readers import row_groups, shard
 
