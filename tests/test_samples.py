@@ -369,3 +369,16 @@ def test_a_heavy_user_streams_through_the_history_step_with_the_same_samples(spa
         want = [(auc(g[name].to_numpy(), g.label.to_numpy()), len(g)) for _, g in scored.groupby("user_id")
                 if g.label.nunique() == 2]
         assert floors[name]["gauc"] == pytest.approx(sum(a * c for a, c in want) / sum(c for _, c in want), abs=1e-12)
+
+
+def test_content_rows_are_read_from_arrows_buffers():
+    """The reduced embeddings reach the driver as fixed-width binary rows: read without a
+    Python object per row, sliced chunks included, the same floats."""
+    from psrq.samples.content_spark import fixed_width_rows
+
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    rows = [r.tobytes() for r in x]
+    col = pa.chunked_array([pa.array(rows[:3], pa.binary()), pa.array(rows, pa.binary()).slice(3, 7)])
+    assert np.array_equal(fixed_width_rows(col, 4), x)
+    with pytest.raises(ValueError, match="rows of 3 floats"):
+        fixed_width_rows(col, 3)
