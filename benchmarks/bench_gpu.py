@@ -51,7 +51,7 @@ def kmeans(points: int, dim: int) -> dict:
 
 
 def training(path: str, steps: int, batch_size: int, amp: bool, prefetch: int = 2) -> dict:
-    from psrq.models.registry import build_model
+    from psrq.models.registry import ModelArgs, build_model
     from psrq.training.loop import LoopOptions, train_loop
     from psrq.training.optim import make_optimizer
     from psrq.training.readers import make_reader
@@ -61,7 +61,7 @@ def training(path: str, steps: int, batch_size: int, amp: bool, prefetch: int = 
     device = torch.device("cuda:0")
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats(device)
-    model = build_model("mcca", V, K, L, N, 64, sparse=True).to(device)
+    model = build_model(ModelArgs("mcca", V, K, L, N, 64, sparse=True)).to(device)
     res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], batch_size), make_optimizer(model, 5e-4), device,
                      LoopOptions(max_steps=steps, progress=False, amp_dtype=torch.bfloat16 if amp else None, prefetch=prefetch))
     torch.cuda.synchronize()
@@ -100,7 +100,7 @@ def pipeline_size(items: int, train_rows: int, vocab: int, batch_size: int, work
     from bench_scale import zipf_items
     from bench_training import SPACES
 
-    from psrq.models.registry import build_model
+    from psrq.models.registry import ModelArgs, build_model
     from psrq.samples.layout import fixed_lists
     from psrq.training.loop import LoopOptions, train_loop
     from psrq.training.optim import make_optimizer
@@ -128,7 +128,7 @@ def pipeline_size(items: int, train_rows: int, vocab: int, batch_size: int, work
     torch.manual_seed(0)
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    model = build_model("mcca", vocab, 256, 3, hist, 64, sparse=True).to(device)
+    model = build_model(ModelArgs("mcca", vocab, 256, 3, hist, 64, sparse=True)).to(device)
     res = train_loop(model, lambda: make_reader("arrow", str(path), model.inputs + ["label"], batch_size), make_optimizer(model, 5e-3), device,
                      LoopOptions(progress=False, prefetch=2, epoch_steps=-(-n // batch_size)))
     if gpu:

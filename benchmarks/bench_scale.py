@@ -67,11 +67,11 @@ def dense_estimate_gib(vocab: int) -> float:
 
 def run(spark, backend: str, vocab: int, sparse: bool, path: str, steps: int) -> dict:
     from psrq.config import TrainConf
+    from psrq.models.registry import ModelArgs
     from psrq.training.distributed import RankJob, run_horovod, run_torch_distributor
 
     train = TrainConf(model="din", lr=5e-4, batch_size=BATCH, max_steps=steps, reader="arrow", prefetch=2)
-    job = RankJob(train=train, model={"name": "din", "vocab_size": vocab, "k": 8, "layers": 1, "history_len": N, "dim": DIM,
-                                      "sparse": sparse}, path=path)
+    job = RankJob(train=train, model=ModelArgs("din", vocab, 8, 1, N, DIM, sparse=sparse), path=path)
     t = time.perf_counter()
     ranks = run_horovod(spark, job, WORLD) if backend == "horovod" else run_torch_distributor(spark, job, WORLD)
     return {

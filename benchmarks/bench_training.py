@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from psrq.models.registry import build_model
+from psrq.models.registry import ModelArgs, build_model
 from psrq.samples.layout import fixed_lists
 from psrq.training.loop import LoopOptions, train_loop
 from psrq.training.optim import make_optimizer
@@ -70,7 +70,7 @@ def reader_rate(kind: str, path: str, cols: list[str]) -> dict:
 
 def one_process(name: str, path: str, steps: int, sparse: bool, prefetch: int = 2) -> dict:
     torch.manual_seed(0)
-    model = build_model(name, V, K, L, N, 64, sparse=sparse)
+    model = build_model(ModelArgs(name, V, K, L, N, 64, sparse=sparse))
     opt = make_optimizer(model, 1e-4)
     res = train_loop(model, lambda: make_reader("arrow", path, model.inputs + ["label"], 512), opt, torch.device("cpu"),
                      LoopOptions(max_steps=steps, progress=False, prefetch=prefetch))
@@ -100,8 +100,7 @@ def two_process(backend: str, path: str, steps: int, spark) -> dict:
     from psrq.training.distributed import RankJob, run_horovod, run_torch_distributor
 
     train = TrainConf(model="mcca", lr=1e-4, batch_size=512, max_steps=steps, reader="arrow", prefetch=2)
-    job = RankJob(train=train, model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 64,
-                                      "sparse": True}, path=path)
+    job = RankJob(train=train, model=ModelArgs("mcca", V, K, L, N, 64, sparse=True), path=path)
     ranks = run_horovod(spark, job, 2) if backend == "horovod" else run_torch_distributor(spark, job, 2)
     samples, secs = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     return {"processes": 2, "steps_per_rank": steps, "samples": samples, "seconds": round(secs, 2),
@@ -116,7 +115,7 @@ def main():
     a = p.parse_args()
     root = write_samples(Path(a.work), a.rows)
     path = str(root / "train")
-    mcca_cols = build_model("mcca", V, K, L, N, 64).inputs + ["label"]
+    mcca_cols = build_model(ModelArgs("mcca", V, K, L, N, 64)).inputs + ["label"]
     readers = {kind: reader_rate(kind, path, mcca_cols) for kind in ("arrow", "petastorm")}
     print("readers", readers, flush=True)
     # dense: every parameter in one Adam (before issue 13); sparse: the default since

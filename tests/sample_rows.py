@@ -36,11 +36,11 @@ def write_split(path, rows: dict, row_group_size: int = 256) -> None:
 def ddp_job(path, sparse: bool, device: str):
     """One TorchDistributor rank's job (psrq.training.distributed.RankJob) for MCCA on the split at path."""
     from psrq.config import TrainConf
+    from psrq.models.registry import ModelArgs
     from psrq.training.distributed import RankJob
 
     train = TrainConf(model="mcca", lr=1e-2, batch_size=256, device=device, reader="arrow", epochs=1)
-    return RankJob(train=train, model={"name": "mcca", "vocab_size": V, "k": K, "layers": L, "history_len": N, "dim": 16,
-                                       "sparse": sparse}, path=str(path))
+    return RankJob(train=train, model=ModelArgs("mcca", V, K, L, N, 16, sparse=sparse), path=str(path))
 
 
 def world_of_one(monkeypatch) -> None:

@@ -86,3 +86,18 @@ def test_the_suites_longest_first_order_names_its_modules():
 
     present = {p.name for p in Path(ROOT, "tests").glob("test_*.py")}
     assert [m for m in LONGEST_FIRST if m not in present] == [] and len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
+
+
+def test_functions_stay_small():
+    """No function of the package longer than 60 lines or with more than 8 parameters (self
+    and cls aside): a longer one is split into steps, more settings travel as one typed value."""
+    too_big = []
+    for rel in modules():
+        for node in ast.walk(ast.parse((PKG / rel).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs) if p.arg not in ("self", "cls")]
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60 or len(params) > 8:
+                    too_big.append(f"{rel}:{node.name} ({lines} lines, {len(params)} parameters)")
+    assert too_big == []

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def mcca(sparse: bool = True):
-    from psrq.models.registry import build_model
+    from psrq.models.registry import ModelArgs, build_model
 
     torch.manual_seed(0)
-    return build_model("mcca", V, K, L, N, 16, sparse=sparse)
+    return build_model(ModelArgs("mcca", V, K, L, N, 16, sparse=sparse))
 
 
 def test_auto_devices_resolve_to_the_gpu():

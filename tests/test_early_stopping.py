@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from psrq.models.registry import build_model
+from psrq.models.registry import ModelArgs, build_model
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.checkpoints import BEST, load_checkpoint, resume
 from psrq.training.loop import LoopHooks, LoopOptions, train_loop
@@ -23,7 +23,7 @@ def _batches(n=6, seed=0):
 
 def _model():
     torch.manual_seed(0)
-    m = build_model("din", V, 8, 3, N, 8, sparse=True)
+    m = build_model(ModelArgs("din", V, 8, 3, N, 8, sparse=True))
     return m, make_optimizer(m, 1e-2)
 
 

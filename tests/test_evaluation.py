@@ -110,7 +110,7 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     preds = engine.read(res["predictions"]).toPandas()
     man = SamplesManifest.read(cfg.samples.path)
     assert len(preds) == man.splits["test"]["rows"] == res["metrics"]["rows"]
-    model = build_model(**model_args(cfg, man), content=read_content(f"{cfg.samples.path}/content.safetensors"))
+    model = build_model(model_args(cfg, man), read_content(f"{cfg.samples.path}/content.safetensors"))
     model.load_state_dict(load_checkpoint(identity_and_folder(cfg, man)[1])["model"])
     scores, labels, cold = predict(model, make_reader("arrow", man.split_path("test"), model.inputs + ["label", "is_cold"], 512),
                                    torch.device("cpu"))

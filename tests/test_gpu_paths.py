@@ -117,7 +117,7 @@ def test_kmeans_falls_back_to_the_cpu_out_loud_and_refuses_cuda_without_a_gpu(ca
 
 
 def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
-    from psrq.models.registry import build_model
+    from psrq.models.registry import ModelArgs, build_model
     from psrq.training.loop import LoopOptions, autocast_dtype, train_loop
     from psrq.training.optim import make_optimizer
 
@@ -125,7 +125,7 @@ def test_bf16_autocast_trains_and_auto_precision_is_float32_on_the_cpu():
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
     torch.manual_seed(0)
-    model = build_model("mcca", V, K, L, N, 16, sparse=True)
+    model = build_model(ModelArgs("mcca", V, K, L, N, 16, sparse=True))
     rows = batch(64, 0)
     res = train_loop(model, lambda: [rows] * 20, make_optimizer(model, 1e-2), cpu,
                      LoopOptions(progress=False, amp_dtype=autocast_dtype("bf16", cpu)))

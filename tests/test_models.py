@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from psrq.models.registry import BUILT_IN, build_model
+from psrq.models.registry import BUILT_IN, ModelArgs, build_model
 from psrq.samples.content import ContentFeatures
 
 B, N, L, K, V, D = 6, 5, 3, 16, 40, 8
@@ -24,7 +24,7 @@ def content(seed=0):
 
 def model(name, **options):
     torch.manual_seed(0)
-    return build_model(name, V, K, L, N, D, content(), options)
+    return build_model(ModelArgs(name, V, K, L, N, D, options=options), content())
 
 
 def batch(spaces=("text", "audio", "joint"), seed=0):
@@ -112,13 +112,13 @@ def test_padding_positions_do_not_matter():
 
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model 'vbpr2'"):
-        build_model("vbpr2", V, K, L, N, D)
+        build_model(ModelArgs("vbpr2", V, K, L, N, D))
 
 
 @pytest.mark.parametrize("name", ["vbpr", "qarm", "simtier_make"])
 def test_content_models_need_content(name):
     with pytest.raises(ValueError, match="samples.content.dim"):
-        build_model(name, V, K, L, N, D)
+        build_model(ModelArgs(name, V, K, L, N, D))
 
 
 @pytest.mark.parametrize("name", ["vbpr", "qarm", "simtier_make"])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from psrq.models.layers import ItemTable, item_tables
-from psrq.models.registry import build_model
+from psrq.models.registry import ModelArgs, build_model
 from psrq.training.optim import OptimizerStateError, RowwiseAdagrad, gradient_bytes, make_optimizer
 
 V, D = 1000, 8
@@ -52,8 +52,8 @@ def test_a_sparse_step_touches_only_the_batch_rows_and_state_is_one_float_per_ro
 
 @pytest.mark.parametrize("table_optimizer", ["rowwise_adagrad", "adam"])
 def test_models_split_their_parameters_between_dense_adam_and_the_table_optimiser(table_optimizer):
-    sparse = build_model("din", V, 16, 3, 5, D, sparse=True)
-    dense = build_model("din", V, 16, 3, 5, D)
+    sparse = build_model(ModelArgs("din", V, 16, 3, 5, D, sparse=True))
+    dense = build_model(ModelArgs("din", V, 16, 3, 5, D))
     assert [t.sparse for t in item_tables(sparse)] == [True] and [t.sparse for t in item_tables(dense)] == [False]
     opt = make_optimizer(sparse, 1e-3, table_optimizer, 0.05)
     tables = {id(p) for t in item_tables(sparse) for p in t.parameters()}
@@ -86,7 +86,7 @@ def test_a_model_of_sparse_tables_only_has_the_table_optimiser_alone():
 
 
 def test_optimiser_state_round_trips_and_a_different_split_is_refused():
-    m = build_model("din", V, 16, 3, 5, D, sparse=True)
+    m = build_model(ModelArgs("din", V, 16, 3, 5, D, sparse=True))
     opt = make_optimizer(m, 1e-3)
     batch = {"item_idx": torch.tensor([1, 2]), "hist_item_idx": torch.tensor([[3, 4, 0, 0, 0], [5, 0, 0, 0, 0]]),
              "hist_len": torch.tensor([2, 1])}
@@ -103,7 +103,7 @@ def test_gradient_bytes_follow_the_batch_for_sparse_tables_and_the_vocabulary_fo
     sizes = {}
     for v in (1_000, 100_000):
         for sparse in (True, False):
-            m = build_model("din", v, 16, 3, 5, D, sparse=sparse)
+            m = build_model(ModelArgs("din", v, 16, 3, 5, D, sparse=sparse))
             batch = {"item_idx": torch.tensor([1, 2]), "hist_item_idx": torch.tensor([[3, 4, 0, 0, 0], [5, 0, 0, 0, 0]]),
                      "hist_len": torch.tensor([2, 1])}
             m.logits(batch).sum().backward()
@@ -137,7 +137,7 @@ def test_max_vocab_models_tell_tail_items_apart_by_their_codes():
     scores = {}
     for name in ("din", "mcca"):
         torch.manual_seed(0)
-        m = build_model(name, 100_000, 16, 3, 5, 8, max_vocab=10, hash_buckets=8).eval()
+        m = build_model(ModelArgs(name, 100_000, 16, 3, 5, 8, max_vocab=10, hash_buckets=8)).eval()
         assert m.item.weight.shape[0] == 20
         g = torch.Generator().manual_seed(1)
         base = {"item_idx": torch.tensor([a, b]), "hist_item_idx": torch.tensor([[3, 4, 0, 0, 0]] * 2),

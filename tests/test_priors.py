@@ -7,7 +7,7 @@ import torch
 
 from psrq.evaluation import floors
 from psrq.models.priors import PRIOR, Priors, WithPriors, train_statistics, user_rows
-from psrq.models.registry import build_model
+from psrq.models.registry import ModelArgs, build_model
 from psrq.training import statistics
 
 V, U = 20, 16
@@ -60,13 +60,13 @@ def test_in_training_a_rows_own_label_is_left_out_of_its_statistics():
 def test_every_model_takes_the_priors_and_keeps_its_own_inputs_and_groups():
     from psrq.samples.content import ContentFeatures
 
-    m = build_model("din", V, 8, 3, 5, 8, priors=True, user_buckets=U, sparse=True)
+    m = build_model(ModelArgs("din", V, 8, 3, 5, 8, priors=True, user_buckets=U, sparse=True))
     assert isinstance(m, WithPriors) and m.inputs[-1] == "user_id" and "item_idx" in m.inputs
     tables = [n for n, mod in m.named_modules() if type(mod).__name__ == "ItemTable"]
     assert {"base.item", "priors.item_bias", "priors.user_bias"} <= set(tables)
     assert all(mod.sparse for n, mod in m.named_modules() if type(mod).__name__ == "ItemTable")
     content = ContentFeatures(np.arange(-1, V - 1), {"text": np.ones((V, 4), np.float32)}, {})
-    make = build_model("simtier_make", V, 8, 3, 5, 8, content=content, priors=True, user_buckets=U)
+    make = build_model(ModelArgs("simtier_make", V, 8, 3, 5, 8, priors=True, user_buckets=U), content)
     groups = make.param_groups(1e-3)
     assert sum(len(g["params"]) for g in groups) == len(list(make.parameters()))
 
@@ -78,6 +78,6 @@ def test_the_statistics_file_round_trips_and_fills_a_model(tmp_path):
     back = statistics.read(path)
     for k in stats:
         np.testing.assert_array_equal(back[k], stats[k])
-    m = statistics.apply(build_model("din", V, 8, 3, 5, 8, priors=True, user_buckets=U), path)
+    m = statistics.apply(build_model(ModelArgs("din", V, 8, 3, 5, 8, priors=True, user_buckets=U)), path)
     np.testing.assert_array_equal(m.priors.item_n.numpy(), stats["item_n"])
     assert abs(float(m.priors.global_rate) - rows["label"].mean()) < 1e-6

@@ -14,7 +14,7 @@ import torch
 from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
 from psrq.data.generate import generate
-from psrq.models.registry import build_model
+from psrq.models.registry import ModelArgs, build_model
 from psrq.samples.build import build_samples
 from psrq.samples.layout import SamplesManifest
 from psrq.errors import TrainingError
@@ -138,7 +138,7 @@ def test_prefetching_trains_the_same_weights(tmp_path):
             yield b
     for depth in (0, 2):
         torch.manual_seed(0)
-        model = build_model("mcca", V, K, L, N, 16, sparse=True)
+        model = build_model(ModelArgs("mcca", V, K, L, N, 16, sparse=True))
         opt = make_optimizer(model, 1e-2)
         readers.append(set())
         res = train_loop(model, lambda: read(model), opt, torch.device("cpu"),
@@ -165,7 +165,7 @@ def test_the_loop_tells_waiting_for_batches_from_steps(tmp_path):
             _time.sleep(0.03)
             yield b
     torch.manual_seed(0)
-    model = build_model("din", V, K, L, N, 8, sparse=True)
+    model = build_model(ModelArgs("din", V, K, L, N, 8, sparse=True))
     res = train_loop(model, lambda: slow(model), make_optimizer(model, 1e-2), torch.device("cpu"),
                      LoopOptions(max_steps=10, progress=False))
     t = res.timing()
@@ -220,7 +220,7 @@ def runs(tmp_path_factory):
 def _train(cfg, ckpt, steps, every, model_name="mcca"):
     man = SamplesManifest.read(cfg.samples.path)
     torch.manual_seed(0)
-    model = build_model(model_name, man.vocab_size, man.k, man.layers, man.history_len, 16, sparse=True)
+    model = build_model(ModelArgs(model_name, man.vocab_size, man.k, man.layers, man.history_len, 16, sparse=True))
     opt = make_optimizer(model, 1e-3, "rowwise_adagrad", 0.05)
     cols = model.inputs + ["label"]
     reader = lambda: make_reader("arrow", man.split_path("train"), cols, 256)  # noqa: E731
@@ -475,7 +475,7 @@ def test_ranks_that_disagree_fail_the_run_and_it_is_never_recorded_done(spark, s
     cfg = _with(samples_cfg, model="din", backend="horovod", num_proc=2, checkpoint_dir=str(tmp_path), max_steps=3)
 
     def diverged(spark_, job, num_proc):
-        model = build_model(**job.model)
+        model = build_model(job.model)
         save_checkpoint(job.checkpoint_dir, model, torch.optim.Adam(model.parameters()), 3, job.meta)
         return [{"rank": r, "steps": 3, "samples": 10, "seconds": 1.0, "last_loss": 0.5, "checksum": 1.0 + r, "rows": 10}
                 for r in range(2)]

@@ -19,11 +19,13 @@ that night is reused, and the outcome row records what the night really did.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
+from typing import Optional
 
 import numpy as np
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from psrq.catalog.assign import assign_full, assign_incremental
@@ -35,6 +37,7 @@ from psrq.quant.artifact import load_artifact, manifests
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
 from psrq.storage import AppTxn, open_engine
+from psrq.storage.base import version_of
 
 log = logging.getLogger(__name__)
 APP = "psrq.reindex_catalog"
@@ -60,106 +63,138 @@ def _reuse_or_fit(spark, cfg: Config, night: int) -> str:
     return fit_stage(spark, cfg, created_by={"job": "reindex_catalog", "reindex_night": night})["version"]
 
 
-def _stored_plan(engine, state_path: str, night: int) -> dict | None:
+@dataclass
+class NightPlan:
+    """What a night will do, recorded (status "planned") before any other write of the night,
+    measured on the items version it read; its outcome row repeats it with what it did."""
+
+    night: int
+    watermark: Optional[datetime]   # the newest updated_at the night saw: the next night starts after it
+    items_version: int
+    codebook_version: str
+    n_changed: int
+    error_share: float
+    layer1_shift: float
+    refit: bool
+
+    def row(self, spark, status: str):
+        values = {**asdict(self), "status": status, "finished_at": datetime.now(timezone.utc)}
+        return spark.createDataFrame([{k: values[k] for k in REINDEX_STATE.fieldNames()}], REINDEX_STATE)
+
+
+def _stored_plan(engine, state_path: str, night: int) -> NightPlan | None:
     if not engine.exists(state_path):
         return None
     rows = (engine.read(state_path).filter((F.col("night") == night) & (F.col("status") == "planned"))
             .limit(1).collect())
-    return rows[0].asDict() if rows else None
-
-
-def _state_row(spark, plan: dict, status: str):
-    row = {**plan, "status": status, "finished_at": datetime.now(timezone.utc)}
-    return spark.createDataFrame([{k: row[k] for k in REINDEX_STATE.fieldNames()}], REINDEX_STATE)
+    return NightPlan(**{f.name: rows[0][f.name] for f in fields(NightPlan)}) if rows else None
 
 
 def reindex(spark: SparkSession, cfg: Config) -> dict:
+    """The night run.run_id (the module's doc): resumes its recorded plan, or plans it."""
     night = cfg.run.run_id
     engine = open_engine(spark, cfg.storage.engine)
     state_path, sid_path = cfg.table_path("reindex_state"), cfg.table_path("semantic_ids")
-    txn, plan_txn = AppTxn(APP, night), AppTxn(f"{APP}.plan", night)
     done = engine.transaction_version(state_path, APP)
     if done is not None and done >= night:
         log.info("night %d already reindexed: nothing to do", night)
         return {"night": night, "skipped": True, "status": "already done"}
-
     plan = _stored_plan(engine, state_path, night)
     if plan is not None:
         log.info("night %d resumes its recorded plan: items v%d, codebook %s, %d changed, refit %s",
-                 night, plan["items_version"], plan["codebook_version"], plan["n_changed"], plan["refit"])
+                 night, plan.items_version, plan.codebook_version, plan.n_changed, plan.refit)
     items_path = cfg.table_path("items")
-    items_version = plan["items_version"] if plan else engine.version(items_path)
+    items_version = plan.items_version if plan else version_of(engine, items_path)
     items = engine.read(items_path, items_version)
-    watermark = None
-    if engine.exists(state_path):
-        watermark = engine.read(state_path).filter(F.col("status") == "done").agg(F.max("watermark")).collect()[0][0]
-    has_ts = UPDATED_AT in items.columns
-    seen = items.agg(F.count(F.lit(1)).alias("n"), (F.max(UPDATED_AT) if has_ts else F.lit(None)).alias("cutoff")).collect()[0]
-    cutoff = seen["cutoff"]
-    if not seen["n"] and not cfg.validation.allow_empty:
-        raise InputValidationError("items", [Problem("*", f"the table is empty (version {items_version}): night {night} "
-                                                          "records nothing and changes nothing "
-                                                          "(validation.allow_empty=true if the catalogue is really empty)")])
-
+    cutoff = _checked_cutoff(cfg, items, items_version, night)
     # tonight's codebook: the plan's; else codebooks.version, the one marked current, or (a
     # first night, before anything was marked) the latest fitted of the method
-    cb_version = plan["codebook_version"] if plan else (cfg.codebooks.version or current_version(engine, cfg))
+    cb_version = plan.codebook_version if plan else (cfg.codebooks.version or current_version(engine, cfg))
     cbs, manifest = load_artifact(cfg.codebooks_root(), cb_version, cfg.codebooks.method)
     sid_done = (engine.transaction_version(sid_path, APP) or -1) >= night if engine.exists(sid_path) else False
     if plan is not None and sid_done:
         # killed after semantic_ids moved, before the outcome: only the records are missing
-        version = _reuse_or_fit(spark, cfg, night) if plan["refit"] else cbs.version
-        if plan["refit"] and cfg.codebooks.mark_current:
+        version = _reuse_or_fit(spark, cfg, night) if plan.refit else cbs.version
+        if plan.refit and cfg.codebooks.mark_current:
             mark_current(spark, engine, cfg, version)
-        result = {"version": engine.version(sid_path), "codebook_version": version}
-        return _finish(spark, engine, state_path, txn, plan, result)
-
-    if engine.exists(sid_path):
-        assigned = engine.read(sid_path).filter(F.col("codebook_version") == cbs.version).select(ITEM_ID)
-        unassigned = items.join(assigned, ITEM_ID, "left_anti")
-        changed = unassigned
-        if has_ts and watermark is not None:
-            changed = items.filter(F.col(UPDATED_AT) > F.lit(watermark)).unionByName(unassigned).dropDuplicates([ITEM_ID])
-    else:
-        changed = items
+        return _finish(spark, engine, state_path, plan, {"version": engine.version(sid_path), "codebook_version": version})
+    changed = _changed(engine, cfg, items, cbs, state_path)
     encoded = encode_items(spark, changed, cbs).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        n_changed = encoded.count()
-        raise_on_problems(encoded, cbs)
-        primary = primary_space(cbs)
-        stats = encoded.select("error", F.element_at(f"{primary}_codes", 1).alias("c1")).toArrow()
-        d = drift(np.asarray(stats.column("error")), np.asarray(stats.column("c1"), dtype=np.int64),
-                  manifest["diagnostics"][primary], cbs.spec.k)
-        log.info("night %d: %d new/changed items; error share %.3f, layer-1 shift %.3f",
-                 night, n_changed, d["error_share"], d["layer1_shift"])
-        rc = cfg.reindex
-        refit = n_changed >= rc.min_items_for_drift and (
-            d["error_share"] > rc.max_error_share or d["layer1_shift"] > rc.max_layer1_shift)
         if plan is None:
-            plan = {"night": night, "watermark": cutoff, "items_version": items_version, "codebook_version": cbs.version,
-                    "n_changed": n_changed, "error_share": d["error_share"], "layer1_shift": d["layer1_shift"],
-                    "refit": refit}
-            engine.write(_state_row(spark, plan, "planned"), state_path, "append" if engine.exists(state_path) else "create",
-                         plan_txn, description=f"reindex night {night}: plan")
-        if plan["refit"]:
-            version = _reuse_or_fit(spark, cfg, night)
-            log.info("drift over threshold: reassigning the whole catalogue with codebook %s", version)
-            new_cbs, _ = load_artifact(cfg.codebooks_root(), version)
-            result = assign_full(spark, cfg, engine, items, new_cbs, AppTxn(APP, night))  # the plan's items version
-        elif n_changed:
-            result = assign_incremental(spark, cfg, engine, changed, cbs, AppTxn(APP, night), encoded=encoded)
-        else:
-            result = {"version": engine.version(sid_path), "codebook_version": cbs.version, "skipped": False}
+            plan = _plan(spark, cfg, engine, encoded, cbs, manifest, NightPlan(night, cutoff, items_version, cbs.version,
+                                                                                 0, 0.0, 0.0, False))
+        result = _apply(spark, cfg, engine, plan, items, changed, encoded, cbs)
     finally:
         encoded.unpersist()
-    return _finish(spark, engine, state_path, txn, plan, result)
+    return _finish(spark, engine, state_path, plan, result)
 
 
-def _finish(spark, engine, state_path: str, txn: AppTxn, plan: dict, result: dict) -> dict:
-    outcome = {**plan, "codebook_version": result["codebook_version"]}
-    engine.write(_state_row(spark, outcome, "done"), state_path, "append", txn,
-                 description=f"reindex night {plan['night']}: outcome")
-    return {**outcome, "semantic_ids_version": result["version"], "skipped": False, "status": "done"}
+def _checked_cutoff(cfg: Config, items: DataFrame, items_version: int, night: int) -> Optional[datetime]:
+    """The newest updated_at of the items (None without the column), after refusing an empty
+    table (nothing is recorded for it)."""
+    has_ts = UPDATED_AT in items.columns
+    seen = items.agg(F.count(F.lit(1)).alias("n"), (F.max(UPDATED_AT) if has_ts else F.lit(None)).alias("cutoff")).collect()[0]
+    if not seen["n"] and not cfg.validation.allow_empty:
+        raise InputValidationError("items", [Problem("*", f"the table is empty (version {items_version}): night {night} "
+                                                          "records nothing and changes nothing "
+                                                          "(validation.allow_empty=true if the catalogue is really empty)")])
+    return seen["cutoff"]
+
+
+def _changed(engine, cfg: Config, items: DataFrame, cbs, state_path: str) -> DataFrame:
+    """Items updated after the last night's watermark, and items without an ID of the codebook."""
+    sid_path = cfg.table_path("semantic_ids")
+    if not engine.exists(sid_path):
+        return items
+    assigned = engine.read(sid_path).filter(F.col("codebook_version") == cbs.version).select(ITEM_ID)
+    unassigned = items.join(assigned, ITEM_ID, "left_anti")
+    watermark = None
+    if engine.exists(state_path):
+        watermark = engine.read(state_path).filter(F.col("status") == "done").agg(F.max("watermark")).collect()[0][0]
+    if UPDATED_AT not in items.columns or watermark is None:
+        return unassigned
+    return items.filter(F.col(UPDATED_AT) > F.lit(watermark)).unionByName(unassigned).dropDuplicates([ITEM_ID])
+
+
+def _plan(spark, cfg: Config, engine, encoded: DataFrame, cbs, manifest: dict, plan: NightPlan) -> NightPlan:
+    """Measure the drift of the changed items, decide, and record the plan before any other write."""
+    plan.n_changed = encoded.count()
+    raise_on_problems(encoded, cbs)
+    primary = primary_space(cbs)
+    stats = encoded.select("error", F.element_at(f"{primary}_codes", 1).alias("c1")).toArrow()
+    d = drift(np.asarray(stats.column("error")), np.asarray(stats.column("c1"), dtype=np.int64),
+              manifest["diagnostics"][primary], cbs.spec.k)
+    log.info("night %d: %d new/changed items; error share %.3f, layer-1 shift %.3f",
+             plan.night, plan.n_changed, d["error_share"], d["layer1_shift"])
+    rc = cfg.reindex
+    plan.error_share, plan.layer1_shift = d["error_share"], d["layer1_shift"]
+    plan.refit = plan.n_changed >= rc.min_items_for_drift and (
+        d["error_share"] > rc.max_error_share or d["layer1_shift"] > rc.max_layer1_shift)
+    state_path = cfg.table_path("reindex_state")
+    engine.write(plan.row(spark, "planned"), state_path, "append" if engine.exists(state_path) else "create",
+                 AppTxn(f"{APP}.plan", plan.night), description=f"reindex night {plan.night}: plan")
+    return plan
+
+
+def _apply(spark, cfg: Config, engine, plan: NightPlan, items: DataFrame, changed: DataFrame, encoded: DataFrame,
+           cbs) -> dict:
+    """Merge the changed items' IDs, or (drift) refit and reassign the whole catalogue."""
+    if plan.refit:
+        version = _reuse_or_fit(spark, cfg, plan.night)
+        log.info("drift over threshold: reassigning the whole catalogue with codebook %s", version)
+        new_cbs, _ = load_artifact(cfg.codebooks_root(), version)
+        return assign_full(spark, cfg, engine, items, new_cbs, AppTxn(APP, plan.night))  # the plan's items version
+    if plan.n_changed:
+        return assign_incremental(spark, cfg, engine, changed, cbs, AppTxn(APP, plan.night), encoded=encoded)
+    return {"version": engine.version(cfg.table_path("semantic_ids")), "codebook_version": cbs.version, "skipped": False}
+
+
+def _finish(spark, engine, state_path: str, plan: NightPlan, result: dict) -> dict:
+    outcome = replace(plan, codebook_version=result["codebook_version"])
+    engine.write(outcome.row(spark, "done"), state_path, "append", AppTxn(APP, plan.night),
+                 description=f"reindex night {plan.night}: outcome")
+    return {**asdict(outcome), "semantic_ids_version": result["version"], "skipped": False, "status": "done"}
 
 
 def format_night(res: dict) -> str:

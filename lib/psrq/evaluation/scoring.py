@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
+from psrq.models.registry import ModelArgs
 from psrq.schemas import PREDICTIONS
 
 
@@ -18,12 +19,12 @@ class ModelBundle:
     """Everything an executor needs to rebuild the model; plain values and bytes."""
 
     key: str                 # identifies the model (checkpoint folder + step)
-    args: dict               # build_model keyword arguments, content excluded
+    args: ModelArgs          # what the ranker is built from (content aside)
     weights: bytes           # safetensors of the state dict
     content: Optional[bytes]  # content.safetensors, for models that read content
 
 
-def bundle_from_checkpoint(ckpt: dict, key: str, args: dict, content: Optional[bytes]) -> ModelBundle:
+def bundle_from_checkpoint(ckpt: dict, key: str, args: ModelArgs, content: Optional[bytes]) -> ModelBundle:
     from safetensors.torch import save
 
     return ModelBundle(key, args, save({k: v.contiguous() for k, v in ckpt["model"].items()}), content)
@@ -43,7 +44,7 @@ def load_bundle(bundle: ModelBundle):
 
         torch.set_num_threads(1)  # one task per core
         content = ContentFeatures.from_bytes(bundle.content) if bundle.content else None
-        model = build_model(**bundle.args, content=content)
+        model = build_model(bundle.args, content)
         model.load_state_dict(load(bundle.weights))
         _MODELS.clear()
         _MODELS[bundle.key] = model.eval()

@@ -7,7 +7,8 @@ there, only its module on the path (--py-files)."""
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 from psrq.plugins import Registry
 
@@ -28,35 +29,56 @@ def needs_content(name: str) -> bool:
     return ranker_class(name).needs_content
 
 
-def build_model(name: str, vocab_size: int, k: int, layers: int, history_len: int, dim: int = 64,
-                content=None, options: dict | None = None, modalities: tuple[str, ...] = ("text", "audio"),
-                sparse: bool = False, max_vocab: int | None = None, hash_buckets: int = 0,
-                priors: bool = False, user_buckets: int = 65536, embedding_dropout: float = 0.0,
-                ranker: str | None = None) -> Ranker:
-    """content: psrq.samples.content.ContentFeatures, for the rankers that need it; options:
-    model-specific settings (train.model_options); modalities: the samples' spaces but joint;
-    sparse: sparse gradients for the item-ID tables (train.sparse; the weights are the same);
-    max_vocab: rows of their own for the max_vocab most frequent items only, the others
-    share hash_buckets rows (psrq.models.layers.ItemTable); priors: bias terms and train
-    statistics (psrq.models.priors; their buffers are zero until set_statistics or a
-    checkpoint fills them); ranker: the class's import path (ranker_path), where the name
-    is not registered in this process."""
+@dataclass(frozen=True)
+class ModelArgs:
+    """What a ranker is built from (content aside): the samples' shape and the train section's
+    model settings (psrq.training.run.model_args). options: model-specific settings
+    (train.model_options); modalities: the samples' spaces but joint; sparse: sparse
+    gradients for the item-ID tables (train.sparse; the weights are the same); max_vocab: rows
+    of their own for the max_vocab most frequent items only, the others share hash_buckets
+    rows (psrq.models.layers.ItemTable); priors: bias terms and train statistics
+    (psrq.models.priors; their buffers are zero until set_statistics or a checkpoint fills
+    them); ranker: the class's import path (ranker_path), where the name is not registered
+    in this process."""
+
+    name: str
+    vocab_size: int
+    k: int
+    layers: int
+    history_len: int
+    dim: int = 64
+    options: Optional[dict] = None
+    modalities: tuple[str, ...] = ("text", "audio")
+    sparse: bool = False
+    max_vocab: Optional[int] = None
+    hash_buckets: int = 0
+    priors: bool = False
+    user_buckets: int = 65536
+    embedding_dropout: float = 0.0
+    ranker: Optional[str] = None
+
+
+def build_model(args: ModelArgs, content=None) -> Ranker:
+    """The ranker `args` describe; content: psrq.samples.content.ContentFeatures, for the
+    rankers that need it."""
     from psrq.models.base import ModelSpec
     from psrq.models.layers import set_dropout, set_sparse
     from psrq.samples.layout import FIRST_INDEX
 
-    cls = RANKERS.load(ranker) if ranker else ranker_class(name)
+    a = args
+    cls = RANKERS.load(a.ranker) if a.ranker else ranker_class(a.name)
     if cls.needs_content and content is None:
-        raise ValueError(f"model {name} reads item content: build samples with samples.content.dim > 0")
+        raise ValueError(f"model {a.name} reads item content: build samples with samples.content.dim > 0")
     takes = list(inspect.signature(cls).parameters)[2:]  # after spec and content
-    unknown = sorted(set(options or {}) - set(takes))
+    unknown = sorted(set(a.options or {}) - set(takes))
     if unknown:
-        raise ValueError(f"train.model_options {unknown}: model {name} takes {', '.join(takes) or 'none'}")
-    keep = FIRST_INDEX + max_vocab if max_vocab else None
-    spec = ModelSpec(name, vocab_size, k, layers, history_len, dim, tuple(modalities), keep, hash_buckets if keep else 0)
-    model: Ranker = cls(spec, content, **(options or {}))  # type: ignore[call-arg]  # subclasses take content
-    if priors:
+        raise ValueError(f"train.model_options {unknown}: model {a.name} takes {', '.join(takes) or 'none'}")
+    keep = FIRST_INDEX + a.max_vocab if a.max_vocab else None
+    spec = ModelSpec(a.name, a.vocab_size, a.k, a.layers, a.history_len, a.dim, tuple(a.modalities), keep,
+                     a.hash_buckets if keep else 0)
+    model: Ranker = cls(spec, content, **(a.options or {}))  # type: ignore[call-arg]  # subclasses take content
+    if a.priors:
         from psrq.models.priors import Priors, WithPriors
 
-        model = WithPriors(model, Priors(vocab_size, user_buckets, spec.keep, spec.buckets))
-    return set_dropout(set_sparse(model, sparse), embedding_dropout)
+        model = WithPriors(model, Priors(a.vocab_size, a.user_buckets, spec.keep, spec.buckets))
+    return set_dropout(set_sparse(model, a.sparse), a.embedding_dropout)

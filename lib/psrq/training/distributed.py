@@ -37,6 +37,7 @@ import torch
 
 from psrq.config import TrainConf
 from psrq.errors import TrainingError
+from psrq.models.registry import ModelArgs
 from psrq.storage import fs
 from psrq.storage.fs import FsOptions
 from psrq.training import statistics
@@ -57,7 +58,7 @@ class RankJob:
     prefetch), and what the driver resolved for this run."""
 
     train: TrainConf
-    model: dict                            # build_model's arguments (psrq.training.run.model_args)
+    model: ModelArgs                       # what the ranker is built from (psrq.training.run.model_args)
     path: str                              # the train split
     meta: dict = field(default_factory=dict)  # the run's identity, recorded in its checkpoints
     checkpoint_dir: Optional[str] = None   # None: a run that keeps no checkpoint
@@ -102,7 +103,7 @@ def _model_and_opt(job: RankJob, device: torch.device, dense_biases: bool = Fals
     torch.set_num_threads(1)  # a rank per core
     torch.manual_seed(job.train.seed)
     content = read_content(job.content) if job.content else None
-    model = statistics.apply(build_model(**job.model, content=content), job.statistics).to(device)
+    model = statistics.apply(build_model(job.model, content), job.statistics).to(device)
     for table in item_tables(model) if dense_biases else ():
         table.sparse = table.sparse and table.embedding_dim > 1
     tc = job.train
@@ -228,7 +229,7 @@ def ddp_worker(job: RankJob) -> list[dict]:
     device = device_for(job.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(ddp_backend(device, job.model.get("sparse", False)))
+    dist.init_process_group(ddp_backend(device, job.model.sparse))
     try:
         return _ddp_train(job, device)
     except BaseException as exc:

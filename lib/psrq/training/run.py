@@ -3,9 +3,11 @@ records, and the arguments that rebuild its model. Written by training and read 
 evaluation through this module (neither stage imports the other)."""
 from __future__ import annotations
 
-from psrq.config import Config, absolute
+from dataclasses import fields
+
+from psrq.config import Config, TrainConf, absolute
 from psrq.errors import TrainingError
-from psrq.models.registry import ranker_path
+from psrq.models.registry import ModelArgs, ranker_path
 from psrq.samples.layout import SamplesManifest
 from psrq.storage import fs
 from psrq.training.identity import TrainIdentity
@@ -18,14 +20,14 @@ def content_file(samples_path: str, man: SamplesManifest) -> str:
     return fs.join(absolute(samples_path), man.content["file"])
 
 
-def model_args(cfg: Config, man: SamplesManifest) -> dict:
-    """build_model's arguments (content aside) for the samples' manifest."""
-    return {"name": cfg.train.model, "ranker": ranker_path(cfg.train.model), "vocab_size": man.vocab_size, "k": man.k,
-            "layers": man.layers,
-            "history_len": man.history_len, "dim": cfg.train.dim, "options": cfg.train.model_options,
-            "modalities": man.modalities, "sparse": cfg.train.sparse, "max_vocab": cfg.train.max_vocab,
-            "hash_buckets": cfg.train.hash_buckets, "priors": cfg.train.priors, "user_buckets": cfg.train.user_buckets,
-            "embedding_dropout": cfg.train.embedding_dropout}
+def model_args(cfg: Config, man: SamplesManifest) -> ModelArgs:
+    """build_model's arguments (content aside): the samples' shape, and the train section's
+    settings of the same names."""
+    tc = cfg.train
+    same = {f.name: getattr(tc, f.name) for f in fields(ModelArgs) if f.name in TrainConf.model_fields}
+    return ModelArgs(**same, name=tc.model, ranker=ranker_path(tc.model), vocab_size=man.vocab_size, k=man.k,
+                     layers=man.layers, history_len=man.history_len, options=tc.model_options,
+                     modalities=tuple(man.modalities))
 
 
 def identity_and_folder(cfg: Config, man: SamplesManifest) -> tuple[TrainIdentity, str]:

@@ -82,14 +82,7 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
     """Train cfg.train.model with cfg.train.backend; validation metrics from the result."""
     tc = cfg.train
     check_launchable(cfg, spark)
-    man = SamplesManifest.read(cfg.samples_root())
-    if tc.codebook_version and tc.codebook_version != man.codebook_version:
-        raise TrainingError(f"samples at {cfg.samples_root()} were built with codebook {man.codebook_version}, "
-                            f"the model expects {tc.codebook_version} (train.codebook_version): rebuild the samples")
-    if tc.max_vocab and man.raw.get("vocab_order") != VOCAB_ORDER:
-        raise TrainingError(f"train.max_vocab keeps the most frequent items, but the samples at {cfg.samples_root()} "
-                            "number items in another order (built before the vocabulary was frequency-ordered): "
-                            "rebuild them with jobs/build_samples.py")
+    man = checked_samples(cfg)
     ident, ckpt_dir = identity_and_folder(cfg, man)
     meta = checkpoint_meta(ident)
     if tc.restart and fs.exists(ckpt_dir):
@@ -103,58 +96,81 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         check_compatible(existing, meta, f"{ckpt_dir}/{CHECKPOINT} ")
     torch.manual_seed(tc.seed)
     content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model) else None
-    content = read_content(content_path) if content_path else None
-    model = build_model(**model_args(cfg, man), content=content)
+    model = build_model(model_args(cfg, man), read_content(content_path) if content_path else None)
     needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}
     if not needed <= set(man.spaces):
         raise TrainingError(f"model {tc.model} needs code spaces {sorted(needed)}, the samples have {list(man.spaces)}")
     device = device_for(tc.device)
-    cols = model.inputs + ["label"]
-    train_path, valid_path = man.split_path("train"), man.split_path("valid")
-    stats = statistics.prepare(ckpt_dir, train_path, man.vocab_size, tc.user_buckets) if tc.priors else None
+    stats = statistics.prepare(ckpt_dir, man.split_path("train"), man.vocab_size, tc.user_buckets) if tc.priors else None
     statistics.apply(model, stats)
     if tc.backend == "single":
-        model.to(device)
-        opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr, tc.weight_decay)
-        start = restore(ckpt_dir, existing, model, opt, meta) if existing is not None else 0
-        reader = make_reader(tc.reader, train_path, cols, tc.batch_size)
-        options = LoopOptions(ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress,
-                              batch_count(reader.rows, tc.batch_size), autocast_dtype(tc.precision, device), tc.epochs,
-                              tc.eval_every, tc.prefetch, tc.seed)
-        hooks = LoopHooks(validate=validator(tc.reader, valid_path, device),
-                          stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
-        res = train_loop(model, lambda: iter(reader), opt, device, options, hooks)
-        ranks = [{"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
-                  "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision,
-                  **res.timing()}]
+        ranks = [_train_single(cfg, man, model, device, ckpt_dir, meta, existing, progress)]
     else:
         ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path, stats)
+    result = _result(cfg, man, ident, ckpt_dir, model, device, ranks, resumed=existing is not None)
+    write_result(ckpt_dir, result)
+    return result
+
+
+def checked_samples(cfg: Config) -> SamplesManifest:
+    """The samples' manifest, refused where the run's settings do not fit them."""
+    tc, man = cfg.train, SamplesManifest.read(cfg.samples_root())
+    if tc.codebook_version and tc.codebook_version != man.codebook_version:
+        raise TrainingError(f"samples at {cfg.samples_root()} were built with codebook {man.codebook_version}, "
+                            f"the model expects {tc.codebook_version} (train.codebook_version): rebuild the samples")
+    if tc.max_vocab and man.raw.get("vocab_order") != VOCAB_ORDER:
+        raise TrainingError(f"train.max_vocab keeps the most frequent items, but the samples at {cfg.samples_root()} "
+                            "number items in another order (built before the vocabulary was frequency-ordered): "
+                            "rebuild them with jobs/build_samples.py")
+    return man
+
+
+def _train_single(cfg: Config, man: SamplesManifest, model, device, ckpt_dir: str, meta: dict, existing: dict | None,
+                  progress: bool) -> dict:
+    """train.backend=single: this process; its summary as a rank's."""
+    tc = cfg.train
+    model.to(device)
+    opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr, tc.weight_decay)
+    start = restore(ckpt_dir, existing, model, opt, meta) if existing is not None else 0
+    reader = make_reader(tc.reader, man.split_path("train"), model.inputs + ["label"], tc.batch_size)
+    options = LoopOptions(ckpt_dir, tc.checkpoint_every, meta, tc.max_steps, start, progress,
+                          batch_count(reader.rows, tc.batch_size), autocast_dtype(tc.precision, device), tc.epochs,
+                          tc.eval_every, tc.prefetch, tc.seed)
+    hooks = LoopHooks(validate=validator(tc.reader, man.split_path("valid"), device),
+                      stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
+    res = train_loop(model, lambda: iter(reader), opt, device, options, hooks)
+    return {"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
+            "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision, **res.timing()}
+
+
+def _result(cfg: Config, man: SamplesManifest, ident: TrainIdentity, ckpt_dir: str, model, device, ranks: list[dict],
+            resumed: bool) -> dict:
+    """The finished run's record (result.json): its identity, the ranks, the validation curve
+    and the SHA-256 of what it leaves for evaluation."""
+    tc = cfg.train
     final = load_checkpoint(ckpt_dir)  # rank 0's: the ranks were checked equal
     if final is None:
         raise TrainingError(f"no checkpoint in {ckpt_dir} after training: its storage lost the file")
     step = int(final["step"])
     trace = EarlyStopping.restored(final.get("trace"), tc.patience)
-    samples = sum(r["samples"] for r in ranks)
-    seconds = max(r["seconds"] for r in ranks)
+    samples, seconds = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     log.info("trained %s (%s, %d process(es)): %.0f samples/s", tc.model, tc.backend, len(ranks), samples / max(seconds, 1e-9))
     valid = trace.best
     if valid is None:  # no validation ran (no step was taken): score the weights there are
         model.load_state_dict(final["model"])
         model.to(device)
-        valid = validator(tc.reader, valid_path, device)(model)
-    result = {"status": "resumed" if existing is not None else "trained", "identity": ident.key,
-              "settings": ident.as_dict(), "model": tc.model, "backend": tc.backend, "processes": len(ranks),
-              "steps": step, "steps_this_run": max(r["steps"] for r in ranks),
-              "best_step": trace.best_step if trace.best is not None else step, "stopped_early": trace.stopped,
-              "samples_per_second": round(samples / max(seconds, 1e-9), 1),
-              "train_loss": _finite(ranks[0]["last_loss"]), "valid": {k: _finite(v) for k, v in valid.items()},
-              "curve": [{k: _finite(v) for k, v in point.items()} for point in trace.curve],
-              "checkpoint": ckpt_dir, "codebook_version": man.codebook_version,
-              "ranks": [{k: _finite(v) for k, v in r.items()} for r in ranks],
-              "finished_at": datetime.now(timezone.utc).isoformat()}
-    result["checksums"] = checksums(ckpt_dir, result["best_step"])
-    write_result(ckpt_dir, result)
-    return result
+        valid = validator(tc.reader, man.split_path("valid"), device)(model)
+    best_step = step if trace.best is None or trace.best_step is None else trace.best_step
+    return {"status": "resumed" if resumed else "trained", "identity": ident.key,
+            "settings": ident.as_dict(), "model": tc.model, "backend": tc.backend, "processes": len(ranks),
+            "steps": step, "steps_this_run": max(r["steps"] for r in ranks),
+            "best_step": best_step, "stopped_early": trace.stopped,
+            "samples_per_second": round(samples / max(seconds, 1e-9), 1),
+            "train_loss": _finite(ranks[0]["last_loss"]), "valid": {k: _finite(v) for k, v in valid.items()},
+            "curve": [{k: _finite(v) for k, v in point.items()} for point in trace.curve],
+            "checkpoint": ckpt_dir, "codebook_version": man.codebook_version,
+            "ranks": [{k: _finite(v) for k, v in r.items()} for r in ranks],
+            "finished_at": datetime.now(timezone.utc).isoformat(), "checksums": checksums(ckpt_dir, best_step)}
 
 
 def where_failed(exc: BaseException) -> str:
