@@ -407,9 +407,11 @@ class TuningConf(_Strict):
     patience: int = Field(2, ge=1)
     # train settings (train.<key>), tried in this order, each with the best values of those
     # before it; an empty list: not searched
-    space: dict[str, list[Any]] = Field(default_factory=lambda: {"lr": [5e-4, 2e-3]})
+    space: dict[str, list[Any]] = Field(default_factory=lambda: {
+        "lr": [5e-4, 2e-3, 5e-3], "embedding_dropout": [0.0, 0.2], "weight_decay": [0.0, 1e-4], "priors": [True, False]})
     # models that take another's settings (the ablations and variants of a tuned model)
-    inherit: dict[str, str] = Field(default_factory=dict)
+    inherit: dict[str, str] = Field(default_factory=lambda: {"din_codes": "din", "mcca_wo_msc": "mcca",
+                                                             "mcca_wo_mjc": "mcca"})
 
     @field_validator("space")
     @classmethod
