@@ -13,7 +13,6 @@ They are recorded in eval_metrics like a model (model `floor:<name>`), with the 
 metrics, so reports can show each model beside the best floor."""
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 
@@ -22,7 +21,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from psrq.evaluation.auc import EvaluationError
-from psrq.evaluation.metrics import EPS, RECORDED, evaluate_predictions
+from psrq.evaluation.metrics import EPS, evaluate_predictions
+from psrq.evaluation.record import RECORDED, Evaluated, eval_record
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs, open_engine
@@ -93,16 +93,9 @@ def floors_stage(spark, cfg) -> dict[str, dict]:
 
     metrics = evaluate_floors(split("train"), split(ec.split), ec.gauc)
     now = datetime.now(timezone.utc)
-    records = [{
-        "eval_id": ids[name], "run_id": cfg.run.run_id, "evaluated_at": now, "dataset": cfg.dataset.name,
-        "model": f"floor:{name}", "seed": 0, "split": ec.split, "codebook_version": man.codebook_version,
-        "checkpoint": "", "checkpoint_step": 0, "train_identity": "floor", "weights": f"prior={PRIOR}",
-        "samples": man.key, "data_versions": json.dumps(man.source_versions, sort_keys=True),
-        "config": json.dumps({"floor": name, "prior": PRIOR, "from": "train split"}, sort_keys=True),
-        "predictions": "", "rows": m["rows"], "cold_rows": m["cold_rows"], "auc": m["auc"], "cold_auc": m["cold_auc"],
-        "logloss": m["logloss"], "gauc": m.get("gauc"),
-        "calibration_error": m.get("calibration_error"),
-    } for name, m in metrics.items()]
+    records = [eval_record(cfg, man, Evaluated(ids[name], f"floor:{name}", 0, "", 0, "floor", f"prior={PRIOR}",
+                                               {"floor": name, "prior": PRIOR, "from": "train split"}, ""), m, now)
+               for name, m in metrics.items()]
     txn = AppTxn(f"psrq.floors.{man.key}.{ec.split}", cfg.run.run_id)
     engine.write(spark.createDataFrame(records, EVAL_METRICS), metrics_path, "append", txn,
                  description=f"floors of {ec.split} ({man.key})")

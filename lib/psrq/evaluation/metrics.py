@@ -15,8 +15,6 @@ from psrq.evaluation.arrays import CALIBRATION_BINS, EPS
 from psrq.evaluation.auc import AucPiece, EvaluationError, auc_piece, combine
 
 log = logging.getLogger(__name__)
-# what eval_metrics keeps of a result
-RECORDED = ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc", "calibration_error")
 _PIECE = T.StructType([T.StructField("subset", T.IntegerType()), T.StructField("low", T.DoubleType()),
                        T.StructField("pos", T.LongType()), T.StructField("neg", T.LongType()),
                        T.StructField("twice_local", T.LongType())])

@@ -9,7 +9,6 @@ recorded metrics with status "already done"; any other state of the model is a n
 evaluation with its own predictions and record."""
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 
@@ -17,7 +16,8 @@ from pyspark.sql import functions as F
 
 from psrq.config import Config
 from psrq.evaluation.auc import EvaluationError
-from psrq.evaluation.metrics import RECORDED, evaluate_predictions
+from psrq.evaluation.metrics import evaluate_predictions
+from psrq.evaluation.record import RECORDED, Evaluated, eval_record
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
 from psrq.models.registry import needs_content
 from psrq.samples.content import CONTENT_FILE, read_content_bytes
@@ -76,17 +76,9 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     finally:
         bc.unpersist()
     metrics = evaluate_predictions(engine.read(pred_path), ec.gauc)
-    record = {
-        "eval_id": eval_id, "run_id": cfg.run.run_id, "evaluated_at": datetime.now(timezone.utc), "dataset": cfg.dataset.name,
-        "model": tc.model, "seed": tc.seed, "split": ec.split, "codebook_version": man.codebook_version,
-        "checkpoint": ckpt_dir, "checkpoint_step": eid.step, "train_identity": ident.key, "weights": eid.weights,
-        "samples": man.key, "data_versions": json.dumps(man.source_versions, sort_keys=True),
-        "config": json.dumps({s: getattr(cfg, s).model_dump(mode="json")
-                              for s in ("dataset", "codebooks", "samples", "train", "evaluate")}, sort_keys=True),
-        "predictions": pred_path, "rows": metrics["rows"], "cold_rows": metrics["cold_rows"], "auc": metrics["auc"],
-        "cold_auc": metrics["cold_auc"], "logloss": metrics["logloss"], "gauc": metrics.get("gauc"),
-        "calibration_error": metrics.get("calibration_error"),
-    }
+    settings = {s: getattr(cfg, s).model_dump(mode="json") for s in ("dataset", "codebooks", "samples", "train", "evaluate")}
+    what = Evaluated(eval_id, tc.model, tc.seed, ckpt_dir, eid.step, ident.key, eid.weights, settings, pred_path)
+    record = eval_record(cfg, man, what, metrics, datetime.now(timezone.utc))
     engine.write(spark.createDataFrame([record], EVAL_METRICS), metrics_path, "append", txn,
                  description=f"metrics of {eval_id}")
     cold = (f"{metrics['cold_auc']:.4f}" if metrics["cold_auc"] is not None
