@@ -399,6 +399,11 @@ class EmbedTextConf(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+# tuning.space's default: the learning rate, then embedding dropout, weight decay and the priors
+SEARCH_SPACE: dict[str, list[Any]] = {"lr": [5e-4, 2e-3, 5e-3], "embedding_dropout": [0.0, 0.2],
+                                      "weight_decay": [0.0, 1e-4], "priors": [True, False]}
+
+
 class TuningConf(_Strict):
     """jobs/tune.py: per model, a staged grid on the valid split (psrq.experiments.tuning)."""
     models: list[KnownModel] = Field(default_factory=lambda: ["mcca", "din", "vbpr", "qarm", "simtier_make"])
@@ -407,8 +412,7 @@ class TuningConf(_Strict):
     patience: int = Field(2, ge=1)
     # train settings (train.<key>), tried in this order, each with the best values of those
     # before it; an empty list: not searched
-    space: dict[str, list[Any]] = Field(default_factory=lambda: {
-        "lr": [5e-4, 2e-3, 5e-3], "embedding_dropout": [0.0, 0.2], "weight_decay": [0.0, 1e-4], "priors": [True, False]})
+    space: dict[str, list[Any]] = Field(default_factory=lambda: dict(SEARCH_SPACE))
     # models that take another's settings (the ablations and variants of a tuned model)
     inherit: dict[str, str] = Field(default_factory=lambda: {"din_codes": "din", "mcca_wo_msc": "mcca",
                                                              "mcca_wo_mjc": "mcca"})
