@@ -35,14 +35,12 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
 
 import eventlog
-from common import write_result
+from common import PeakMemory, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CORES = 2  # local[2], and the cluster's 2 workers x 1 core
@@ -69,51 +67,6 @@ STAGES = [  # (stage, job, its overrides)
 CHANGED_SHARE = 0.01
 
 
-class TreePeaks:
-    """Peak resident memory of a process tree, by kind: the job's Python driver, the JVMs
-    (in local mode the driver's JVM also runs the executors) and every other Python process
-    (Spark's Python workers, Horovod's ranks), summed per sample."""
-
-    def __init__(self, pid: int, driver_marker: str, interval: float = 0.5):
-        self.pid, self.marker, self.interval = pid, driver_marker, interval
-        self.peaks = {"driver_python_mib": 0.0, "jvm_mib": 0.0, "other_python_mib": 0.0}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        now = dict.fromkeys(self.peaks, 0.0)
-        for p in procs:
-            try:
-                cmd, rss = " ".join(p.cmdline()), p.memory_info().rss / 2**20
-            except psutil.Error:
-                continue
-            if "java" in cmd.split(" ")[0]:
-                now["jvm_mib"] += rss
-            elif "python" in cmd:
-                now["driver_python_mib" if self.marker in cmd else "other_python_mib"] += rss
-        for k, v in now.items():
-            self.peaks[k] = max(self.peaks[k], v)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peaks = {k: round(v, 1) for k, v in self.peaks.items()}
-
-
 def stage_seconds(log: str) -> dict:
     """The session's start and the stage's own time, from the job's log lines."""
     ready = re.search(r"spark \S+ ready in ([\d.]+)s", log)
@@ -128,7 +81,7 @@ def run_job(cmd: list[str], env: dict, logs: Path, timeout: int = 4 * 3600) -> t
     t = time.perf_counter()
     with open(logs, "w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-        with TreePeaks(proc.pid, "jobs/") as mem:
+        with PeakMemory(0.5, proc.pid, "jobs/") as mem:
             out, _ = proc.communicate(timeout=timeout)
     seconds = round(time.perf_counter() - t, 1)
     text = logs.read_text()
@@ -324,7 +277,8 @@ def main():
     if not a.resume:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    done = json.loads(progress.read_text()) if progress.exists() else {"local": {}, "cluster": {}}
+    done = json.loads(progress.read_text().replace('"other_python_mib"', '"python_workers_mib"')) \
+        if progress.exists() else {"local": {}, "cluster": {}}
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(ROOT / "lib"),
            "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.pop("PYSPARK_PYTHON", None)

@@ -49,30 +49,39 @@ def write_result(name: str, result: dict) -> Path:
 
 
 class PeakMemory:
-    """Samples RSS of this process (the Python driver), its JVM child and the JVM's Python
-    workers (local-mode executors) every `interval` seconds; keeps the peaks."""
+    """Peak resident memory of a process tree, sampled every `interval` seconds, by kind: the
+    Python driver (the root process, or with `driver_marker` the process whose command line
+    holds it: under spark-submit the driver is the JVM's child), the JVMs (in local mode the
+    driver's JVM also runs the executors) and every other Python process (Spark's Python
+    workers, Horovod's ranks), summed per sample. pid: the root (default: this process)."""
 
-    def __init__(self, interval: float = 0.2):
-        self.interval = interval
+    def __init__(self, interval: float = 0.2, pid: int | None = None, driver_marker: str | None = None):
+        self.interval, self.pid, self.marker = interval, pid, driver_marker
         self.peaks = {"driver_python_mib": 0.0, "jvm_mib": 0.0, "python_workers_mib": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        me = psutil.Process()
-        rss = {"driver_python_mib": me.memory_info().rss, "jvm_mib": 0, "python_workers_mib": 0}
-        for child in me.children(recursive=True):
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        now = dict.fromkeys(self.peaks, 0.0)
+        for p in procs:
             try:
-                name = " ".join(child.cmdline()[:3])
-                mem = child.memory_info().rss
+                cmd, rss = " ".join(p.cmdline()), p.memory_info().rss / 2**20
             except psutil.Error:
                 continue
-            if "java" in name:
-                rss["jvm_mib"] += mem
-            elif "python" in name:
-                rss["python_workers_mib"] += mem
-        for k, v in rss.items():
-            self.peaks[k] = max(self.peaks[k], v / 2**20)
+            is_driver = (self.marker in cmd) if self.marker else p.pid == root.pid
+            if is_driver and "python" in cmd:
+                now["driver_python_mib"] += rss
+            elif "java" in cmd.split(" ")[0]:
+                now["jvm_mib"] += rss
+            elif "python" in cmd:
+                now["python_workers_mib"] += rss
+        for k, v in now.items():
+            self.peaks[k] = max(self.peaks[k], v)
 
     def _run(self) -> None:
         while not self._stop.is_set():
