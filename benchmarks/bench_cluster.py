@@ -29,7 +29,7 @@ from common import write_result
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [("generate_synthetic", []), ("validate_inputs", []), ("fit_codebooks", []), ("assign_ids", []),
           ("reindex_catalog", ["run.run_id=20261128"]), ("build_samples", []), ("train_ranker", []), ("evaluate", [])]
-COMMON = ["train.backend=horovod", "train.num_proc=2", "train.reader=petastorm", "storage.engine=delta-rs",
+COMMON = ["--dataset", "synthetic_small", "train.backend=horovod", "train.num_proc=2", "train.reader=petastorm", "storage.engine=delta-rs",
           "spark.shuffle_partitions=8", "run.run_id=1"]
 
 
