@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import torch
@@ -17,7 +18,7 @@ from psrq.config import Config
 from psrq.errors import TrainingError
 from psrq.models.registry import build_model, needs_content
 from psrq.samples.content import read_content
-from psrq.samples.layout import VOCAB_ORDER, SamplesManifest
+from psrq.samples.layout import FIRST_INDEX, VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
 from psrq.training import statistics
 from psrq.training.checkpoints import BEST, CHECKPOINT, check_compatible, clean_stale_temporaries, load_checkpoint, restore
@@ -96,18 +97,23 @@ def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
         check_compatible(existing, meta, f"{ckpt_dir}/{CHECKPOINT} ")
     torch.manual_seed(tc.seed)
     content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model) else None
-    model = build_model(model_args(cfg, man), read_content(content_path) if content_path else None)
+    # the ranks build the model of a distributed run: the driver checks it on a vocabulary of
+    # a few rows (its item tables would otherwise hold the whole catalogue here too)
+    args = model_args(cfg, man) if tc.backend == "single" else replace(model_args(cfg, man), vocab_size=FIRST_INDEX + 1,
+                                                                        max_vocab=None, hash_buckets=0)
+    model = build_model(args, read_content(content_path) if content_path else None)
     needed = {c[len("hist_"):-len("_codes")] for c in model.inputs if c.startswith("hist_") and c.endswith("_codes")}
     if not needed <= set(man.spaces):
         raise TrainingError(f"model {tc.model} needs code spaces {sorted(needed)}, the samples have {list(man.spaces)}")
     device = device_for(tc.device)
     stats = statistics.prepare(ckpt_dir, man.split_path("train"), man.vocab_size, tc.user_buckets) if tc.priors else None
-    statistics.apply(model, stats)
     if tc.backend == "single":
+        statistics.apply(model, stats)
         ranks = [_train_single(cfg, man, model, device, ckpt_dir, meta, existing, progress)]
     else:
         ranks = _train_distributed(cfg, spark, man, meta, ckpt_dir, content_path, stats)
-    result = _result(cfg, man, ident, ckpt_dir, model, device, ranks, resumed=existing is not None)
+    result = _result(cfg, man, ident, ckpt_dir, model if tc.backend == "single" else None, device, ranks,
+                     resumed=existing is not None)
     write_result(ckpt_dir, result)
     return result
 
@@ -157,6 +163,11 @@ def _result(cfg: Config, man: SamplesManifest, ident: TrainIdentity, ckpt_dir: s
     log.info("trained %s (%s, %d process(es)): %.0f samples/s", tc.model, tc.backend, len(ranks), samples / max(seconds, 1e-9))
     valid = trace.best
     if valid is None:  # no validation ran (no step was taken): score the weights there are
+        if model is None:
+            content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model) else None
+            model = statistics.apply(build_model(model_args(cfg, man), read_content(content_path) if content_path else None),
+                                     statistics.prepare(ckpt_dir, man.split_path("train"), man.vocab_size, tc.user_buckets)
+                                     if tc.priors else None)
         model.load_state_dict(final["model"])
         model.to(device)
         valid = validator(tc.reader, man.split_path("valid"), device)(model)
