@@ -119,7 +119,10 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
             mark_current(spark, engine, cfg, version)
         return _finish(spark, engine, state_path, plan, {"version": engine.version(sid_path), "codebook_version": version})
     changed = _changed(engine, cfg, items, cbs, state_path)
-    encoded = encode_items(spark, changed, cbs).persist(StorageLevel.MEMORY_AND_DISK)
+    # one task per core: the changed items come out of a shuffle (spark.shuffle_partitions: the cluster
+    # profile's 400), and adaptive execution does not merge the partitions of a cached frame
+    encoded = encode_items(spark, changed.coalesce(spark.sparkContext.defaultParallelism), cbs)
+    encoded = encoded.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if plan is None:
             plan = _plan(spark, cfg, engine, encoded, cbs, manifest, NightPlan(night, cutoff, items_version, cbs.version,
