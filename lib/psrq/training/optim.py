@@ -101,7 +101,14 @@ class Optimizers:
             opt.load_state_dict(state[name])
 
     def wrap(self, fn: Callable[[torch.optim.Optimizer], torch.optim.Optimizer]) -> "Optimizers":
-        self.parts = {name: fn(opt) for name, opt in self.parts.items()}
+        """Each part through fn (hvd.DistributedOptimizer), which builds a new optimiser over
+        the same parameters: the state a resumed run restored (moments, accumulators, steps)
+        is carried over to it, or the resumed run would start them from zero."""
+        wrapped = {}
+        for name, opt in self.parts.items():
+            wrapped[name] = fn(opt)
+            wrapped[name].load_state_dict(opt.state_dict())
+        self.parts = wrapped
         return self
 
 
