@@ -72,6 +72,7 @@ def assign_full(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: Da
     unless codebooks.mark_current=false."""
     txn = txn or AppTxn(f"psrq.assign_ids.{cbs.version}", cfg.run.run_id)
     out_path = cfg.table_path("semantic_ids")
+    check_compatible(cbs, cfg, items)  # first: a re-run with other settings is refused, not reported done
     if encoded is None and committed(engine, out_path, txn):  # a re-run: nothing to encode
         log.info("semantic_ids: codebook %s already written by run %s (%s): nothing encoded", cbs.version, txn.version,
                  txn.app_id)
