@@ -586,6 +586,14 @@ def _explain(exc: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+def schema_defaults():
+    """The schema's defaults as the first layer, so that a layer above that sets one key of
+    a mapping (tuning.space.lr, say) keeps the default's other keys."""
+    sections = {name: f.get_default(call_default_factory=True) for name, f in Config.model_fields.items()
+                if not f.is_required() and name not in ("tuned", "conf_dir")}
+    return OmegaConf.create({k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in sections.items()})
+
+
 def is_dataset_file(dataset: str) -> bool:
     """--dataset is a YAML file (a local path or a URI) rather than a name in conf/datasets/."""
     return "/" in dataset or dataset.endswith((".yaml", ".yml"))
@@ -624,7 +632,8 @@ def load_config(
     None: with them unless the environment sets PSRQ_TUNED=0 (the test suite does)."""
     conf_dir = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
     data_layer, dataset = dataset_layer(conf_dir, dataset)
-    layers = [read_layer(conf_dir, "base", "base config"), read_layer(conf_dir, profile, "profile"), data_layer]
+    layers = [schema_defaults(), read_layer(conf_dir, "base", "base config"), read_layer(conf_dir, profile, "profile"),
+              data_layer]
     cli = _overrides(list(overrides))
     with_tuned = os.environ.get("PSRQ_TUNED", "1") != "0" if tuned is None else tuned
     explicit = {o.split("=", 1)[0].strip()[len("train."):] for o in overrides if o.strip().startswith("train.")}
