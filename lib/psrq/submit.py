@@ -57,6 +57,8 @@ def command(job: str, job_args: list[str], master: str, package: str, python: st
         cmd += ["--files", f"{gpu_discovery_script()}#{GPU_DISCOVERY}"]  # renamed in the executors' folder
     if python:  # the executors' (and in cluster deploy mode the driver's) interpreter
         settings["spark.pyspark.python"] = python
+    if deploy_mode != "cluster":  # client mode: the driver runs here, with the launching interpreter
+        settings["spark.pyspark.driver.python"] = os.environ.get("PYSPARK_DRIVER_PYTHON") or sys.executable
     if is_dataset_file(args.dataset) and "://" not in args.dataset:
         # your own dataset file travels with the job; a driver on the cluster reads its copy
         local = str(Path(args.dataset).expanduser().resolve())
