@@ -119,7 +119,7 @@ def change_items(items_path: Path, share: float) -> dict:
     t0 = time.perf_counter()
     dt.merge(source=source, predicate="t.item_id = s.item_id", source_alias="s", target_alias="t") \
         .when_matched_update_all().execute()
-    return {"changed_items": len(source), "seconds": round(time.perf_counter() - t0, 1)}
+    return {"changed_items": len(source), "catalogue_update_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def stage_rows(stage: str, doc: dict, counts: dict) -> int | None:

@@ -197,10 +197,11 @@ def test_a_conf_given_to_the_launcher_wins_over_the_profile(submit, tmp_path):
     logs.mkdir()
     submit("validate_inputs", f"storage.root=file://{tmp_path}/data", "storage.engine=delta-rs", *SMALL,
            expect=2, conf=("spark.sql.adaptive.enabled=false", "spark.eventLog.enabled=true",
-                           f"spark.eventLog.dir=file://{logs}", "spark.eventLog.compress=false"))
+                           f"spark.eventLog.dir=file://{logs}", "spark.eventLog.compress=false",
+                           "spark.eventLog.rolling.enabled=false"))
     props = {}
     for f in logs.rglob("*"):
-        for line in (f.read_text().splitlines() if f.is_file() else []):
+        for line in (f.read_text().splitlines() if f.is_file() and not f.name.startswith(".") else []):
             e = json.loads(line)
             if e.get("Event") == "SparkListenerEnvironmentUpdate":
                 props = e["Spark Properties"]

@@ -179,7 +179,7 @@ def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, request):
     spark.sparkContext.addPyFile(toy_ranker.__file__)
     cfg = trained.with_overrides({"train.model": "item_dot", "train.model_options": {"l2": 0.01}, "train.priors": False})
     man = SamplesManifest.read(cfg.samples.path)
-    assert model_args(cfg, man)["ranker"] == "toy_ranker:ItemDot"
+    assert model_args(cfg, man).ranker == "toy_ranker:ItemDot"
     train_stage(cfg, progress=False)
     weights = load_checkpoint(identity_and_folder(cfg, man)[1])["model"]
     assert set(weights) == {"item.weight", "bias.weight"}

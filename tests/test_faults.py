@@ -39,9 +39,12 @@ def snapshot(root: Path) -> dict:
     out = {}
     for dirpath, dirnames, files in os.walk(root):
         if "_delta_log" in dirnames:
-            out[os.path.relpath(dirpath, root)] = ("delta", DeltaTable(dirpath).version())
-            dirnames[:] = []  # the table's data files are covered by its version
-            continue
+            try:
+                out[os.path.relpath(dirpath, root)] = ("delta", DeltaTable(dirpath).version())
+                dirnames[:] = []  # the table's data files are covered by its version
+                continue
+            except Exception:  # noqa: BLE001 - a table whose log is damaged: its files, byte for byte
+                pass
         for f in files:
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
@@ -573,16 +576,36 @@ def test_a_file_size_limit_during_a_write_is_one_line_and_a_rerun_recovers(world
     assert list(tmp_path.rglob("result.json"))
 
 
-def _rank_processes(sid: int) -> dict[int, int]:
-    """Horovod rank -> PID of the rank processes running in a job's session."""
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every process below it, by parent PID (Horovod's middleman calls setsid,
+    so its ranks leave the job's session but not its process tree)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _rank_processes(root: int) -> dict[int, int]:
+    """Horovod rank -> PID of the Python process running it, below the job's process."""
     out = {}
-    for pid in _descendants_alive(sid):
+    for pid in _process_tree(root):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"horovod.spark.task.gloo_exec_fn" in cmd:
+        if b"horovod.spark.task.gloo_exec_fn" in argv and b"python" in Path(argv[0].decode()).name.encode():
             rank = next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"HOROVOD_RANK=")), None)
             if rank is not None:
                 out[rank] = pid
@@ -615,7 +638,7 @@ def test_one_horovod_rank_killed_fails_the_job_in_seconds_naming_the_rank(world,
         _, err = job.communicate(timeout=120)
         assert time.time() - killed_at < 60
     finally:
-        for pid in _descendants_alive(job.pid):
+        for pid in {*_descendants_alive(job.pid), *_process_tree(job.pid)}:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
