@@ -545,11 +545,14 @@ def test_a_table_folder_that_cannot_be_written_stops_the_job_before_any_work(wor
 def test_a_truncated_delta_log_entry_names_the_table_the_file_and_the_way_back(spark, world, capsys, tmp_path):
     root, args = world
     copies = copy_tables(root / "delta", root / "codebooks", tmp_path)
-    log = sorted((tmp_path / "delta" / "interactions" / "_delta_log").glob("*.json"))[-1]
+    logs = sorted((tmp_path / "delta" / "interactions" / "_delta_log").glob("*.json"))
+    log = logs[-1]
     log.write_bytes(log.read_bytes()[: len(log.read_bytes()) // 2])
     code, err = run_fault(capsys, tmp_path, "validate_inputs", [*args, *override_args(copies)])
     assert code == 2 and "Traceback" not in err and f"{tmp_path}/delta/interactions" in err
     assert f"{log} is not valid JSON" in err and "move it out of _delta_log" in err
+    way_back = f"go back to version {len(logs) - 2}" if len(logs) > 1 else "it has no earlier version"
+    assert way_back in err
     assert not re.search(r"^\s*\d+: ", err, re.M)  # no Rust backtrace frames
 
 

@@ -315,8 +315,10 @@ def _log_diagnosis(path: str) -> str:
                 json.loads(line)
     except ValueError:
         previous = int(commits[-1][:-5]) - 1
+        back = (f"to go back to version {previous}" if previous >= 0
+                else "and write the table again (it has no earlier version)")
         return (f". Its newest log entry {newest} is not valid JSON (a commit cut short): restore it from a copy, "
-                f"or move it out of _delta_log to go back to version {previous}" if previous >= 0 else ".")
+                f"or move it out of _delta_log {back}")
     except OSError:
         return ""
     return ""
