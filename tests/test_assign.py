@@ -65,6 +65,24 @@ def test_sample_is_seeded_and_partition_independent(spark, world):
     assert a == b and len(a) == 300
 
 
+def test_the_fit_sample_comes_to_the_driver_in_bounded_pieces_in_the_same_order(spark, world, monkeypatch):
+    """The sample reaches the driver as many small task results (a 1 GB driver heap ran out of
+    memory on two results of 200 MB each): the same ids and matrices, in the same order, as
+    when it comes whole."""
+    import psrq.quant.semantic_ids as si
+
+    cfg, _ = world
+    items = open_engine(spark, "delta-rs").read(cfg.table_path("items"))
+    mods = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
+    width = sum(m["dim"] for m in mods.values())
+    sample = si.sample_items(items.coalesce(1), cfg.codebooks, 400)
+    whole_ids, whole = si.sample_matrices(sample, mods, "items")
+    monkeypatch.setattr(si, "RESULT_PIECE_BYTES", 4096)
+    assert si.result_pieces(300, mods) == -(-300 * (16 + 4 * width) // 4096) > 5
+    ids, embs = si.sample_matrices(sample, mods, "items", expected_rows=300)
+    assert np.array_equal(ids, whole_ids) and all(np.array_equal(embs[m], whole[m]) for m in mods)
+
+
 def test_spark_assignment_equals_in_process_encoding(spark, world):
     cfg, _ = world
     res = assign(spark, cfg)

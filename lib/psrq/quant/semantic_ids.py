@@ -11,6 +11,8 @@ The settings are codebooks' settings (psrq.config.CodebooksConf), so the fit job
 facade fit the same codebooks from the same rows."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -54,12 +56,30 @@ def sample_items(items: DataFrame, cc: CodebooksConf, n_items: int) -> DataFrame
     return items.join(F.broadcast(ids), ITEM_ID, "inner")
 
 
-def sample_matrices(sample: DataFrame, modalities: dict, table: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+# The most one task's result may hold when the sample comes to the driver: Spark's driver
+# holds each task's result whole on its heap (the JVM's, 1 GB unless spark-submit sets
+# --driver-memory), and two results of 200 MB each ran it out of memory at 10^6 items
+RESULT_PIECE_BYTES = 32 * 2**20
+
+
+def result_pieces(rows: int, modalities: dict) -> int:
+    """Partitions that bring `rows` sample rows to the driver in pieces of at most
+    RESULT_PIECE_BYTES (float32 embeddings, the id and the hash)."""
+    row_bytes = 16 + 4 * sum(int(m["dim"]) for m in modalities.values())
+    return max(1, math.ceil(rows * row_bytes / RESULT_PIECE_BYTES))
+
+
+def sample_matrices(sample: DataFrame, modalities: dict, table: str,
+                    expected_rows: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Bring the sample to the driver as Arrow, in the order of its seeded hash (ORDER, when
     it has one: the same rows in the same order whatever the partitioning); refuse bad rows
-    with the items' error."""
+    with the items' error. expected_rows: about how many rows the sample holds; they then
+    arrive in pieces of bounded size (result_pieces), never as one task's result."""
     ordered = ORDER in sample.columns
-    arrow = sample.select(ITEM_ID, *[m["column"] for m in modalities.values()], *([ORDER] if ordered else [])).toArrow()
+    sample = sample.select(ITEM_ID, *[m["column"] for m in modalities.values()], *([ORDER] if ordered else []))
+    if expected_rows is not None:
+        sample = sample.repartition(result_pieces(expected_rows, modalities))
+    arrow = sample.toArrow()
     ids = np.asarray(arrow.column(ITEM_ID))
     # the rows by (hash, item): each matrix reordered as it is made, not the whole table at once
     rows = np.lexsort((ids, np.asarray(arrow.column(ORDER)))) if ordered else np.arange(len(ids))
@@ -77,7 +97,8 @@ def sample_matrices(sample: DataFrame, modalities: dict, table: str) -> tuple[np
 def fit_sample(items: DataFrame, cc: CodebooksConf, modalities: dict, n_items: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The fit sample on the driver (sample_items, then sample_matrices), refused when it
     holds fewer items than K."""
-    ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items")
+    rows = min(cc.sample_size, n_items) if cc.sample_fraction is None else math.ceil(cc.sample_fraction * n_items)
+    ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items", rows)
     if len(ids) < cc.k:
         raise QuantizerError(f"K={cc.k} is larger than the sample ({len(ids)} items of {n_items}): "
                              "lower codebooks.k or sample more")
