@@ -47,7 +47,7 @@ test-gpu: setup
 
 # Benchmarks write JSON under benchmarks/results/ (see benchmarks/README.md). About 45
 # minutes here at full size; BENCH=kmeans (or assign, assign_memory, training, scale,
-# evaluate, demo, gpu: on a GPU only) runs one.
+# evaluate, demo, cluster, pipeline: about 2 hours, gpu: on a GPU only) runs one.
 BENCH ?= kmeans assign assign_memory training scale evaluate demo
 bench: setup
 	@for b in $(BENCH); do echo "== benchmark $$b"; PYTHONPATH=benchmarks $(PY) benchmarks/bench_$$b.py $(ARGS) || exit 1; done

@@ -225,7 +225,7 @@ def sizing(runs: dict, order: list[str], target_events: float = 1e8) -> dict:
                    "task_peak_execution_mib": round(cost["spark"].get("task_peak_execution_memory_bytes", 0) / 2**20, 1),
                    "executor_peak_jvm_heap_mib": cost["spark"]["executor_peak_mib"].get("JVMHeapMemory"),
                    "shuffle_write_mib": round(cost["spark"].get("shuffle_write_bytes", 0) / 2**20, 1)}
-    return {"from": f"{sized[-2]}->{sized[-1]}", "target_events": target_events, "stages": out}
+    return {"from": f"{sized[-2]}->{sized[-1]}", "target_events": target_events, "events_at_largest": n_b, "stages": out}
 
 
 def gpu_figures() -> dict | None:

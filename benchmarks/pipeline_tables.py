@@ -55,10 +55,12 @@ def memory_table(runs: dict, size: str) -> str:
 
 def sizing_table(doc: dict) -> str:
     s = doc["sizing_1e8_events"]
+    events = s["events_at_largest"]
     rows = [[st, v["exponent"], f"{v['seconds_at_largest']:,.0f}", f"{v['projected_seconds_2_cores']:,.0f}",
+             f"{v['seconds_at_largest'] * s['target_events'] / events:,.0f}",
              _mib(v["driver_python_mib"]), _mib(v["task_peak_execution_mib"])] for st, v in s["stages"].items()]
-    return _table(["stage", f"exponent {s['from']}", "seconds at the largest size", "projected at 1e8 events, 2 cores",
-                   "driver Python MiB", "task peak exec MiB"], rows)
+    return _table(["stage", f"exponent {s['from']}", "seconds at the largest size", "at 1e8 events, 2 cores, by the exponent",
+                   "at 1e8 events, 2 cores, linear", "driver Python MiB", "task peak exec MiB"], rows)
 
 
 def main():
