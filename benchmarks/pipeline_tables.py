@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench_pipeline import SIZES
+
 RESULT = Path(__file__).resolve().parent / "results" / "pipeline_scale.json"
 
 
@@ -66,12 +68,12 @@ def sizing_table(doc: dict) -> str:
 def main():
     doc = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else RESULT).read_text())
     local, cluster = doc["local"], doc["cluster"]
-    sizes = [s for s in ("demo", "1e5", "1e6", "1e7") if s in local]
+    sizes = [s for s in SIZES if s in local]
     print("## local[2]: seconds per job\n\n" + seconds_table(local, sizes))
     print("\n## growth exponents\n\n" + exponent_table(doc))
     print(f"\n## memory and Spark at {sizes[-1]}\n\n" + memory_table(local, sizes[-1]))
     if cluster:
-        cs = [s for s in ("demo", "1e5", "1e6", "1e7") if s in cluster]
+        cs = [s for s in SIZES if s in cluster]
         print("\n## standalone cluster: seconds per job\n\n" + seconds_table(cluster, cs))
     if doc.get("sizing_1e8_events"):
         print("\n## projected to 1e8 events\n\n" + sizing_table(doc))

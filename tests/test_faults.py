@@ -608,7 +608,7 @@ def _rank_processes(root: int) -> dict[int, int]:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"horovod.spark.task.gloo_exec_fn" in argv and b"python" in Path(argv[0].decode()).name.encode():
+        if b"horovod.spark.task.gloo_exec_fn" in argv and b"python" in os.path.basename(argv[0]):
             rank = next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"HOROVOD_RANK=")), None)
             if rank is not None:
                 out[rank] = pid

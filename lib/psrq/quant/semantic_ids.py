@@ -41,6 +41,13 @@ def quant_spec(cc: CodebooksConf, method: str | None = None) -> QuantSpec:
 ORDER = "_h"  # the sample's seeded hash: the rows' order on the driver
 
 
+def sample_rows(cc: CodebooksConf, n_items: int) -> int:
+    """How many items the fit sample holds (about, with sample_fraction)."""
+    if cc.sample_fraction is not None:
+        return math.ceil(cc.sample_fraction * n_items)
+    return min(cc.sample_size, n_items)
+
+
 def sample_items(items: DataFrame, cc: CodebooksConf, n_items: int) -> DataFrame:
     """A seeded sample that does not depend on partitioning: rows ranked by a hash of
     (seed, item_id) (kept as ORDER, for sample_matrices to order them by); a hash threshold
@@ -50,7 +57,7 @@ def sample_items(items: DataFrame, cc: CodebooksConf, n_items: int) -> DataFrame
     h = F.xxhash64(F.lit(cc.seed), F.col(ITEM_ID)).bitwiseAND(F.lit(0x7FFFFFFF).cast("long")) / F.lit(float(0x80000000))
     if cc.sample_fraction is not None:
         return items.withColumn(ORDER, h).filter(F.col(ORDER) < cc.sample_fraction)
-    want = min(cc.sample_size, n_items)
+    want = sample_rows(cc, n_items)
     frac = min(1.0, 1.2 * want / max(n_items, 1) + 1e-3)
     ids = items.select(ITEM_ID, h.alias(ORDER)).filter(F.col(ORDER) < frac).orderBy(ORDER, ITEM_ID).limit(want)
     return items.join(F.broadcast(ids), ITEM_ID, "inner")
@@ -97,8 +104,7 @@ def sample_matrices(sample: DataFrame, modalities: dict, table: str,
 def fit_sample(items: DataFrame, cc: CodebooksConf, modalities: dict, n_items: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The fit sample on the driver (sample_items, then sample_matrices), refused when it
     holds fewer items than K."""
-    rows = min(cc.sample_size, n_items) if cc.sample_fraction is None else math.ceil(cc.sample_fraction * n_items)
-    ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items", rows)
+    ids, embs = sample_matrices(sample_items(items, cc, n_items), modalities, "items", sample_rows(cc, n_items))
     if len(ids) < cc.k:
         raise QuantizerError(f"K={cc.k} is larger than the sample ({len(ids)} items of {n_items}): "
                              "lower codebooks.k or sample more")
