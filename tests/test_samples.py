@@ -1,7 +1,9 @@
 """Training samples: history sequences by hand, and the Spark job end to end (no leakage)."""
 import json
 import os
+import shutil
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -9,9 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from psrq.errors import StorageError
+from psrq.errors import ArtifactError, StorageError
+from psrq.quant.artifact import MANIFEST, SELF, manifest_checksum
 from psrq.samples.build import build_samples, split_cutoffs
-from psrq.samples.layout import event_histories, fixed_lists, user_samples
+from psrq.samples.layout import event_histories, fixed_lists, row_bytes, user_samples
 from psrq.storage import open_engine
 
 from conftest import copy_pipeline
@@ -27,6 +30,30 @@ def test_event_histories_by_hand():
     assert idx.tolist() == [[-1, -1], [0, -1], [0, -1], [0, 1], [1, 3], [1, 3]]
     none, zero = event_histories(ts, np.zeros(6, dtype=int), 3)
     assert (none == -1).all() and zero.tolist() == [0] * 6
+
+
+def test_row_bytes_is_the_width_of_real_sample_rows():
+    """The row-group size comes from the layout, not from a pass over the data: the width
+    row_bytes gives is what Arrow holds for real sample rows of that schema."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from psrq.schemas import samples_schema
+
+    rng = np.random.default_rng(0)
+    m, n, layers = 4096, 5, 3
+    events = pa.table({
+        "user_id": np.repeat(np.arange(64), m // 64), "item_id": rng.integers(0, 500, m),
+        "label": rng.integers(0, 2, m).astype(np.int32),
+        "ts": pa.array(rng.integers(0, 10**12, m), type=pa.timestamp("us", tz="UTC")),
+        "item_idx": rng.integers(2, 500, m).astype(np.int32), "is_cold": np.zeros(m, np.int32),
+        **{f"{s}_codes": pa.array(rng.integers(0, 255, (m, layers)).tolist(), type=pa.list_(pa.int16())) for s in ("a", "b")},
+        "content_idx": rng.integers(1, 500, m).astype(np.int32),
+    })
+    got = user_samples(events, ["a", "b"], layers, n, 10**11, 10**12 // 2, "v0012").drop(["split"])
+    schema = to_arrow_schema(samples_schema(["a", "b"], True), timestamp_utc=True)
+    schema = schema.remove(schema.get_field_index("split"))
+    real = got.select(schema.names).cast(schema).combine_chunks().nbytes / m
+    assert row_bytes(schema, n, layers, "v0012") == pytest.approx(real, rel=0.005)  # validity bits aside
 
 
 def test_user_samples_by_hand():
@@ -123,10 +150,21 @@ def test_samples_are_petastorm_readable(small_pipeline):
 
 def test_samples_take_the_codebook_version_in_use(spark, small_pipeline):
     """semantic_ids may hold several versions: samples read only the one in use (set, or
-    marked current); a version without rows is a clear error, nothing is written."""
+    marked current); a codebook without rows (fitted, never assigned) or without a folder is
+    a clear error, nothing is written."""
     cfg, info = small_pipeline
     assert info["codebook_version"] == "v0001"
-    with pytest.raises(StorageError, match="semantic_ids holds no rows of codebook v0099 \\(it holds \\['v0001'\\]\\)"):
+    root = Path(cfg.codebooks_root())
+    shutil.copytree(root / "v0001", root / "v0002")  # a second fit, not assigned
+    manifest = json.loads((root / "v0002" / MANIFEST).read_text()) | {"version": "v0002"}
+    manifest["checksums"][SELF] = manifest_checksum(manifest)
+    (root / "v0002" / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        with pytest.raises(StorageError, match="semantic_ids holds no rows of codebook v0002 \\(it holds \\['v0001'\\]\\)"):
+            build_samples(spark, cfg.with_overrides({"codebooks.version": "v0002"}))
+    finally:
+        shutil.rmtree(root / "v0002")
+    with pytest.raises(ArtifactError, match="codebook version 'v0099' not found .* \\(available: v0001\\)"):
         build_samples(spark, cfg.with_overrides({"codebooks.version": "v0099"}))
 
 
@@ -382,3 +420,24 @@ def test_content_rows_are_read_from_arrows_buffers():
     assert np.array_equal(fixed_width_rows(col, 4), x)
     with pytest.raises(ValueError, match="rows of 3 floats"):
         fixed_width_rows(col, 3)
+
+
+def test_side_jobs_are_cancelled_when_the_caller_fails(spark):
+    """build_samples writes its splits as side jobs: when the caller fails, a side job still
+    running is cancelled (its job group), not waited for, and the caller's error is raised."""
+    import time
+
+    from psrq.spark import side_jobs
+
+    def slow():  # two tasks of a minute each
+        return spark.sparkContext.parallelize(range(2), 2).map(lambda x: time.sleep(60) or x).collect()
+
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        with side_jobs(spark, "test-side") as submit:
+            job = submit(slow)
+            time.sleep(3)  # the job runs
+            raise RuntimeError("the caller failed")
+    assert time.monotonic() - t < 40
+    assert isinstance(job.exception(), Exception) and "cancel" in str(job.exception()).lower()
+    assert spark.sparkContext.parallelize(range(4), 2).sum() == 6  # the session goes on

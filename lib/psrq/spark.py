@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
@@ -136,3 +139,25 @@ def build_spark(cfg: SparkConf, app_name: str | None = None, storage: dict[str, 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+@contextmanager
+def side_jobs(spark: SparkSession, name: str, threads: int = 3) -> Iterator[Callable[..., Future]]:
+    """Spark work beside the caller's: yields submit(fn, *args) -> Future. Spark runs the jobs
+    of several driver threads at once, so small jobs fill the cores a big one leaves idle and
+    driver-side work overlaps the executors'. If the caller fails, the side jobs are cancelled
+    (their job group), not waited for to the end."""
+    sc = spark.sparkContext
+    group = f"{name}-{uuid.uuid4().hex[:8]}"
+
+    def grouped(fn: Callable, *args):
+        sc.setJobGroup(group, name)  # this thread's jobs (PySpark pins a JVM thread to it)
+        return fn(*args)
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) as pool:
+        try:
+            yield lambda fn, *args: pool.submit(grouped, fn, *args)
+        except BaseException:
+            sc.cancelJobGroup(group)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

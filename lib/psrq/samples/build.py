@@ -25,9 +25,10 @@ from psrq.data.validation import check_interactions
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.quant.artifact import read_manifest
 from psrq.samples.content import CONTENT_FILE, write_content
-from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, sorted_samples, stream_samples
+from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, row_bytes, sorted_samples, stream_samples
 from psrq.samples.layout import ORDER as HISTORY_ORDER
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
+from psrq.spark import side_jobs
 from psrq.storage import AppTxn, fs, open_engine
 
 log = logging.getLogger(__name__)
@@ -100,16 +101,6 @@ def in_seeded_order(df: DataFrame, seed: int, files: int) -> DataFrame:
             .sortWithinPartitions(*SEEDED_ORDER).drop(ORDER))
 
 
-def arrow_row_bytes(df: DataFrame, seed: int, probe_rows: int = 2048) -> float:
-    """Uncompressed bytes per row, measured on a few rows (the samples' widths are fixed):
-    the first of the seeded order, the same whatever the partitioning (Arrow's validity
-    buffers follow the rows probed, and the row-group size that follows must not move)."""
-    # in one chunk: Arrow's buffers per chunk would make the figure follow the Arrow batch size
-    t = df.withColumn(ORDER, seeded_key(seed)).orderBy(*SEEDED_ORDER).limit(probe_rows).drop(ORDER).toArrow()
-    t = t.combine_chunks()
-    return t.nbytes / max(t.num_rows, 1)
-
-
 def row_group_bytes(rows: int, row_bytes: float, row_group_mb: int, min_row_groups: int) -> int:
     """Parquet row-group size: row_group_mb, smaller when the split would otherwise have
     fewer than min_row_groups groups (each training process reads whole row groups)."""
@@ -146,13 +137,18 @@ def build_vocabulary(train: DataFrame) -> DataFrame:
 
 def semantic_codes(sid: DataFrame, version: str) -> tuple[DataFrame, list[str]]:
     """The codes of one codebook version (semantic_ids may hold several side by side)."""
-    rows = sid.filter(F.col("codebook_version") == version)
-    if rows.isEmpty():
-        held = [r[0] for r in sid.select("codebook_version").distinct().limit(5).collect()]
-        raise StorageError(f"semantic_ids holds no rows of codebook {version} (it holds {held or 'none'}): "
-                           f"run jobs/assign_ids.py codebooks.version={version}")
     spaces = [c[: -len("_codes")] for c in sid.columns if c.endswith("_codes")]
+    rows = sid.filter(F.col("codebook_version") == version)
     return rows.select(ITEM_ID, *[f"{s}_codes" for s in spaces]), spaces
+
+
+def no_codes_error(sid: DataFrame, version: str) -> StorageError | None:
+    """The error for a semantic_ids table with no rows of `version` (None if it has some)."""
+    if not sid.filter(F.col("codebook_version") == version).isEmpty():
+        return None
+    held = [r[0] for r in sid.select("codebook_version").distinct().limit(5).collect()]
+    return StorageError(f"semantic_ids holds no rows of codebook {version} (it holds {held or 'none'}): "
+                        f"run jobs/assign_ids.py codebooks.version={version}")
 
 
 @dataclass(frozen=True)
@@ -167,6 +163,7 @@ class Sources:
     k: int
     layers: int
     versions: dict
+    semantic_ids: DataFrame  # the whole table (its other versions name what it holds)
 
 
 @dataclass(frozen=True)
@@ -181,11 +178,13 @@ class Split:
 
 
 def build_samples(spark: SparkSession, cfg: Config) -> dict:
-    """The steps, in order: sources, split, vocabulary, events, histories, write, manifest."""
+    """The steps, in order: sources, split, vocabulary, events, histories, write, content
+    features, manifest."""
     engine = open_engine(spark, cfg.storage.engine)
     src = read_sources(engine, cfg)
     require_codes(src)
     split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events))
+    rows = split_rows(src.interactions, split)
     vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
     vocab_path = cfg.table_path("item_vocab")
     cat = None
@@ -196,7 +195,7 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     events = sample_events(engine, cfg, src, split, vocab, cat)
     samples = histories(spark, cfg, src, split, events).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        splits = write_splits(cfg, samples)
+        splits = write_splits(spark, cfg, src, samples, rows)
     finally:
         samples.unpersist()
     info: dict = {
@@ -221,15 +220,26 @@ def build_samples(spark: SparkSession, cfg: Config) -> dict:
     return {**info, "path": base, "splits": {s: {**o, "path": fs.join(base, o["path"])} for s, o in splits.items()}}
 
 
+def split_rows(interactions: DataFrame, split: Split) -> dict[str, int]:
+    """Rows of each split: one sample per event, so counted on the events (one aggregate)
+    rather than on the samples."""
+    us = F.unix_micros("ts")
+    ranges = {"train": us < split.valid_from, "valid": (us >= split.valid_from) & (us < split.test_from),
+              "test": us >= split.test_from}
+    r = interactions.agg(*[F.count(F.when(c, 1)).alias(s) for s, c in ranges.items()]).collect()[0]
+    return {s: int(r[s]) for s in SPLITS}
+
+
 def read_sources(engine, cfg: Config) -> Sources:
     inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
     versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
     interactions, n_events = check_interactions(engine.read(inter_path), window=cfg.validation.window())
     cb_version = version_in_use(engine, cfg)
-    codes, spaces = semantic_codes(engine.read(sid_path), cb_version)
+    sid = engine.read(sid_path)
+    codes, spaces = semantic_codes(sid, cb_version)
     manifest = read_manifest(cfg.codebooks_root(), cb_version)
     layers = 1 if manifest["method"] == "vq" else manifest["spec"]["layers"]
-    return Sources(interactions, n_events, cb_version, codes, spaces, manifest["spec"]["k"], layers, versions)
+    return Sources(interactions, n_events, cb_version, codes, spaces, manifest["spec"]["k"], layers, versions, sid)
 
 
 def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[DataFrame, int]:
@@ -264,10 +274,13 @@ def sample_events(engine, cfg: Config, src: Sources, split: Split, vocab: DataFr
 
 def require_codes(src: Sources) -> None:
     """Every event's item has codes of the codebook in use, checked before anything is
-    written (one anti-join of the interactions with the codes)."""
+    written (one anti-join of the interactions with the codes; when some are missing, a
+    table without that codebook at all is named as such)."""
     missing = src.interactions.select(ITEM_ID).join(src.codes.select(ITEM_ID), ITEM_ID, "left_anti")
     r = missing.agg(F.count(F.lit(1)).alias("n"), F.slice(F.sort_array(F.collect_set(ITEM_ID)), 1, 5).alias("ex")).collect()[0]
     if r["n"]:
+        if (err := no_codes_error(src.semantic_ids, src.codebook_version)) is not None:
+            raise err
         raise InputValidationError("interactions", [Problem(ITEM_ID, f"point at items without semantic IDs of codebook "
                                                              f"{src.codebook_version} (run jobs/reindex_catalog.py or "
                                                              "assign_ids.py); nothing was written", r["n"], r["ex"])])
@@ -293,22 +306,29 @@ def histories(spark: SparkSession, cfg: Config, src: Sources, split: Split, even
     return events.repartition(parts, "user_id").sortWithinPartitions(*HISTORY_ORDER).mapInArrow(task, schema)
 
 
-def write_splits(cfg: Config, samples: DataFrame) -> dict:
-    """Each split as Parquet in a seeded random order, row groups sized by bytes, files by
-    their number of row groups."""
+def write_splits(spark: SparkSession, cfg: Config, src: Sources, samples: DataFrame, rows: dict[str, int]) -> dict:
+    """Each split as Parquet in a seeded random order, row groups sized by bytes (from the
+    layout), files by their number of row groups; the three writes run at once."""
     sc = cfg.samples
-    counts_by_split = {r["split"]: r["count"] for r in samples.groupBy("split").count().collect()}
-    row_bytes = arrow_row_bytes(samples.drop("split"), sc.order_seed)
+    columns = samples.drop("split")
+    width = row_bytes(to_arrow_schema(columns.schema, timestamp_utc=True), sc.history_len, src.layers,
+                      src.codebook_version)
     out = {}
     for split in SPLITS:
-        path = fs.join(cfg.samples_root(), split)
-        rows = counts_by_split.get(split, 0)
-        block = row_group_bytes(rows, row_bytes, sc.row_group_mb, sc.min_row_groups)
-        files = file_count(rows, row_bytes, block)
-        (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), sc.order_seed, files)
-         .write.mode("overwrite").option("parquet.block.size", block)
-         .option("maxRecordsPerFile", 0)  # one file per partition, whatever spark.sql.files.maxRecordsPerFile says
-         .parquet(fs.spark_uri(path)))
+        block = row_group_bytes(rows[split], width, sc.row_group_mb, sc.min_row_groups)
         # relative to the manifest's folder: a copied or moved samples folder reads its own files
-        out[split] = {"path": split, "rows": rows, "row_group_bytes": block, "files": files}
+        out[split] = {"path": split, "rows": rows[split], "row_group_bytes": block,
+                      "files": file_count(rows[split], width, block)}
+    with side_jobs(spark, "psrq-samples-write") as submit:
+        writes = [submit(_write_split, samples, split, fs.join(cfg.samples_root(), split), out[split], sc.order_seed)
+                  for split in SPLITS]
+        for w in writes:
+            w.result()
     return out
+
+
+def _write_split(samples: DataFrame, split: str, path: str, layout: dict, seed: int) -> None:
+    (in_seeded_order(samples.filter(F.col("split") == split).drop("split"), seed, layout["files"])
+     .write.mode("overwrite").option("parquet.block.size", layout["row_group_bytes"])
+     .option("maxRecordsPerFile", 0)  # one file per partition, whatever spark.sql.files.maxRecordsPerFile says
+     .parquet(fs.spark_uri(path)))

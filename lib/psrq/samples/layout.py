@@ -50,6 +50,25 @@ def split_of(ts: np.ndarray, valid_from: int, test_from: int) -> np.ndarray:
     return np.where(ts >= test_from, "test", np.where(ts >= valid_from, "valid", "train"))
 
 
+def row_bytes(schema: pa.Schema, n: int, layers: int, codebook_version: str) -> float:
+    """Uncompressed Arrow bytes of one sample row, from the layout alone (no pass over the
+    data): every list has a fixed length (a target's codes: `layers`; a history: n entries,
+    of `layers` codes each for code lists) and a 4-byte offset, the one string is the
+    codebook version, and a nullable column adds its validity bit."""
+    total = 0.0
+    for f in schema:
+        t = f.type
+        if pa.types.is_list(t):
+            length = (n if f.name.startswith("hist_") else 1) * (layers if f.name.endswith("_codes") else 1)
+            total += 4 + length * t.value_type.bit_width / 8
+        elif pa.types.is_string(t):
+            total += 4 + len(codebook_version.encode())
+        else:
+            total += t.bit_width / 8
+        total += f.nullable / 8
+    return total
+
+
 def fixed_lists(values: np.ndarray, dtype) -> pa.Array:
     """A (rows, width) matrix as a list column of `width` values per row (the samples' lists)."""
     m, width = values.shape
