@@ -21,9 +21,11 @@ log(time ratio) / log(size ratio).
 
 Writes benchmarks/results/pipeline_scale.json and pipeline_scale.png (seconds against events,
 log-log, one line per stage). A size that finished is kept in the work folder's progress file
-and not run again by --resume.
+and not run again by --resume; --update keeps the committed JSON's other sizes and measures
+only the ones named. Each size records the commit it measured.
 
     PYTHONPATH=benchmarks .venv/bin/python benchmarks/bench_pipeline.py [--sizes demo 1e5 1e6 1e7] [--cluster demo 1e6]
+    PYTHONPATH=benchmarks .venv/bin/python benchmarks/bench_pipeline.py --update --sizes demo --cluster demo 1e6
 """
 from __future__ import annotations
 
@@ -175,7 +177,16 @@ def run_size(name: str, mode: str, work: Path, env: dict, submit: list[str] | No
         print(f"  {mode} {name} {stage}: {cost['seconds']}s (stage {cost['stage_seconds']}s), "
               f"{entry['spark'].get('jobs', 0)} Spark jobs, driver {cost['memory']['driver_python_mib']} MiB", flush=True)
     shutil.rmtree(data, ignore_errors=True)  # 10^7 events are ~20 GB on disk
-    return {"counts": counts, "stages": stages, "total_seconds": round(sum(s["seconds"] for s in stages.values()), 1)}
+    return {"code": code_commit(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "counts": counts, "stages": stages, "total_seconds": round(sum(s["seconds"] for s in stages.values()), 1)}
+
+
+def code_commit() -> str:
+    """The commit measured (with '+changes' when the tree differs from it)."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return rev + ("+changes" if dirty else "")
 
 
 def training_split(doc: dict) -> dict:
@@ -267,18 +278,23 @@ def plot(local: dict, path: Path) -> None:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--sizes", nargs="+", default=["demo", "1e5", "1e6", "1e7"], choices=list(SIZES))
+    p.add_argument("--sizes", nargs="*", default=["demo", "1e5", "1e6", "1e7"], choices=list(SIZES))
     p.add_argument("--cluster", nargs="*", default=["demo", "1e6"], choices=list(SIZES))
     p.add_argument("--work", default="benchmarks/.work/pipeline")
     p.add_argument("--resume", action="store_true", help="keep the sizes already measured in the work folder")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other sizes of the committed results JSON; measure only --sizes and --cluster again")
     a = p.parse_args()
     work = (ROOT / a.work).resolve()
     progress = work / "progress.json"
     if not a.resume:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    done = json.loads(progress.read_text().replace('"other_python_mib"', '"python_workers_mib"')) \
-        if progress.exists() else {"local": {}, "cluster": {}}
+    done = json.loads(progress.read_text()) if progress.exists() else {"local": {}, "cluster": {}}
+    if a.update and not progress.exists():
+        kept = json.loads((ROOT / "benchmarks" / "results" / "pipeline_scale.json").read_text())
+        done = {mode: {s: r for s, r in kept[mode].items() if s not in again}
+                for mode, again in (("local", a.sizes), ("cluster", a.cluster))}
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(ROOT / "lib"),
            "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.pop("PYSPARK_PYTHON", None)
