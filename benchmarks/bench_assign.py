@@ -15,12 +15,13 @@ from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
 from psrq.config import load_config
 from psrq.data.synthetic_spark import synthetic_frames
-from psrq.quant.artifact import load_artifact
+from psrq.quant.artifact import CodebookStore
 from psrq.quant.spark_encode import encode_batch, encode_items
 from psrq.spark import build_spark
 from psrq.storage import open_engine
 
 from common import write_result
+from psrq.job import JobContext
 
 
 def main():
@@ -49,9 +50,9 @@ def main():
         timings["generate_items_seconds"] = round(time.perf_counter() - t, 1)
         print(f"generated {a.items:,} items in {timings['generate_items_seconds']}s", flush=True)
     t = time.perf_counter()
-    fit_stage(spark, cfg)
+    fit_stage(JobContext.of(spark, cfg))
     timings["fit_seconds"] = round(time.perf_counter() - t, 1)
-    cbs, _ = load_artifact(cfg.codebooks_root(), method="psrq")
+    cbs, _ = CodebookStore(cfg.codebooks_root()).load(method="psrq")
 
     # Spark, encode pass only (no write): the executors' share of the work
     t = time.perf_counter()
@@ -59,7 +60,7 @@ def main():
     spark_encode_s = time.perf_counter() - t
     # Spark end to end: read Delta, encode, dedup, sort, write and commit Delta
     t = time.perf_counter()
-    res = assign(spark, cfg)
+    res = assign(JobContext.of(spark, cfg))
     spark_e2e_s = time.perf_counter() - t
     assert res["items"] == a.items and not res["skipped"]
     print(f"spark: encode {n / spark_encode_s:,.0f} items/s, end to end {a.items / spark_e2e_s:,.0f} items/s", flush=True)

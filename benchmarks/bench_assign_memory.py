@@ -13,6 +13,7 @@ import sys
 import time
 
 from common import PeakMemory, write_result
+from psrq.job import JobContext
 
 
 def _overrides(work: str, dim: int) -> list[str]:
@@ -33,7 +34,7 @@ def prepare(work: str, dim: int) -> None:
     spark = build_spark(cfg.spark)
     engine = open_engine(spark, cfg.storage.engine)
     engine.write(synthetic_frames(spark, cfg)["items"], cfg.table_path("items"), "overwrite")
-    fit_stage(spark, cfg)
+    fit_stage(JobContext.of(spark, cfg))
     spark.stop()
 
 
@@ -41,7 +42,7 @@ def one(n: int, work: str, dim: int) -> dict:
     from psrq.catalog.assign import assign_full
     from psrq.config import load_config
     from psrq.data.synthetic_spark import synthetic_frames
-    from psrq.quant.artifact import load_artifact
+    from psrq.quant.artifact import CodebookStore
     from psrq.spark import build_spark
     from psrq.storage import open_engine
 
@@ -51,7 +52,7 @@ def one(n: int, work: str, dim: int) -> dict:
         big = load_config("local", "synthetic_1m", over + [f"synthetic.n_items={n}", f"run.run_id={int(time.time())}"])
         items = synthetic_frames(spark, big)["items"]
         t = time.perf_counter()
-        cbs, _ = load_artifact(big.codebooks_root(), big.codebooks.version, big.codebooks.method)
+        cbs, _ = CodebookStore(big.codebooks_root()).load(big.codebooks.version, big.codebooks.method)
         res = assign_full(spark, big, open_engine(spark, big.storage.engine), items, cbs)
         secs = time.perf_counter() - t
     spark.stop()

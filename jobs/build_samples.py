@@ -12,7 +12,7 @@ from psrq.samples.build import build_samples
 
 
 def stage(job: JobContext):
-    info = build_samples(job.spark, job.cfg)
+    info = build_samples(job)
     rows = ", ".join(f"{s} {o['rows']:,}" for s, o in info["splits"].items())
     print(f"samples with codebook {info['codebook_version']} (history {info['history_len']}, "
           f"vocabulary {info['vocab_size']:,}): {rows} -> {job.cfg.samples_root()}", flush=True)

@@ -10,6 +10,7 @@ ID-only DIN baseline (demo.baseline; null: none), evaluate both on the test spli
 """
 import sys
 import time
+from dataclasses import replace
 
 from psrq.catalog.assign import assign
 from psrq.catalog.fit import fit_stage
@@ -29,7 +30,8 @@ from psrq.training.stage import check_launchable, train_stage
 
 
 def stage(job: JobContext):
-    spark, cfg = job.spark, job.cfg  # every step below runs with both
+    spark, cfg = job.spark, job.cfg
+    quiet = replace(job, progress=False)  # the demo prints its own lines while it trains
     check_launchable(cfg, spark)  # a backend this application cannot run: refused before the first stage
     timings = {}
 
@@ -41,15 +43,15 @@ def stage(job: JobContext):
         print(f"[demo] {name}: {timings[name]}s", flush=True)
         return out
 
-    generated = step("generate", lambda: generate(spark, cfg))
-    validated = step("validate", lambda: validate_inputs(spark, cfg))
+    generated = step("generate", lambda: generate(job))
+    validated = step("validate", lambda: validate_inputs(job))
     print("\n" + format_generation(generated, validated) + "\n", flush=True)
-    fitted = {cfg.codebooks.method: step(f"fit {cfg.codebooks.method}", lambda: fit_stage(spark, cfg))}
-    assigned = step("assign", lambda: assign(spark, cfg))
-    night = step("reindex", lambda: reindex(spark, cfg))  # run.run_id is the night
+    fitted = {cfg.codebooks.method: step(f"fit {cfg.codebooks.method}", lambda: fit_stage(job))}
+    assigned = step("assign", lambda: assign(job))
+    night = step("reindex", lambda: reindex(job))  # run.run_id is the night
     for method in cfg.codebooks.compare:
         if method not in fitted:
-            fitted[method] = step(f"fit {method}", lambda m=method: fit_stage(spark, cfg, m))
+            fitted[method] = step(f"fit {method}", lambda m=method: fit_stage(job, m))
     print(f"\nsemantic_ids: version {assigned['version']}, {assigned['items']:,} items, "
           f"codebook {assigned['codebook_version']} ({cfg.codebooks.method}, K={cfg.codebooks.k}, L={cfg.codebooks.layers})")
     print(format_night(night))
@@ -60,22 +62,22 @@ def stage(job: JobContext):
         print("\n" + format_side_by_side(diags, space), flush=True)
     print(f"\ncode distribution plots: {cfg.codebooks_root()}/<version>/code_distributions.png "
           f"({', '.join(f['version'] for f in fitted.values())})")
-    samples = step("build samples", lambda: build_samples(spark, cfg))
+    samples = step("build samples", lambda: build_samples(job))
     print("training samples: " + ", ".join(f"{s} {o['rows']:,}" for s, o in samples["splits"].items())
           + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples_root()}")
-    trained = step(f"train {cfg.train.model}", lambda: train_stage(cfg, spark, progress=False))
+    trained = step(f"train {cfg.train.model}", lambda: train_stage(quiet))
     v = trained["valid"]
     print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, "
           f"{trained['status']}, "
           f"{trained['samples_per_second']:,.0f} samples/s): train loss {format_metric(trained['train_loss'])}, "
           f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f} "
           f"(best of {len(trained['curve'])} validation(s), at step {trained['best_step']})")
-    evaluated = {cfg.train.model: step(f"evaluate {cfg.train.model}", lambda: evaluate_stage(spark, cfg))}
+    evaluated = {cfg.train.model: step(f"evaluate {cfg.train.model}", lambda: evaluate_stage(job))}
     if cfg.demo.baseline and cfg.demo.baseline != cfg.train.model:
         baseline = cfg.for_model(cfg.demo.baseline)  # with its own tuned settings (conf/tuned)
-        step(f"train {baseline.train.model} (baseline)", lambda: train_stage(baseline, spark, progress=False))
-        evaluated[baseline.train.model] = step(f"evaluate {baseline.train.model}", lambda: evaluate_stage(spark, baseline))
-    floors = step("floors", lambda: floors_stage(spark, cfg)) if cfg.evaluate.floors else {}
+        step(f"train {baseline.train.model} (baseline)", lambda: train_stage(quiet.with_cfg(baseline)))
+        evaluated[baseline.train.model] = step(f"evaluate {baseline.train.model}", lambda: evaluate_stage(job.with_cfg(baseline)))
+    floors = step("floors", lambda: floors_stage(job)) if cfg.evaluate.floors else {}
     print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values()))['metrics']['rows']:,} predictions "
           f"(metrics recorded in {cfg.table_path('eval_metrics')}):")
     print(f"{'model':<22}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}{'Calib.':>8}")

@@ -17,7 +17,7 @@ from psrq.job import JobContext
 
 
 def stage(job: JobContext):
-    res = evaluate_stage(job.spark, job.cfg)
+    res = evaluate_stage(job)
     m = res["metrics"]
     print(f"{res['model']} (seed {res['seed']}, step {res['checkpoint_step']}) on {res['split']}: evaluation {res['eval_id']} "
           f"{res['status']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
@@ -25,7 +25,7 @@ def stage(job: JobContext):
           f"GAUC {format_metric(m.get('gauc'))}; "
           f"predictions in {res['predictions']}", flush=True)
     if job.cfg.evaluate.floors:
-        res["floors"] = floors_stage(job.spark, job.cfg)
+        res["floors"] = floors_stage(job)
         best = max(res["floors"].values(), key=lambda f: f["auc"])
         for name, f in res["floors"].items():
             print(f"  floor {name:<16} AUC {f['auc']:.4f}, cold AUC {format_metric(f['cold_auc'])}, "

@@ -13,7 +13,7 @@ from psrq.quant.diagnostics import format_side_by_side
 
 
 def stage(job: JobContext):
-    manifest = fit_stage(job.spark, job.cfg)
+    manifest = fit_stage(job)
     print(f"codebook {manifest['version']} ({manifest['method']}, K={job.cfg.codebooks.k}) "
           f"fitted on {manifest['sample']['size']:,} items in {manifest['fit_seconds']}s", flush=True)
     for space in manifest["diagnostics"]:

@@ -13,8 +13,8 @@ from psrq.job import JobContext
 
 
 def stage(job: JobContext):
-    generated = generate(job.spark, job.cfg)
-    validated = validate_inputs(job.spark, job.cfg)
+    generated = generate(job)
+    validated = validate_inputs(job)
     print(format_generation(generated, validated), flush=True)
     return {"generated": generated, "validated": validated}
 

@@ -12,7 +12,7 @@ from psrq.job import JobContext
 
 
 def stage(job: JobContext):
-    res = reindex(job.spark, job.cfg)
+    res = reindex(job)
     print(format_night(res), flush=True)
     return res
 

@@ -18,9 +18,9 @@ def stage(job: JobContext):
     exps = [load_experiment(n) for n in job.cfg.experiments.names]  # all found before anything runs
     reports = []
     for exp in exps:
-        run_experiment(job.spark, job.cfg, exp, job.cfg.experiments.seeds, progress=lambda s: print(s, flush=True))
+        run_experiment(job, exp, job.cfg.experiments.seeds, progress=lambda s: print(s, flush=True))
         dcfg = dataset_config(job.cfg)
-        path = write_report(read_results(job.spark, dcfg), exp, job.cfg.dataset.name, dcfg.codebooks_root(),
+        path = write_report(read_results(job.with_cfg(dcfg)), exp, job.cfg.dataset.name, dcfg.codebooks_root(),
                             job.cfg.experiments.reports)
         print(f"report: {path}", flush=True)
         print(path.read_text().split("\n\n")[2], flush=True)  # the table

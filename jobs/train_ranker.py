@@ -15,7 +15,7 @@ from psrq.training.stage import train_stage
 
 
 def stage(job: JobContext):
-    res = train_stage(job.cfg, job.spark, progress=job.progress)
+    res = train_stage(job)
     v = res["valid"]
     print(f"{res['model']} run {res['identity']} {res['status']} ({res['backend']}, {res['processes']} process(es)): "
           f"{res['steps']} steps ({res['steps_this_run']} this run), {res['samples_per_second']:,.0f} samples/s, "

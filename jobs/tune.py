@@ -21,7 +21,7 @@ def stage(job: JobContext):
     if not target.is_dir():
         raise ConfigError(f"the tuned settings are written into a configuration folder; {target} is not one "
                           "(inside a package?): pass --conf-dir <folder>")
-    search = tune(job.spark, job.cfg, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    search = tune(job, progress=lambda s: print(s, file=sys.stderr, flush=True))
     tuned, record = write_tuned(target, search)
     return {"dataset": search["dataset"], "chosen": search["chosen"], "tuned": str(tuned), "search": str(record),
             "valid_auc": {m: r["valid_auc_mean"] for m, r in search["results"].items()}}

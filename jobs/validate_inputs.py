@@ -12,7 +12,7 @@ from psrq.job import JobContext
 
 
 def stage(job: JobContext):
-    summary = validate_inputs(job.spark, job.cfg)
+    summary = validate_inputs(job)
     print(format_tables({k: summary[k] for k in ("items", "interactions")}), flush=True)
     print("validation: items and interactions meet their contracts", flush=True)
     return summary

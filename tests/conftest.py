@@ -102,13 +102,15 @@ def small_pipeline(spark, tmp_path_factory):
     from psrq.data.generate import generate
     from psrq.samples.build import build_samples
 
+    from psrq.job import JobContext
+
     tmp = tmp_path_factory.mktemp("pipeline")
     cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", f"samples.path={tmp}/samples",
                        "samples.history_len=5")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
-    assign(spark, cfg)
-    return cfg, build_samples(spark, cfg)
+    generate(JobContext.of(spark, cfg))
+    fit_stage(JobContext.of(spark, cfg))
+    assign(JobContext.of(spark, cfg))
+    return cfg, build_samples(JobContext.of(spark, cfg))
 
 
 def copy_tables(root, codebooks, dest) -> dict:

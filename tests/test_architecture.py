@@ -101,3 +101,28 @@ def test_functions_stay_small():
                 if lines > 60 or len(params) > 8:
                     too_big.append(f"{rel}:{node.name} ({lines} lines, {len(params)} parameters)")
     assert too_big == []
+
+
+def test_stages_take_the_job_context_and_one_place_opens_the_engine():
+    """Every stage's first parameter is the JobContext, and only JobContext.engine calls
+    open_engine (a stage that opened its own engine would bypass the job's)."""
+    from psrq.catalog.assign import assign
+    from psrq.catalog.fit import fit_stage
+    from psrq.catalog.reindex import reindex
+    from psrq.data.generate import generate
+    from psrq.data.validate import validate_inputs
+    from psrq.evaluation.floors import floors_stage
+    from psrq.evaluation.stage import evaluate_stage
+    from psrq.samples.build import build_samples
+    from psrq.training.stage import train_stage
+
+    for stage in (assign, fit_stage, reindex, generate, validate_inputs, floors_stage, evaluate_stage, build_samples,
+                  train_stage):
+        first = next(iter(__import__("inspect").signature(stage).parameters.values()))
+        assert first.name == "job" and first.annotation in ("JobContext", "'JobContext'"), stage.__name__
+    callers = []
+    for path in [*PKG.rglob("*.py"), *Path(ROOT, "jobs").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "open_engine":
+                callers.append(str(path.relative_to(ROOT)))
+    assert callers == ["lib/psrq/job.py"]

@@ -11,10 +11,11 @@ from psrq.catalog.fit import fit_stage
 from psrq.data.embeddings import embeddings_to_numpy
 from psrq.data.generate import generate
 from psrq.errors import ArtifactError, InputValidationError, QuantizerError
-from psrq.quant.artifact import load_artifact
+from psrq.quant.artifact import CodebookStore
 from psrq.storage import open_engine
 
 from conftest import small_config
+from psrq.job import JobContext
 
 CB = ["codebooks.k=16", "codebooks.sample_size=300", "codebooks.kmeans.iters=10"]
 
@@ -23,8 +24,8 @@ CB = ["codebooks.k=16", "codebooks.sample_size=300", "codebooks.kmeans.iters=10"
 def world(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("assign")
     cfg = small_config(tmp, *CB)
-    generate(spark, cfg)
-    manifest = fit_stage(spark, cfg)
+    generate(JobContext.of(spark, cfg))
+    manifest = fit_stage(JobContext.of(spark, cfg))
     return cfg, manifest
 
 
@@ -35,7 +36,7 @@ def test_fit_writes_a_versioned_artifact_with_diagnostics(world):
     assert set(m["diagnostics"]) == {"text", "audio", "joint"}
     layers = m["diagnostics"]["joint"]["layers"]
     assert len(layers) == 3 and all(0 < ly["utilisation"] <= 1 for ly in layers)
-    cbs, manifest = load_artifact(cfg.codebooks_root())
+    cbs, manifest = CodebookStore(cfg.codebooks_root()).load()
     assert manifest["checksums"] and manifest["spec"]["k"] == 16
 
 
@@ -43,16 +44,16 @@ def test_fit_is_idempotent_per_run_and_settings(spark, world, tmp_path):
     """A retried fit of the same run keeps its version (every item keeps its ID); another
     run id or another setting fits a new version."""
     cfg, m = world
-    again = fit_stage(spark, cfg)
+    again = fit_stage(JobContext.of(spark, cfg))
     assert again["status"] == "already done" and again["version"] == m["version"] == "v0001"
     assert again["fit_identity"] == m["fit_identity"]
     shutil.copytree(cfg.codebooks_root(), tmp_path / "cb")
     cfg = cfg.with_overrides({"storage.codebooks": str(tmp_path / "cb")})  # the module's root stays as it is
-    other_run = fit_stage(spark, cfg.with_overrides({"run.run_id": 5}))
+    other_run = fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 5})))
     assert other_run["status"] == "fitted" and other_run["version"] == "v0002"
-    other_k = fit_stage(spark, cfg.with_overrides({"run.run_id": 5, "codebooks.k": 8}))
+    other_k = fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 5, "codebooks.k": 8})))
     assert other_k["status"] == "fitted" and other_k["version"] == "v0003"
-    assert fit_stage(spark, cfg.with_overrides({"run.run_id": 5}))["version"] == "v0002"
+    assert fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 5})))["version"] == "v0002"
 
 
 def test_sample_is_seeded_and_partition_independent(spark, world):
@@ -85,12 +86,12 @@ def test_the_fit_sample_comes_to_the_driver_in_bounded_pieces_in_the_same_order(
 
 def test_spark_assignment_equals_in_process_encoding(spark, world):
     cfg, _ = world
-    res = assign(spark, cfg)
+    res = assign(JobContext.of(spark, cfg))
     assert res["items"] == 400 and not res["skipped"]
     engine = open_engine(spark, "delta-rs")
     sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id").sort_index()
     items = engine.read(cfg.table_path("items")).toArrow()
-    cbs, _ = load_artifact(cfg.codebooks_root())
+    cbs, _ = CodebookStore(cfg.codebooks_root()).load()
     embs = {m: embeddings_to_numpy(items.column(info["column"]), info["dim"])[0] for m, info in cbs.modalities.items()}
     want = cbs.encode(embs)
     order = np.argsort(np.asarray(items.column("item_id")))
@@ -102,12 +103,12 @@ def test_spark_assignment_equals_in_process_encoding(spark, world):
     for _, g in sid.groupby("code_key"):
         assert sorted(g["dedup"]) == list(range(len(g)))
     # a re-run of the same job run is a no-op
-    assert assign(spark, cfg)["skipped"]
+    assert assign(JobContext.of(spark, cfg))["skipped"]
 
 
 def test_reverse_lookup(spark, world):
     cfg, _ = world
-    assign(spark, cfg)
+    assign(JobContext.of(spark, cfg))
     engine = open_engine(spark, "delta-rs")
     sid = engine.read(cfg.table_path("semantic_ids"))
     top = sid.groupBy("joint_codes").count().orderBy(F.desc("count")).first()
@@ -118,12 +119,12 @@ def test_reverse_lookup(spark, world):
 
 def test_merge_of_a_subset_continues_dedup(spark, world):
     cfg, _ = world
-    assign(spark, cfg)
+    assign(JobContext.of(spark, cfg))
     engine = open_engine(spark, "delta-rs")
     path = cfg.table_path("semantic_ids")
     before = engine.version(path)
     subset = engine.read(cfg.table_path("items")).filter("item_id < 40")
-    res = assign_incremental(spark, cfg, engine, subset, load_artifact(cfg.codebooks_root())[0])
+    res = assign_incremental(spark, cfg, engine, subset, CodebookStore(cfg.codebooks_root()).load()[0])
     assert res["version"] == before + 1 and res["items"] == 40
     sid = engine.read(path).toPandas()
     assert len(sid) == 400 and not sid.duplicated(["code_key", "dedup"]).any()
@@ -139,16 +140,16 @@ def test_codebook_versions_coexist_and_marking_current_is_its_own_step(spark, wo
     cfg = cfg.with_overrides({"storage.codebooks": str(tmp_path / "cb"), "storage.root": str(tmp_path / "delta")})
     engine = open_engine(spark, "delta-rs")
     shutil.copytree(Path(world[0].table_path("items")), tmp_path / "delta" / "items")
-    first = assign(spark, cfg)
+    first = assign(JobContext.of(spark, cfg))
     assert first["codebook_version"] == "v0001" and first["current"] == "v0001"
-    v2 = fit_stage(spark, cfg.with_overrides({"run.run_id": 2}))["version"]
+    v2 = fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 2})))["version"]
     rollout = cfg.with_overrides({"codebooks.version": v2, "codebooks.mark_current": False, "run.run_id": 2})
-    second = assign(spark, rollout)
+    second = assign(JobContext.of(spark, rollout))
     assert second["codebook_version"] == v2 and second["current"] is None
     sid = engine.read(cfg.table_path("semantic_ids")).toPandas()
     assert sorted(sid.groupby("codebook_version").size().items()) == [("v0001", 400), (v2, 400)]
     assert current_version(engine, cfg) == "v0001" and version_in_use(engine, cfg) == "v0001"
-    again = assign(spark, rollout)  # a retried run of the rollout: nothing moves
+    again = assign(JobContext.of(spark, rollout))  # a retried run of the rollout: nothing moves
     assert again["skipped"] and engine.read(cfg.table_path("semantic_ids")).count() == 800
     current_before = engine.version(cfg.table_path("codebook_current"))
     marked = mark_current(spark, engine, cfg.with_overrides({"run.run_id": 2}), v2)
@@ -171,7 +172,7 @@ def test_bad_embeddings_stop_the_job_before_any_write(spark, world, tmp_path):
                            .otherwise(F.col("text_emb")))
     other = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"root": str(tmp_path / "delta")})})
     with pytest.raises(InputValidationError) as e:
-        assign_incremental(spark, other, open_engine(spark, "delta-rs"), bad, load_artifact(cfg.codebooks_root())[0])
+        assign_incremental(spark, other, open_engine(spark, "delta-rs"), bad, CodebookStore(cfg.codebooks_root()).load()[0])
     msg = str(e.value)
     assert "NaN or Inf" in msg and "(e.g. 5)" in msg and "all-zero" in msg and "(e.g. 9)" in msg
     assert "dimension differs from the codebook's (16)" in msg and "(e.g. 11)" in msg
@@ -183,17 +184,17 @@ def test_codebook_must_match_the_table(spark, world, tmp_path):
     home = Path(cfg.storage.root).parent
     wrong = small_config(home, *CB, "dataset.modalities.audio.dim=13")
     with pytest.raises(ArtifactError, match="fitted for modalities .*'dim': 12.* but the dataset configures .*'dim': 13"):
-        assign(spark, wrong)
+        assign(JobContext.of(spark, wrong))
     missing = small_config(home, *CB, "codebooks.version=v0042")
     with pytest.raises(ArtifactError, match="'v0042' not found"):
-        assign(spark, missing)
+        assign(JobContext.of(spark, missing))
 
 
 def test_k_larger_than_the_sample(spark, world):
     cfg, _ = world
     small = cfg.model_copy(update={"codebooks": cfg.codebooks.model_copy(update={"k": 50, "sample_size": 30})})
     with pytest.raises(QuantizerError, match="K=50 is larger than the sample \\(30 items of 400\\)"):
-        fit_stage(spark, small)
+        fit_stage(JobContext.of(spark, small))
 
 
 def test_a_registered_quantizer_runs_through_fit_and_assign(spark, tmp_path):
@@ -207,12 +208,12 @@ def test_a_registered_quantizer_runs_through_fit_and_assign(spark, tmp_path):
     registry.register("random_residual", toy_quantizer.RandomResidual)
     try:
         cfg = small_config(tmp_path, *CB, "codebooks.method=random_residual")
-        generate(spark, cfg)
-        m = fit_stage(spark, cfg)
+        generate(JobContext.of(spark, cfg))
+        m = fit_stage(JobContext.of(spark, cfg))
         assert m["method"] == "random_residual" and set(m["diagnostics"]) == {"text", "audio", "joint"}
-        cbs, _ = load_artifact(cfg.codebooks_root())
+        cbs, _ = CodebookStore(cfg.codebooks_root()).load()
         assert all(type(q) is toy_quantizer.RandomResidual for q in cbs.quantizers.values())
-        assert assign(spark, cfg)["items"] == 400
+        assert assign(JobContext.of(spark, cfg))["items"] == 400
         engine = open_engine(spark, "delta-rs")
         sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id").sort_index()
         items = engine.read(cfg.table_path("items")).toArrow()
@@ -234,7 +235,7 @@ def test_semantic_ids_estimator_fits_the_jobs_codebooks_and_transform_adds_codes
     items = open_engine(spark, "delta-rs").read(cfg.table_path("items"))
     mods = {m: (c.column, c.dim) for m, c in cfg.dataset.modalities.items()}
     model = SemanticIds(mods, **cfg.codebooks.model_dump()).fit(items.repartition(5))
-    job, _ = load_artifact(cfg.codebooks_root(), "v0001")
+    job, _ = CodebookStore(cfg.codebooks_root()).load("v0001")
     assert model.codebooks.spaces == job.spaces == ["text", "audio", "joint"]
     assert all(np.array_equal(model.codebooks.arrays[s][n], a) for s, arrs in job.arrays.items() for n, a in arrs.items())
 

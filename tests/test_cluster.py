@@ -21,6 +21,7 @@ import pytest
 
 from conftest import ROOT
 from s3_endpoint import CREDENTIALS, SECRET, assert_pipeline_on_s3, delta_table, read_metrics, s3_locations
+from psrq.job import JobContext
 
 pytestmark = pytest.mark.slow
 
@@ -140,9 +141,9 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     on_cluster = engine.read(f"{data}/semantic_ids").toPandas()
     # the same data and seed in local mode, in this process
     local = small_config(tmp_path / "local", "codebooks.k=16", "codebooks.sample_size=300", "run.run_id=3")
-    generate(spark, local)
-    fit_stage(spark, local)
-    assign(spark, local)
+    generate(JobContext.of(spark, local))
+    fit_stage(JobContext.of(spark, local))
+    assign(JobContext.of(spark, local))
     in_local = engine.read(local.table_path("semantic_ids")).toPandas()
     cols = ["item_id", "text_codes", "audio_codes", "joint_codes", "code_key", "dedup", "codebook_version"]
     a = on_cluster[cols].sort_values("item_id").reset_index(drop=True).astype(str)

@@ -11,6 +11,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from psrq.evaluation.arrays import calibration_error
 from psrq.evaluation.auc import EvaluationError, auc
 from psrq.evaluation.metrics import evaluate_predictions, exact_auc, exact_aucs, grouped_auc, logloss
+from psrq.job import JobContext
 
 
 def predictions(n=5000, seed=0, decimals=2):
@@ -85,7 +86,7 @@ def trained(small_pipeline, tmp_path_factory):
     cfg = small_pipeline[0].with_overrides({
         "train.checkpoint_dir": str(tmp_path_factory.mktemp("eval") / "ckpt"), "train.backend": "single",
         "train.reader": "arrow", "train.model": "simtier_make", "train.dim": 8, "run.run_id": 3})
-    train_stage(cfg, progress=False)
+    train_stage(JobContext.of(None, cfg))
     return cfg
 
 
@@ -105,7 +106,7 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     from psrq.training.run import identity_and_folder, model_args
 
     cfg = trained
-    res = evaluate_stage(spark, cfg)
+    res = evaluate_stage(JobContext.of(spark, cfg))
     engine = open_engine(spark, "delta-rs")
     preds = engine.read(res["predictions"]).toPandas()
     man = SamplesManifest.read(cfg.samples.path)
@@ -119,7 +120,7 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     rows = engine.read(cfg.table_path("eval_metrics")).toPandas()
     assert len(rows) == 1 and rows.model[0] == "simtier_make" and rows.codebook_version[0] == "v0001"
     assert rows.auc[0] == pytest.approx(res["metrics"]["auc"]) and '"samples"' in rows.config[0]
-    again = evaluate_stage(spark, cfg)
+    again = evaluate_stage(JobContext.of(spark, cfg))
     assert len(engine.read(cfg.table_path("eval_metrics")).toPandas()) == 1
     assert res["status"] == "evaluated" and again["status"] == "already done"
     assert again["metrics"] == pytest.approx(res["metrics"]) and again["eval_id"] == res["eval_id"]
@@ -137,7 +138,7 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
     from psrq.training.run import identity_and_folder
 
     cfg = trained.with_overrides({"evaluate.split": "valid"})
-    first = evaluate_stage(spark, cfg)
+    first = evaluate_stage(JobContext.of(spark, cfg))
     _, folder = identity_and_folder(cfg, SamplesManifest.read(cfg.samples.path))
     path = Path(folder, "checkpoint.pt")
     original = path.read_bytes()
@@ -146,7 +147,7 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
     ckpt["model"] = {k: (v * 0.5 if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     torch.save(ckpt, path)
     try:
-        second = evaluate_stage(spark, cfg)
+        second = evaluate_stage(JobContext.of(spark, cfg))
     finally:
         path.write_bytes(original)
     assert second["status"] == "evaluated" and second["eval_id"] != first["eval_id"]
@@ -180,10 +181,10 @@ def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, request):
     cfg = trained.with_overrides({"train.model": "item_dot", "train.model_options": {"l2": 0.01}, "train.priors": False})
     man = SamplesManifest.read(cfg.samples.path)
     assert model_args(cfg, man).ranker == "toy_ranker:ItemDot"
-    train_stage(cfg, progress=False)
+    train_stage(JobContext.of(None, cfg))
     weights = load_checkpoint(identity_and_folder(cfg, man)[1])["model"]
     assert set(weights) == {"item.weight", "bias.weight"}
-    res = evaluate_stage(spark, cfg)
+    res = evaluate_stage(JobContext.of(spark, cfg))
     assert res["status"] == "evaluated" and res["metrics"]["rows"] == man.splits["test"]["rows"]
     assert 0.0 < res["metrics"]["auc"] < 1.0
     rows = open_engine(spark, "delta-rs").read(cfg.table_path("eval_metrics")).toPandas()
@@ -195,7 +196,7 @@ def test_evaluating_an_untrained_model_is_a_clear_error(spark, trained):
 
     cfg = trained.model_copy(update={"train": trained.train.model_copy(update={"seed": 99})})
     with pytest.raises(EvaluationError, match="no trained simtier_make \\(seed 99\\)"):
-        evaluate_stage(spark, cfg)
+        evaluate_stage(JobContext.of(spark, cfg))
 
 
 def test_floors_come_from_train_rows_only(spark):

@@ -14,6 +14,7 @@ from psrq.experiments.report import compare, summarise, write_report
 from psrq.experiments.runner import read_results, run_experiment
 
 from conftest import small_config
+from psrq.job import JobContext
 
 
 def test_paper_tables_load():
@@ -32,17 +33,17 @@ def test_runner_resumes_and_reports(spark, tmp_path):
     exp = Experiment("t", "test", "din_vq", {"din": {"train.model": "din"},
                                               "din_vq": {"codebooks.method": "vq", "train.model": "din_codes"}})
     said = []
-    first = run_experiment(spark, cfg, exp, [0], progress=said.append)
+    first = run_experiment(JobContext.of(spark, cfg), exp, [0], progress=said.append)
     assert [(r["cell"], r["seed"]) for r in first] == [("din", 0), ("din_vq", 0), ("floor:global_rate", 0),
                                                        ("floor:item_popularity", 0), ("floor:item_rate", 0), ("floor:user_rate", 0)]
     assert {r["method"] for r in first[:2]} == {"psrq", "vq"}
-    again = run_experiment(spark, cfg, exp, [0, 1], progress=said.append)
+    again = run_experiment(JobContext.of(spark, cfg), exp, [0, 1], progress=said.append)
     assert [(r["cell"], r["seed"]) for r in again] == [("din", 1), ("din_vq", 1)]  # seed 0 not redone
     assert "2 of 4 cells done, 2 to run" in said[-3]
     from psrq.experiments.matrix import dataset_config
 
     dcfg = dataset_config(cfg)
-    res = read_results(spark, dcfg)
+    res = read_results(JobContext.of(spark, dcfg))
     floors = res[res.cell.str.startswith("floor:")]
     assert sorted(floors.cell) == ["floor:global_rate", "floor:item_popularity", "floor:item_rate", "floor:user_rate"]
     assert (floors.rows == res.rows.iloc[0]).all() and (floors.train_identity == "floor").all()  # the same test rows
@@ -62,9 +63,9 @@ def test_runner_resumes_and_reports(spark, tmp_path):
     assert (tmp_path / "reports" / f"t_{cfg.dataset.name}_curves.png").stat().st_size > 1000
     # a changed setting is a new training identity: the cell runs again, the report shows the newest
     changed = cfg.with_overrides({"train.lr": 0.001})
-    rerun = run_experiment(spark, changed, exp, [0], progress=said.append)
+    rerun = run_experiment(JobContext.of(spark, changed), exp, [0], progress=said.append)
     assert [(r["cell"], r["seed"]) for r in rerun] == [("din", 0), ("din_vq", 0)]
-    latest = read_results(spark, dcfg)
+    latest = read_results(JobContext.of(spark, dcfg))
     assert len(latest[~latest.cell.str.startswith("floor:")]) == 4
     assert set(latest[latest.seed == 0].train_identity) >= {r["train_identity"] for r in rerun}
     assert "space: text" in text  # diagnostics of the quantizers used

@@ -13,16 +13,16 @@ from conftest import load_job, run_python, small_config
 
 def test_generate_validate_and_rerun_is_a_no_op(spark, tmp_path):
     cfg = small_config(tmp_path)
-    first = generate(spark, cfg)
+    first = generate(JobContext.of(spark, cfg))
     assert {n: g["version"] for n, g in first.items()} == {"items": 0, "item_truth": 0, "interactions": 0}
-    summary = validate_inputs(spark, cfg)
+    summary = validate_inputs(JobContext.of(spark, cfg))
     assert summary["items"]["rows"] == 400 and summary["interactions"]["rows"] == first["interactions"]["rows_written"]
     assert summary["cold_items"]["fraction"] > 0.5
-    again = generate(spark, cfg)
+    again = generate(JobContext.of(spark, cfg))
     assert all(g["skipped"] and g["version"] == 0 for g in again.values())
     # new settings: a new generation overwrites, the old one stays reachable by version
     cfg2 = small_config(tmp_path, "synthetic.seed=99")
-    third = generate(spark, cfg2)
+    third = generate(JobContext.of(spark, cfg2))
     assert all(not g["skipped"] and g["version"] == 1 for g in third.values())
     engine = open_engine(spark, "delta-rs")
     old = engine.read(cfg.table_path("items"), 0).orderBy("item_id").first().text_emb
@@ -32,11 +32,11 @@ def test_generate_validate_and_rerun_is_a_no_op(spark, tmp_path):
 
 def test_validation_of_a_table_with_the_wrong_dimension(spark, tmp_path):
     cfg = small_config(tmp_path)
-    generate(spark, cfg)
+    generate(JobContext.of(spark, cfg))
     # the same tables read with a configured dimension they do not have
     wrong = small_config(tmp_path, "dataset.modalities.audio.dim=13")
     with pytest.raises(InputValidationError, match="(?s)audio_emb.*400 row.*wrong dimension \\(expected 13\\)"):
-        validate_inputs(spark, wrong)
+        validate_inputs(JobContext.of(spark, wrong))
 
 
 run = run_python
@@ -118,7 +118,7 @@ def test_a_job_opens_its_storage_engine_once(spark, tmp_path, capsys):
 def test_codebook_jobs_in_sequence(spark, tmp_path, capsys):
     """fit_codebooks -> assign_ids -> reindex_catalog, through the jobs' own stage functions."""
     cfg = small_config(tmp_path, "codebooks.k=16", "codebooks.sample_size=300", "run.run_id=20261123")
-    generate(spark, cfg)
+    generate(JobContext.of(spark, cfg))
     manifest = load_job("fit_codebooks").stage(JobContext("fit_codebooks", cfg, spark))
     out = capsys.readouterr().out
     assert manifest["version"] == "v0001" and "fitted on 300 items" in out and "space: joint" in out
@@ -142,10 +142,10 @@ def test_train_and_evaluate_jobs_report_their_identity_as_one_json_document(spar
 
     cfg = small_config(tmp_path, "codebooks.k=16", "codebooks.sample_size=300", f"samples.path={tmp_path}/samples",
                        "samples.history_len=5", "samples.content.dim=0")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
-    assign(spark, cfg)
-    build_samples(spark, cfg)
+    generate(JobContext.of(spark, cfg))
+    fit_stage(JobContext.of(spark, cfg))
+    assign(JobContext.of(spark, cfg))
+    build_samples(JobContext.of(spark, cfg))
     common = [f"storage.root={tmp_path}/delta", "storage.engine=delta-rs", f"samples.path={tmp_path}/samples",
               f"train.checkpoint_dir={tmp_path}/ckpt", "train.model=din", "train.backend=single", "train.reader=arrow",
               "train.max_steps=3", "train.dim=8", "dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12"]

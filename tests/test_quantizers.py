@@ -5,7 +5,7 @@ from sklearn.metrics import adjusted_rand_score
 from psrq.config import SyntheticConf
 from psrq.data import synthetic as syn
 from psrq.errors import ArtifactError, QuantizerError
-from psrq.quant.artifact import list_versions, load_artifact, read_manifest, write_artifact
+from psrq.quant.artifact import CodebookStore
 from psrq.quant.base import QuantSpec
 from psrq.quant.diagnostics import diagnose, group_coherence
 from psrq.quant.kmeans import KMeansSpec
@@ -120,36 +120,36 @@ def test_joint_space_and_artifact_round_trip(catalogue, tmp_path):
     cbs, embs = fitted_set(catalogue)
     assert cbs.spaces == ["text", "audio", JOINT] and cbs.arrays[JOINT]["layer0"].shape == (8, 88)
     root = str(tmp_path / "cb")
-    v1 = write_artifact(root, cbs, {"seed": 5})
-    v2 = write_artifact(root, cbs, {"seed": 6})
-    assert (v1, v2) == ("v0001", "v0002") and list_versions(root) == [v1, v2]
-    loaded, manifest = load_artifact(root, v1)
+    v1 = CodebookStore(root).write(cbs, {"seed": 5})
+    v2 = CodebookStore(root).write(cbs, {"seed": 6})
+    assert (v1, v2) == ("v0001", "v0002") and CodebookStore(root).versions() == [v1, v2]
+    loaded, manifest = CodebookStore(root).load(v1)
     assert manifest["seed"] == 5 and loaded.version == v1 and loaded.spaces == cbs.spaces
     assert list(loaded.modalities) == ["text", "audio"]
     got, want = loaded.encode(embs), cbs.encode(embs)
     assert all(np.array_equal(got[s], want[s]) for s in want)
-    assert read_manifest(root)["version"] == v2  # latest by default
-    assert list_versions(root, method="rq") == []
+    assert CodebookStore(root).manifest()["version"] == v2  # latest by default
+    assert CodebookStore(root).versions(method="rq") == []
     with pytest.raises(ArtifactError, match="no rq codebook versions"):
-        read_manifest(root, method="rq")
+        CodebookStore(root).manifest(method="rq")
 
 
 def test_corrupt_missing_and_incomplete_artifacts(catalogue, tmp_path):
     cbs, _ = fitted_set(catalogue)
     root = str(tmp_path / "cb")
-    v = write_artifact(root, cbs, {})
+    v = CodebookStore(root).write(cbs, {})
     with pytest.raises(ArtifactError, match="'v0009' not found .*available: v0001"):
-        load_artifact(root, "v0009")
+        CodebookStore(root).load("v0009")
     (tmp_path / "cb" / "v0002").mkdir()  # a fit that died before its manifest
-    assert list_versions(root) == [v]
+    assert CodebookStore(root).versions() == [v]
     blob = tmp_path / "cb" / v / "codebooks.safetensors"
     data = bytearray(blob.read_bytes())
     data[-5] ^= 0xFF
     blob.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="corrupt: codebooks.safetensors checksum"):
-        load_artifact(root, v)
+        CodebookStore(root).load(v)
     with pytest.raises(ArtifactError, match="no codebook versions"):
-        load_artifact(str(tmp_path / "empty"))
+        CodebookStore(str(tmp_path / "empty")).load()
 
 
 def test_a_hand_edited_manifest_is_refused_and_a_broken_one_blocks_no_other(catalogue, tmp_path):
@@ -157,22 +157,22 @@ def test_a_hand_edited_manifest_is_refused_and_a_broken_one_blocks_no_other(cata
 
     cbs, _ = fitted_set(catalogue)
     root = str(tmp_path / "cb")
-    v1, v2 = write_artifact(root, cbs, {}), write_artifact(root, cbs, {})
+    v1, v2 = CodebookStore(root).write(cbs, {}), CodebookStore(root).write(cbs, {})
     f = tmp_path / "cb" / v1 / "manifest.json"
     m = json.loads(f.read_text())
     m["spec"]["k"] = 16  # 8 in the arrays
     f.write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="v0001.*manifest.json was modified after it was written"):
-        load_artifact(root, v1)
+        CodebookStore(root).load(v1)
     # the broken version is skipped when listing (with a warning) and blocks nothing else
-    assert list_versions(root) == [v2]
-    loaded, _ = load_artifact(root)
+    assert CodebookStore(root).versions() == [v2]
+    loaded, _ = CodebookStore(root).load()
     assert loaded.version == v2
     # a manifest without its own checksum (an older format) is still checked against the arrays
     del m["checksums"]["manifest"]
     f.write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="layer0 has 8 codes, the manifest's spec says k=16"):
-        load_artifact(root, v1)
+        CodebookStore(root).load(v1)
 
 
 def test_every_kmeans_setting_reaches_each_layer():

@@ -10,11 +10,12 @@ from psrq.catalog.fit import fit_stage
 from psrq.catalog.reindex import drift, reindex
 from psrq.data import synthetic as syn
 from psrq.data.generate import generate
-from psrq.quant.artifact import list_versions
+from psrq.quant.artifact import CodebookStore
 from psrq.schemas import items_schema
 from psrq.storage import DeltaRsEngine, open_engine
 
 from conftest import copy_pipeline, small_config
+from psrq.job import JobContext
 
 CB = ["codebooks.k=16", "codebooks.sample_size=400", "codebooks.kmeans.iters=10", "reindex.min_items_for_drift=50"]
 
@@ -31,9 +32,9 @@ def new_items(spark, cfg, first_id: int, n: int, seed: int, when: datetime):
 @pytest.fixture(scope="module")
 def assigned(spark, tmp_path_factory):
     cfg = small_config(tmp_path_factory.mktemp("catalogue"), *CB, "run.run_id=20261101")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
-    assign(spark, cfg)
+    generate(JobContext.of(spark, cfg))
+    fit_stage(JobContext.of(spark, cfg))
+    assign(JobContext.of(spark, cfg))
     return cfg
 
 
@@ -59,7 +60,7 @@ def test_nightly_merge_then_idempotent_rerun(spark, catalogue):
     cfg = catalogue
     engine = open_engine(spark, "delta-rs")
     sid_path, items_path = cfg.table_path("semantic_ids"), cfg.table_path("items")
-    first = reindex(spark, night(cfg, 20261102))  # no state yet: nothing new (all assigned)
+    first = reindex(JobContext.of(spark, night(cfg, 20261102)))  # no state yet: nothing new (all assigned)
     assert first["n_changed"] == 0 and not first["refit"]
     # 60 new items from the same catalogue world, and 5 changed ones
     later = datetime(2027, 1, 1, tzinfo=timezone.utc)
@@ -67,7 +68,7 @@ def test_nightly_merge_then_idempotent_rerun(spark, catalogue):
     changed = new_items(spark, cfg, 0, 5, cfg.synthetic.seed + 1, later)
     engine.merge(changed, items_path, ["item_id"])
     sid_before = engine.version(sid_path)
-    res = reindex(spark, night(cfg, 20261103))
+    res = reindex(JobContext.of(spark, night(cfg, 20261103)))
     assert res["n_changed"] == 65 and not res["refit"] and res["error_share"] < 0.5
     assert engine.version(sid_path) == sid_before + 1
     sid = engine.read(sid_path).toPandas()
@@ -75,24 +76,24 @@ def test_nightly_merge_then_idempotent_rerun(spark, catalogue):
     assert (sid.codebook_version == "v0001").all() and not sid.duplicated(["code_key", "dedup"]).any()
     # the same night again: nothing changes anywhere
     state_v = engine.version(cfg.table_path("reindex_state"))
-    again = reindex(spark, night(cfg, 20261103))
+    again = reindex(JobContext.of(spark, night(cfg, 20261103)))
     assert again["skipped"]
     assert engine.version(sid_path) == sid_before + 1 and engine.version(cfg.table_path("reindex_state")) == state_v
     # the next night sees nothing new (watermark)
-    assert reindex(spark, night(cfg, 20261104))["n_changed"] == 0
+    assert reindex(JobContext.of(spark, night(cfg, 20261104)))["n_changed"] == 0
 
 
 def test_drift_triggers_refit_and_full_reassignment(spark, catalogue):
     cfg = catalogue
     engine = open_engine(spark, "delta-rs")
     sid_path = cfg.table_path("semantic_ids")
-    reindex(spark, night(cfg, 20261102))
+    reindex(JobContext.of(spark, night(cfg, 20261102)))
     v_before = engine.version(sid_path)
     later = datetime(2027, 1, 1, tzinfo=timezone.utc)
     engine.write(new_items(spark, cfg, 400, 300, 4242, later), cfg.table_path("items"), "append")
-    res = reindex(spark, night(cfg, 20261103))
+    res = reindex(JobContext.of(spark, night(cfg, 20261103)))
     assert res["refit"] and res["codebook_version"] == "v0002"
-    assert list_versions(cfg.codebooks_root()) == ["v0001", "v0002"]
+    assert CodebookStore(cfg.codebooks_root()).versions() == ["v0001", "v0002"]
     sid = engine.read(sid_path).toPandas()
     # the new version's rows sit beside the old ones, and the new version is the one in use
     assert (sid.codebook_version == "v0002").sum() == 700 and (sid.codebook_version == "v0001").sum() == 400
@@ -121,18 +122,18 @@ def test_a_night_killed_midway_resumes_without_double_work(spark, catalogue, mon
     cfg = catalogue
     engine = open_engine(spark, "delta-rs")
     sid_path, state_path = cfg.table_path("semantic_ids"), cfg.table_path("reindex_state")
-    reindex(spark, night(cfg, 20261102))
+    reindex(JobContext.of(spark, night(cfg, 20261102)))
     later = datetime(2027, 1, 1, tzinfo=timezone.utc) + timedelta(days=1)
     engine.write(new_items(spark, cfg, 400, 30, cfg.synthetic.seed, later), cfg.table_path("items"), "append")
     before = {p: engine.version(p) for p in (sid_path, state_path)}
     _kill_at_commit(monkeypatch, crash_at)
     with pytest.raises(KeyboardInterrupt):
-        reindex(spark, night(cfg, 20261103))
+        reindex(JobContext.of(spark, night(cfg, 20261103)))
     monkeypatch.undo()
     after_crash = {p: engine.version(p) for p in (sid_path, state_path)}
     assert after_crash[state_path] == before[state_path] + (crash_at > 1)
     assert after_crash[sid_path] == before[sid_path] + (crash_at > 2)
-    res = reindex(spark, night(cfg, 20261103))
+    res = reindex(JobContext.of(spark, night(cfg, 20261103)))
     assert res["n_changed"] == 30 and res["status"] == "done" and not res["refit"]
     final = {p: engine.version(p) for p in (sid_path, state_path)}
     assert final == {sid_path: before[sid_path] + 1, state_path: before[state_path] + 2}  # plan + outcome
@@ -149,18 +150,18 @@ def test_a_refit_night_killed_before_its_record_records_what_it_did(spark, catal
     cfg = catalogue
     engine = open_engine(spark, "delta-rs")
     sid_path, state_path = cfg.table_path("semantic_ids"), cfg.table_path("reindex_state")
-    reindex(spark, night(cfg, 20261102))
+    reindex(JobContext.of(spark, night(cfg, 20261102)))
     later = datetime(2027, 1, 1, tzinfo=timezone.utc)
     engine.write(new_items(spark, cfg, 400, 300, 4242, later), cfg.table_path("items"), "append")
     _kill_at_commit(monkeypatch, crash_at)  # plan, semantic_ids, current marker, outcome
     with pytest.raises(KeyboardInterrupt):
-        reindex(spark, night(cfg, 20261103))
+        reindex(JobContext.of(spark, night(cfg, 20261103)))
     monkeypatch.undo()
     assert (engine.read(sid_path).toPandas().codebook_version == "v0002").sum() == 700
     sid_version = engine.version(sid_path)
-    res = reindex(spark, night(cfg, 20261103))
+    res = reindex(JobContext.of(spark, night(cfg, 20261103)))
     assert res["refit"] and res["n_changed"] == 300 and res["codebook_version"] == "v0002"
-    assert engine.version(sid_path) == sid_version and list_versions(cfg.codebooks_root()) == ["v0001", "v0002"]
+    assert engine.version(sid_path) == sid_version and CodebookStore(cfg.codebooks_root()).versions() == ["v0001", "v0002"]
     done = engine.read(state_path).filter("night = 20261103 and status = 'done'").toPandas()
     assert len(done) == 1 and done.refit[0] and done.n_changed[0] == 300 and done.codebook_version[0] == "v0002"
     assert current_version(engine, cfg) == "v0002"

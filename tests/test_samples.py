@@ -18,6 +18,7 @@ from psrq.samples.layout import event_histories, fixed_lists, row_bytes, user_sa
 from psrq.storage import open_engine
 
 from conftest import copy_pipeline
+from psrq.job import JobContext
 
 
 def test_event_histories_by_hand():
@@ -161,11 +162,11 @@ def test_samples_take_the_codebook_version_in_use(spark, small_pipeline):
     (root / "v0002" / MANIFEST).write_text(json.dumps(manifest))
     try:
         with pytest.raises(StorageError, match="semantic_ids holds no rows of codebook v0002 \\(it holds \\['v0001'\\]\\)"):
-            build_samples(spark, cfg.with_overrides({"codebooks.version": "v0002"}))
+            build_samples(JobContext.of(spark, cfg.with_overrides({"codebooks.version": "v0002"})))
     finally:
         shutil.rmtree(root / "v0002")
     with pytest.raises(ArtifactError, match="codebook version 'v0099' not found .* \\(available: v0001\\)"):
-        build_samples(spark, cfg.with_overrides({"codebooks.version": "v0099"}))
+        build_samples(JobContext.of(spark, cfg.with_overrides({"codebooks.version": "v0099"})))
 
 
 def test_content_features_cover_the_catalogue(spark, small_pipeline):
@@ -250,7 +251,7 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tm
     for k, v in settings.items():
         spark.conf.set(k, v)
     try:
-        again = build_samples(spark, other)
+        again = build_samples(JobContext.of(spark, other))
     finally:
         for k, v in before.items():
             spark.conf.set(k, v)
@@ -279,9 +280,8 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tm
     # row groups small enough for 2 training processes, whole rows in each
     rows = ArrowReader(info["splits"]["train"]["path"], ["label"], 100, rank=1, world=2).rows
     assert 0 < rows < len(train)
-    runs = [train_stage(c.with_overrides({"train.model": "din", "train.backend": "single", "train.reader": "arrow",
-                                          "train.dim": 16, "train.checkpoint_dir": str(tmp_path / f"ckpt{i}")}),
-                        progress=False) for i, c in enumerate((cfg, other))]
+    runs = [train_stage(JobContext.of(None, c.with_overrides({"train.model": "din", "train.backend": "single", "train.reader": "arrow",
+                                          "train.dim": 16, "train.checkpoint_dir": str(tmp_path / f"ckpt{i}")}))) for i, c in enumerate((cfg, other))]
     assert abs(runs[0]["valid"]["auc"] - runs[1]["valid"]["auc"]) < 0.005
 
 
@@ -301,7 +301,7 @@ def test_events_of_items_without_codes_stop_the_build_before_any_write(spark, sm
     vocab = other.table_path("item_vocab")
     before = engine.version(vocab)
     with pytest.raises(InputValidationError, match=r"item_id.*without semantic IDs.*987654"):
-        build_samples(spark, other)
+        build_samples(JobContext.of(spark, other))
     assert engine.version(vocab) == before and not (tmp_path / "samples").exists()
 
 
@@ -328,9 +328,9 @@ def skewed(spark, tmp_path_factory):
     cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", "synthetic.n_users=500",
                        "synthetic.mean_events_per_user=70", "synthetic.heavy_users=[0.3]",
                        "synthetic.hot_item_share=0.1", "samples.history_len=5")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
-    assign(spark, cfg)
+    generate(JobContext.of(spark, cfg))
+    fit_stage(JobContext.of(spark, cfg))
+    assign(JobContext.of(spark, cfg))
     return cfg
 
 
@@ -393,7 +393,7 @@ def test_a_heavy_user_streams_through_the_history_step_with_the_same_samples(spa
     try:
         for rows in (500, 100_000):
             spark.conf.set(key, str(rows))
-            infos[rows] = build_samples(spark, skewed.with_overrides({"samples.path": str(tmp_path / str(rows))}))
+            infos[rows] = build_samples(JobContext.of(spark, skewed.with_overrides({"samples.path": str(tmp_path / str(rows))})))
     finally:
         spark.conf.set(key, before)
     for split in ("train", "valid", "test"):

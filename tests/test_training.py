@@ -26,6 +26,7 @@ from psrq.training.run import identity_and_folder
 from psrq.training.stage import train_stage
 
 from conftest import run_python, small_config
+from psrq.job import JobContext
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +203,10 @@ def samples_cfg(spark, tmp_path_factory):
                        "codebooks.k=32", "codebooks.sample_size=1500", f"samples.path={tmp}/samples",
                        f"train.checkpoint_dir={tmp}/ckpt", "train.reader=arrow", "train.lr=0.002",
                        "train.backend=single")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
-    assign(spark, cfg)
-    build_samples(spark, cfg)
+    generate(JobContext.of(spark, cfg))
+    fit_stage(JobContext.of(spark, cfg))
+    assign(JobContext.of(spark, cfg))
+    build_samples(JobContext.of(spark, cfg))
     return cfg
 
 
@@ -263,8 +264,7 @@ def test_sparse_tables_train_as_well_as_dense_ones(samples_cfg, runs):
         auc = {}
         for label, change in {"dense": {"sparse": False}, "sparse adam": {"table_optimizer": "adam"},
                               "rowwise adagrad": {}}.items():
-            auc[label] = train_stage(_with(samples_cfg, model=name, checkpoint_dir=runs, **change),
-                                     progress=False)["valid"]["auc"]
+            auc[label] = train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs, **change)))["valid"]["auc"]
         assert abs(auc["sparse adam"] - auc["dense"]) <= 0.01, (name, auc)
         assert auc["rowwise adagrad"] >= auc["dense"] - 0.01, (name, auc)
 
@@ -298,12 +298,12 @@ def test_checkpoint_of_another_model_is_refused(samples_cfg, tmp_path):
 def test_samples_of_another_codebook_version_are_refused(samples_cfg):
     cfg = _with(samples_cfg, codebook_version="v0042")
     with pytest.raises(TrainingError, match="built with codebook v0001, the model expects v0042"):
-        train_stage(cfg, progress=False)
+        train_stage(JobContext.of(None, cfg))
 
 
 def test_mcca_learns_and_codes_help_cold_items(samples_cfg, runs):
     """On planted modality-specific tastes: MCCA beats ID-only DIN and chance."""
-    res = {name: train_stage(_with(samples_cfg, model=name, checkpoint_dir=runs), progress=False)["valid"]
+    res = {name: train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs)))["valid"]
            for name in ("din", "mcca")}
     assert res["mcca"]["auc"] > 0.65 and res["mcca"]["auc"] > res["din"]["auc"] + 0.03
     assert res["mcca"]["cold_auc"] > res["din"]["cold_auc"] + 0.03
@@ -312,7 +312,7 @@ def test_mcca_learns_and_codes_help_cold_items(samples_cfg, runs):
 def test_content_baselines_learn_and_reach_cold_items(samples_cfg, runs):
     """VBPR, QARM and SimTier+MAKE read item content by catalogue index: they learn, and on
     cold items (shared OOV ID) they beat ID-only DIN."""
-    res = {name: train_stage(_with(samples_cfg, model=name, checkpoint_dir=runs), progress=False)["valid"]
+    res = {name: train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs)))["valid"]
            for name in ("din", "vbpr", "qarm", "simtier_make")}
     for name in ("vbpr", "qarm", "simtier_make"):
         assert res[name]["auc"] > 0.65, (name, res[name])
@@ -330,7 +330,7 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     cfg = _with(samples_cfg, backend=backend, num_proc=2, checkpoint_dir=str(tmp_path), batch_size=256, model=model,
                 epochs=epochs)
     omp = os.environ.get("OMP_NUM_THREADS")
-    res = train_stage(cfg, spark, progress=False)
+    res = train_stage(JobContext.of(spark, cfg))
     out = capfd.readouterr()
     # quiet ranks: no torchrun banner, no library warning; the driver's environment as it was
     assert "Setting OMP_NUM_THREADS" not in out.out + out.err and "Warning" not in out.out + out.err, out
@@ -388,19 +388,19 @@ def _with(cfg, **train):
 
 def test_an_identical_rerun_is_already_done_and_any_changed_setting_trains(samples_cfg, tmp_path):
     cfg = _with(samples_cfg, model="din", checkpoint_dir=str(tmp_path), max_steps=5)
-    first = train_stage(cfg, progress=False)
-    again = train_stage(cfg, progress=False)
+    first = train_stage(JobContext.of(None, cfg))
+    again = train_stage(JobContext.of(None, cfg))
     assert first["status"] == "trained" and first["steps"] == first["steps_this_run"] == 5
     assert again["status"] == "already done" and again["steps_this_run"] == 0 and again["steps"] == 5
     assert again["valid"] == first["valid"] and again["checkpoint"] == first["checkpoint"]
     assert again["identity"] == first["identity"]
     # reading ahead or not trains the same weights (test_prefetching_trains_the_same_weights): the same run
-    unprefetched = train_stage(_with(cfg, prefetch=0), progress=False)
+    unprefetched = train_stage(JobContext.of(None, _with(cfg, prefetch=0)))
     assert unprefetched["status"] == "already done" and unprefetched["identity"] == first["identity"]
     # every setting that changes the weights is a new run in its own folder
     for change in ({"lr": 0.5}, {"batch_size": 128}, {"max_steps": 6}, {"seed": 1}, {"dim": 32}, {"reader": "petastorm"},
                    {"sparse": False}, {"table_optimizer": "adam"}, {"table_lr": 0.1}):
-        other = train_stage(_with(cfg, **change), progress=False)
+        other = train_stage(JobContext.of(None, _with(cfg, **change)))
         assert other["status"] == "trained" and other["steps_this_run"] > 0, change
         assert other["identity"] != first["identity"] and other["checkpoint"] != first["checkpoint"], change
     assert json.loads(json.dumps(again, allow_nan=False))["identity"] == first["identity"]
@@ -408,14 +408,14 @@ def test_an_identical_rerun_is_already_done_and_any_changed_setting_trains(sampl
 
 def test_a_checkpoint_of_another_run_is_refused_by_name(samples_cfg, tmp_path):
     base = _with(samples_cfg, model="din", checkpoint_dir=str(tmp_path), max_steps=2)
-    done = train_stage(base, progress=False)
+    done = train_stage(JobContext.of(None, base))
     wider = _with(base, dim=32)
     _, folder = identity_and_folder(wider, SamplesManifest.read(base.samples.path))
     Path(folder).mkdir(parents=True)
     shutil.copy(Path(done["checkpoint"], "checkpoint.pt"), folder)  # a foreign checkpoint in its folder
     with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint.pt was written for another run: dim=64 \(this run: 32\).*train.restart=true"):
-        train_stage(wider, progress=False)
-    res = train_stage(_with(wider, restart=True), progress=False)
+        train_stage(JobContext.of(None, wider))
+    res = train_stage(JobContext.of(None, _with(wider, restart=True)))
     assert res["status"] == "trained" and load_checkpoint(folder)["meta"]["dim"] == 32
     assert len(list(Path(folder).parent.glob(Path(folder).name + ".moved-*"))) == 1
 
@@ -430,7 +430,7 @@ def test_damaged_checkpoints_give_a_clear_error_and_restart_recovers(samples_cfg
     torch.save({"model": {"w": torch.zeros(1000)}, "optim": {}, "step": 2, "meta": {}}, ckpt)
     ckpt.write_bytes(ckpt.read_bytes()[:300])
     with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint.pt is unreadable \(truncated or corrupt.*train.restart=true"):
-        train_stage(cfg, progress=False)
+        train_stage(JobContext.of(None, cfg))
     # a pickle that would run code: refused, nothing runs, and no advice to unpickle it
     marker = tmp_path / "pwned"
 
@@ -441,12 +441,12 @@ def test_damaged_checkpoints_give_a_clear_error_and_restart_recovers(samples_cfg
     with open(ckpt, "wb") as f:
         pickle.dump(Evil(), f)
     with pytest.raises(TrainingError) as err:
-        train_stage(cfg, progress=False)
+        train_stage(JobContext.of(None, cfg))
     assert "refused, nothing in it was run" in str(err.value) and "weights_only=False" not in str(err.value)
     assert not marker.exists()
     # a stale temporary of a killed writer is cleaned; restart moves the damaged folder aside
     Path(folder, "checkpoint.pt.tmp-999999999").write_bytes(b"partial")
-    res = train_stage(_with(cfg, restart=True), progress=False)
+    res = train_stage(JobContext.of(None, _with(cfg, restart=True)))
     assert res["status"] == "trained" and res["steps"] == 4
     assert not list(Path(folder).glob("checkpoint.pt.tmp-*"))
 
@@ -454,7 +454,7 @@ def test_damaged_checkpoints_give_a_clear_error_and_restart_recovers(samples_cfg
 def test_too_many_processes_is_refused_before_workers_start(spark, samples_cfg):
     cfg = _with(samples_cfg, backend="horovod", num_proc=64)
     with pytest.raises(ShardError, match="for 64 processes"):
-        train_stage(cfg, spark, progress=False)
+        train_stage(JobContext.of(spark, cfg))
 
 
 def test_content_models_need_samples_with_content():
@@ -482,7 +482,7 @@ def test_ranks_that_disagree_fail_the_run_and_it_is_never_recorded_done(spark, s
 
     monkeypatch.setattr(distributed, "run_horovod", diverged)
     with pytest.raises(TrainingError, match="parameters diverged across ranks.*not recorded as finished"):
-        train_stage(cfg, spark, progress=False)
+        train_stage(JobContext.of(spark, cfg))
     _, folder = identity_and_folder(cfg, SamplesManifest.read(cfg.samples.path))
     assert not Path(folder, "result.json").exists() and not Path(folder, "checkpoint.pt").exists()
     assert len(list(Path(folder).glob("checkpoint.diverged-*.pt"))) == 1
@@ -492,7 +492,7 @@ def test_max_vocab_trains_a_bounded_table_on_frequency_ordered_samples(samples_c
     man = SamplesManifest.read(samples_cfg.samples.path)
     assert man.raw["vocab_order"] == "train_frequency"
     cfg = _with(samples_cfg, model="mcca", checkpoint_dir=str(tmp_path), max_vocab=200, hash_buckets=50)
-    res = train_stage(cfg, progress=False)
+    res = train_stage(JobContext.of(None, cfg))
     weights = load_checkpoint(res["checkpoint"])["model"]
     assert weights["base.item.weight"].shape[0] == 2 + 200 + 50 < man.vocab_size
     assert weights["priors.item_bias.weight"].shape[0] == 2 + 200 + 50  # the item biases are bounded alike
@@ -503,7 +503,7 @@ def test_max_vocab_trains_a_bounded_table_on_frequency_ordered_samples(samples_c
     shutil.copytree(samples_cfg.samples.path, stale)
     (stale / "manifest.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "vocab_order"}))
     with pytest.raises(TrainingError, match="max_vocab keeps the most frequent items.*rebuild them"):
-        train_stage(cfg.with_overrides({"samples.path": str(stale)}), progress=False)
+        train_stage(JobContext.of(None, cfg.with_overrides({"samples.path": str(stale)})))
 
 
 def test_ranks_that_resumed_from_different_steps_are_refused_and_checksums_are_exact_in_chunks():

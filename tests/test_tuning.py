@@ -15,6 +15,7 @@ from psrq.experiments.runner import prepare_data, prepare_method
 from psrq.experiments.tuning import tune, write_tuned
 from psrq.samples.layout import SamplesManifest
 from psrq.storage import fs
+from psrq.job import JobContext
 
 SMALL = ["dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12", "synthetic.n_items=400",
          "synthetic.n_users=120", "synthetic.block_size=64", "synthetic.mean_events_per_user=30", "storage.engine=delta-rs",
@@ -31,9 +32,9 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
                                                    "tuning.space.weight_decay=[]",
                                                    "tuning.inherit={din_codes: din}"], conf_dir=conf, tuned=True)
     dcfg = dataset_config(cfg)
-    prepare_data(spark, dcfg)
+    prepare_data(JobContext.of(spark, dcfg))
     c = cell_config(dcfg, {"train.model": "din"}, 0)
-    prepare_method(spark, c)
+    prepare_method(JobContext.of(spark, c))
     man = SamplesManifest.read(c.samples.path)
     # the test split is gone: tuning that opened it would fail
     fs.move(man.split_path("test"), man.split_path("test") + ".hidden")
@@ -41,7 +42,7 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
     real = SamplesManifest.split_path
     monkeypatch.setattr(SamplesManifest, "split_path", lambda self, split: asked.append(split) or real(self, split))
     said = []
-    search = tune(spark, cfg, progress=said.append)
+    search = tune(JobContext.of(spark, cfg), progress=said.append)
     assert set(asked) == {"train", "valid"}
     res = search["results"]["din"]
     # 2 dimensions x 2 values, the second dimension's first value repeating a trial of the first
@@ -93,3 +94,4 @@ def test_the_committed_tuned_settings_load_as_their_datasets_defaults(path):
     for model, settings in table.items():
         cfg = load_config("local", path.stem, [f"train.model={model}"], tuned=True)
         assert {k: cfg.model_dump()["train"][k] for k in settings} == settings, model
+

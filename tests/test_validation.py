@@ -3,6 +3,7 @@ import pytest
 
 from psrq.data.validation import validate_interactions, validate_items
 from psrq.errors import InputValidationError
+from psrq.job import JobContext
 
 MODS = {"text_emb": 3, "audio_emb": 2}
 ITEMS_DDL = "item_id long, text_emb array<float>, audio_emb array<float>"
@@ -169,11 +170,11 @@ def test_assign_refuses_duplicate_ids_without_validate_inputs(spark, tmp_path):
     from conftest import small_config
 
     cfg = small_config(tmp_path, "codebooks.k=8", "codebooks.sample_size=300")
-    generate(spark, cfg)
-    fit_stage(spark, cfg)
+    generate(JobContext.of(spark, cfg))
+    fit_stage(JobContext.of(spark, cfg))
     engine = open_engine(spark, "delta-rs")
     items = engine.read(cfg.table_path("items"))
     engine.write(items.unionByName(items.filter("item_id < 3")), cfg.table_path("items"), "overwrite")
     with pytest.raises(InputValidationError, match="(?s)item_id values occur more than once.*e.g. 0, 1, 2"):
-        assign(spark, cfg)
+        assign(JobContext.of(spark, cfg))
     assert not engine.exists(cfg.table_path("semantic_ids"))

@@ -14,11 +14,11 @@ from pyspark.sql import functions as F
 from psrq.config import Config
 from psrq.data.validation import check_item_ids, require_item_columns
 from psrq.errors import ArtifactError, InputValidationError, Problem
-from psrq.quant.artifact import load_artifact
+from psrq.job import JobContext
 from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
-from psrq.storage import AppTxn, DeltaEngine, open_engine
+from psrq.storage import AppTxn, DeltaEngine
 from psrq.storage.base import WriteResult, version_of
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,12 @@ def semantic_rows(encoded: DataFrame, cbs: CodebookSet, existing: Optional[DataF
     return rows.select(*schema.fieldNames())
 
 
-def assign(spark: SparkSession, cfg: Config) -> dict:
+def assign(job: JobContext) -> dict:
     """The job: every item of the items table with the configured codebook version
     (codebooks.version, else the newest of the method), see assign_full."""
-    engine = open_engine(spark, cfg.storage.engine)
-    cbs, _ = load_artifact(cfg.codebooks_root(), cfg.codebooks.version, cfg.codebooks.method)
+    cfg, spark = job.cfg, job.session
+    engine = job.engine
+    cbs, _ = job.codebooks.load(cfg.codebooks.version, cfg.codebooks.method)
     return assign_full(spark, cfg, engine, engine.read(cfg.table_path("items")), cbs)
 
 

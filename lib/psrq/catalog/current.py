@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from psrq.config import Config
 from psrq.errors import ArtifactError
-from psrq.quant.artifact import list_versions, read_manifest
+from psrq.quant.artifact import CodebookStore
 from psrq.schemas import CODEBOOK_CURRENT
 from psrq.storage import AppTxn, DeltaEngine
 
@@ -42,9 +42,10 @@ def version_in_use(engine: DeltaEngine, cfg: Config) -> str:
 def mark_current(spark, engine: DeltaEngine, cfg: Config, version: str) -> dict:
     """Mark `version` current for its method, after checking that it is a complete codebook
     and that semantic_ids holds its rows."""
-    if version not in list_versions(cfg.codebooks_root()):
-        raise ArtifactError(f"codebook version {version!r} not found under {cfg.codebooks_root()}")
-    method = read_manifest(cfg.codebooks_root(), version)["method"]
+    store = CodebookStore(cfg.codebooks_root())
+    if version not in store.versions():
+        raise ArtifactError(f"codebook version {version!r} not found under {store.root}")
+    method = store.manifest(version)["method"]
     sid = cfg.table_path("semantic_ids")
     n = engine.read(sid).filter(F.col("codebook_version") == version).count() if engine.exists(sid) else 0
     if n == 0:

@@ -8,19 +8,18 @@ import logging
 import time
 
 import numpy as np
-from pyspark.sql import SparkSession
 
 from psrq.config import Config
 from psrq.data.validation import check_item_ids, require_item_columns
 from psrq.errors import ArtifactError
-from psrq.quant.artifact import find_fit, load_artifact, spec_to_dict, write_artifact
+from psrq.job import JobContext
+from psrq.quant.artifact import spec_to_dict
 from psrq.quant.base import QuantSpec
 from psrq.quant.diagnostics import diagnose, plot_code_distributions
 from psrq.quant.kmeans import resolve_backend
 from psrq.quant.registry import quantizer_class
 from psrq.quant.semantic_ids import fit_sample, quant_spec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
-from psrq.storage import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +47,22 @@ def fit_identity(cfg: Config, spec: QuantSpec, modalities: dict, items_path: str
     }, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, created_by: dict | None = None) -> dict:
+def fit_stage(job: JobContext, method: str | None = None, created_by: dict | None = None) -> dict:
     """Fit `method` (default codebooks.method) for every modality and the joint space and
     write a new codebook version. Returns its manifest, with `status`: "fitted", or
     "already done" when this run already fitted the same settings on the same source
     version (a retried nightly run keeps every item's semantic ID)."""
+    cfg = job.cfg
     cc = cfg.codebooks
     spec = quant_spec(cc, method)
-    engine = open_engine(spark, cfg.storage.engine)
+    engine = job.engine
     items_path = cfg.table_path("items")
     items_version = engine.version(items_path)
     modalities = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
     ident = fit_identity(cfg, spec, modalities, items_path, items_version, created_by or {})
-    if (done := find_fit(cfg.codebooks_root(), ident)) is not None:
+    if (done := job.codebooks.find_fit(ident)) is not None:
         try:  # "already done" checks what it reports: the arrays against the manifest's checksum
-            load_artifact(cfg.codebooks_root(), done["version"])
+            job.codebooks.load(done["version"])
         except ArtifactError as exc:
             raise ArtifactError(f"this run already fitted codebook {done['version']}, but it is damaged ({exc}): "
                                 f"remove {cfg.codebooks_root()}/{done['version']} to fit it again") from None
@@ -95,6 +95,6 @@ def fit_stage(spark: SparkSession, cfg: Config, method: str | None = None, creat
         "fit_identity": ident,
         "run_id": cfg.run.run_id,
     }
-    version = write_artifact(cfg.codebooks_root(), cbs, manifest, {"code_distributions.png": png.getvalue()})
+    version = job.codebooks.write(cbs, manifest, {"code_distributions.png": png.getvalue()})
     log.info("codebook %s written under %s (%s, fit %.1fs)", version, cfg.codebooks_root(), spec.method, fit_s)
     return {**manifest, "version": version, "method": spec.method, "status": "fitted"}

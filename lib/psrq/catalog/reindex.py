@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from psrq.catalog.assign import assign_full, assign_incremental
@@ -33,10 +33,10 @@ from psrq.catalog.current import current_version, mark_current
 from psrq.catalog.fit import fit_stage
 from psrq.config import Config
 from psrq.errors import InputValidationError, Problem
-from psrq.quant.artifact import load_artifact, manifests
+from psrq.job import JobContext
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
-from psrq.storage import AppTxn, open_engine
+from psrq.storage import AppTxn
 from psrq.storage.base import version_of
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,14 @@ def drift(errors: np.ndarray, layer1: np.ndarray, fit_diag: dict, k: int) -> dic
     return {"error_share": share, "layer1_shift": shift}
 
 
-def _reuse_or_fit(spark, cfg: Config, night: int) -> str:
+def _reuse_or_fit(job: JobContext, night: int) -> str:
     """A codebook version fitted by this night already (a resumed run) is reused."""
-    for v, m in reversed(manifests(cfg.codebooks_root(), cfg.codebooks.method).items()):
+    cfg = job.cfg
+    for v, m in reversed(job.codebooks.manifests(cfg.codebooks.method).items()):
         if m.get("created_by", {}).get("reindex_night") == night:
             log.info("reusing codebook %s fitted earlier by night %d", v, night)
             return v
-    return fit_stage(spark, cfg, created_by={"job": "reindex_catalog", "reindex_night": night})["version"]
+    return fit_stage(job, created_by={"job": "reindex_catalog", "reindex_night": night})["version"]
 
 
 @dataclass
@@ -90,10 +91,11 @@ def _stored_plan(engine, state_path: str, night: int) -> NightPlan | None:
     return NightPlan(**{f.name: rows[0][f.name] for f in fields(NightPlan)}) if rows else None
 
 
-def reindex(spark: SparkSession, cfg: Config) -> dict:
+def reindex(job: JobContext) -> dict:
     """The night run.run_id (the module's doc): resumes its recorded plan, or plans it."""
+    cfg, spark = job.cfg, job.session
     night = cfg.run.run_id
-    engine = open_engine(spark, cfg.storage.engine)
+    engine = job.engine
     state_path, sid_path = cfg.table_path("reindex_state"), cfg.table_path("semantic_ids")
     done = engine.transaction_version(state_path, APP)
     if done is not None and done >= night:
@@ -110,11 +112,11 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
     # tonight's codebook: the plan's; else codebooks.version, the one marked current, or (a
     # first night, before anything was marked) the latest fitted of the method
     cb_version = plan.codebook_version if plan else (cfg.codebooks.version or current_version(engine, cfg))
-    cbs, manifest = load_artifact(cfg.codebooks_root(), cb_version, cfg.codebooks.method)
+    cbs, manifest = job.codebooks.load(cb_version, cfg.codebooks.method)
     sid_done = (engine.transaction_version(sid_path, APP) or -1) >= night if engine.exists(sid_path) else False
     if plan is not None and sid_done:
         # killed after semantic_ids moved, before the outcome: only the records are missing
-        version = _reuse_or_fit(spark, cfg, night) if plan.refit else cbs.version
+        version = _reuse_or_fit(job, night) if plan.refit else cbs.version
         if plan.refit and cfg.codebooks.mark_current:
             mark_current(spark, engine, cfg, version)
         return _finish(spark, engine, state_path, plan, {"version": engine.version(sid_path), "codebook_version": version})
@@ -127,7 +129,7 @@ def reindex(spark: SparkSession, cfg: Config) -> dict:
         if plan is None:
             plan = _plan(spark, cfg, engine, encoded, cbs, manifest, NightPlan(night, cutoff, items_version, cbs.version,
                                                                                  0, 0.0, 0.0, False))
-        result = _apply(spark, cfg, engine, plan, items, changed, encoded, cbs)
+        result = _apply(job, plan, items, changed, encoded, cbs)
     finally:
         encoded.unpersist()
     return _finish(spark, engine, state_path, plan, result)
@@ -180,13 +182,13 @@ def _plan(spark, cfg: Config, engine, encoded: DataFrame, cbs, manifest: dict, p
     return plan
 
 
-def _apply(spark, cfg: Config, engine, plan: NightPlan, items: DataFrame, changed: DataFrame, encoded: DataFrame,
-           cbs) -> dict:
+def _apply(job: JobContext, plan: NightPlan, items: DataFrame, changed: DataFrame, encoded: DataFrame, cbs) -> dict:
     """Merge the changed items' IDs, or (drift) refit and reassign the whole catalogue."""
+    spark, cfg, engine = job.session, job.cfg, job.engine
     if plan.refit:
-        version = _reuse_or_fit(spark, cfg, plan.night)
+        version = _reuse_or_fit(job, plan.night)
         log.info("drift over threshold: reassigning the whole catalogue with codebook %s", version)
-        new_cbs, _ = load_artifact(cfg.codebooks_root(), version)
+        new_cbs, _ = job.codebooks.load(version)
         return assign_full(spark, cfg, engine, items, new_cbs, AppTxn(APP, plan.night))  # the plan's items version
     if plan.n_changed:
         return assign_incremental(spark, cfg, engine, changed, cbs, AppTxn(APP, plan.night), encoded=encoded)

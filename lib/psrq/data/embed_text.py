@@ -16,9 +16,9 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from psrq.config import Config
 from psrq.errors import InputValidationError, Problem, PsrqError
-from psrq.storage import AppTxn, open_engine
+from psrq.job import JobContext
+from psrq.storage import AppTxn
 
 log = logging.getLogger(__name__)
 _MODELS: dict = {}
@@ -52,13 +52,14 @@ def embed(texts: list[str], path: str, batch_size: int) -> np.ndarray:
                         show_progress_bar=False).astype(np.float32)
 
 
-def embed_text_stage(spark, cfg: Config) -> dict:
+def embed_text_stage(job: JobContext) -> dict:
+    cfg = job.cfg
     ec = cfg.embed_text
     model_path = ec.model_path or default_model_path()
     if not (Path(model_path) / "modules.json").is_file() and not (Path(model_path) / "config.json").is_file():
         raise PsrqError(f"embed_text.model_path={model_path}: not a local sentence-transformers model folder")
     dim = int(load_model(model_path).get_sentence_embedding_dimension())
-    engine = open_engine(spark, cfg.storage.engine)
+    engine = job.engine
     path = cfg.table_path(ec.table)
     df = engine.read(path)
     if ec.text_column not in df.columns:

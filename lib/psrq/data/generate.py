@@ -3,21 +3,20 @@ from __future__ import annotations
 
 import logging
 
-from pyspark.sql import SparkSession
-
-from psrq.config import Config
 from psrq.data.synthetic_spark import synthetic_frames
-from psrq.storage import AppTxn, open_engine
+from psrq.job import JobContext
+from psrq.storage import AppTxn
 
 log = logging.getLogger(__name__)
 
 TABLES = ("items", "item_truth", "interactions")
 
 
-def generate(spark: SparkSession, cfg: Config) -> dict:
+def generate(job: JobContext) -> dict:
     """Overwrite the three tables. The app transaction is keyed by the generator's
     settings and run.run_id, so re-running the same generation commits nothing new."""
-    engine = open_engine(spark, cfg.storage.engine)
+    cfg, spark = job.cfg, job.session
+    engine = job.engine
     txn = AppTxn(f"psrq.generate_synthetic.{cfg.fingerprint('dataset', 'synthetic')}", cfg.run.run_id)
     frames = synthetic_frames(spark, cfg)
     results = {}

@@ -5,21 +5,22 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from psrq.config import Config
 from psrq.data.movielens import read_interactions, read_items
+from psrq.job import JobContext
 from psrq.schemas import INTERACTIONS, MOVIELENS_ITEMS
-from psrq.storage import AppTxn, open_engine
+from psrq.storage import AppTxn
 
 log = logging.getLogger(__name__)
 
 
-def import_movielens(spark, cfg: Config) -> dict:
+def import_movielens(job: JobContext) -> dict:
+    cfg, spark = job.cfg, job.session
     mc = cfg.movielens
     items = read_items(mc.path)
     items["genre_emb"] = [v.tolist() for v in items.genre_emb]
     items["updated_at"] = datetime(1998, 4, 23, tzinfo=timezone.utc)  # the data set's release
     inter = read_interactions(mc.path, mc.positive_from)
-    engine = open_engine(spark, cfg.storage.engine)
+    engine = job.engine
     out: dict = {}
     for name, pdf, schema in (("items", items, MOVIELENS_ITEMS), ("interactions", inter, INTERACTIONS)):
         df = spark.createDataFrame(pdf[schema.fieldNames()], schema).repartition(spark.sparkContext.defaultParallelism)

@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import logging
 
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from psrq.config import Config
 from psrq.data.validation import validate_interactions, validate_items
-from psrq.storage import open_engine
+from psrq.job import JobContext
 
 log = logging.getLogger(__name__)
 
 
-def validate_inputs(spark: SparkSession, cfg: Config, cold_threshold: int = 30) -> dict:
+def validate_inputs(job: JobContext, cold_threshold: int = 30) -> dict:
     """Validate both tables (raises InputValidationError) and summarise them."""
-    engine = open_engine(spark, cfg.storage.engine)
+    cfg = job.cfg
+    engine = job.engine
     items_path, inter_path = cfg.table_path("items"), cfg.table_path("interactions")
     items = engine.read(items_path)
     modalities = {m.column: m.dim for m in cfg.dataset.modalities.values()}

@@ -23,9 +23,10 @@ from pyspark.sql import functions as F
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import EPS, evaluate_predictions
 from psrq.evaluation.record import RECORDED, Evaluated, eval_record
+from psrq.job import JobContext
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
-from psrq.storage import AppTxn, fs, open_engine
+from psrq.storage import AppTxn, fs
 from psrq.training.identity import EvalIdentity
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,15 @@ def evaluate_floors(train: DataFrame, rows: DataFrame, gauc: bool = True, prior:
         scored.unpersist()
 
 
-def floors_stage(spark, cfg) -> dict[str, dict]:
+def floors_stage(job: JobContext) -> dict[str, dict]:
     """The floors of evaluate.split (the train split's statistics), recorded in eval_metrics
     once per samples build and split: an evaluation that finds them reports the record."""
+    cfg, spark = job.cfg, job.session
     ec = cfg.evaluate
     man = SamplesManifest.read(cfg.samples_root())
     ids = {name: EvalIdentity(train_key="floor", model=f"floor:{name}", step=0, weights=f"prior={PRIOR}", split=ec.split,
                               samples=man.key).eval_id for name in FLOORS}
-    engine = open_engine(spark, cfg.storage.engine)
+    engine = job.engine
     metrics_path = cfg.table_path("eval_metrics")
     if engine.exists(metrics_path):
         done = {r["eval_id"]: r.asDict() for r in

@@ -14,16 +14,16 @@ from datetime import datetime, timezone
 
 from pyspark.sql import functions as F
 
-from psrq.config import Config
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import evaluate_predictions
 from psrq.evaluation.record import RECORDED, Evaluated, eval_record
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
+from psrq.job import JobContext
 from psrq.models.registry import needs_content
 from psrq.samples.content import CONTENT_FILE, read_content_bytes
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
-from psrq.storage import AppTxn, fs, open_engine
+from psrq.storage import AppTxn, fs
 from psrq.training.checkpoints import CHECKPOINT, check_compatible, load_checkpoint
 from psrq.training.identity import EvalIdentity, weights_hash
 from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
@@ -39,7 +39,8 @@ def _summary(record: dict, status: str, content: bool) -> dict:
             "content_file": CONTENT_FILE if content else None}
 
 
-def evaluate_stage(spark, cfg: Config) -> dict:
+def evaluate_stage(job: JobContext) -> dict:
+    cfg, spark = job.cfg, job.session
     ec, tc = cfg.evaluate, cfg.train
     man = SamplesManifest.read(cfg.samples_root())
     ident, ckpt_dir = identity_and_folder(cfg, man)
@@ -52,7 +53,7 @@ def evaluate_stage(spark, cfg: Config) -> dict:
     eid = EvalIdentity(train_key=ident.key, model=tc.model, step=int(ckpt["step"]), weights=weights_hash(ckpt["model"]),
                        split=ec.split, samples=man.key)
     eval_id = eid.eval_id
-    engine = open_engine(spark, cfg.storage.engine)
+    engine = job.engine
     metrics_path = cfg.table_path("eval_metrics")
     reads_content = needs_content(tc.model)
     if engine.exists(metrics_path):

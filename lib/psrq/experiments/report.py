@@ -208,13 +208,13 @@ def plot_curves(res: pd.DataFrame, exp: Experiment, dataset: str, path: Path) ->
 
 def diagnostics_section(codebooks_root: str, versions: dict[str, str]) -> str:
     """Per-layer diagnostics of each quantizer's codebook (method -> version)."""
-    from psrq.quant.artifact import read_manifest
+    from psrq.quant.artifact import CodebookStore
     from psrq.quant.diagnostics import format_side_by_side
 
     diags = {}
     for method, version in versions.items():
         try:
-            diags[method] = read_manifest(codebooks_root, version)["diagnostics"]
+            diags[method] = CodebookStore(codebooks_root).manifest(version)["diagnostics"]
         except Exception:  # noqa: BLE001 - a report without one quantizer's diagnostics still reads
             continue
     if not diags:

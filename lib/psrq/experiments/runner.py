@@ -19,8 +19,9 @@ from psrq.config import Config
 from psrq.evaluation.metrics import format_metric
 from psrq.experiments.matrix import Experiment, cell_config, dataset_config
 from psrq.experiments.report import FLOOR
+from psrq.job import JobContext
 from psrq.schemas import EXPERIMENT_RESULTS
-from psrq.storage import AppTxn, fs, open_engine
+from psrq.storage import AppTxn, fs
 
 log = logging.getLogger(__name__)
 RESULTS_TABLE = "experiment_results"
@@ -30,12 +31,13 @@ def results_path(dcfg: Config) -> str:
     return f"{dcfg.root().rstrip('/')}/{RESULTS_TABLE}"
 
 
-def read_results(spark, dcfg: Config, latest: bool = True):
-    """The results table as pandas (empty frame when nothing ran yet); latest: each
-    (experiment, cell, seed)'s newest row only (what the reports show)."""
+def read_results(djob: JobContext, latest: bool = True):
+    """The results table of djob's dataset configuration (dataset_config) as pandas (empty
+    frame when nothing ran yet); latest: each (experiment, cell, seed)'s newest row only
+    (what the reports show)."""
     import pandas as pd
 
-    engine = open_engine(spark, dcfg.storage.engine)
+    dcfg, engine = djob.cfg, djob.engine
     path = results_path(dcfg)
     if not engine.exists(path):
         return pd.DataFrame(columns=EXPERIMENT_RESULTS.fieldNames())
@@ -45,60 +47,63 @@ def read_results(spark, dcfg: Config, latest: bool = True):
     return res.reset_index(drop=True)
 
 
-def prepare_data(spark, dcfg: Config) -> None:
-    """The dataset's items and interactions tables (idempotent)."""
-    engine = open_engine(spark, dcfg.storage.engine)
+def prepare_data(djob: JobContext) -> None:
+    """The dataset's items and interactions tables (idempotent); djob: with the dataset's
+    configuration (dataset_config)."""
+    dcfg, engine = djob.cfg, djob.engine
     kind = dcfg.dataset.kind
     if kind == "synthetic":
         from psrq.data.generate import generate
 
-        generate(spark, dcfg)
+        generate(djob)
     elif kind == "movielens":
         if not engine.exists(dcfg.table_path("interactions")):
             from psrq.data.import_movielens import import_movielens
 
-            import_movielens(spark, dcfg)
+            import_movielens(djob)
         if dcfg.embed_text.output_column not in engine.read(dcfg.table_path("items")).columns:
             from psrq.data.embed_text import embed_text_stage
 
-            embed_text_stage(spark, dcfg)
+            embed_text_stage(djob)
     elif not engine.exists(dcfg.table_path("interactions")):
         raise FileNotFoundError(f"dataset {dcfg.dataset.name}: no interactions table at {dcfg.table_path('interactions')}")
 
 
-def prepare_method(spark, c: Config) -> dict:
-    """Codebooks, semantic IDs and samples for c.codebooks.method, unless already built."""
+def prepare_method(job: JobContext) -> dict:
+    """Codebooks, semantic IDs and samples for job.cfg.codebooks.method, unless already built."""
     from psrq.samples.build import build_samples
     from psrq.samples.layout import SamplesManifest
 
+    c = job.cfg
     if fs.exists(fs.join(c.samples_root(), SamplesManifest.FILE)):
         return SamplesManifest.read(c.samples_root()).raw
     from psrq.catalog.assign import assign
     from psrq.catalog.fit import fit_stage
 
     log.info("preparing %s: fit, assign, build samples", c.codebooks.method)
-    fit_stage(spark, c)
-    assign(spark, c)
-    return build_samples(spark, c)
+    fit_stage(job)
+    assign(job)
+    return build_samples(job)
 
 
-def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progress=print) -> list[dict]:
+def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=print) -> list[dict]:
     from psrq.evaluation.floors import floors_stage
     from psrq.evaluation.stage import evaluate_stage
     from psrq.samples.layout import SamplesManifest
     from psrq.training.identity import TrainIdentity
     from psrq.training.stage import train_stage
 
-    dcfg = dataset_config(cfg)
-    prepare_data(spark, dcfg)
-    engine = open_engine(spark, dcfg.storage.engine)
-    done = read_results(spark, dcfg, latest=False)
+    spark, dcfg = job.session, dataset_config(job.cfg)
+    djob = job.with_cfg(dcfg)
+    prepare_data(djob)
+    engine = djob.engine
+    done = read_results(djob, latest=False)
     done = set(zip(done.experiment, done.cell, done.seed.astype(int), done.train_identity)) if len(done) else set()
     plan = []
     for cell in exp.cells:
         for seed in seeds:
             c = cell_config(dcfg, exp.cells[cell], seed)
-            prepare_method(spark, c)  # the samples name the identity; built once per quantizer
+            prepare_method(job.with_cfg(c))  # the samples name the identity; built once per quantizer
             key = TrainIdentity.of(c.train, SamplesManifest.read(c.samples_root())).key
             if (exp.name, cell, seed, key) not in done:
                 plan.append((cell, seed, c))
@@ -112,9 +117,9 @@ def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progre
     rows = []
     for i, (cell, seed, c) in enumerate(plan, 1):
         t0 = time.time()
-        trained = train_stage(c, spark, progress=False)
+        trained = train_stage(job.with_cfg(c))
         t_train = time.time() - t0
-        ev = evaluate_stage(spark, c)
+        ev = evaluate_stage(job.with_cfg(c))
         m = ev["metrics"]
         row = {"experiment": exp.name, "dataset": dcfg.dataset.name, "cell": cell, "seed": seed, "model": c.train.model,
                "method": c.codebooks.method, "codebook_version": ev["codebook_version"], "eval_id": ev["eval_id"],
@@ -128,19 +133,20 @@ def run_experiment(spark, cfg: Config, exp: Experiment, seeds: list[int], progre
         progress(f"[{exp.name} on {dcfg.dataset.name}] {i}/{len(plan)} {cell} seed {seed}: AUC {m['auc']:.4f}, "
                  f"cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f} ({trained['steps']} steps, "
                  f"best at {trained.get('best_step')}, {time.time() - t0:.0f}s)")
-    rows += run_floors(spark, exp, cell_config(dcfg, exp.cells[exp.ours], seeds[0]), done, record, floors_stage)
+    rows += run_floors(job.with_cfg(cell_config(dcfg, exp.cells[exp.ours], seeds[0])), exp, done, record, floors_stage)
     return rows
 
 
-def run_floors(spark, exp: Experiment, c: Config, done: set, record, floors_stage) -> list[dict]:
+def run_floors(job: JobContext, exp: Experiment, done: set, record, floors_stage) -> list[dict]:
     """The floors' rows, once per experiment: they score the same test rows from the train
-    split (the samples of `ours`; every quantizer's samples hold the same events)."""
+    split (job.cfg: the cell of `ours`; every quantizer's samples hold the same events)."""
+    c = job.cfg
     from psrq.evaluation.floors import FLOORS
 
     if all((exp.name, f"{FLOOR}{name}", 0, "floor") in done for name in FLOORS):
         return []
     rows = []
-    for name, m in floors_stage(spark, c).items():
+    for name, m in floors_stage(job).items():
         if (exp.name, f"{FLOOR}{name}", 0, "floor") in done:
             continue
         row = {"experiment": exp.name, "dataset": c.dataset.name, "cell": f"{FLOOR}{name}", "seed": 0,

@@ -28,24 +28,27 @@ from statistics import mean
 
 from omegaconf import OmegaConf
 
-from psrq.config import TUNED_DIR, Config
+from psrq.config import TUNED_DIR
 from psrq.experiments.matrix import cell_config, dataset_config
 from psrq.experiments.runner import prepare_data, prepare_method
+from psrq.job import JobContext
 
 log = logging.getLogger(__name__)
 
 
-def trial(spark, dcfg: Config, model: str, setting: dict, seeds: list[int]) -> dict:
-    """One setting of one model, trained once per seed: the valid metrics of each run."""
+def trial(djob: JobContext, model: str, setting: dict, seeds: list[int]) -> dict:
+    """One setting of one model, trained once per seed: the valid metrics of each run
+    (djob: with the dataset's configuration)."""
     from psrq.training.stage import train_stage
 
+    dcfg = djob.cfg
     tc = dcfg.tuning
     runs = []
     for seed in seeds:
         c = cell_config(dcfg, {**{f"train.{k}": v for k, v in setting.items()}, "train.model": model,
                                "train.epochs": tc.epochs, "train.patience": tc.patience}, seed)
-        prepare_method(spark, c)
-        res = train_stage(c, spark, progress=False)
+        prepare_method(djob.with_cfg(c))
+        res = train_stage(djob.with_cfg(c))
         runs.append({"seed": seed, "identity": res["identity"], "status": res["status"], "steps": res["steps"],
                      "best_step": res.get("best_step"), "valid_auc": res["valid"]["auc"],
                      "valid_cold_auc": res["valid"].get("cold_auc"), "valid_logloss": res["valid"].get("logloss")})
@@ -53,8 +56,9 @@ def trial(spark, dcfg: Config, model: str, setting: dict, seeds: list[int]) -> d
     return {"model": model, "setting": setting, "valid_auc_mean": mean(aucs) if aucs else None, "runs": runs}
 
 
-def tune_model(spark, dcfg: Config, model: str, progress=print) -> dict:
+def tune_model(djob: JobContext, model: str, progress=print) -> dict:
     """The staged grid for one model: its chosen setting and every trial."""
+    dcfg = djob.cfg
     space = dcfg.tuning.space
     chosen = {key: values[0] for key, values in space.items()}
     trials = []
@@ -62,7 +66,7 @@ def tune_model(spark, dcfg: Config, model: str, progress=print) -> dict:
         scores = {}
         for value in values:
             setting = {**chosen, key: value}
-            t = trial(spark, dcfg, model, setting, dcfg.tuning.seeds)
+            t = trial(djob, model, setting, dcfg.tuning.seeds)
             trials.append(t)
             scores[json.dumps(value)] = t["valid_auc_mean"]
             progress(f"[tune {dcfg.dataset.name}] {model} train.{key}={value} ({_short(setting)}): mean valid AUC "
@@ -78,13 +82,14 @@ def _short(setting: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting.items())
 
 
-def tune(spark, cfg: Config, progress=print) -> dict:
+def tune(job: JobContext, progress=print) -> dict:
     """Every model of tuning.models on cfg's dataset (under experiments.root, as the
     experiments); the chosen settings per model, with epochs and patience, ready for
     write_tuned."""
-    dcfg = dataset_config(cfg)
-    prepare_data(spark, dcfg)
-    results = {m: tune_model(spark, dcfg, m, progress) for m in cfg.tuning.models}
+    cfg = job.cfg
+    djob = job.with_cfg(dataset_config(cfg))
+    prepare_data(djob)
+    results = {m: tune_model(djob, m, progress) for m in cfg.tuning.models}
     chosen = {m: {**r["chosen"], "epochs": cfg.tuning.epochs, "patience": cfg.tuning.patience}
               for m, r in results.items()}
     for model, source in cfg.tuning.inherit.items():

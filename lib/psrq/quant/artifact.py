@@ -38,74 +38,6 @@ def manifest_checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _versions(fs, root: str) -> dict[str, bool]:
-    """version -> complete (has a manifest)."""
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for info in infos:
-        name = info.path.rstrip("/").rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.Directory and _VERSION.match(name):
-            out[name] = fs.get_file_info(f"{info.path}/{MANIFEST}").type == pafs.FileType.File
-    return out
-
-
-def scan(root: str, method: str | None = None) -> tuple[dict[str, dict], dict[str, str]]:
-    """(version -> manifest of the complete, intact versions, oldest first, only those of
-    `method` when given; version -> why each other version cannot be used)."""
-    fs, path = resolve(root)
-    out, broken = {}, {}
-    for v, complete in sorted(_versions(fs, path).items()):
-        if not complete:
-            broken[v] = "incomplete: no manifest.json (a fit stopped before it finished; jobs/clean_orphans.py removes it)"
-            continue
-        try:
-            m = _manifest(fs, path, v)
-        except ArtifactError as exc:
-            broken[v] = str(exc)
-            continue
-        if method is None or m.get("method") == method:
-            out[v] = m
-    return out, broken
-
-
-def manifests(root: str, method: str | None = None) -> dict[str, dict]:
-    """version -> manifest of the complete, intact versions, oldest first; only those of
-    `method` when given. A version whose manifest is broken is logged and skipped."""
-    out, broken = scan(root, method)
-    for v, why in broken.items():
-        if not why.startswith("incomplete"):
-            log.warning("skipping codebook version %s: %s", v, why)
-    return out
-
-
-def list_versions(root: str, method: str | None = None) -> list[str]:
-    """Complete, intact versions, oldest first; only those of `method` when given."""
-    return list(manifests(root, method))
-
-
-def _manifest(fs, path: str, version: str) -> dict:
-    with fs.open_input_stream(f"{path}/{version}/{MANIFEST}") as f:
-        try:
-            m = json.loads(f.read())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"codebook {version} under {path}: manifest is not valid JSON ({exc})") from None
-    want = m.get("checksums", {}).get(SELF) if isinstance(m, dict) else None
-    if want is not None and want != manifest_checksum(m):
-        raise ArtifactError(f"codebook {version} under {path}: manifest.json was modified after it was written "
-                            "(its checksum does not match its content)")
-    if not isinstance(m, dict) or m.get("version") != version or "spec" not in m or "spaces" not in m:
-        raise ArtifactError(f"codebook {version} under {path}: manifest.json is not a codebook manifest of this version")
-    return m
-
-
-def find_fit(root: str, fit_identity: str) -> dict | None:
-    """The manifest of the version a fit with this identity wrote, if any."""
-    return next((m for m in reversed(manifests(root).values()) if m.get("fit_identity") == fit_identity), None)
-
-
 def spec_to_dict(spec: QuantSpec) -> dict:
     return dataclasses.asdict(spec)
 
@@ -114,86 +46,151 @@ def spec_from_dict(d: dict) -> QuantSpec:
     return QuantSpec(**{**d, "kmeans": KMeansSpec(**d["kmeans"])})
 
 
-def write_artifact(root: str, cbs: CodebookSet, manifest: dict, extra_files: dict[str, bytes] | None = None) -> str:
-    """Write a new version; returns its name (v0001, v0002, ...)."""
-    fs, path = resolve(root)
-    fs.create_dir(path, recursive=True)
-    existing = _versions(fs, path)
-    n = max([int(v[1:]) for v in existing] + [0]) + 1
-    version = f"v{n:04d}"
-    vdir = f"{path}/{version}"
-    fs.create_dir(vdir, recursive=True)
-    flat = {f"{space}/{name}": np.ascontiguousarray(a) for space, arrs in cbs.arrays.items() for name, a in arrs.items()}
-    blob = st_save(flat)
-    with fs.open_output_stream(f"{vdir}/{ARRAYS}") as f:
-        f.write(blob)
-    for name, data in (extra_files or {}).items():
-        with fs.open_output_stream(f"{vdir}/{name}") as f:
-            f.write(data)
-    full = {
-        "format": FORMAT,
-        "version": version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "method": cbs.spec.method,
-        "spec": spec_to_dict(cbs.spec),
-        "normalisation": cbs.normalisation,
-        # lists, not objects: the order of modalities defines the joint space's layout
-        "modalities": [{"name": m, **info} for m, info in cbs.modalities.items()],
-        "spaces": [{"name": s, "arrays": {n: list(a.shape) for n, a in arrs.items()}} for s, arrs in cbs.arrays.items()],
-        **manifest,
-        "checksums": {ARRAYS: hashlib.sha256(blob).hexdigest()},
-    }
-    full["checksums"][SELF] = manifest_checksum(full)
-    with fs.open_output_stream(f"{vdir}/{MANIFEST}") as f:  # last: marks the version complete
-        f.write(json.dumps(full, indent=2, sort_keys=True).encode())
-    cbs.version = version
-    return version
+class CodebookStore:
+    """The codebook versions under one root (storage.codebooks, local or an object store),
+    its filesystem resolved once: list, read, load and write versions, find a fit's. Which
+    version is in use is not a file here but a Delta commit (psrq.catalog.current)."""
 
+    def __init__(self, root: str):
+        self.root = root
+        self.fs, self.path = resolve(root)
 
-def read_manifest(root: str, version: str | None = None, method: str | None = None) -> dict:
-    """Manifest of `version`, or of the latest complete version (of `method` when given)."""
-    fs, path = resolve(root)
-    if version is None:
-        usable, broken = scan(root, method)
-        if not usable:
-            what = f"{method} codebook" if method else "codebook"
-            if broken:  # "none usable" is not "none": say which were skipped, and why
-                skipped = "; ".join(f"{v}: {why}" for v, why in broken.items())
-                raise ArtifactError(f"no usable {what} version under {root}: {len(broken)} skipped ({skipped}); "
-                                    "repair or remove them, or run jobs/fit_codebooks.py")
-            raise ArtifactError(f"no {what} versions under {root}: run jobs/fit_codebooks.py first")
-        version = list(usable)[-1]
-    elif not _versions(fs, path).get(version):
-        available = ", ".join(list_versions(root)) or "none"
-        raise ArtifactError(f"codebook version {version!r} not found under {root} (available: {available})")
-    return _manifest(fs, path, version)  # asked for by name: a broken manifest is an error, not skipped
+    def _versions(self) -> dict[str, bool]:
+        """version -> complete (has a manifest)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for info in infos:
+            name = info.path.rstrip("/").rsplit("/", 1)[-1]
+            if info.type == pafs.FileType.Directory and _VERSION.match(name):
+                out[name] = self.fs.get_file_info(f"{info.path}/{MANIFEST}").type == pafs.FileType.File
+        return out
 
+    def scan(self, method: str | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+        """(version -> manifest of the complete, intact versions, oldest first, only those of
+        `method` when given; version -> why each other version cannot be used)."""
+        out, broken = {}, {}
+        for v, complete in sorted(self._versions().items()):
+            if not complete:
+                broken[v] = "incomplete: no manifest.json (a fit stopped before it finished; jobs/clean_orphans.py removes it)"
+                continue
+            try:
+                m = self._manifest(v)
+            except ArtifactError as exc:
+                broken[v] = str(exc)
+                continue
+            if method is None or m.get("method") == method:
+                out[v] = m
+        return out, broken
 
-def load_artifact(root: str, version: str | None = None, method: str | None = None) -> tuple[CodebookSet, dict]:
-    """Load and verify a version (when None: the latest complete one, of `method` if given)."""
-    manifest = read_manifest(root, version, method)
-    version = manifest["version"]
-    fs, path = resolve(root)
-    with fs.open_input_stream(f"{path}/{version}/{ARRAYS}") as f:
-        blob = f.read()
-    want = manifest.get("checksums", {}).get(ARRAYS)
-    got = hashlib.sha256(blob).hexdigest()
-    if want != got:
-        raise ArtifactError(f"codebook {version} under {root} is corrupt: {ARRAYS} checksum {got[:12]}… "
-                            f"!= manifest {str(want)[:12]}…")
-    flat = st_load(blob)
-    arrays: dict = {}
-    for key, a in flat.items():
-        space, name = key.split("/", 1)
-        arrays.setdefault(space, {})[name] = a
-    spaces = [s["name"] for s in manifest["spaces"]]
-    if set(arrays) != set(spaces):
-        raise ArtifactError(f"codebook {version}: arrays hold spaces {sorted(arrays)}, manifest says {sorted(spaces)}")
-    check_shapes(manifest, arrays, f"codebook {version} under {root}")
-    modalities = {m["name"]: {"column": m["column"], "dim": m["dim"]} for m in manifest["modalities"]}
-    ordered = {s: arrays[s] for s in spaces}
-    cbs = CodebookSet.from_arrays(spec_from_dict(manifest["spec"]), manifest["normalisation"], modalities, ordered, version)
-    return cbs, manifest
+    def manifests(self, method: str | None = None) -> dict[str, dict]:
+        """version -> manifest of the complete, intact versions, oldest first; only those of
+        `method` when given. A version whose manifest is broken is logged and skipped."""
+        out, broken = self.scan(method)
+        for v, why in broken.items():
+            if not why.startswith("incomplete"):
+                log.warning("skipping codebook version %s: %s", v, why)
+        return out
+
+    def versions(self, method: str | None = None) -> list[str]:
+        """Complete, intact versions, oldest first; only those of `method` when given."""
+        return list(self.manifests(method))
+
+    def _manifest(self, version: str) -> dict:
+        with self.fs.open_input_stream(f"{self.path}/{version}/{MANIFEST}") as f:
+            try:
+                m = json.loads(f.read())
+            except json.JSONDecodeError as exc:
+                raise ArtifactError(f"codebook {version} under {self.path}: manifest is not valid JSON ({exc})") from None
+        want = m.get("checksums", {}).get(SELF) if isinstance(m, dict) else None
+        if want is not None and want != manifest_checksum(m):
+            raise ArtifactError(f"codebook {version} under {self.path}: manifest.json was modified after it was written "
+                                "(its checksum does not match its content)")
+        if not isinstance(m, dict) or m.get("version") != version or "spec" not in m or "spaces" not in m:
+            raise ArtifactError(f"codebook {version} under {self.path}: manifest.json is not a codebook manifest of "
+                                "this version")
+        return m
+
+    def find_fit(self, fit_identity: str) -> dict | None:
+        """The manifest of the version a fit with this identity wrote, if any."""
+        return next((m for m in reversed(self.manifests().values()) if m.get("fit_identity") == fit_identity), None)
+
+    def write(self, cbs: CodebookSet, manifest: dict, extra_files: dict[str, bytes] | None = None) -> str:
+        """Write a new version; returns its name (v0001, v0002, ...)."""
+        self.fs.create_dir(self.path, recursive=True)
+        n = max([int(v[1:]) for v in self._versions()] + [0]) + 1
+        version = f"v{n:04d}"
+        vdir = f"{self.path}/{version}"
+        self.fs.create_dir(vdir, recursive=True)
+        flat = {f"{space}/{name}": np.ascontiguousarray(a) for space, arrs in cbs.arrays.items() for name, a in arrs.items()}
+        blob = st_save(flat)
+        with self.fs.open_output_stream(f"{vdir}/{ARRAYS}") as f:
+            f.write(blob)
+        for name, data in (extra_files or {}).items():
+            with self.fs.open_output_stream(f"{vdir}/{name}") as f:
+                f.write(data)
+        full = {
+            "format": FORMAT,
+            "version": version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "method": cbs.spec.method,
+            "spec": spec_to_dict(cbs.spec),
+            "normalisation": cbs.normalisation,
+            # lists, not objects: the order of modalities defines the joint space's layout
+            "modalities": [{"name": m, **info} for m, info in cbs.modalities.items()],
+            "spaces": [{"name": s, "arrays": {n: list(a.shape) for n, a in arrs.items()}} for s, arrs in cbs.arrays.items()],
+            **manifest,
+            "checksums": {ARRAYS: hashlib.sha256(blob).hexdigest()},
+        }
+        full["checksums"][SELF] = manifest_checksum(full)
+        with self.fs.open_output_stream(f"{vdir}/{MANIFEST}") as f:  # last: marks the version complete
+            f.write(json.dumps(full, indent=2, sort_keys=True).encode())
+        cbs.version = version
+        return version
+
+    def manifest(self, version: str | None = None, method: str | None = None) -> dict:
+        """Manifest of `version`, or of the latest complete version (of `method` when given)."""
+        if version is None:
+            usable, broken = self.scan(method)
+            if not usable:
+                what = f"{method} codebook" if method else "codebook"
+                if broken:  # "none usable" is not "none": say which were skipped, and why
+                    skipped = "; ".join(f"{v}: {why}" for v, why in broken.items())
+                    raise ArtifactError(f"no usable {what} version under {self.root}: {len(broken)} skipped ({skipped}); "
+                                        "repair or remove them, or run jobs/fit_codebooks.py")
+                raise ArtifactError(f"no {what} versions under {self.root}: run jobs/fit_codebooks.py first")
+            version = list(usable)[-1]
+        elif not self._versions().get(version):
+            available = ", ".join(self.versions()) or "none"
+            raise ArtifactError(f"codebook version {version!r} not found under {self.root} (available: {available})")
+        return self._manifest(version)  # asked for by name: a broken manifest is an error, not skipped
+
+    def load(self, version: str | None = None, method: str | None = None) -> tuple[CodebookSet, dict]:
+        """Load and verify a version (when None: the latest complete one, of `method` if given)."""
+        manifest = self.manifest(version, method)
+        version = manifest["version"]
+        with self.fs.open_input_stream(f"{self.path}/{version}/{ARRAYS}") as f:
+            blob = f.read()
+        want = manifest.get("checksums", {}).get(ARRAYS)
+        got = hashlib.sha256(blob).hexdigest()
+        if want != got:
+            raise ArtifactError(f"codebook {version} under {self.root} is corrupt: {ARRAYS} checksum {got[:12]}… "
+                                f"!= manifest {str(want)[:12]}…")
+        arrays: dict = {}
+        for key, a in st_load(blob).items():
+            space, name = key.split("/", 1)
+            arrays.setdefault(space, {})[name] = a
+        spaces = [s["name"] for s in manifest["spaces"]]
+        if set(arrays) != set(spaces):
+            raise ArtifactError(f"codebook {version}: arrays hold spaces {sorted(arrays)}, manifest says {sorted(spaces)}")
+        check_shapes(manifest, arrays, f"codebook {version} under {self.root}")
+        modalities = {m["name"]: {"column": m["column"], "dim": m["dim"]} for m in manifest["modalities"]}
+        ordered = {s: arrays[s] for s in spaces}
+        cbs = CodebookSet.from_arrays(spec_from_dict(manifest["spec"]), manifest["normalisation"], modalities, ordered,
+                                      version)
+        return cbs, manifest
 
 
 def check_shapes(manifest: dict, arrays: dict, where: str) -> None:

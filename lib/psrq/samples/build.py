@@ -23,13 +23,13 @@ from psrq.catalog.current import version_in_use
 from psrq.config import Config
 from psrq.data.validation import check_interactions
 from psrq.errors import InputValidationError, Problem, StorageError
-from psrq.quant.artifact import read_manifest
+from psrq.job import JobContext
 from psrq.samples.content import CONTENT_FILE, write_content
 from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, row_bytes, sorted_samples, stream_samples
 from psrq.samples.layout import ORDER as HISTORY_ORDER
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
 from psrq.spark import side_jobs
-from psrq.storage import AppTxn, fs, open_engine
+from psrq.storage import AppTxn, fs
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -177,11 +177,12 @@ class Split:
         return F.unix_micros("ts") < F.lit(self.valid_from)
 
 
-def build_samples(spark: SparkSession, cfg: Config) -> dict:
+def build_samples(job: JobContext) -> dict:
     """The steps, in order: sources, split, vocabulary, events, histories, write, content
     features, manifest."""
-    engine = open_engine(spark, cfg.storage.engine)
-    src = read_sources(engine, cfg)
+    cfg, spark = job.cfg, job.session
+    engine = job.engine
+    src = read_sources(job)
     require_codes(src)
     split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events))
     rows = split_rows(src.interactions, split)
@@ -230,14 +231,15 @@ def split_rows(interactions: DataFrame, split: Split) -> dict[str, int]:
     return {s: int(r[s]) for s in SPLITS}
 
 
-def read_sources(engine, cfg: Config) -> Sources:
+def read_sources(job: JobContext) -> Sources:
+    engine, cfg = job.engine, job.cfg
     inter_path, sid_path = cfg.table_path("interactions"), cfg.table_path("semantic_ids")
     versions = {"interactions": engine.version(inter_path), "semantic_ids": engine.version(sid_path)}
     interactions, n_events = check_interactions(engine.read(inter_path), window=cfg.validation.window())
     cb_version = version_in_use(engine, cfg)
     sid = engine.read(sid_path)
     codes, spaces = semantic_codes(sid, cb_version)
-    manifest = read_manifest(cfg.codebooks_root(), cb_version)
+    manifest = job.codebooks.manifest(cb_version)
     layers = 1 if manifest["method"] == "vq" else manifest["spec"]["layers"]
     return Sources(interactions, n_events, cb_version, codes, spaces, manifest["spec"]["k"], layers, versions, sid)
 

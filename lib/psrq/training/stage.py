@@ -16,6 +16,7 @@ import torch
 
 from psrq.config import Config
 from psrq.errors import TrainingError
+from psrq.job import JobContext
 from psrq.models.registry import build_model, needs_content
 from psrq.samples.content import read_content
 from psrq.samples.layout import FIRST_INDEX, VOCAB_ORDER, SamplesManifest
@@ -79,8 +80,9 @@ def _finite(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def train_stage(cfg: Config, spark=None, progress: bool = True) -> dict:
+def train_stage(job: JobContext) -> dict:
     """Train cfg.train.model with cfg.train.backend; validation metrics from the result."""
+    cfg, spark, progress = job.cfg, job.spark, job.progress  # Spark is optional: train.backend=single
     tc = cfg.train
     check_launchable(cfg, spark)
     man = checked_samples(cfg)
