@@ -95,3 +95,20 @@ def test_the_committed_tuned_settings_load_as_their_datasets_defaults(path):
         cfg = load_config("local", path.stem, [f"train.model={model}"], tuned=True)
         assert {k: cfg.model_dump()["train"][k] for k in settings} == settings, model
 
+
+def test_tuning_your_own_data_reads_it_where_the_other_jobs_do(spark, tmp_path):
+    """An external dataset's tables are read under storage.root (where "Bring your own data"
+    writes them), the experiments' own outputs go under experiments.root; a missing table is
+    one clear error (exit 2 from a job), not a FileNotFoundError traceback."""
+    from psrq.errors import StorageError
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("dataset: {name: mine, kind: external, modalities: {text: {column: t, dim: 8}}}\n")
+    cfg = load_config("local", str(mine), [f"storage.root={tmp_path}/tables", f"experiments.root={tmp_path}/exp"])
+    dcfg = dataset_config(cfg)
+    assert dcfg.table_path("interactions") == f"{tmp_path}/tables/interactions"
+    assert dcfg.table_path("items") == f"{tmp_path}/tables/items"
+    assert dcfg.table_path("semantic_ids").startswith(f"{tmp_path}/exp/mine/")
+    assert dcfg.samples_root().startswith(f"{tmp_path}/exp/mine/")
+    with pytest.raises(StorageError, match=f"dataset mine: no items and no interactions table at {tmp_path}/tables/items, "):
+        prepare_data(JobContext.of(spark, dcfg))

@@ -524,12 +524,13 @@ class Config(_Strict):
         return self.location(self.experiments.root)
 
     def table_path(self, name: str) -> str:
-        """Location of a named table (a key of storage.tables) under storage.root."""
+        """Location of a named table (a key of storage.tables): under storage.root, or where
+        an absolute path or URI says (Config.location)."""
         try:
             table = getattr(self.storage.tables, name)
         except AttributeError:
             raise ConfigError(f"storage.tables.{name}: no such table in the configuration") from None
-        return f"{self.root().rstrip('/')}/{table}"
+        return self.location(table)
 
     def with_overrides(self, overrides: dict) -> "Config":
         """A copy with `dotted.key: value` overrides, validated like the command line's."""

@@ -30,11 +30,20 @@ def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
     return Experiment(raw.get("name", name), raw.get("title", name), raw["ours"], {k: dict(v or {}) for k, v in cells.items()})
 
 
+INPUT_TABLES = ("items", "interactions")  # a dataset's own tables: what the pipeline reads
+
+
 def dataset_config(cfg: Config) -> Config:
-    """Everything of one dataset's experiments lives under experiments.root/<dataset>."""
+    """Everything one dataset's experiments write lives under experiments.root/<dataset>.
+    They generate or import the synthetic and MovieLens tables there; an external dataset's
+    items and interactions are read where the other jobs read them (storage.root)."""
     root = f"{cfg.experiments_root().rstrip('/')}/{cfg.dataset.name}"
-    return cfg.with_overrides({"storage.root": f"{root}/delta", "storage.codebooks": f"{root}/codebooks",
-                               "train.checkpoint_dir": f"{root}/checkpoints", "samples.path": f"{root}/samples"})
+    overrides = {"storage.root": f"{root}/delta", "storage.codebooks": f"{root}/codebooks",
+                 "train.checkpoint_dir": f"{root}/checkpoints", "samples.path": f"{root}/samples"}
+    if cfg.dataset.kind == "external":
+        overrides |= {f"storage.tables.{t}": cfg.table_path(t) for t in INPUT_TABLES}
+    return cfg.with_overrides(overrides)
+
 
 
 def cell_config(dcfg: Config, overrides: dict, seed: int) -> Config:

@@ -16,8 +16,9 @@ import time
 from datetime import datetime, timezone
 
 from psrq.config import Config
+from psrq.errors import StorageError
 from psrq.evaluation.metrics import format_metric
-from psrq.experiments.matrix import Experiment, cell_config, dataset_config
+from psrq.experiments.matrix import INPUT_TABLES, Experiment, cell_config, dataset_config
 from psrq.experiments.report import FLOOR
 from psrq.job import JobContext
 from psrq.schemas import EXPERIMENT_RESULTS
@@ -65,8 +66,12 @@ def prepare_data(djob: JobContext) -> None:
             from psrq.data.embed_text import embed_text_stage
 
             embed_text_stage(djob)
-    elif not engine.exists(dcfg.table_path("interactions")):
-        raise FileNotFoundError(f"dataset {dcfg.dataset.name}: no interactions table at {dcfg.table_path('interactions')}")
+    else:
+        missing = [t for t in INPUT_TABLES if not engine.exists(dcfg.table_path(t))]
+        if missing:
+            raise StorageError(f"dataset {dcfg.dataset.name}: no {' and no '.join(missing)} table at "
+                               f"{', '.join(dcfg.table_path(t) for t in missing)} (write your tables under storage.root: "
+                               "docs/DATA.md)")
 
 
 def prepare_method(job: JobContext) -> dict:
