@@ -289,6 +289,13 @@ class EvaluateConf(_Strict):
     floors: bool = True                   # also the non-learned floors (psrq.evaluation.floors)
 
 
+class ExportConf(_Strict):
+    path: str = "exports"                 # where rankers are exported (under storage.root when relative)
+    split: Literal["train", "valid", "test"] = "valid"  # the split whose rows trace and check the export
+    example_rows: int = Field(256, ge=2)  # rows the export is traced and checked on
+    tolerance: float = Field(1e-5, gt=0)  # largest difference to the trained model's scores allowed
+
+
 class DemoConf(_Strict):
     # jobs/demo.py also trains and evaluates this model beside train.model (with its own
     # tuned settings); null: train.model alone
@@ -456,6 +463,7 @@ class Config(_Strict):
     samples: SamplesConf = SamplesConf()
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
+    export: ExportConf = ExportConf()
     demo: DemoConf = DemoConf()
     movielens: MovieLensConf = MovieLensConf()
     embed_text: EmbedTextConf = EmbedTextConf()
@@ -518,6 +526,10 @@ class Config(_Strict):
     def checkpoint_root(self) -> str:
         """train.checkpoint_dir (Config.location)."""
         return self.location(self.train.checkpoint_dir)
+
+    def export_root(self) -> str:
+        """export.path (Config.location)."""
+        return self.location(self.export.path)
 
     def experiments_root(self) -> str:
         """experiments.root (Config.location)."""

@@ -39,10 +39,11 @@ def probe_writable(locations: dict[str, str]) -> None:
 
 def output_locations(cfg, keys: tuple[str, ...]) -> dict[str, str]:
     """The configured locations a job writes, by key: storage.root, storage.codebooks,
-    samples.path, train.checkpoint_dir, and tables.<name> for each Delta table it writes
-    (storage.tables.<name> under storage.root)."""
+    samples.path, train.checkpoint_dir, export.path, and tables.<name> for each Delta table it
+    writes (storage.tables.<name> under storage.root)."""
     values = {"storage.root": cfg.root(), "storage.codebooks": cfg.codebooks_root(),
-              "samples.path": cfg.samples_root(), "train.checkpoint_dir": cfg.checkpoint_root()}
+              "samples.path": cfg.samples_root(), "train.checkpoint_dir": cfg.checkpoint_root(),
+              "export.path": cfg.export_root()}
     unknown = [k for k in keys if k not in values and not k.startswith("tables.")]
     if unknown:
         raise ValueError(f"unknown output keys {unknown}")

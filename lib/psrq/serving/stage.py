@@ -1,0 +1,107 @@
+"""Stage: a trained ranker exported for serving (jobs/export_ranker.py).
+
+The checkpoint evaluate scores (the training run's identity, its best validation) ->
+ranker.pt2 (a torch.export program, psrq.serving.artifact), checked against the trained model on rows of
+export.split -> lookup/ (Parquet): for every item the ranker knows (its vocabulary), the
+vocabulary index, the semantic codes as the samples hold them (code + 1) and the content
+index, so a serving system can build an event's inputs -> export.json, written last.
+An export of the same checkpoint found complete is "already done"."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import datetime, timezone
+
+import numpy as np
+from pyspark.sql import functions as F
+
+from psrq.errors import TrainingError
+from psrq.job import JobContext
+from psrq.models.registry import build_model, needs_content
+from psrq.samples.content import read_content
+from psrq.samples.layout import SamplesManifest
+from psrq.serving import artifact
+from psrq.storage import fs
+from psrq.training.checkpoints import CHECKPOINT, check_compatible, load_checkpoint
+from psrq.training.identity import weights_hash
+from psrq.training.readers import make_reader
+from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
+
+log = logging.getLogger(__name__)
+RANKER, LOOKUP, MANIFEST = "ranker.pt2", "lookup", "export.json"
+
+
+def export_stage(job: JobContext) -> dict:
+    cfg, tc = job.cfg, job.cfg.train
+    man = SamplesManifest.read(cfg.samples_root())
+    ident, ckpt_dir = identity_and_folder(cfg, man)
+    ckpt = load_checkpoint(ckpt_dir, best=True)
+    if ckpt is None:
+        raise TrainingError(f"no trained {tc.model} (seed {tc.seed}) with these training settings for the samples at "
+                            f"{cfg.samples_root()} (run {ident.key}, looked in {ckpt_dir}): run jobs/train_ranker.py first")
+    check_compatible(ckpt, checkpoint_meta(ident), f"{ckpt_dir}/{CHECKPOINT} ")
+    weights = weights_hash(ckpt["model"])
+    out = fs.join(cfg.export_root(), f"{tc.model}-{ident.key}-{weights}")
+    if fs.exists(fs.join(out, MANIFEST)):
+        log.info("%s already exported to %s", tc.model, out)
+        return {**json.loads(fs.read_text(fs.join(out, MANIFEST))), "path": out, "status": "already done"}
+    content = read_content(content_file(cfg.samples_root(), man)) if man.content else None  # the lookup's content_idx
+    model = build_model(model_args(cfg, man), content if needs_content(tc.model) else None)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    rows = next(iter(make_reader("arrow", man.split_path(cfg.export.split), model.inputs, cfg.export.example_rows)))
+    program = artifact.export(model, model.inputs, rows)
+    buf = io.BytesIO()
+    artifact.save(program, buf, {})
+    gap = parity_gap(model, artifact.load(io.BytesIO(buf.getvalue()))[0], model.inputs, rows)
+    if gap > cfg.export.tolerance:
+        raise TrainingError(f"the exported {tc.model} scores {cfg.export.split} rows up to {gap:.2e} away from the "
+                            f"trained model (export.tolerance {cfg.export.tolerance})")
+    meta = {"model": tc.model, "train_identity": ident.key, "step": int(ckpt["step"]), "weights": weights,
+            "codebook_version": man.codebook_version, "samples": man.key, "history_len": man.history_len,
+            "vocab_table": man.raw["vocab_table"], "vocab_version": man.raw["vocab_version"], "code_shift": 1,
+            "padding": 0, "oov_index": man.raw["oov_index"], "inputs": artifact.input_spec(model.inputs, rows),
+            "output": "probability of a positive", "lookup": LOOKUP, "parity_gap": gap,
+            "exported_at": datetime.now(timezone.utc).isoformat()}
+    buf = io.BytesIO()
+    artifact.save(program, buf, meta)
+    fs.write_bytes(fs.join(out, RANKER), buf.getvalue())
+    items = write_lookup(job, man, content, fs.join(out, LOOKUP))
+    fs.write_text(fs.join(out, MANIFEST), json.dumps({**meta, "ranker": RANKER, "items": items}, indent=2))  # last
+    log.info("%s exported to %s (%d items, parity gap %.1e)", tc.model, out, items, gap)
+    return {**meta, "ranker": RANKER, "items": items, "path": out, "status": "exported"}
+
+
+def parity_gap(model, exported, inputs: list[str], rows: dict) -> float:
+    """Largest score difference between the trained model and the export read back, on the
+    rows in batches of other sizes than the one exported (one row, and all but one)."""
+    import torch
+
+    spec = {"inputs": artifact.input_spec(inputs, rows)}
+    gap = 0.0
+    for cols in ({c: rows[c][:1] for c in inputs}, {c: rows[c][:-1] for c in inputs}):
+        with torch.no_grad():
+            eager = torch.sigmoid(model.logits({c: torch.from_numpy(np.ascontiguousarray(v)) for c, v in cols.items()}))
+        gap = max(gap, float(np.abs(eager.double().numpy() - artifact.score(exported, spec, cols)).max()))
+    return gap
+
+
+def write_lookup(job: JobContext, man: SamplesManifest, content, path: str) -> int:
+    """item_id -> item_idx, <space>_codes (code + 1, as in the samples) and content_idx (0 when
+    the samples have no content features), for the ranker's vocabulary."""
+    spark, engine = job.session, job.engine
+    vocab = engine.read(man.raw["vocab_table"], man.raw["vocab_version"])
+    sid = engine.read(job.cfg.table_path("semantic_ids")).filter(F.col("codebook_version") == man.codebook_version)
+    codes = [F.transform(F.col(f"{s}_codes"), lambda c: (c + 1).cast("short")).alias(f"{s}_codes") for s in man.spaces]
+    table = vocab.join(sid.select("item_id", *codes), "item_id", "left")
+    if content is not None:
+        ids = content.item_ids
+        cat = spark.createDataFrame([(int(i), int(j)) for j, i in enumerate(ids) if i >= 0], "item_id long, content_idx int")
+        table = table.join(cat, "item_id", "left")
+    else:
+        table = table.withColumn("content_idx", F.lit(0))
+    table = table.select("item_id", F.col("idx").alias("item_idx"), *[f"{s}_codes" for s in man.spaces],
+                         F.coalesce("content_idx", F.lit(0)).alias("content_idx"))
+    table.write.mode("overwrite").parquet(fs.spark_uri(path))
+    return int(spark.read.parquet(fs.spark_uri(path)).count())
