@@ -35,7 +35,8 @@ REAL_FIXTURES = {"spark", "engine", "python_exe", "s3", "cluster"}
 # whole to the first free process in this order, so the long ones start at once and the short
 # ones fill the end instead of one long module running alone there.
 LONGEST_FIRST = ("test_training.py", "test_faults.py", "test_cluster.py", "test_jobs.py", "test_object_storage.py",
-                 "test_experiments.py", "test_reindex.py", "test_evaluation.py", "test_samples.py", "test_assign.py",
+                 "test_experiments.py", "test_reindex.py", "test_evaluation.py", "test_samples.py", "test_serving.py",
+                 "test_assign.py",
                  "test_storage_delta_rs.py", "test_tuning.py", "test_readme.py", "test_movielens.py",
                  "test_validation.py", "test_models.py", "test_storage_delta_spark.py", "test_stack_smoke.py")
 
