@@ -52,6 +52,20 @@ def test_the_record_keeps_the_best_and_stops_after_patience():
     assert not never.stopped and never.best_step == 0
 
 
+def test_on_logloss_the_lowest_loss_is_the_best():
+    """train.select_on=logloss: a proper score picks the weights (lower is better), whatever
+    the AUC does; a restored record keeps the run's score."""
+    s = EarlyStopping(patience=2, metric="logloss")
+    assert s.update(2, 0, 0.7, {"auc": 0.60, "logloss": 0.69})
+    assert not s.update(4, 0, 0.6, {"auc": 0.75, "logloss": 0.80})  # a better ranking, worse probabilities
+    assert s.update(6, 1, 0.5, {"auc": 0.70, "logloss": 0.55}) and s.best_step == 6
+    assert not s.update(8, 1, 0.5, {"auc": 0.71, "logloss": None})  # a missing score never wins
+    assert not s.update(10, 1, 0.5, {"auc": 0.72, "logloss": 0.55}) and s.stopped  # equal is not better
+    assert s.best_score == 0.55 and s.best_auc == 0.70
+    assert EarlyStopping.restored(s.state(), 2, "logloss") == s
+    assert EarlyStopping.restored(None, 3, "logloss").metric == "logloss"
+
+
 def test_early_stopping_picks_the_best_validation_step_and_evaluation_reads_its_weights(tmp_path):
     model, opt = _model()
     val = Scripted([0.60, 0.70, 0.65, 0.64, 0.99])  # best at the 2nd validation, stop at the 4th

@@ -112,3 +112,16 @@ def test_tuning_your_own_data_reads_it_where_the_other_jobs_do(spark, tmp_path):
     assert dcfg.samples_root().startswith(f"{tmp_path}/exp/mine/")
     with pytest.raises(StorageError, match=f"dataset mine: no items and no interactions table at {tmp_path}/tables/items, "):
         prepare_data(JobContext.of(spark, dcfg))
+
+
+def test_trials_are_compared_by_the_selection_score():
+    """train.select_on=logloss: the lowest mean valid Logloss wins a tuning dimension; a trial
+    without the score loses to every trial with one."""
+    from psrq.experiments.tuning import trial_score
+
+    a = {"valid_auc_mean": 0.80, "valid_logloss_mean": 0.60}
+    b = {"valid_auc_mean": 0.78, "valid_logloss_mean": 0.50}
+    none = {"valid_auc_mean": None, "valid_logloss_mean": None}
+    assert max([a, b], key=lambda t: trial_score(t, "auc")) is a
+    assert max([a, b], key=lambda t: trial_score(t, "logloss")) is b
+    assert max([none, a], key=lambda t: trial_score(t, "logloss")) is a

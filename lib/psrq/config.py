@@ -270,10 +270,13 @@ class TrainConf(_Strict):
     codebook_version: Optional[str] = None
     # passes over the train split at most; the valid split is scored every eval_every steps
     # (0: at the end of each epoch) and training stops after `patience` scores without a
-    # better valid AUC (0: never early). The best-scoring weights are what evaluation reads.
+    # better one (0: never early). The best-scoring weights are what evaluation reads.
     epochs: int = Field(1, ge=1)
     eval_every: int = Field(0, ge=0)
     patience: int = Field(2, ge=0)
+    # the valid score that picks the best weights and stops early: auc (ranking only), or
+    # logloss (a proper score: probabilities that can be used as such)
+    select_on: Literal["auc", "logloss"] = "auc"
     weight_decay: float = Field(0.0, ge=0)        # decoupled (AdamW) on the dense parameters
     embedding_dropout: float = Field(0.0, ge=0, lt=1)  # on the item-ID embeddings, in training
     # item and user bias terms and the train split's counts and positive rates as features

@@ -4,8 +4,9 @@ Per model (tuning.models), a staged grid over a small documented space (tuning.s
 conf/base.yaml): the dimensions in order, each one's values tried with the best values of
 those before it and the first value of those after it; every setting trains once per seed
 (tuning.seeds) with early stopping (tuning.epochs at most, tuning.patience) and is scored
-by its mean valid AUC over the seeds (the best validation of each run). Ties keep the
-earlier value.
+by its mean valid score over the seeds (the best validation of each run): AUC, or Logloss
+with train.select_on=logloss (a proper score, so the chosen model's probabilities are
+usable as such). Ties keep the earlier value.
 
 Why a grid and not Optuna: with a handful of settings per model a sampler has nothing to
 learn from, while every trial here is a training run with its own identity: a killed search
@@ -53,7 +54,16 @@ def trial(djob: JobContext, model: str, setting: dict, seeds: list[int]) -> dict
                      "best_step": res.get("best_step"), "valid_auc": res["valid"]["auc"],
                      "valid_cold_auc": res["valid"].get("cold_auc"), "valid_logloss": res["valid"].get("logloss")})
     aucs = [r["valid_auc"] for r in runs if r["valid_auc"] is not None]
-    return {"model": model, "setting": setting, "valid_auc_mean": mean(aucs) if aucs else None, "runs": runs}
+    losses = [r["valid_logloss"] for r in runs if r["valid_logloss"] is not None]
+    return {"model": model, "setting": setting, "valid_auc_mean": mean(aucs) if aucs else None,
+            "valid_logloss_mean": mean(losses) if losses else None, "runs": runs}
+
+
+def trial_score(t: dict, select_on: str) -> float:
+    """Higher is better: the mean valid AUC, or minus the mean valid Logloss (a trial
+    without one scores below every trial with one)."""
+    v = t[f"valid_{select_on}_mean"]
+    return float("-inf") if v is None else (-v if select_on == "logloss" else v)
 
 
 def tune_model(djob: JobContext, model: str, progress=print) -> dict:
@@ -68,14 +78,17 @@ def tune_model(djob: JobContext, model: str, progress=print) -> dict:
             setting = {**chosen, key: value}
             t = trial(djob, model, setting, dcfg.tuning.seeds)
             trials.append(t)
-            scores[json.dumps(value)] = t["valid_auc_mean"]
+            scores[json.dumps(value)] = trial_score(t, dcfg.train.select_on)
             progress(f"[tune {dcfg.dataset.name}] {model} train.{key}={value} ({_short(setting)}): mean valid AUC "
-                     f"{'n/a' if t['valid_auc_mean'] is None else format(t['valid_auc_mean'], '.4f')} over "
+                     f"{'n/a' if t['valid_auc_mean'] is None else format(t['valid_auc_mean'], '.4f')}, logloss "
+                     f"{'n/a' if t['valid_logloss_mean'] is None else format(t['valid_logloss_mean'], '.4f')} over "
                      f"{len(t['runs'])} seeds")
-        best = max(values, key=lambda v: -1.0 if scores[json.dumps(v)] is None else scores[json.dumps(v)])
+        best = max(values, key=lambda v: scores[json.dumps(v)])
         chosen[key] = best
     best_trial = next(t for t in reversed(trials) if t["setting"] == chosen)
-    return {"model": model, "chosen": chosen, "valid_auc_mean": best_trial["valid_auc_mean"], "trials": trials}
+    return {"model": model, "chosen": chosen, "selected_on": dcfg.train.select_on,
+            "valid_auc_mean": best_trial["valid_auc_mean"], "valid_logloss_mean": best_trial["valid_logloss_mean"],
+            "trials": trials}
 
 
 def _short(setting: dict) -> str:

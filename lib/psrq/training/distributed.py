@@ -109,7 +109,7 @@ def _model_and_opt(job: RankJob, device: torch.device, dense_biases: bool = Fals
     tc = job.train
     opt = make_optimizer(model, tc.lr, tc.table_optimizer, tc.table_lr, tc.weight_decay)
     start, trace = resume(job.checkpoint_dir, model, opt, job.meta)
-    return model, opt, start, EarlyStopping.restored(trace, tc.patience)
+    return model, opt, start, EarlyStopping.restored(trace, tc.patience, tc.select_on)
 
 
 def _summary(rank, world, res, model, reader, device) -> dict:

@@ -51,6 +51,7 @@ class TrainIdentity:
     epochs: int
     eval_every: int
     patience: int                   # which weights are kept as the best depends on it
+    select_on: str                  # and on the score they are compared by
     weight_decay: float
     embedding_dropout: float
     priors: bool
@@ -69,7 +70,7 @@ class TrainIdentity:
             table_optimizer=train.table_optimizer if train.sparse else None,
             table_lr=table_rate(train.table_optimizer, train.table_lr, train.lr) if train.sparse else None,
             max_vocab=train.max_vocab, hash_buckets=train.hash_buckets if train.max_vocab else None,
-            epochs=train.epochs, eval_every=train.eval_every, patience=train.patience,
+            epochs=train.epochs, eval_every=train.eval_every, patience=train.patience, select_on=train.select_on,
             weight_decay=float(train.weight_decay), embedding_dropout=float(train.embedding_dropout),
             priors=train.priors, user_buckets=train.user_buckets if train.priors else None,
         )

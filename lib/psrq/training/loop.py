@@ -10,7 +10,8 @@ leaves the last good checkpoint in place.
 Epochs and early stopping: the loop makes up to `epochs` passes; at each validation point
 (every eval_every steps, or each epoch's end) a `validate` callback scores the valid split,
 psrq.training.early_stop records it, the best weights so far go to `best-<step>.pt` (what
-evaluation reads), and training stops after `patience` validations without a better AUC.
+evaluation reads), and training stops after `patience` validations without a better score
+(train.select_on: AUC or Logloss).
 The stopping record travels in checkpoint.pt, so a resumed run continues the same curve."""
 from __future__ import annotations
 
@@ -340,9 +341,10 @@ class _Loop:
             if self.stopping.update(self.step, epoch, loss, valid) and self.o.checkpoint_dir:
                 save_best(self.o.checkpoint_dir, self.ranker, self.step, self.o.meta, valid)
             best = self.stopping
-            log.info("step %d (epoch %d): train loss %s, valid AUC %s%s", self.step, epoch + 1,
-                     "n/a" if loss is None else f"{loss:.4f}", valid.get("auc"),
-                     " (best)" if best.best_step == self.step else f" (best {best.best_auc} at step {best.best_step})")
+            log.info("step %d (epoch %d): train loss %s, valid AUC %s, logloss %s%s", self.step, epoch + 1,
+                     "n/a" if loss is None else f"{loss:.4f}", valid.get("auc"), valid.get("logloss"),
+                     " (best)" if best.best_step == self.step
+                     else f" (best {best.metric} {best.best_score} at step {best.best_step})")
             flag = int(best.stopped)
             self.unsaved = True
         self.since_check.clear()

@@ -145,7 +145,7 @@ def _train_single(cfg: Config, man: SamplesManifest, model, device, ckpt_dir: st
                           batch_count(reader.rows, tc.batch_size), autocast_dtype(tc.precision, device), tc.epochs,
                           tc.eval_every, tc.prefetch, tc.seed)
     hooks = LoopHooks(validate=validator(tc.reader, man.split_path("valid"), device),
-                      stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience))
+                      stopping=EarlyStopping.restored((existing or {}).get("trace"), tc.patience, tc.select_on))
     res = train_loop(model, lambda: iter(reader), opt, device, options, hooks)
     return {"rank": 0, "steps": res.steps, "samples": res.samples, "seconds": res.seconds, "last_loss": res.last_loss,
             "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision, **res.timing()}
@@ -160,7 +160,7 @@ def _result(cfg: Config, man: SamplesManifest, ident: TrainIdentity, ckpt_dir: s
     if final is None:
         raise TrainingError(f"no checkpoint in {ckpt_dir} after training: its storage lost the file")
     step = int(final["step"])
-    trace = EarlyStopping.restored(final.get("trace"), tc.patience)
+    trace = EarlyStopping.restored(final.get("trace"), tc.patience, tc.select_on)
     samples, seconds = sum(r["samples"] for r in ranks), max(r["seconds"] for r in ranks)
     log.info("trained %s (%s, %d process(es)): %.0f samples/s", tc.model, tc.backend, len(ranks), samples / max(seconds, 1e-9))
     valid = trace.best
