@@ -22,6 +22,7 @@ from psrq.data.validate import validate_inputs
 from psrq.evaluation.floors import floors_stage
 from psrq.evaluation.metrics import format_metric
 from psrq.evaluation.stage import evaluate_stage
+from psrq.evaluation.versus import format_versus, versus_floors
 from psrq.job import JobContext
 from psrq.quant.diagnostics import format_side_by_side
 from psrq.samples.build import build_samples
@@ -86,6 +87,8 @@ def stage(job: JobContext):
     for name, m in rows:
         print(f"{name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}"
               f"{format_metric(m.get('gauc')):>8}{format_metric(m.get('calibration_error')):>8}")
+    for name, e in evaluated.items() if floors else ():
+        print(f"{name} - best floor per metric: {format_versus(versus_floors(e['metrics'], floors))}")
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned, "reindexed": night,
             "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,

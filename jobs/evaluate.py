@@ -13,6 +13,7 @@ from psrq.cli import run_job
 from psrq.evaluation.floors import floors_stage
 from psrq.evaluation.metrics import format_metric
 from psrq.evaluation.stage import evaluate_stage
+from psrq.evaluation.versus import format_versus, versus_floors
 from psrq.job import JobContext
 
 
@@ -30,7 +31,8 @@ def stage(job: JobContext):
         for name, f in res["floors"].items():
             print(f"  floor {name:<16} AUC {f['auc']:.4f}, cold AUC {format_metric(f['cold_auc'])}, "
                   f"logloss {f['logloss']:.4f}{'  (best floor)' if f is best else ''}", flush=True)
-        print(f"  {res['model']} - best floor: AUC {m['auc'] - best['auc']:+.4f}", flush=True)
+        res["versus_floors"] = versus_floors(m, res["floors"])
+        print(f"  {res['model']} - best floor per metric: {format_versus(res['versus_floors'])}", flush=True)
     return res
 
 

@@ -236,3 +236,19 @@ def test_floors_come_from_train_rows_only(spark):
     m = evaluate_floors(tdf, spark.createDataFrame(test), gauc=False)
     assert m["global_rate"]["auc"] == 0.5 and m["item_rate"]["auc"] > 0.6
     assert m["global_rate"]["logloss"] == pytest.approx(log_loss(test.label, np.full(len(test), g)), abs=1e-9)
+
+
+def test_each_metric_is_compared_with_the_floor_best_at_it():
+    """AUCs against the highest floor, Logloss and calibration error against the lowest, each
+    with the floor's name; a metric a side lacks is left out."""
+    from psrq.evaluation.versus import format_versus, versus_floors
+
+    floors = {"global_rate": {"auc": 0.5, "cold_auc": 0.5, "logloss": 0.69, "calibration_error": 0.001},
+              "item_rate": {"auc": 0.62, "cold_auc": None, "logloss": 0.66, "calibration_error": 0.02}}
+    model = {"auc": 0.70, "cold_auc": 0.55, "logloss": 0.68, "calibration_error": 0.05, "gauc": None}
+    v = versus_floors(model, floors)
+    assert v["auc"] == {"floor": "item_rate", "floor_value": 0.62, "diff": pytest.approx(0.08)}
+    assert v["cold_auc"]["floor"] == "global_rate" and v["cold_auc"]["diff"] == pytest.approx(0.05)
+    assert v["logloss"]["floor"] == "item_rate" and v["logloss"]["diff"] == pytest.approx(0.02)  # worse: +
+    assert v["calibration_error"]["floor"] == "global_rate" and "gauc" not in v
+    assert format_versus(v).startswith("AUC +0.0800 (item_rate), cold AUC +0.0500 (global_rate), logloss +0.0200")
