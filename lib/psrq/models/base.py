@@ -21,19 +21,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from psrq.models.registry import ModelShape
+
 LOGITS = "logits"
 Outputs = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    vocab_size: int
-    k: int
-    layers: int
-    history_len: int
-    dim: int = 64
-    modalities: tuple[str, ...] = ("text", "audio")
+class ModelSpec(ModelShape):
     keep: int | None = None   # item rows of their own (FIRST_INDEX + train.max_vocab); None: all
     buckets: int = 0          # hash buckets the other items share
 

@@ -30,7 +30,21 @@ def needs_content(name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class ModelArgs:
+class ModelShape:
+    """What the samples fix about a ranker, and its width: the fields ModelArgs (the settings
+    hand-off) and psrq.models.base.ModelSpec (a ranker's constructor input) share."""
+
+    name: str
+    vocab_size: int
+    k: int
+    layers: int
+    history_len: int
+    dim: int = 64
+    modalities: tuple[str, ...] = ("text", "audio")
+
+
+@dataclass(frozen=True)
+class ModelArgs(ModelShape):
     """What a ranker is built from (content aside): the samples' shape and the train section's
     model settings (psrq.training.run.model_args). options: model-specific settings
     (train.model_options); modalities: the samples' spaces but joint; sparse: sparse
@@ -41,14 +55,7 @@ class ModelArgs:
     them); ranker: the class's import path (ranker_path), where the name is not registered
     in this process."""
 
-    name: str
-    vocab_size: int
-    k: int
-    layers: int
-    history_len: int
-    dim: int = 64
     options: Optional[dict] = None
-    modalities: tuple[str, ...] = ("text", "audio")
     sparse: bool = False
     max_vocab: Optional[int] = None
     hash_buckets: int = 0
