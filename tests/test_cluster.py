@@ -98,6 +98,9 @@ def _ranks_ran_on_executors(trained: dict, executor_python: str) -> None:
     assert sorted(r["rank"] for r in ranks) == [0, 1] and len({r["pid"] for r in ranks}) == 2
     # started by the executors with their interpreter, not the driver's
     assert all(r["python"] == executor_python != sys.executable for r in ranks), ranks
+    # running the package the launcher shipped, not the psrq installed in the executors' Python
+    # (the checkout's, here: a rank that imported it would run other code than the driver's)
+    assert all(r["package"].endswith(os.path.join("psrq.zip", "psrq")) for r in ranks), [r["package"] for r in ranks]
     assert all(r["device"] == "cpu" for r in ranks)
 
 

@@ -33,6 +33,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
+import cloudpickle
 import torch
 
 from psrq.config import TrainConf
@@ -40,7 +41,7 @@ from psrq.errors import TrainingError
 from psrq.models.registry import ModelArgs
 from psrq.storage import fs
 from psrq.storage.fs import FsOptions
-from psrq.training import statistics
+from psrq.training import entry, statistics
 from psrq.training.checkpoints import resume
 from psrq.training.early_stop import EarlyStopping
 from psrq.training.loop import LoopHooks, LoopOptions, autocast_dtype, batch_count, device_for, rank_seed, train_loop, validator
@@ -70,8 +71,12 @@ class RankJob:
 
 
 def _where() -> dict:
-    """Where a rank ran (its host, process and interpreter), for the run's record."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.executable}
+    """Where a rank ran (its host, process and interpreter, and the psrq it imported), for the
+    run's record."""
+    import psrq
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.executable,
+            "package": os.path.dirname(psrq.__file__)}
 
 
 def param_checksum(model: torch.nn.Module, chunk: int = 1 << 22) -> float:
@@ -190,8 +195,10 @@ def run_horovod(spark, job: RankJob, num_proc: int) -> list[dict]:
     import horovod.spark
 
     nics = {"lo"} if loopback_only(spark) else None
-    return horovod.spark.run(horovod_worker, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0,
-                             env=dict(RANK_ENV), nics=nics, executable=executor_python(spark))
+    with entry.by_value() as first:  # the ranks import the shipped package, not an installed one
+        args = (entry.shipped_archives(spark), "psrq.training.distributed:horovod_worker", cloudpickle.dumps((job,)))
+        return horovod.spark.run(first, args=args, num_proc=num_proc, use_gloo=True, verbose=0,
+                                 env=dict(RANK_ENV), nics=nics, executable=executor_python(spark))
 
 
 def ddp_backend(device: torch.device, sparse: bool) -> str:
@@ -311,8 +318,9 @@ def run_torch_distributor(spark, job: RankJob, num_proc: int) -> list[dict]:
         job = replace(job, gloo_ifname="lo")  # Gloo over the loopback interface only
         env["GLOO_SOCKET_IFNAME"] = "lo"
     use_gpu = wants_gpu(job.train.device, spark, local)
-    with environment(**env):
-        ranks = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(ddp_worker, job)
+    with environment(**env), entry.by_value() as first:  # the ranks import the shipped package
+        ranks = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu).run(
+            first, entry.shipped_archives(spark), "psrq.training.distributed:ddp_worker", cloudpickle.dumps((job,)))
     if ranks is None:  # TorchDistributor returns rank 0's value: ddp_worker's list of every rank's summary
         raise TrainingError("TorchDistributor returned no result from rank 0")
     return ranks
