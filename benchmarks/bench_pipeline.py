@@ -182,10 +182,10 @@ def run_size(name: str, mode: str, work: Path, env: dict, submit: list[str] | No
 
 
 def code_commit() -> str:
-    """The commit measured (with '+changes' when the tree differs from it)."""
+    """The commit measured (with '+changes' when the tree, results aside, differs from it)."""
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return rev + ("+changes" if dirty else "")
 
 
