@@ -13,7 +13,8 @@ DOC = Path(ROOT, "docs", "ARCHITECTURE.md")
 COMPOSERS = {"catalog/reindex.py"}  # a night is a refit and an assignment: composes stages by design
 PURE = ["data/synthetic.py", "data/movielens.py", "samples/layout.py", "samples/content.py", "quant/base.py",
         "quant/residual.py", "quant/product.py", "quant/rqvae.py", "quant/kmeans.py", "quant/diagnostics.py",
-        "quant/registry.py", "evaluation/auc.py", "evaluation/arrays.py", "evaluation/versus.py", "serving/artifact.py",
+        "quant/registry.py", "evaluation/auc.py", "evaluation/arrays.py", "evaluation/versus.py", "evaluation/calibration.py",
+        "serving/artifact.py",
         *(f"models/{p.name}" for p in (PKG / "models").glob("*.py"))]
 
 

@@ -252,3 +252,42 @@ def test_each_metric_is_compared_with_the_floor_best_at_it():
     assert v["logloss"]["floor"] == "item_rate" and v["logloss"]["diff"] == pytest.approx(0.02)  # worse: +
     assert v["calibration_error"]["floor"] == "global_rate" and "gauc" not in v
     assert format_versus(v).startswith("AUC +0.0800 (item_rate), cold AUC +0.0500 (global_rate), logloss +0.0200")
+
+
+def test_platt_scaling_recovers_a_known_miscalibration():
+    """Scores made over-confident by a known map are mapped back: a and b undo it, and the
+    fitted map lowers the Logloss of held-out rows."""
+    from psrq.evaluation.calibration import apply_platt, fit_platt, logit
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0.05, 0.95, 20000)
+    labels = (rng.uniform(size=true.size) < true).astype(int)
+    shown = 1 / (1 + np.exp(-(2.0 * logit(true) - 0.5)))  # over-confident, shifted
+    a, b = fit_platt(shown[:10000], labels[:10000])
+    assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(0.25, abs=0.05)
+    ll = lambda p, y: -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))  # noqa: E731
+    assert ll(apply_platt(shown[10000:], a, b), labels[10000:]) < ll(shown[10000:], labels[10000:])
+
+
+def test_a_calibrated_evaluation_is_its_own_record_with_the_same_ranking(spark, trained):
+    """evaluate.calibrate=platt: fitted on the valid split, applied to the test scores (a
+    monotone map: the same AUC), recorded with its parameters under its own eval_id; the
+    valid split itself cannot be evaluated calibrated."""
+    from psrq.evaluation.calibration import apply_platt
+    from psrq.evaluation.stage import evaluate_stage
+    from psrq.storage import open_engine
+
+    plain = evaluate_stage(JobContext.of(spark, trained))
+    cal = evaluate_stage(JobContext.of(spark, trained.with_overrides({"evaluate.calibrate": "platt"})))
+    assert cal["status"] == "evaluated" and cal["eval_id"] != plain["eval_id"] and plain["calibration"] is None
+    c = cal["calibration"]
+    assert c["method"] == "platt" and c["valid_rows"] > 0
+    assert cal["metrics"]["auc"] == pytest.approx(plain["metrics"]["auc"], abs=1e-9)
+    engine = open_engine(spark, "delta-rs")
+    raw = np.sort(engine.read(plain["predictions"]).toPandas().score.to_numpy())
+    got = np.sort(engine.read(cal["predictions"]).toPandas().score.to_numpy())
+    np.testing.assert_allclose(got, np.sort(apply_platt(raw, c["a"], c["b"])), rtol=0, atol=1e-9)
+    again = evaluate_stage(JobContext.of(spark, trained.with_overrides({"evaluate.calibrate": "platt"})))
+    assert again["status"] == "already done" and again["calibration"] == c
+    with pytest.raises(EvaluationError, match="evaluate.split=test"):
+        evaluate_stage(JobContext.of(spark, trained.with_overrides({"evaluate.calibrate": "platt", "evaluate.split": "valid"})))

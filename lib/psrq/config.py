@@ -290,6 +290,10 @@ class EvaluateConf(_Strict):
     batch_rows: int = Field(4096, ge=1)   # rows per forward pass on the executors
     gauc: bool = True                     # also the user-grouped AUC
     floors: bool = True                   # also the non-learned floors (psrq.evaluation.floors)
+    # probabilities recalibrated before the metrics: none, or platt (sigmoid(a·logit + b),
+    # fitted on the valid split's scores; evaluate.split must then be test)
+    calibrate: Literal["none", "platt"] = "none"
+    calibration_rows: int = Field(1_000_000, ge=100)  # valid rows the calibration is fitted on, at most
 
 
 class ExportConf(_Strict):

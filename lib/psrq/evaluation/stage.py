@@ -9,12 +9,15 @@ recorded metrics with status "already done"; any other state of the model is a n
 evaluation with its own predictions and record."""
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
+import numpy as np
 from pyspark.sql import functions as F
 
 from psrq.evaluation.auc import EvaluationError
+from psrq.evaluation.calibration import EPS, fit_platt
 from psrq.evaluation.metrics import evaluate_predictions
 from psrq.evaluation.record import RECORDED, Evaluated, eval_record
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
@@ -36,7 +39,28 @@ def _summary(record: dict, status: str, content: bool) -> dict:
     at = record["evaluated_at"]
     out["evaluated_at"] = at.isoformat() if hasattr(at, "isoformat") else at
     return {**out, "status": status, "metrics": {k: record.get(k) for k in RECORDED},
+            "calibration": json.loads(record.get("config") or "{}").get("calibration"),
             "content_file": CONTENT_FILE if content else None}
+
+
+def calibrated(spark, man: SamplesManifest, bc, ec, preds):
+    """evaluate.calibrate=platt: a and b fitted on (at most evaluate.calibration_rows of) the
+    valid split's scores, applied to `preds`; returns them and what was fitted (or None)."""
+    if ec.calibrate == "none":
+        return preds, None
+    if ec.split == "valid":
+        raise EvaluationError("evaluate.calibrate fits on the valid split: evaluate it on evaluate.split=test")
+    rows = man.splits["valid"]["rows"]
+    valid = score(spark.read.parquet(fs.spark_uri(man.split_path("valid"))), bc, ec.batch_rows).select("score", "label")
+    if rows > ec.calibration_rows:
+        valid = valid.sample(False, ec.calibration_rows / rows, seed=0)
+    t = valid.toArrow()
+    a, b = fit_platt(np.asarray(t.column("score")), np.asarray(t.column("label")))
+    z = F.log(F.least(F.greatest("score", F.lit(EPS)), F.lit(1 - EPS)))
+    z = z - F.log1p(-F.least(F.greatest("score", F.lit(EPS)), F.lit(1 - EPS)))
+    log.info("Platt scaling fitted on %d valid rows: a=%.4f, b=%.4f", t.num_rows, a, b)
+    return (preds.withColumn("score", 1 / (1 + F.exp(-(F.lit(a) * z + F.lit(b))))),
+            {"method": "platt", "a": a, "b": b, "valid_rows": t.num_rows})
 
 
 def evaluate_stage(job: JobContext) -> dict:
@@ -51,7 +75,7 @@ def evaluate_stage(job: JobContext) -> dict:
                               "with the same settings first")
     check_compatible(ckpt, checkpoint_meta(ident), f"{ckpt_dir}/{CHECKPOINT} ")
     eid = EvalIdentity(train_key=ident.key, model=tc.model, step=int(ckpt["step"]), weights=weights_hash(ckpt["model"]),
-                       split=ec.split, samples=man.key)
+                       split=ec.split, samples=man.key, calibration=ec.calibrate)
     eval_id = eid.eval_id
     engine = job.engine
     metrics_path = cfg.table_path("eval_metrics")
@@ -72,12 +96,16 @@ def evaluate_stage(job: JobContext) -> dict:
     log.info("scoring %s rows of %s with %s (step %d, weights %s)", f"{man.splits[ec.split]['rows']:,}", ec.split,
              tc.model, eid.step, eid.weights)
     try:
-        engine.write(score(spark.read.parquet(fs.spark_uri(split_path)), bc, ec.batch_rows), pred_path, "overwrite", txn,
-                     description=f"predictions of {eval_id}")
+        preds, calibration = calibrated(spark, man, bc, ec, score(spark.read.parquet(fs.spark_uri(split_path)), bc,
+                                                                   ec.batch_rows))
+        engine.write(preds, pred_path, "overwrite", txn, description=f"predictions of {eval_id}")
     finally:
         bc.unpersist()
     metrics = evaluate_predictions(engine.read(pred_path), ec.gauc)
-    settings = {s: getattr(cfg, s).model_dump(mode="json") for s in ("dataset", "codebooks", "samples", "train", "evaluate")}
+    settings: dict = {s: getattr(cfg, s).model_dump(mode="json") for s in ("dataset", "codebooks", "samples", "train",
+                                                                           "evaluate")}
+    if calibration:
+        settings["calibration"] = calibration
     what = Evaluated(eval_id, tc.model, tc.seed, ckpt_dir, eid.step, ident.key, eid.weights, settings, pred_path)
     record = eval_record(cfg, man, what, metrics, datetime.now(timezone.utc))
     engine.write(spark.createDataFrame([record], EVAL_METRICS), metrics_path, "append", txn,

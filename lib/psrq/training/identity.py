@@ -112,6 +112,7 @@ class EvalIdentity:
     weights: str
     split: str
     samples: str
+    calibration: str = "none"  # evaluate.calibrate (fitted on the valid split: weights and samples fix it)
 
     @property
     def eval_id(self) -> str:
