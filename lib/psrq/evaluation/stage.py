@@ -56,8 +56,8 @@ def calibrated(spark, man: SamplesManifest, bc, ec, preds):
         valid = valid.sample(False, ec.calibration_rows / rows, seed=0)
     t = valid.toArrow()
     a, b = fit_platt(np.asarray(t.column("score")), np.asarray(t.column("label")))
-    z = F.log(F.least(F.greatest("score", F.lit(EPS)), F.lit(1 - EPS)))
-    z = z - F.log1p(-F.least(F.greatest("score", F.lit(EPS)), F.lit(1 - EPS)))
+    p = F.least(F.greatest("score", F.lit(EPS)), F.lit(1 - EPS))
+    z = F.log(p) - F.log1p(-p)  # psrq.evaluation.calibration.logit, in Spark
     log.info("Platt scaling fitted on %d valid rows: a=%.4f, b=%.4f", t.num_rows, a, b)
     return (preds.withColumn("score", 1 / (1 + F.exp(-(F.lit(a) * z + F.lit(b))))),
             {"method": "platt", "a": a, "b": b, "valid_rows": t.num_rows})
