@@ -1,5 +1,6 @@
-"""Rankers exported for serving (jobs/export_ranker.py): a TorchScript file that a process
-without psrq or Spark loads, scoring the test split as the Spark evaluation did."""
+"""Rankers exported for serving (jobs/export_ranker.py): a torch.export archive, and the MLflow
+model around it, that a process without psrq or Spark loads, scoring the test split as the
+Spark evaluation did."""
 import json
 import subprocess
 import sys
@@ -18,6 +19,22 @@ FAMILIES = ["mcca", "qarm", "vbpr", "simtier_make"]
 # the scorer in a process that cannot import psrq or pyspark
 ISOLATED = ("import runpy, sys; sys.modules['psrq'] = None; sys.modules['pyspark'] = None; "
             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+# the export's MLflow model (mlflow_model/) scoring the same rows, in such a process too
+PYFUNC = """
+import sys
+sys.modules['psrq'] = None
+sys.modules['pyspark'] = None
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq, mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+specs = model.metadata.get_input_schema().inputs
+table = pq.read_table(sys.argv[2], columns=[s.name for s in specs])
+def column(name, dtype):
+    arr = table.column(name).combine_chunks()
+    values = np.asarray(arr.flatten()).reshape(len(arr), -1) if pa.types.is_list(arr.type) else arr.to_numpy()
+    return values.astype(dtype)
+np.save(sys.argv[3], model.predict({s.name: column(s.name, s.type) for s in specs}))
+print(model.metadata.metadata["codebook_version"])
+"""
 
 
 @pytest.mark.parametrize("model", FAMILIES)
@@ -47,6 +64,13 @@ def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeli
     preds = open_engine(spark, "delta-rs").read(evaluated["predictions"]).toPandas()
     assert len(scores) == len(preds) == man.splits["test"]["rows"]
     np.testing.assert_allclose(np.sort(scores), np.sort(preds.score.to_numpy()), rtol=0, atol=1e-5)
+    model_dir = Path(exported["path"], exported["mlflow_model"])
+    assert (model_dir / "MLmodel").is_file() and (model_dir / "serving_input_example.json").is_file()
+    pyfunc = subprocess.run([sys.executable, "-c", PYFUNC, str(model_dir), man.split_path("test"), str(tmp_path / "py.npy")],
+                            capture_output=True, text=True, timeout=300)
+    assert pyfunc.returncode == 0, pyfunc.stderr[-3000:]
+    assert pyfunc.stdout.split()[-1] == man.codebook_version  # the codebook version it expects, in its metadata
+    np.testing.assert_allclose(np.load(tmp_path / "py.npy"), scores, rtol=0, atol=1e-9)
     labels = __import__("pyarrow.parquet", fromlist=["x"]).read_table(man.split_path("test"), columns=["label"])
     assert roc_auc_score(labels.column("label").to_numpy(), scores) == pytest.approx(evaluated["metrics"]["auc"], abs=1e-6)
     # the lookup: every item of the vocabulary with its codes as the samples hold them

@@ -29,7 +29,9 @@ from psrq.training.readers import make_reader
 from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
 
 log = logging.getLogger(__name__)
-RANKER, LOOKUP, MANIFEST = "ranker.pt2", "lookup", "export.json"
+RANKER, LOOKUP, MANIFEST, MLFLOW_MODEL = "ranker.pt2", "lookup", "export.json", "mlflow_model"
+# what the MLflow model's metadata repeats of the export's (the codebook version it expects first)
+MODEL_METADATA = ("codebook_version", "model", "train_identity", "step", "weights", "samples", "history_len")
 
 
 def export_stage(job: JobContext) -> dict:
@@ -67,9 +69,45 @@ def export_stage(job: JobContext) -> dict:
     meta["parity_gap"] = gap
     fs.write_bytes(fs.join(out, RANKER), buf.getvalue())
     items = write_lookup(job, man, content, fs.join(out, LOOKUP))
-    fs.write_text(fs.join(out, MANIFEST), json.dumps({**meta, "ranker": RANKER, "items": items}, indent=2))  # last
+    write_mlflow_model(out, buf.getvalue(), meta, rows, cfg.export.tolerance)
+    meta = {**meta, "ranker": RANKER, "items": items, "mlflow_model": MLFLOW_MODEL}
+    fs.write_text(fs.join(out, MANIFEST), json.dumps(meta, indent=2))  # last
     log.info("%s exported to %s (%d items, parity gap %.1e)", tc.model, out, items, gap)
-    return {**meta, "ranker": RANKER, "items": items, "path": out, "status": "exported"}
+    return {**meta, "path": out, "status": "exported"}
+
+
+def write_mlflow_model(out: str, ranker: bytes, meta: dict, rows: dict, tolerance: float) -> None:
+    """The export as an MLflow pyfunc model under out/mlflow_model (psrq.serving.pyfunc_model:
+    no psrq, no pickle), with a signature and an input example from the export's rows, the
+    codebook version it expects in its metadata, and its scores checked against the archive's."""
+    import pkgutil
+    import tempfile
+    import warnings
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    example = {c["name"]: np.ascontiguousarray(rows[c["name"]][:4]) for c in meta["inputs"]}
+    with tempfile.TemporaryDirectory(prefix="psrq-export-") as tmp, warnings.catch_warnings():
+        # MLflow's advice to type predict's input: the signature is given here, from the example
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        archive, model_dir, code = Path(tmp, RANKER), Path(tmp, MLFLOW_MODEL), Path(tmp, "pyfunc_model.py")
+        archive.write_bytes(ranker)
+        code.write_bytes(pkgutil.get_data("psrq.serving", code.name) or b"")  # a file even from a --py-files zip
+        expected = artifact.score(artifact.load(str(archive))[0], meta, example)
+        mlflow.pyfunc.save_model(
+            str(model_dir), python_model=str(code),
+            artifacts={"ranker": str(archive)}, signature=infer_signature(example, expected), input_example=example,
+            metadata={k: meta[k] for k in MODEL_METADATA},
+            pip_requirements=[f"{p}=={version(p)}" for p in ("mlflow", "torch", "numpy")])
+        gap = float(np.abs(mlflow.pyfunc.load_model(str(model_dir)).predict(example) - expected).max())
+        if gap > tolerance:
+            raise TrainingError(f"the MLflow model of the export scores up to {gap:.2e} away from its archive")
+        for f in sorted(model_dir.rglob("*")):
+            if f.is_file():
+                fs.write_bytes(fs.join(out, MLFLOW_MODEL, str(f.relative_to(model_dir))), f.read_bytes())
 
 
 def parity_gap(model, exported, inputs: list[str], rows: dict) -> float:
