@@ -89,6 +89,7 @@ def stage(job: JobContext):
               f"{format_metric(m.get('gauc')):>8}{format_metric(m.get('calibration_error')):>8}")
     for name, e in evaluated.items() if floors else ():
         print(f"{name} - best floor per metric: {format_versus(versus_floors(e['metrics'], floors))}")
+    print(job.tracker.describe(), flush=True)
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned, "reindexed": night,
             "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         argv,
         writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir", *ALL_TABLES),
         reads=("run", "spark", "storage", "dataset", "synthetic", "validation", "codebooks", "reindex", "samples", "train",
-               "evaluate", "demo"),
+               "evaluate", "demo", "tracking"),
     )
 
 

@@ -38,7 +38,7 @@ def stage(job: JobContext):
 
 def main(argv=None) -> int:
     return run_job(__doc__, stage, argv, writes=("storage.root", "tables.predictions", "tables.eval_metrics"),
-                   reads=("run", "spark", "storage", "samples", "train", "evaluate"))
+                   reads=("run", "spark", "storage", "samples", "train", "evaluate", "tracking"))
 
 
 if __name__ == "__main__":

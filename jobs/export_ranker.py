@@ -21,7 +21,7 @@ def stage(job: JobContext):
 
 def main(argv=None) -> int:
     return run_job(__doc__, stage, argv, writes=("export.path",),
-                   reads=("run", "spark", "storage", "samples", "train", "export"))
+                   reads=("run", "spark", "storage", "samples", "train", "export", "tracking"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def stage(job: JobContext):
 
 def main(argv=None) -> int:
     return run_job(__doc__, stage, argv, writes=("storage.codebooks",),
-                   reads=("run", "spark", "storage", "dataset", "codebooks"))
+                   reads=("run", "spark", "storage", "dataset", "codebooks", "tracking"))
 
 
 if __name__ == "__main__":

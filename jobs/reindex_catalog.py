@@ -23,7 +23,7 @@ def main(argv=None) -> int:
         stage,
         argv,
         writes=("storage.root", "storage.codebooks", "tables.semantic_ids", "tables.reindex_state", "tables.codebook_current"),
-        reads=("run", "spark", "storage", "dataset", "codebooks", "reindex", "validation"),
+        reads=("run", "spark", "storage", "dataset", "codebooks", "reindex", "validation", "tracking"),
     )
 
 

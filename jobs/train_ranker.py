@@ -27,7 +27,7 @@ def stage(job: JobContext):
 
 def main(argv=None) -> int:
     return run_job(__doc__, stage, argv, writes=("train.checkpoint_dir",),
-                   reads=("run", "spark", "storage", "samples", "train"))
+                   reads=("run", "spark", "storage", "samples", "train", "tracking"))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
         stage,
         argv,
         writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"),
-        reads=("run", "spark", "storage", "dataset", "tuning", "experiments", "codebooks", "samples", "train"),
+        reads=("run", "spark", "storage", "dataset", "tuning", "experiments", "codebooks", "samples", "train", "tracking"),
     )
 
 

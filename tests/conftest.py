@@ -10,6 +10,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the hand-set defaults in every process the tests start: the datasets' tuned settings
 # (conf/tuned) would make every training in the suite run many epochs. test_tuning tests them.
 os.environ["PSRQ_TUNED"] = "0"
+# Runs are not tracked unless a test asks (tracking.uri on its command line wins): the default
+# local store would be a SQLite file, and 2-3 s of set-up, in every job process the suite starts.
+# test_tracking runs the demo against a real server and the local store for real.
+os.environ["PSRQ_TRACKING"] = "off"
 # Every JVM the suite starts (the shared session's, each job's driver, the standalone
 # master, workers and executors) compiles with C1 only: they live for seconds to minutes on
 # small data, and C2's compiler threads take the cores they share (2 here) from the work.
@@ -35,7 +39,7 @@ REAL_FIXTURES = {"spark", "engine", "python_exe", "s3", "cluster"}
 # whole to the first free process in this order, so the long ones start at once and the short
 # ones fill the end instead of one long module running alone there.
 LONGEST_FIRST = ("test_training.py", "test_faults.py", "test_cluster.py", "test_jobs.py", "test_object_storage.py",
-                 "test_experiments.py", "test_reindex.py", "test_evaluation.py", "test_samples.py", "test_serving.py",
+                 "test_experiments.py", "test_tracking.py", "test_reindex.py", "test_evaluation.py", "test_samples.py", "test_serving.py",
                  "test_assign.py",
                  "test_storage_delta_rs.py", "test_tuning.py", "test_readme.py", "test_movielens.py",
                  "test_validation.py", "test_models.py", "test_storage_delta_spark.py", "test_stack_smoke.py")

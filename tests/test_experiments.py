@@ -29,7 +29,7 @@ def test_paper_tables_load():
 def test_runner_resumes_and_reports(spark, tmp_path):
     cfg = small_config(tmp_path, "codebooks.k=16", "codebooks.sample_size=400", "samples.history_len=5",
                        "train.backend=single", "train.reader=arrow", "train.dim=8", f"experiments.root={tmp_path}/exp",
-                       "synthetic.n_users=200")
+                       "synthetic.n_users=200", "tracking.uri=local")
     exp = Experiment("t", "test", "din_vq", {"din": {"train.model": "din"},
                                               "din_vq": {"codebooks.method": "vq", "train.model": "din_codes"}})
     said = []
@@ -37,11 +37,20 @@ def test_runner_resumes_and_reports(spark, tmp_path):
     assert [(r["cell"], r["seed"]) for r in first] == [("din", 0), ("din_vq", 0), ("floor:global_rate", 0),
                                                        ("floor:item_popularity", 0), ("floor:item_rate", 0), ("floor:user_rate", 0)]
     assert {r["method"] for r in first[:2]} == {"psrq", "vq"}
+    # tracked (the local store under the experiment tree): each cell a run, its training and evaluation its children
+    from mlflow_server import runs
+    from psrq.experiments.matrix import dataset_config
+    from psrq.tracking.store import PARENT, resolve
+
+    uri, name = resolve(dataset_config(cfg))[0], f"psrq-{cfg.dataset.name}"
+    cells = runs(uri, name, "cell")
+    assert len(cells) == 2 and all(c.info.status == "FINISHED" and "auc" in c.data.metrics for c in cells)
+    children = [*runs(uri, name, "train"), *runs(uri, name, "evaluate")]
+    assert len(children) == 4 and {r.data.tags[PARENT] for r in children} == {c.info.run_id for c in cells}
     again = run_experiment(JobContext.of(spark, cfg), exp, [0, 1], progress=said.append)
     assert [(r["cell"], r["seed"]) for r in again] == [("din", 1), ("din_vq", 1)]  # seed 0 not redone
     assert "2 of 4 cells done, 2 to run" in said[-3]
-    from psrq.experiments.matrix import dataset_config
-
+    assert len(runs(uri, name, "cell")) == 4 and len(runs(uri, name, "floor")) == 4  # the floors not recorded twice
     dcfg = dataset_config(cfg)
     res = read_results(JobContext.of(spark, dcfg))
     floors = res[res.cell.str.startswith("floor:")]

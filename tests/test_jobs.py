@@ -76,24 +76,6 @@ def test_py4j_retried_commands_leave_no_traceback_in_the_log():
         root.removeHandler(handler)
 
 
-@pytest.mark.slow
-def test_demo_job_end_to_end(tmp_path):
-    overrides = [f"storage.root={tmp_path}/delta", f"storage.codebooks={tmp_path}/codebooks", f"samples.path={tmp_path}/samples",
-                 "synthetic.n_items=300", "synthetic.n_users=100", "codebooks.k=16",
-                 "dataset.modalities.text.dim=32", "dataset.modalities.audio.dim=32", "spark.master=local[2]"]
-    out = run(["jobs/demo.py", *overrides], timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "validation: items and interactions meet their contracts" in out.stdout
-    assert "items                0         300" in out.stdout
-    assert "space: joint" in out.stdout and "psrq        3" in out.stdout and "rq          3" in out.stdout
-    assert "night 0: 0 new/changed items" in out.stdout  # the reindex after the assignment: nothing changed
-    assert (tmp_path / "codebooks" / "v0001" / "code_distributions.png").stat().st_size > 1000
-    assert "training samples: train" in out.stdout and (tmp_path / "samples" / "manifest.json").exists()
-    assert "floor:item_rate" in out.stdout and "floor:global_rate" in out.stdout
-    assert "Calib." in out.stdout and "(best of 1 validation(s), at step" in out.stdout  # one epoch: one validation
-    assert "Exception while sending command" not in out.stderr  # py4j's retried socket (Py4jRetryFilter)
-
-
 def test_a_job_opens_its_storage_engine_once(spark, tmp_path, capsys):
     """The context's engine is the one every stage of the job gets from open_engine; other
     filesystem options are another engine (an engine carries the options it was opened with)."""

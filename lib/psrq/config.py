@@ -303,6 +303,20 @@ class ExportConf(_Strict):
     tolerance: float = Field(1e-5, gt=0)  # largest difference to the trained model's scores allowed
 
 
+class TrackingConf(_Strict):
+    # where runs are tracked (MLflow): "local", a SQLite store under storage.root (mlflow/;
+    # off when storage.root is not a local path); "off"; or a tracking URI (http://host:5000,
+    # sqlite:///path). The environment's PSRQ_TRACKING, when set, replaces this default.
+    uri: str = "local"
+    experiment: Optional[str] = None  # the MLflow experiment; null: psrq-<dataset.name>
+    timeout_s: float = Field(10, gt=0)  # a tracking server's answer waited for, per request
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+
 class DemoConf(_Strict):
     # jobs/demo.py also trains and evaluates this model beside train.model (with its own
     # tuned settings); null: train.model alone
@@ -471,6 +485,7 @@ class Config(_Strict):
     train: TrainConf = TrainConf()
     evaluate: EvaluateConf = EvaluateConf()
     export: ExportConf = ExportConf()
+    tracking: TrackingConf = TrackingConf()
     demo: DemoConf = DemoConf()
     movielens: MovieLensConf = MovieLensConf()
     embed_text: EmbedTextConf = EmbedTextConf()
@@ -649,11 +664,14 @@ def load_config(
     tuned: bool | None = None,
 ) -> Config:
     """tuned=False: without the dataset's tuned settings (conf/tuned), the hand-set defaults;
-    None: with them unless the environment sets PSRQ_TUNED=0 (the test suite does)."""
+    None: with them unless the environment sets PSRQ_TUNED=0 (the test suite does).
+    PSRQ_TRACKING in the environment is tracking.uri's default (below every file and override)."""
     conf_dir = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
     data_layer, dataset = dataset_layer(conf_dir, dataset)
     layers = [schema_defaults(), read_layer(conf_dir, "base", "base config"), read_layer(conf_dir, profile, "profile"),
               data_layer]
+    if os.environ.get("PSRQ_TRACKING"):  # a deployment's (or the test suite's) default tracking
+        layers.insert(1, OmegaConf.create({"tracking": {"uri": os.environ["PSRQ_TRACKING"]}}))
     cli = _overrides(list(overrides))
     with_tuned = os.environ.get("PSRQ_TUNED", "1") != "0" if tuned is None else tuned
     explicit = {o.split("=", 1)[0].strip()[len("train."):] for o in overrides if o.strip().startswith("train.")}

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pyspark stays out of the jobs that run without Spark
 
     from psrq.quant.artifact import CodebookStore
     from psrq.storage import DeltaEngine
+    from psrq.tracking.store import Tracker
 
 
 @dataclass
@@ -52,6 +53,14 @@ class JobContext:
         from psrq.quant.artifact import CodebookStore
 
         return CodebookStore(self.cfg.codebooks_root())
+
+    @property
+    def tracker(self) -> "Tracker":
+        """Where this job's runs are recorded (tracking.uri); one per store and experiment in
+        a process, so the contexts of one job share it."""
+        from psrq.tracking.store import tracker_for
+
+        return tracker_for(self.cfg)
 
     @cached_property
     def engine(self) -> "DeltaEngine":

@@ -20,6 +20,8 @@ from psrq.quant.kmeans import resolve_backend
 from psrq.quant.registry import quantizer_class
 from psrq.quant.semantic_ids import fit_sample, quant_spec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
+from psrq.tracking.stages import fit_runs
+from psrq.tracking.store import tracked
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ def fit_identity(cfg: Config, spec: QuantSpec, modalities: dict, items_path: str
     }, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@tracked(fit_runs)
 def fit_stage(job: JobContext, method: str | None = None, created_by: dict | None = None) -> dict:
     """Fit `method` (default codebooks.method) for every modality and the joint space and
     write a new codebook version. Returns its manifest, with `status`: "fitted", or

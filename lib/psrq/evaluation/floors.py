@@ -27,6 +27,8 @@ from psrq.job import JobContext
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs
+from psrq.tracking.stages import floors_runs
+from psrq.tracking.store import tracked
 from psrq.training.identity import EvalIdentity
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def evaluate_floors(train: DataFrame, rows: DataFrame, gauc: bool = True, prior:
         scored.unpersist()
 
 
+@tracked(floors_runs)
 def floors_stage(job: JobContext) -> dict[str, dict]:
     """The floors of evaluate.split (the train split's statistics), recorded in eval_metrics
     once per samples build and split: an evaluation that finds them reports the record."""

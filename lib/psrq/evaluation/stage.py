@@ -27,6 +27,8 @@ from psrq.samples.content import CONTENT_FILE, read_content_bytes
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
 from psrq.storage import AppTxn, fs
+from psrq.tracking.stages import eval_runs
+from psrq.tracking.store import tracked
 from psrq.training.checkpoints import CHECKPOINT, check_compatible, load_checkpoint
 from psrq.training.identity import EvalIdentity, weights_hash
 from psrq.training.run import checkpoint_meta, content_file, identity_and_folder, model_args
@@ -63,6 +65,7 @@ def calibrated(spark, man: SamplesManifest, bc, ec, preds):
             {"method": "platt", "a": a, "b": b, "valid_rows": t.num_rows})
 
 
+@tracked(eval_runs)
 def evaluate_stage(job: JobContext) -> dict:
     cfg, spark = job.cfg, job.session
     ec, tc = cfg.evaluate, cfg.train

@@ -93,8 +93,10 @@ def prepare_method(job: JobContext) -> dict:
 
 def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=print) -> list[dict]:
     from psrq.evaluation.floors import floors_stage
+    from psrq.evaluation.record import RECORDED
     from psrq.evaluation.stage import evaluate_stage
     from psrq.samples.layout import SamplesManifest
+    from psrq.tracking.runs import cell_run, numbers
     from psrq.training.identity import TrainIdentity
     from psrq.training.stage import train_stage
 
@@ -111,7 +113,7 @@ def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=
             prepare_method(job.with_cfg(c))  # the samples name the identity; built once per quantizer
             key = TrainIdentity.of(c.train, SamplesManifest.read(c.samples_root())).key
             if (exp.name, cell, seed, key) not in done:
-                plan.append((cell, seed, c))
+                plan.append((cell, seed, c, key))
     progress(f"[{exp.name} on {dcfg.dataset.name}] {len(exp.cells) * len(seeds) - len(plan)} of "
              f"{len(exp.cells) * len(seeds)} cells done, {len(plan)} to run")
 
@@ -120,12 +122,15 @@ def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=
                      AppTxn(f"psrq.experiments.{exp.name}.{what}", 0), description=f"{exp.name}/{what}")
 
     rows = []
-    for i, (cell, seed, c) in enumerate(plan, 1):
+    for i, (cell, seed, c, key) in enumerate(plan, 1):
         t0 = time.time()
-        trained = train_stage(job.with_cfg(c))
-        t_train = time.time() - t0
-        ev = evaluate_stage(job.with_cfg(c))
-        m = ev["metrics"]
+        tracked = cell_run(exp.name, cell, seed, key, {**exp.cells[cell], "model": c.train.model})
+        with djob.tracker.parent(tracked):  # the cell's training and evaluation are its children
+            trained = train_stage(job.with_cfg(c))
+            t_train = time.time() - t0
+            ev = evaluate_stage(job.with_cfg(c))
+            m = ev["metrics"]
+            tracked.metrics = numbers({k: m.get(k) for k in RECORDED})
         row = {"experiment": exp.name, "dataset": dcfg.dataset.name, "cell": cell, "seed": seed, "model": c.train.model,
                "method": c.codebooks.method, "codebook_version": ev["codebook_version"], "eval_id": ev["eval_id"],
                "rows": m["rows"], "cold_rows": m["cold_rows"], "auc": m["auc"], "cold_auc": m["cold_auc"],

@@ -33,30 +33,36 @@ from psrq.config import TUNED_DIR
 from psrq.experiments.matrix import cell_config, dataset_config
 from psrq.experiments.runner import prepare_data, prepare_method
 from psrq.job import JobContext
+from psrq.tracking.runs import doc, numbers, search_run, trial_run
 
 log = logging.getLogger(__name__)
 
 
 def trial(djob: JobContext, model: str, setting: dict, seeds: list[int]) -> dict:
     """One setting of one model, trained once per seed: the valid metrics of each run
-    (djob: with the dataset's configuration)."""
+    (djob: with the dataset's configuration). Tracked as a child of the model's search, with
+    its trainings as its children."""
     from psrq.training.stage import train_stage
 
     dcfg = djob.cfg
     tc = dcfg.tuning
     runs = []
-    for seed in seeds:
-        c = cell_config(dcfg, {**{f"train.{k}": v for k, v in setting.items()}, "train.model": model,
-                               "train.epochs": tc.epochs, "train.patience": tc.patience}, seed)
-        prepare_method(djob.with_cfg(c))
-        res = train_stage(djob.with_cfg(c))
-        runs.append({"seed": seed, "identity": res["identity"], "status": res["status"], "steps": res["steps"],
-                     "best_step": res.get("best_step"), "valid_auc": res["valid"]["auc"],
-                     "valid_cold_auc": res["valid"].get("cold_auc"), "valid_logloss": res["valid"].get("logloss")})
-    aucs = [r["valid_auc"] for r in runs if r["valid_auc"] is not None]
-    losses = [r["valid_logloss"] for r in runs if r["valid_logloss"] is not None]
-    return {"model": model, "setting": setting, "valid_auc_mean": mean(aucs) if aucs else None,
-            "valid_logloss_mean": mean(losses) if losses else None, "runs": runs}
+    tracked = trial_run(model, setting, seeds)
+    with djob.tracker.parent(tracked):
+        for seed in seeds:
+            c = cell_config(dcfg, {**{f"train.{k}": v for k, v in setting.items()}, "train.model": model,
+                                   "train.epochs": tc.epochs, "train.patience": tc.patience}, seed)
+            prepare_method(djob.with_cfg(c))
+            res = train_stage(djob.with_cfg(c))
+            runs.append({"seed": seed, "identity": res["identity"], "status": res["status"], "steps": res["steps"],
+                         "best_step": res.get("best_step"), "valid_auc": res["valid"]["auc"],
+                         "valid_cold_auc": res["valid"].get("cold_auc"), "valid_logloss": res["valid"].get("logloss")})
+        aucs = [r["valid_auc"] for r in runs if r["valid_auc"] is not None]
+        losses = [r["valid_logloss"] for r in runs if r["valid_logloss"] is not None]
+        out = {"model": model, "setting": setting, "valid_auc_mean": mean(aucs) if aucs else None,
+               "valid_logloss_mean": mean(losses) if losses else None, "runs": runs}
+        tracked.metrics = numbers({k: out[k] for k in ("valid_auc_mean", "valid_logloss_mean")})
+    return out
 
 
 def trial_score(t: dict, select_on: str) -> float:
@@ -71,8 +77,23 @@ def tune_model(djob: JobContext, model: str, progress=print) -> dict:
     dcfg = djob.cfg
     space = dcfg.tuning.space
     chosen = {key: values[0] for key, values in space.items()}
-    trials = []
-    for key, values in space.items():
+    trials: list[dict] = []
+    search = search_run(dcfg.dataset.name, model, space, dcfg.tuning.seeds, dcfg.train.select_on)
+    with djob.tracker.parent(search):  # its trials are children
+        _staged_grid(djob, model, chosen, trials, progress)
+        best_trial = next(t for t in reversed(trials) if t["setting"] == chosen)
+        search.metrics = numbers({k: best_trial[k] for k in ("valid_auc_mean", "valid_logloss_mean")})
+        search.texts = {"chosen.json": doc(chosen)}
+    return {"model": model, "chosen": chosen, "selected_on": dcfg.train.select_on,
+            "valid_auc_mean": best_trial["valid_auc_mean"], "valid_logloss_mean": best_trial["valid_logloss_mean"],
+            "trials": trials}
+
+
+def _staged_grid(djob: JobContext, model: str, chosen: dict, trials: list[dict], progress) -> None:
+    """One key of the space at a time, the others at their chosen values: `chosen` and
+    `trials` filled in place."""
+    dcfg = djob.cfg
+    for key, values in dcfg.tuning.space.items():
         scores = {}
         for value in values:
             setting = {**chosen, key: value}
@@ -85,10 +106,6 @@ def tune_model(djob: JobContext, model: str, progress=print) -> dict:
                      f"{len(t['runs'])} seeds")
         best = max(values, key=lambda v: scores[json.dumps(v)])
         chosen[key] = best
-    best_trial = next(t for t in reversed(trials) if t["setting"] == chosen)
-    return {"model": model, "chosen": chosen, "selected_on": dcfg.train.select_on,
-            "valid_auc_mean": best_trial["valid_auc_mean"], "valid_logloss_mean": best_trial["valid_logloss_mean"],
-            "trials": trials}
 
 
 def _short(setting: dict) -> str:

@@ -23,6 +23,8 @@ from psrq.samples.content import read_content
 from psrq.samples.layout import SamplesManifest
 from psrq.serving import artifact
 from psrq.storage import fs
+from psrq.tracking.stages import export_runs
+from psrq.tracking.store import tracked
 from psrq.training.checkpoints import CHECKPOINT, check_compatible, load_checkpoint
 from psrq.training.identity import weights_hash
 from psrq.training.readers import make_reader
@@ -34,6 +36,7 @@ RANKER, LOOKUP, MANIFEST, MLFLOW_MODEL = "ranker.pt2", "lookup", "export.json", 
 MODEL_METADATA = ("codebook_version", "model", "train_identity", "step", "weights", "samples", "history_len")
 
 
+@tracked(export_runs)
 def export_stage(job: JobContext) -> dict:
     cfg, tc = job.cfg, job.cfg.train
     man = SamplesManifest.read(cfg.samples_root())

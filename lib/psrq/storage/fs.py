@@ -265,6 +265,14 @@ def listdir(location: str) -> list[str]:
     return sorted(i.base_name for i in infos)
 
 
+def files_under(location: str) -> list[str]:
+    """Every file under a folder (none if it is missing), as paths relative to it."""
+    fs, path = resolve(location)
+    base = path.rstrip("/") + "/"
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(base):] for i in infos if i.type == pafs.FileType.File)
+
+
 def delete(location: str) -> None:
     fs, path = resolve(location)
     info = fs.get_file_info(path)

@@ -21,6 +21,8 @@ from psrq.models.registry import build_model, needs_content
 from psrq.samples.content import read_content
 from psrq.samples.layout import FIRST_INDEX, VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
+from psrq.tracking.stages import train_runs
+from psrq.tracking.store import tracked
 from psrq.training import statistics
 from psrq.training.checkpoints import BEST, CHECKPOINT, check_compatible, clean_stale_temporaries, load_checkpoint, restore
 from psrq.training.early_stop import EarlyStopping
@@ -80,6 +82,7 @@ def _finite(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
+@tracked(train_runs)
 def train_stage(job: JobContext) -> dict:
     """Train cfg.train.model with cfg.train.backend; validation metrics from the result."""
     cfg, spark, progress = job.cfg, job.spark, job.progress  # Spark is optional: train.backend=single
