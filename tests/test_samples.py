@@ -13,7 +13,7 @@ import pytest
 
 from psrq.errors import ArtifactError, StorageError
 from psrq.quant.artifact import MANIFEST, SELF, manifest_checksum
-from psrq.samples.build import build_samples, split_cutoffs
+from psrq.samples.build import Split, build_samples, split_cutoffs
 from psrq.samples.layout import event_histories, fixed_lists, row_bytes, user_samples
 from psrq.storage import open_engine
 
@@ -86,7 +86,8 @@ def test_user_samples_by_hand():
 
 def test_split_cutoffs_are_exact_whatever_the_partitioning(spark, monkeypatch, caplog):
     """The valid/test cut-offs are the exact ceil(q·n)-th event times, the same for the events
-    in one partition or in several (approxQuantile alone moves with the partitioning)."""
+    in one partition or in several (approxQuantile alone moves with the partitioning); the
+    rows of each split come with them."""
     from pyspark.sql import functions as F
 
     n = 200_000
@@ -95,13 +96,15 @@ def test_split_cutoffs_are_exact_whatever_the_partitioning(spark, monkeypatch, c
     events = spark.range(n).select(F.timestamp_micros(F.col("id") * 7919 % 100_003 * 1000 + base).alias("ts"))
     us = np.sort(np.array([r[0] for r in events.select(F.unix_micros("ts")).collect()]))
     exact = (int(us[int(np.ceil(0.8 * n)) - 1]), int(us[int(np.ceil(0.9 * n)) - 1]))
+    rows = {"train": int((us < exact[0]).sum()), "valid": int(((us >= exact[0]) & (us < exact[1])).sum()),
+            "test": int((us >= exact[1]).sum())}
     for parts in (1, 3, 8):
-        assert split_cutoffs(events.repartition(parts), 0.8, 0.9) == exact, parts
-    assert split_cutoffs(events.limit(1), 0.8, 0.9) == (base, base)
+        assert split_cutoffs(events.repartition(parts), 0.8, 0.9) == (Split(*exact), rows), parts
+    assert split_cutoffs(events.limit(1), 0.8, 0.9) == (Split(base, base), {"train": 0, "valid": 0, "test": 1})
     # brackets that miss (approxQuantile breaking its promise): still exact, from all rows
     monkeypatch.setattr(type(events), "approxQuantile", lambda self, col, probs, err: [base] * len(probs))
     with caplog.at_level("WARNING", logger="psrq.samples.build"):
-        assert split_cutoffs(events, 0.8, 0.9) == exact
+        assert split_cutoffs(events, 0.8, 0.9) == (Split(*exact), rows)
     assert caplog.text.count("bracket of quantile") == 2
 
 

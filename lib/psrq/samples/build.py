@@ -7,6 +7,7 @@ executors, over the events sorted by user and time) -> Parquet per split, row gr
 the trainer checks (codebook version, vocabulary size, spaces, K, L, N)."""
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -35,16 +36,20 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 
 
-def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float, n: int | None = None) -> tuple[int, int]:
+def split_cutoffs(interactions: DataFrame, valid_from: float, test_from: float,
+                  n: int | None = None) -> tuple["Split", dict[str, int]]:
     """Event-time quantiles (µs) where valid and test begin: exact, so that the split does not
-    depend on how the interactions are laid out in files and partitions."""
+    depend on how the interactions are laid out in files and partitions; and the rows of each
+    split (one sample per event), which the quantiles' ranks give without another pass."""
     us = interactions.select(F.unix_micros(F.col("ts")).alias("us"))
-    lo, hi = exact_quantiles(us, "us", [valid_from, test_from], us.count() if n is None else n)
-    return lo, hi
+    n = us.count() if n is None else n
+    (lo, before_valid), (hi, before_test) = exact_quantiles(us, "us", [valid_from, test_from], n)
+    return Split(lo, hi), {"train": before_valid, "valid": before_test - before_valid, "test": n - before_test}
 
 
-def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err: float = 1e-4) -> list[int]:
-    """The k-th smallest value of an integer column for k = ceil(p·n) (at least 1), per p.
+def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err: float = 1e-4) -> list[tuple[int, int]]:
+    """Per p: the k-th smallest value of an integer column for k = ceil(p·n) (at least 1), and
+    the number of rows below that value.
 
     approxQuantile alone is not enough: its answer depends on the partitioning of its input
     (a table written as one file or as several gives other cut-offs). Its rank guarantee
@@ -72,7 +77,8 @@ def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err
     out = []
     for span, b, k in zip(brackets, below, ks):
         mine = values if span is None else [v for v in values if span[0] <= v <= span[1]]
-        out.append(int(mine[k - b - 1]))
+        value = int(mine[k - b - 1])
+        out.append((value, b + bisect.bisect_left(mine, value)))  # the bracket's rows below it, and all below that
     return out
 
 
@@ -184,8 +190,7 @@ def build_samples(job: JobContext) -> dict:
     engine = job.engine
     src = read_sources(job)
     require_codes(src)
-    split = Split(*split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events))
-    rows = split_rows(src.interactions, split)
+    split, rows = split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events)
     vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
     vocab_path = cfg.table_path("item_vocab")
     cat = None
@@ -219,16 +224,6 @@ def build_samples(job: JobContext) -> dict:
     fs.write_text(fs.join(base, SamplesManifest.FILE), json.dumps(info, indent=2))  # last: the samples are complete
     log.info("samples: %s", {s: o["rows"] for s, o in splits.items()})
     return {**info, "path": base, "splits": {s: {**o, "path": fs.join(base, o["path"])} for s, o in splits.items()}}
-
-
-def split_rows(interactions: DataFrame, split: Split) -> dict[str, int]:
-    """Rows of each split: one sample per event, so counted on the events (one aggregate)
-    rather than on the samples."""
-    us = F.unix_micros("ts")
-    ranges = {"train": us < split.valid_from, "valid": (us >= split.valid_from) & (us < split.test_from),
-              "test": us >= split.test_from}
-    r = interactions.agg(*[F.count(F.when(c, 1)).alias(s) for s, c in ranges.items()]).collect()[0]
-    return {s: int(r[s]) for s in SPLITS}
 
 
 def read_sources(job: JobContext) -> Sources:
