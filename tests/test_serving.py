@@ -38,7 +38,7 @@ print(model.metadata.metadata["codebook_version"])
 
 
 @pytest.mark.parametrize("model", FAMILIES)
-def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeline, tmp_path, model):
+def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeline, tmp_path, model, monkeypatch):
     from psrq.evaluation.stage import evaluate_stage
     from psrq.samples.layout import SamplesManifest
     from psrq.serving.stage import export_stage
@@ -49,7 +49,7 @@ def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeli
         "train.checkpoint_dir": str(tmp_path / "ckpt"), "train.backend": "single", "train.reader": "arrow",
         "train.model": model, "train.dim": 8, "train.epochs": 1, "evaluate.floors": False,
         "storage.tables.predictions": f"predictions_{model}", "storage.tables.eval_metrics": f"eval_metrics_{model}",
-        "export.path": str(tmp_path / "exports")})
+        "export.path": str(tmp_path / "exports"), "tracking.uri": "local" if model == "mcca" else "off"})
     train_stage(JobContext.of(None, cfg))
     evaluated = evaluate_stage(JobContext.of(spark, cfg))
     exported = export_stage(JobContext.of(spark, cfg))
@@ -85,4 +85,18 @@ def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeli
         assert (got.content_idx == known.content_idx).all()
     meta = json.loads(Path(exported["path"], "export.json").read_text())
     assert meta["codebook_version"] == "v0001" and [c["name"] for c in meta["inputs"]]
-    assert export_stage(JobContext.of(spark, cfg))["status"] == "already done"
+    again = export_stage(JobContext.of(spark, cfg))
+    assert again["status"] == "already done"
+    if model == "mcca":  # tracked: the export's run has the MLflow model as its logged model, linked when done again
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        from psrq.tracking.store import resolve
+
+        assert again["tracking"] == {"run_id": exported["tracking"]["run_id"], "linked": True}
+        client = MlflowClient(resolve(cfg)[0])
+        (logged,) = client.search_logged_models([client.get_run(exported["tracking"]["run_id"]).info.experiment_id])
+        assert logged.source_run_id == exported["tracking"]["run_id"] and logged.tags["psrq.codebook_version"] == "v0001"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", resolve(cfg)[0])  # models:/ resolves through the tracking store
+        served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+        assert served.metadata.metadata["codebook_version"] == man.codebook_version

@@ -19,7 +19,8 @@ MAX_PARAM = 6000   # MLflow's limit on a parameter's value
 class TrackedRun:
     """kind: fit, train, evaluate, floor, cell, experiment, search; key: its identity.
     curves: (metric, value, step) points (a training's validation curve). texts: artifact
-    path -> content; files: artifact path -> a location the storage layer reads."""
+    path -> content; files: artifact path -> a location the storage layer reads; model: the
+    location of an MLflow model folder, logged as the run's model (an export's)."""
 
     kind: str
     key: str
@@ -30,6 +31,7 @@ class TrackedRun:
     tags: dict[str, str] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    model: str | None = None
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -152,9 +154,9 @@ def trial_run(model: str, setting: dict, seeds: list[int]) -> TrackedRun:
                       params=params({"model": model, **{f"train.{k}": v for k, v in setting.items()}}))
 
 
-def export_run(result: dict, files: dict[str, str]) -> TrackedRun:
-    """A ranker exported for serving (psrq.serving.stage.export_stage): the MLflow model as
-    the run's `model` artifact (loadable as runs:/<run id>/model)."""
+def export_run(result: dict, model: str | None) -> TrackedRun:
+    """A ranker exported for serving (psrq.serving.stage.export_stage): `model`, the export's
+    MLflow model folder, becomes the run's logged model (loadable as models:/<model id>)."""
     return TrackedRun(
         "export", f"{result['model']}-{result['train_identity']}-{result['weights']}",
         f"export {result['model']} step {result['step']}",
@@ -164,4 +166,4 @@ def export_run(result: dict, files: dict[str, str]) -> TrackedRun:
         tags={"psrq.codebook_version": result["codebook_version"], "psrq.train_identity": result["train_identity"],
               "psrq.samples": result["samples"], "psrq.export": result["path"],
               f"delta.read.{result['vocab_table'].rstrip('/').rsplit('/', 1)[-1]}": str(result["vocab_version"])},
-        texts={"export.json": doc({k: v for k, v in result.items() if k != "status"})}, files=files)
+        texts={"export.json": doc({k: v for k, v in result.items() if k != "status"})}, model=model)

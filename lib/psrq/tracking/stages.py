@@ -46,5 +46,5 @@ def export_runs(job: "JobContext", result: dict) -> Pairs:
     from psrq.serving.stage import MLFLOW_MODEL
     from psrq.storage import fs
 
-    model = fs.join(result["path"], MLFLOW_MODEL)
-    return [(export_run(result, {f"model/{rel}": fs.join(model, rel) for rel in fs.files_under(model)}), result)]
+    model = fs.join(result["path"], result.get("mlflow_model", MLFLOW_MODEL))
+    return [(export_run(result, model if fs.exists(fs.join(model, "MLmodel")) else None), result)]

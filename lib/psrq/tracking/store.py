@@ -189,10 +189,32 @@ class Tracker:
                 with tempfile.TemporaryDirectory(prefix="psrq-tracking-") as tmp:
                     _stage_artifacts(tmp, run)
                     client.log_artifacts(run_id, tmp)
+            if run.model:
+                self._log_model(client, run_id, run)
             client.set_terminated(run_id, status)
         except BaseException:
             _delete(client, run_id)
             raise
+
+
+    def _log_model(self, client, run_id: str, run: TrackedRun) -> None:
+        """run.model as a logged model of the run (MLflow 3's models, loadable as
+        models:/<model id>), tagged with the run's tags (the codebook version it expects)."""
+        from mlflow.entities import LoggedModelOutput
+
+        from psrq.storage import fs
+
+        assert run.model is not None and self._experiment_id is not None
+        model = client.create_logged_model(self._experiment_id, name="ranker", source_run_id=run_id,
+                                           tags={KIND: run.kind, KEY: run.key, **run.tags})
+        with tempfile.TemporaryDirectory(prefix="psrq-tracking-model-") as tmp:
+            for rel in fs.files_under(run.model):
+                path = Path(tmp, rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(fs.read_bytes(fs.join(run.model, rel)))
+            client.log_model_artifacts(model.model_id, tmp)
+        client.finalize_logged_model(model.model_id, "READY")
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
 
 
 def _stage_artifacts(folder: str, run: TrackedRun) -> None:
