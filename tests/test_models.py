@@ -198,3 +198,50 @@ def test_registries_check_what_they_are_given():
         registry.unregister("mcca")
     with pytest.raises(TypeError, match="not a psrq.models.base.Ranker subclass"):
         registry.RANKERS.load("psrq.quant.residual:PSRQ")
+
+
+def test_the_diagnosis_options_of_mcca_do_what_they_name():
+    """VBPR's differences from MCCA as MCCA's options (psrq.models.mcca): each changes only
+    what it names; all off is the paper's model, weight for weight."""
+    from psrq.models.layers import masked_mean
+    from psrq.models.registry import needs_content
+    from psrq.samples.layout import OOV
+
+    data = batch()
+    paper = model("mcca").eval()
+    # user_factor: the same weights, plus the history's mean ID embedding · the target's
+    uf = model("mcca", user_factor=True).eval()
+    uf.load_state_dict(paper.state_dict())
+    mask = torch.arange(N)[None] < data["hist_len"][:, None]
+    dot = (masked_mean(paper.item(data["hist_item_idx"]), mask) * paper.item(data["item_idx"])).sum(-1)
+    assert torch.allclose(uf.logits(data), paper.logits(data) + dot, atol=1e-6)
+    # history_window: only the last n events count (positions are oldest first)
+    last = model("mcca", history_window=1).eval()
+    last.load_state_dict(paper.state_dict())
+    only = {k: v.clone() for k, v in data.items()}
+    lens = data["hist_len"]
+    only["hist_len"] = lens.clamp(max=1)
+    for col, width in (("hist_item_idx", 1), *((f"hist_{s}_codes", L) for s in ("text", "audio", "joint"))):
+        rows = data[col].view(B, N, width)
+        picked = rows[torch.arange(B), (lens - 1).clamp(min=0)]  # each row's newest event
+        only[col] = torch.cat([picked[:, None], torch.zeros(B, N - 1, width, dtype=rows.dtype)], 1).view(B, N * width)
+    assert torch.allclose(last.logits(data), paper.logits(only), atol=1e-6)
+    # cold_ids=zero: an out-of-vocabulary target's score ignores the never-trained OOV row
+    zero = model("mcca", cold_ids="zero").eval()
+    cold = {**data, "item_idx": torch.full((B,), OOV)}
+    trained = model("mcca").eval()
+    before, before_trained = zero.logits(cold), trained.logits(cold)
+    with torch.no_grad():
+        zero.item.weight[OOV] += 1.0
+        trained.item.weight[OOV] += 1.0
+    assert torch.allclose(before, zero.logits(cold)) and not torch.allclose(before_trained, trained.logits(cold))
+    # target_content: reads the content, so two cold targets with other content score apart
+    tc = model("mcca", target_content=True).eval()
+    assert needs_content("mcca", {"target_content": True}) and not needs_content("mcca")
+    assert "content_idx" in tc.inputs and "content_idx" not in paper.inputs
+    moved = {**cold, "content_idx": cold["content_idx"] % C + 1}
+    assert not torch.allclose(tc.logits(cold), tc.logits(moved)) and torch.allclose(paper.logits(cold), paper.logits(moved))
+    with pytest.raises(ValueError, match="samples.content.dim"):
+        build_model(ModelArgs("mcca", V, K, L, N, D, options={"target_content": True}))
+    with pytest.raises(ValueError, match="history_window: 1..5"):
+        model("mcca", history_window=9)

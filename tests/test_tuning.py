@@ -56,6 +56,29 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
     assert all(r["best_step"] <= r["steps"] for t in res["trials"] for r in t["runs"])
     assert any("mean valid AUC" in s for s in said)
 
+    # the diagnosis (jobs/diagnose.py) on the same data: valid split only, paired by seed,
+    # its report written by the runner; a second run reuses every training
+    from psrq.experiments.diagnosis import load_diagnosis, run_diagnosis, write_diagnosis
+
+    (conf / "experiments" / "diag.yaml").write_text(
+        "name: diag\ntitle: Why\nbase: mcca\nreference: vbpr\ncandidates:\n"
+        "  user_factor: {what: the user factor, train: {model_options: {user_factor: true}}}\n"
+        "  history_2: {what: two events, train: {model_options: {history_window: 2}}}\n")
+    diag = load_diagnosis("diag", conf)
+    asked.clear()
+    result = run_diagnosis(JobContext.of(spark, cfg), diag, [0, 1], progress=said.append)
+    assert set(asked) == {"train", "valid"}
+    runs = [result["base_runs"], result["reference_runs"], *result["candidates"].values()]
+    assert [len(r["runs"]) for r in runs] == [2, 2, 2, 2] and result["reference_runs"]["model"] == "vbpr"
+    assert len({r["runs"][0]["identity"] for r in runs}) == 4  # four trainings per seed, none shared
+    report = write_diagnosis(result, diag, str(tmp_path / "reports")).read_text()
+    assert "| **mcca** (base) |" in report and "| vbpr (reference) |" in report and "| history_2 | two events |" in report
+    assert "Δ All AUC vs mcca [95%]" in report and "## What the numbers say" in report
+    assert "vbpr against mcca, All AUC" in report
+    again = run_diagnosis(JobContext.of(spark, cfg), diag, [0, 1], progress=said.append)
+    assert all(r["status"] == "already done" for c in again["candidates"].values() for r in c["runs"])
+    assert json.loads((tmp_path / "reports" / "diag_synthetic_small.json").read_text())["seeds"] == [0, 1]
+
     tuned, record = write_tuned(conf, search)
     assert json.loads(record.read_text())["chosen"]["din"] == search["chosen"]["din"]
     assert all(f"{k} {list(v)}" in tuned.read_text() for k, v in search["space"].items())  # the header says what was searched

@@ -82,7 +82,7 @@ def evaluate_stage(job: JobContext) -> dict:
     eval_id = eid.eval_id
     engine = job.engine
     metrics_path = cfg.table_path("eval_metrics")
-    reads_content = needs_content(tc.model)
+    reads_content = needs_content(tc.model, tc.model_options)
     if engine.exists(metrics_path):
         done = engine.read(metrics_path).filter(F.col("eval_id") == eval_id).limit(1).collect()
         if done:

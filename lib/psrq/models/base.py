@@ -49,6 +49,12 @@ class Ranker(nn.Module, ABC):
         super().__init__()
         self.spec = spec
 
+    @classmethod
+    def reads_content(cls, options: dict) -> bool:
+        """Whether a model with these options reads item content (needs_content, or an option
+        that makes it)."""
+        return cls.needs_content
+
     @property
     @abstractmethod
     def inputs(self) -> list[str]:

@@ -16,6 +16,15 @@ ablation really lacks what it removes.
   mcca_wo_mjc  text and audio histories queried by the target's own text/audio
                embeddings; no joint codebook, no shared query
   qarm         psrq.models.qarm (the same branches over content codes)
+
+Options (train.model_options), each one of VBPR's differences from MCCA, for the diagnosis
+(psrq.experiments.diagnosis); all off is the paper's model:
+  user_factor     + the history's mean ID embedding · the target's (VBPR's gamma_u · gamma_i)
+  target_content  + the target's raw content, projected to dim, as an input of the MLP
+                    (the model then reads the samples' content features)
+  history_window  attend over the last n events of the history only
+  cold_ids        "zero": an out-of-vocabulary item's ID embedding is zero, not the shared
+                    row that training never updates ("trained", the default)
 """
 from __future__ import annotations
 
@@ -26,7 +35,8 @@ import torch
 from torch import nn
 
 from psrq.models.base import LOGITS, ModelSpec, Outputs, Ranker
-from psrq.models.layers import DinAttention, SemanticEmbedding, history_mask, mlp_head
+from psrq.models.layers import DinAttention, SemanticEmbedding, content_buffers, history_mask, masked_mean, mlp_head
+from psrq.samples.layout import OOV
 
 
 @dataclass(frozen=True)
@@ -61,8 +71,15 @@ class CodeAttention(Ranker):
     """One model of the family (spec.name in ARCHITECTURES); content only for the spaces it
     looks up by catalogue index (QARM's)."""
 
-    def __init__(self, spec: ModelSpec, content=None):
+    def __init__(self, spec: ModelSpec, content=None, user_factor: bool = False, target_content: bool = False,
+                 history_window: int | None = None, cold_ids: str = "trained"):
         super().__init__(spec)
+        if cold_ids not in ("trained", "zero"):
+            raise ValueError(f"train.model_options.cold_ids: 'trained' or 'zero', not {cold_ids!r}")
+        if history_window is not None and not 1 <= history_window <= spec.history_len:
+            raise ValueError(f"train.model_options.history_window: 1..{spec.history_len} (samples.history_len), "
+                             f"not {history_window}")
+        self.user_factor, self.history_window, self.cold_ids = user_factor, history_window, cold_ids
         content_codes = content.codes if content is not None else None
         self.arch = architecture(spec.name, spec.modalities)
         d = spec.dim
@@ -79,7 +96,18 @@ class CodeAttention(Ranker):
             shapes[s] = (int(codes.max()), codes.shape[1])
         self.semantic = nn.ModuleDict({s: SemanticEmbedding(*shapes[s], d) for s in used})
         self.attention = nn.ModuleDict({f"{h}_by_{q}": DinAttention(d) for h, q in self.arch.branches})
-        self.head = mlp_head(d * (2 + len(self.arch.branches) + len(self.arch.targets)))
+        self.content_names: list[str] = []
+        if target_content:
+            if content is None:
+                raise ValueError(f"model {spec.name} with target_content reads item content: build samples with "
+                                 "samples.content.dim > 0")
+            self.content_names = content_buffers(self, content.modalities)
+            self.project = nn.Linear(sum(content.modalities[m].shape[1] for m in self.content_names), d, bias=False)
+        self.head = mlp_head(d * (2 + len(self.arch.branches) + len(self.arch.targets) + bool(self.content_names)))
+
+    @classmethod
+    def reads_content(cls, options: dict) -> bool:
+        return bool(options.get("target_content"))
 
     @property
     def spaces(self) -> list[str]:
@@ -91,7 +119,7 @@ class CodeAttention(Ranker):
         cols += [f"hist_{h}_codes" for h, _ in self.arch.branches if h not in self.lookup]
         cols += [f"target_{s}_codes" for s in sorted({q for _, q in self.arch.branches} | set(self.arch.targets))
                  if s not in self.lookup]
-        return cols + (["content_idx", "hist_content_idx"] if self.lookup else [])
+        return cols + (["content_idx", "hist_content_idx"] if self.lookup else ["content_idx"] if self.content_names else [])
 
     def _codes(self, batch: dict, space: str, which: str) -> torch.Tensor:
         """(B, layers) target or (B, N, layers) history codes of a space."""
@@ -101,11 +129,21 @@ class CodeAttention(Ranker):
         codes = batch[f"{which}_{space}_codes"].long()
         return codes if which == "target" else codes.view(-1, self.spec.history_len, self.spec.layers)
 
+    def _ids(self, idx: torch.Tensor) -> torch.Tensor:
+        e = self.item(idx)
+        return e * (idx != OOV).unsqueeze(-1).to(e.dtype) if self.cold_ids == "zero" else e
+
+    def _mask(self, hist_len: torch.Tensor) -> torch.Tensor:
+        mask = history_mask(hist_len, self.spec.history_len)
+        if self.history_window is not None:  # positions are oldest first: keep the last n valid ones
+            pos = torch.arange(self.spec.history_len, device=hist_len.device)[None, :]
+            mask = mask & (pos >= hist_len.long()[:, None] - self.history_window)
+        return mask
+
     def forward(self, batch: dict[str, torch.Tensor]) -> Outputs:
-        hist_idx = batch["hist_item_idx"].long()
-        mask = history_mask(batch["hist_len"], self.spec.history_len)
-        e_id = self.item(batch["item_idx"].long())
-        h_id = self.id_attention(e_id, self.item(hist_idx), mask)
+        mask = self._mask(batch["hist_len"])
+        e_id, hist_ids = self._ids(batch["item_idx"].long()), self._ids(batch["hist_item_idx"].long())
+        h_id = self.id_attention(e_id, hist_ids, mask)
         target = {}
 
         def target_emb(space):
@@ -117,4 +155,10 @@ class CodeAttention(Ranker):
         for h, q in self.arch.branches:
             interests.append(self.attention[f"{h}_by_{q}"](target_emb(q), self.semantic[h](self._codes(batch, h, "hist")), mask))
         feats = interests + [h_id, e_id] + [target_emb(s) for s in self.arch.targets]
-        return {LOGITS: self.head(torch.cat(feats, dim=-1)).squeeze(-1)}
+        if self.content_names:
+            idx = batch["content_idx"].long()
+            feats.append(self.project(torch.cat([getattr(self, f"content_{m}")[idx] for m in self.content_names], -1)))
+        logits = self.head(torch.cat(feats, dim=-1)).squeeze(-1)
+        if self.user_factor:
+            logits = logits + (masked_mean(hist_ids, mask) * e_id).sum(-1)
+        return {LOGITS: logits}

@@ -25,8 +25,10 @@ register, unregister, names, ranker_class, ranker_path = (RANKERS.register, RANK
                                                           RANKERS.get, RANKERS.path)
 
 
-def needs_content(name: str) -> bool:
-    return ranker_class(name).needs_content
+def needs_content(name: str, options: dict | None = None) -> bool:
+    """Whether model `name` with train.model_options `options` reads the samples' content."""
+    cls = ranker_class(name)
+    return cls.needs_content or cls.reads_content(options or {})
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def build_model(args: ModelArgs, content=None) -> Ranker:
 
     a = args
     cls = RANKERS.load(a.ranker) if a.ranker else ranker_class(a.name)
-    if cls.needs_content and content is None:
+    if (cls.needs_content or cls.reads_content(a.options or {})) and content is None:
         raise ValueError(f"model {a.name} reads item content: build samples with samples.content.dim > 0")
     takes = list(inspect.signature(cls).parameters)[2:]  # after spec and content
     unknown = sorted(set(a.options or {}) - set(takes))

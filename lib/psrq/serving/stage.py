@@ -52,7 +52,7 @@ def export_stage(job: JobContext) -> dict:
         log.info("%s already exported to %s", tc.model, out)
         return {**json.loads(fs.read_text(fs.join(out, MANIFEST))), "path": out, "status": "already done"}
     content = read_content(content_file(cfg.samples_root(), man)) if man.content else None  # the lookup's content_idx
-    model = build_model(model_args(cfg, man), content if needs_content(tc.model) else None)
+    model = build_model(model_args(cfg, man), content if needs_content(tc.model, tc.model_options) else None)
     model.load_state_dict(ckpt["model"])
     model.eval()
     rows = next(iter(make_reader("arrow", man.split_path(cfg.export.split), model.inputs, cfg.export.example_rows)))

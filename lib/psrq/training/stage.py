@@ -101,7 +101,7 @@ def train_stage(job: JobContext) -> dict:
     if existing is not None:
         check_compatible(existing, meta, f"{ckpt_dir}/{CHECKPOINT} ")
     torch.manual_seed(tc.seed)
-    content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model) else None
+    content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model, tc.model_options) else None
     # the ranks build the model of a distributed run: the driver checks it on a vocabulary of
     # a few rows (its item tables would otherwise hold the whole catalogue here too)
     args = model_args(cfg, man) if tc.backend == "single" else replace(model_args(cfg, man), vocab_size=FIRST_INDEX + 1,
@@ -169,7 +169,7 @@ def _result(cfg: Config, man: SamplesManifest, ident: TrainIdentity, ckpt_dir: s
     valid = trace.best
     if valid is None:  # no validation ran (no step was taken): score the weights there are
         if model is None:
-            content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model) else None
+            content_path = content_file(cfg.samples_root(), man) if needs_content(tc.model, tc.model_options) else None
             model = statistics.apply(build_model(model_args(cfg, man), read_content(content_path) if content_path else None),
                                      statistics.prepare(ckpt_dir, man.split_path("train"), man.vocab_size, tc.user_buckets)
                                      if tc.priors else None)
