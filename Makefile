@@ -36,10 +36,10 @@ test-fast: setup lint
 	$(PY) -m pytest -m "not real" $(ARGS)
 
 # ruff (pyflakes, pycodestyle, import order) on the package and the jobs; mypy on the package
-# (pyproject.toml holds both settings)
+# and the jobs (pyproject.toml holds both settings; the stages' results are TypedDicts, so the jobs' key reads are checked)
 lint: setup
 	$(PY) -m ruff check lib/psrq jobs
-	$(PY) -m mypy lib/psrq
+	$(PY) -m mypy lib/psrq jobs
 
 # On a GPU node (after `make setup GPU=1`): the GPU paths run for real; elsewhere they skip.
 test-gpu: setup

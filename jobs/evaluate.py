@@ -25,15 +25,16 @@ def stage(job: JobContext):
           f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, "
           f"GAUC {format_metric(m.get('gauc'))}; "
           f"predictions in {res['predictions']}", flush=True)
-    if job.cfg.evaluate.floors:
-        res["floors"] = floors_stage(job)
-        best = max(res["floors"].values(), key=lambda f: f["auc"])
-        for name, f in res["floors"].items():
-            print(f"  floor {name:<16} AUC {f['auc']:.4f}, cold AUC {format_metric(f['cold_auc'])}, "
-                  f"logloss {f['logloss']:.4f}{'  (best floor)' if f is best else ''}", flush=True)
-        res["versus_floors"] = versus_floors(m, res["floors"])
-        print(f"  {res['model']} - best floor per metric: {format_versus(res['versus_floors'])}", flush=True)
-    return res
+    if not job.cfg.evaluate.floors:
+        return res
+    floors = floors_stage(job)
+    best = max(floors.values(), key=lambda f: f["auc"])
+    for name, f in floors.items():
+        print(f"  floor {name:<16} AUC {f['auc']:.4f}, cold AUC {format_metric(f['cold_auc'])}, "
+              f"logloss {f['logloss']:.4f}{'  (best floor)' if f is best else ''}", flush=True)
+    versus = versus_floors(m, floors)
+    print(f"  {res['model']} - best floor per metric: {format_versus(versus)}", flush=True)
+    return {**res, "floors": floors, "versus_floors": versus}
 
 
 def main(argv=None) -> int:

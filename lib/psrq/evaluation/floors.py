@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from typing import cast
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
@@ -22,7 +23,7 @@ from pyspark.sql import functions as F
 
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import EPS, evaluate_predictions
-from psrq.evaluation.record import RECORDED, Evaluated, eval_record
+from psrq.evaluation.record import RECORDED, Evaluated, FloorResult, eval_record
 from psrq.job import JobContext
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
@@ -75,7 +76,7 @@ def evaluate_floors(train: DataFrame, rows: DataFrame, gauc: bool = True, prior:
 
 
 @tracked(floors_runs)
-def floors_stage(job: JobContext) -> dict[str, dict]:
+def floors_stage(job: JobContext) -> dict[str, FloorResult]:
     """The floors of evaluate.split (the train split's statistics), recorded in eval_metrics
     once per samples build and split: an evaluation that finds them reports the record."""
     cfg, spark = job.cfg, job.session
@@ -90,7 +91,7 @@ def floors_stage(job: JobContext) -> dict[str, dict]:
                 engine.read(metrics_path).filter(F.col("eval_id").isin(list(ids.values()))).collect()}
         if len(done) == len(ids):
             log.info("floors of %s already recorded in %s", ec.split, metrics_path)
-            return {name: {"status": "already done", "eval_id": i, **{k: done[i][k] for k in RECORDED}}
+            return {name: cast(FloorResult, {"status": "already done", "eval_id": i, **{k: done[i][k] for k in RECORDED}})
                     for name, i in ids.items()}
 
     def split(name: str) -> DataFrame:
@@ -104,5 +105,5 @@ def floors_stage(job: JobContext) -> dict[str, dict]:
     txn = AppTxn(f"psrq.floors.{man.key}.{ec.split}", cfg.run.run_id)
     engine.write(spark.createDataFrame(records, EVAL_METRICS), metrics_path, "append", txn,
                  description=f"floors of {ec.split} ({man.key})")
-    return {name: {"status": "evaluated", "eval_id": ids[name], **{k: m.get(k) for k in RECORDED}}
+    return {name: cast(FloorResult, {"status": "evaluated", "eval_id": ids[name], **{k: m.get(k) for k in RECORDED}})
             for name, m in metrics.items()}

@@ -6,9 +6,31 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import NotRequired, Optional, TypedDict
 
-# what eval_metrics keeps of an evaluation's metrics (psrq.evaluation.metrics.evaluate_predictions)
-RECORDED = ("rows", "cold_rows", "auc", "cold_auc", "logloss", "gauc", "calibration_error")
+
+class Metrics(TypedDict):
+    """What eval_metrics keeps of an evaluation's metrics (psrq.evaluation.metrics.evaluate_predictions):
+    None where a metric is undefined (no cold rows, one label, GAUC off)."""
+
+    rows: int
+    cold_rows: int
+    auc: float
+    cold_auc: Optional[float]
+    logloss: float
+    gauc: Optional[float]
+    calibration_error: Optional[float]
+
+
+RECORDED = tuple(Metrics.__annotations__)
+
+
+class FloorResult(Metrics):
+    """A floor's evaluation as psrq.evaluation.floors.floors_stage reports it."""
+
+    status: str  # evaluated | already done
+    eval_id: str
+    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
+from typing import NotRequired, Optional, cast
 
 import numpy as np
 from pyspark.sql import functions as F
@@ -19,7 +20,7 @@ from pyspark.sql import functions as F
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.calibration import EPS, fit_platt
 from psrq.evaluation.metrics import evaluate_predictions
-from psrq.evaluation.record import RECORDED, Evaluated, eval_record
+from psrq.evaluation.record import RECORDED, Evaluated, Metrics, eval_record
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
 from psrq.job import JobContext
 from psrq.models.registry import needs_content
@@ -36,13 +37,39 @@ from psrq.training.run import checkpoint_meta, content_file, identity_and_folder
 log = logging.getLogger(__name__)
 
 
-def _summary(record: dict, status: str, content: bool) -> dict:
+class EvalResult(Metrics):
+    """What evaluate_stage reports: its eval_metrics row (less the configuration; the time as
+    ISO 8601), the metrics again as one mapping, and how it ran."""
+
+    eval_id: str
+    run_id: int
+    evaluated_at: str
+    dataset: str
+    model: str
+    seed: int
+    split: str
+    codebook_version: str
+    checkpoint: str
+    checkpoint_step: int
+    train_identity: str
+    weights: str
+    samples: str
+    data_versions: str  # JSON: the source Delta tables' versions
+    predictions: str    # the predictions table
+    status: str         # evaluated | already done
+    metrics: Metrics
+    calibration: Optional[dict]   # evaluate.calibrate's fit, if any
+    content_file: Optional[str]
+    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
+
+
+def _summary(record: dict, status: str, content: bool) -> EvalResult:
     out = {k: v for k, v in record.items() if k != "config"}
     at = record["evaluated_at"]
     out["evaluated_at"] = at.isoformat() if hasattr(at, "isoformat") else at
-    return {**out, "status": status, "metrics": {k: record.get(k) for k in RECORDED},
-            "calibration": json.loads(record.get("config") or "{}").get("calibration"),
-            "content_file": CONTENT_FILE if content else None}
+    return cast(EvalResult, {**out, "status": status, "metrics": {k: record.get(k) for k in RECORDED},
+                             "calibration": json.loads(record.get("config") or "{}").get("calibration"),
+                             "content_file": CONTENT_FILE if content else None})
 
 
 def calibrated(spark, man: SamplesManifest, bc, ec, preds):
@@ -66,7 +93,7 @@ def calibrated(spark, man: SamplesManifest, bc, ec, preds):
 
 
 @tracked(eval_runs)
-def evaluate_stage(job: JobContext) -> dict:
+def evaluate_stage(job: JobContext) -> EvalResult:
     cfg, spark = job.cfg, job.session
     ec, tc = cfg.evaluate, cfg.train
     man = SamplesManifest.read(cfg.samples_root())

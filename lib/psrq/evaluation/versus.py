@@ -4,12 +4,15 @@ error: the lowest), so a report shows where probabilities, not only the ranking,
 needs no training."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 HIGHER = ("auc", "cold_auc", "gauc")
 LOWER = ("logloss", "calibration_error")
 NAMES = {"auc": "AUC", "cold_auc": "cold AUC", "gauc": "GAUC", "logloss": "logloss", "calibration_error": "calib. error"}
 
 
-def versus_floors(metrics: dict, floors: dict[str, dict]) -> dict[str, dict]:
+def versus_floors(metrics: Mapping[str, Any], floors: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
     """metric -> {floor, floor_value, diff (model - floor)}, for the metrics both have."""
     out = {}
     for m in (*HIGHER, *LOWER):

@@ -26,6 +26,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -46,7 +47,7 @@ def trial(djob: JobContext, model: str, setting: dict, seeds: list[int]) -> dict
 
     dcfg = djob.cfg
     tc = dcfg.tuning
-    runs = []
+    runs: list[dict[str, Any]] = []
     tracked = trial_run(model, setting, seeds)
     with djob.tracker.parent(tracked):
         for seed in seeds:

@@ -2,14 +2,14 @@
 (the samples manifest's source versions, the Delta versions an evaluation wrote)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psrq.tracking.runs import TrackedRun, eval_run, export_run, fit_run, floor_run, train_run
 
 if TYPE_CHECKING:
     from psrq.job import JobContext
 
-Pairs = list[tuple[TrackedRun, dict]]
+Pairs = list[tuple[TrackedRun, Any]]  # (run, the result mapping that gets its reference)
 
 
 def _source_versions(job: "JobContext") -> dict:

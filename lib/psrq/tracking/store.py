@@ -19,7 +19,7 @@ import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Concatenate, Optional, ParamSpec, TypeVar
 
 from psrq.tracking.runs import TrackedRun
 
@@ -32,6 +32,8 @@ KIND, KEY, PARENT = "psrq.kind", "psrq.key", "mlflow.parentRunId"
 BATCH = 100  # MLflow takes at most 100 parameters (and 1000 metrics) per log_batch
 _warned: set[str] = set()
 _trackers: dict[tuple, "Tracker"] = {}
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def resolve(cfg: "Config") -> tuple[Optional[str], Optional[str]]:
@@ -236,12 +238,13 @@ def _delete(client, run_id: str) -> None:
         client.delete_run(run_id)
 
 
-def tracked(build: Callable[["JobContext", Any], list[tuple[TrackedRun, dict]]]):
+def tracked(build: Callable[["JobContext", Any], list[tuple[TrackedRun, Any]]]
+            ) -> Callable[[Callable[Concatenate["JobContext", P], R]], Callable[Concatenate["JobContext", P], R]]:
     """A stage whose result is recorded: build(job, result) gives (run, the dict that gets
-    its `tracking` reference) pairs. Tracking never fails the stage."""
-    def wrap(stage):
+    its `tracking` reference) pairs. Tracking never fails the stage; the stage keeps its type."""
+    def wrap(stage: Callable[Concatenate["JobContext", P], R]) -> Callable[Concatenate["JobContext", P], R]:
         @functools.wraps(stage)
-        def run(job: "JobContext", *args, **kwargs):
+        def run(job: "JobContext", *args: P.args, **kwargs: P.kwargs) -> R:
             result = stage(job, *args, **kwargs)
             tracker = job.tracker
             if tracker.on:

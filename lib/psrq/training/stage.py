@@ -9,8 +9,10 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import Any, NotRequired, Optional, TypedDict, cast
 
 import torch
 
@@ -73,7 +75,7 @@ def checksums(folder: str, best_step: int) -> dict[str, str]:
     return {n: fs.sha256(fs.join(folder, n)) for n in names}
 
 
-def write_result(folder: str, result: dict) -> None:
+def write_result(folder: str, result: Mapping[str, Any]) -> None:
     # atomic: the run counts as finished only once this exists, whole
     fs.write_text(fs.join(folder, RESULT), json.dumps(result, indent=2, allow_nan=False))
 
@@ -83,7 +85,7 @@ def _finite(x):
 
 
 @tracked(train_runs)
-def train_stage(job: JobContext) -> dict:
+def train_stage(job: JobContext) -> TrainResult:
     """Train cfg.train.model with cfg.train.backend; validation metrics from the result."""
     cfg, spark, progress = job.cfg, job.spark, job.progress  # Spark is optional: train.backend=single
     tc = cfg.train
@@ -95,7 +97,7 @@ def train_stage(job: JobContext) -> dict:
         move_aside(ckpt_dir, "train.restart=true")
     if (done := read_result(ckpt_dir, ident)) is not None:
         log.info("%s run %s already done (%s): nothing to train", tc.model, ident.key, ckpt_dir)
-        return {**done, "status": "already done", "steps_this_run": 0}
+        return cast(TrainResult, {**done, "status": "already done", "steps_this_run": 0})
     clean_stale_temporaries(ckpt_dir)
     existing = load_checkpoint(ckpt_dir)  # unreadable or foreign: refused before any worker starts
     if existing is not None:
@@ -154,8 +156,33 @@ def _train_single(cfg: Config, man: SamplesManifest, model, device, ckpt_dir: st
             "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision, **res.timing()}
 
 
+class TrainResult(TypedDict):
+    """What train_stage reports, and what result.json keeps of a finished run."""
+
+    status: str                 # trained | resumed | already done
+    identity: str               # TrainIdentity.key
+    settings: dict              # TrainIdentity's fields
+    model: str
+    backend: str
+    processes: int
+    steps: int                  # the checkpoint's step
+    steps_this_run: int         # 0 for "already done"
+    best_step: int              # the weights evaluate reads
+    stopped_early: bool
+    samples_per_second: float
+    train_loss: Optional[float]
+    valid: dict[str, Optional[float]]  # the best validation: auc, cold_auc, logloss, ...
+    curve: list[dict]           # every validation: step, epoch, train_loss, valid_<metric>
+    checkpoint: str
+    codebook_version: str
+    ranks: list[dict]           # each rank's summary (steps, samples, seconds, timing, device)
+    finished_at: str
+    checksums: dict[str, str]   # SHA-256 of what the run leaves for evaluation
+    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
+
+
 def _result(cfg: Config, man: SamplesManifest, ident: TrainIdentity, ckpt_dir: str, model, device, ranks: list[dict],
-            resumed: bool) -> dict:
+            resumed: bool) -> TrainResult:
     """The finished run's record (result.json): its identity, the ranks, the validation curve
     and the SHA-256 of what it leaves for evaluation."""
     tc = cfg.train
