@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import time
+from typing import NotRequired, Optional, cast
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from psrq.config import Config
 from psrq.data.validation import check_item_ids, require_item_columns
 from psrq.errors import ArtifactError
 from psrq.job import JobContext
-from psrq.quant.artifact import spec_to_dict
+from psrq.quant.artifact import CodebookManifest, spec_to_dict
 from psrq.quant.base import QuantSpec
 from psrq.quant.diagnostics import diagnose, plot_code_distributions
 from psrq.quant.kmeans import resolve_backend
@@ -49,8 +50,15 @@ def fit_identity(cfg: Config, spec: QuantSpec, modalities: dict, items_path: str
     }, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class FitResult(CodebookManifest):
+    """What fit_stage reports: the version's manifest and whether this call fitted it."""
+
+    status: str  # fitted | already done
+    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
+
+
 @tracked(fit_runs)
-def fit_stage(job: JobContext, method: str | None = None, created_by: dict | None = None) -> dict:
+def fit_stage(job: JobContext, method: str | None = None, created_by: dict | None = None) -> FitResult:
     """Fit `method` (default codebooks.method) for every modality and the joint space and
     write a new codebook version. Returns its manifest, with `status`: "fitted", or
     "already done" when this run already fitted the same settings on the same source
@@ -70,7 +78,7 @@ def fit_stage(job: JobContext, method: str | None = None, created_by: dict | Non
             raise ArtifactError(f"this run already fitted codebook {done['version']}, but it is damaged ({exc}): "
                                 f"remove {cfg.codebooks_root()}/{done['version']} to fit it again") from None
         log.info("codebook %s already fitted by this run (fit %s): nothing to do", done["version"], ident)
-        return {**done, "status": "already done"}
+        return cast(FitResult, {**done, "status": "already done"})
     items = engine.read(items_path)
     require_item_columns(items, [m["column"] for m in modalities.values()])
     check_item_ids(items)
@@ -100,4 +108,4 @@ def fit_stage(job: JobContext, method: str | None = None, created_by: dict | Non
     }
     version = job.codebooks.write(cbs, manifest, {"code_distributions.png": png.getvalue()})
     log.info("codebook %s written under %s (%s, fit %.1fs)", version, cfg.codebooks_root(), spec.method, fit_s)
-    return {**manifest, "version": version, "method": spec.method, "status": "fitted"}
+    return cast(FitResult, {**job.codebooks.manifest(version), "status": "fitted"})  # the whole manifest, as written

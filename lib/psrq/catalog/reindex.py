@@ -34,6 +34,7 @@ from psrq.catalog.fit import fit_stage
 from psrq.config import Config
 from psrq.errors import InputValidationError, Problem
 from psrq.job import JobContext
+from psrq.quant.artifact import CodebookManifest
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
 from psrq.storage import AppTxn
@@ -162,7 +163,7 @@ def _changed(engine, cfg: Config, items: DataFrame, cbs, state_path: str) -> Dat
     return items.filter(F.col(UPDATED_AT) > F.lit(watermark)).unionByName(unassigned).dropDuplicates([ITEM_ID])
 
 
-def _plan(spark, cfg: Config, engine, encoded: DataFrame, cbs, manifest: dict, plan: NightPlan) -> NightPlan:
+def _plan(spark, cfg: Config, engine, encoded: DataFrame, cbs, manifest: CodebookManifest, plan: NightPlan) -> NightPlan:
     """Measure the drift of the changed items, decide, and record the plan before any other write."""
     plan.n_changed = encoded.count()
     raise_on_problems(encoded, cbs)

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+from typing import NotRequired, TypedDict, cast
 
 import numpy as np
 from pyarrow import fs as pafs
@@ -30,6 +31,31 @@ FORMAT = 1
 _VERSION = re.compile(r"^v(\d{4,})$")
 SELF = "manifest"  # key of the manifest's own checksum in "checksums"
 log = logging.getLogger(__name__)
+
+
+class CodebookManifest(TypedDict):
+    """manifest.json of a codebook version (CodebookStore.write): what its arrays are and how
+    they were fitted, with checksums of the arrays and of itself."""
+
+    format: int
+    version: str
+    created_at: str
+    method: str
+    spec: dict                 # spec_to_dict(QuantSpec)
+    normalisation: str
+    modalities: list[dict]     # [{name, column, dim}], in the joint space's order
+    spaces: list[dict]         # [{name, arrays: {array: shape}}]
+    checksums: dict[str, str]
+    # the fit's record (psrq.catalog.fit.fit_stage); a version written by other code may lack it
+    seed: NotRequired[int]
+    sample: NotRequired[dict]  # {size, requested, fraction}
+    source: NotRequired[dict]  # {table, delta_version, rows}: the items table it was fitted on
+    kmeans_backend: NotRequired[str]
+    fit_seconds: NotRequired[float]
+    diagnostics: NotRequired[dict]  # per space (psrq.quant.diagnostics)
+    created_by: NotRequired[dict]   # e.g. the reindex night that refitted it
+    fit_identity: NotRequired[str]
+    run_id: NotRequired[int]
 
 
 def manifest_checksum(manifest: dict) -> str:
@@ -68,10 +94,11 @@ class CodebookStore:
                 out[name] = self.fs.get_file_info(f"{info.path}/{MANIFEST}").type == pafs.FileType.File
         return out
 
-    def scan(self, method: str | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    def scan(self, method: str | None = None) -> tuple[dict[str, CodebookManifest], dict[str, str]]:
         """(version -> manifest of the complete, intact versions, oldest first, only those of
         `method` when given; version -> why each other version cannot be used)."""
-        out, broken = {}, {}
+        out: dict[str, CodebookManifest] = {}
+        broken: dict[str, str] = {}
         for v, complete in sorted(self._versions().items()):
             if not complete:
                 broken[v] = "incomplete: no manifest.json (a fit stopped before it finished; jobs/clean_orphans.py removes it)"
@@ -85,7 +112,7 @@ class CodebookStore:
                 out[v] = m
         return out, broken
 
-    def manifests(self, method: str | None = None) -> dict[str, dict]:
+    def manifests(self, method: str | None = None) -> dict[str, CodebookManifest]:
         """version -> manifest of the complete, intact versions, oldest first; only those of
         `method` when given. A version whose manifest is broken is logged and skipped."""
         out, broken = self.scan(method)
@@ -98,7 +125,7 @@ class CodebookStore:
         """Complete, intact versions, oldest first; only those of `method` when given."""
         return list(self.manifests(method))
 
-    def _manifest(self, version: str) -> dict:
+    def _manifest(self, version: str) -> CodebookManifest:
         with self.fs.open_input_stream(f"{self.path}/{version}/{MANIFEST}") as f:
             try:
                 m = json.loads(f.read())
@@ -111,9 +138,9 @@ class CodebookStore:
         if not isinstance(m, dict) or m.get("version") != version or "spec" not in m or "spaces" not in m:
             raise ArtifactError(f"codebook {version} under {self.path}: manifest.json is not a codebook manifest of "
                                 "this version")
-        return m
+        return cast(CodebookManifest, m)
 
-    def find_fit(self, fit_identity: str) -> dict | None:
+    def find_fit(self, fit_identity: str) -> CodebookManifest | None:
         """The manifest of the version a fit with this identity wrote, if any."""
         return next((m for m in reversed(self.manifests().values()) if m.get("fit_identity") == fit_identity), None)
 
@@ -150,7 +177,7 @@ class CodebookStore:
         cbs.version = version
         return version
 
-    def manifest(self, version: str | None = None, method: str | None = None) -> dict:
+    def manifest(self, version: str | None = None, method: str | None = None) -> CodebookManifest:
         """Manifest of `version`, or of the latest complete version (of `method` when given)."""
         if version is None:
             usable, broken = self.scan(method)
@@ -167,7 +194,7 @@ class CodebookStore:
             raise ArtifactError(f"codebook version {version!r} not found under {self.root} (available: {available})")
         return self._manifest(version)  # asked for by name: a broken manifest is an error, not skipped
 
-    def load(self, version: str | None = None, method: str | None = None) -> tuple[CodebookSet, dict]:
+    def load(self, version: str | None = None, method: str | None = None) -> tuple[CodebookSet, CodebookManifest]:
         """Load and verify a version (when None: the latest complete one, of `method` if given)."""
         manifest = self.manifest(version, method)
         version = manifest["version"]
@@ -193,7 +220,7 @@ class CodebookStore:
         return cbs, manifest
 
 
-def check_shapes(manifest: dict, arrays: dict, where: str) -> None:
+def check_shapes(manifest: CodebookManifest, arrays: dict, where: str) -> None:
     """The manifest's settings must describe the arrays: recorded shapes, K rows in every
     layer codebook, one codebook per layer."""
     spec = spec_from_dict(manifest["spec"])
