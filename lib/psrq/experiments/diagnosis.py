@@ -140,8 +140,10 @@ def findings(result: dict, eff: dict) -> list[str]:
     for m, label, higher in METRICS:
         lead = ref[m]
         if lead is not None:
-            lines.append(f"- {result['reference']} against {result['base']}, {label}: {_fmt_effect(lead, higher)} "
-                         f"({verdict(lead, higher)} for {result['reference']}).")
+            v = verdict(lead, higher)
+            who = {"helps": f"{result['reference']} is better", "hurts": f"{result['base']} is better"}.get(v, v)
+            lines.append(f"- {result['reference']} against {result['base']}, {label}: "
+                         f"{_fmt_effect(lead, higher).replace(' **helps**', '').replace(' **hurts**', '')} ({who}).")
     for m, label, higher in METRICS:
         groups: dict[str, list[str]] = {"helps": [], "hurts": [], "no clear effect": []}
         for name in result["candidates"]:
