@@ -62,7 +62,7 @@ def main():
     t = time.perf_counter()
     res = assign(JobContext.of(spark, cfg))
     spark_e2e_s = time.perf_counter() - t
-    assert res["items"] == a.items and not res["skipped"]
+    assert res.items == a.items and not res.skipped
     print(f"spark: encode {n / spark_encode_s:,.0f} items/s, end to end {a.items / spark_e2e_s:,.0f} items/s", flush=True)
 
     # one process, same cores (numpy's BLAS uses all of them), same function, same batches

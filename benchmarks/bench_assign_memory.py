@@ -56,7 +56,7 @@ def one(n: int, work: str, dim: int) -> dict:
         res = assign_full(spark, big, open_engine(spark, big.storage.engine), items, cbs)
         secs = time.perf_counter() - t
     spark.stop()
-    return {"items": n, "seconds": round(secs, 1), "peak_rss_mib": mem.peaks, "rows_written": res["items"]}
+    return {"items": n, "seconds": round(secs, 1), "peak_rss_mib": mem.peaks, "rows_written": res.items}
 
 
 def main():

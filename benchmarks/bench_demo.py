@@ -31,9 +31,10 @@ def main():
     out = demo.stage(JobContext("demo", cfg, spark, progress=False))
     total = time.perf_counter() - t0
     write_result("demo", {"stages_seconds": {"spark session": round(t_spark, 1), **out["timings"]},
-                          "total_seconds": round(total, 1), "metrics": out["evaluated"],
-                          "floors": {n: {k: f[k] for k in ("auc", "cold_auc", "logloss", "gauc")} for n, f in out["floors"].items()},
-                          "items": out["generated"].get("items") if isinstance(out["generated"], dict) else None})
+                          "total_seconds": round(total, 1), "metrics": {k: vars(m) for k, m in out["evaluated"].items()},
+                          "floors": {n: {k: getattr(f, k) for k in ("auc", "cold_auc", "logloss", "gauc")}
+                                     for n, f in out["floors"].items()},
+                          "items": out["generated"]["items"].rows_written})
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def run_size(name: str, mode: str, work: Path, env: dict, submit: list[str] | No
             g = doc["generated"]
             counts.update(events=g["interactions"]["rows_written"], items=g["items"]["rows_written"])
         elif stage == "fit":
-            counts["fit_sample"] = doc["sample"]["size"]
+            counts["fit_sample"] = doc["manifest"]["sample"]["size"]
         elif stage == "build_samples":
             counts.update(train_rows=doc["splits"]["train"]["rows"], test_rows=doc["splits"]["test"]["rows"],
                           vocab=doc["vocab_size"])

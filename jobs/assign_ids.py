@@ -14,9 +14,9 @@ from psrq.job import JobContext
 
 def stage(job: JobContext):
     res = assign(job)
-    state = "skipped (already written by this run)" if res["skipped"] else f"{res['items']:,} items in {res['seconds']}s"
-    current = f"; {res['current']} is current" if res.get("current") else ""
-    print(f"semantic_ids version {res['version']} with codebook {res['codebook_version']}: {state}{current}", flush=True)
+    state = "skipped (already written by this run)" if res.skipped else f"{res.items:,} items in {res.seconds}s"
+    current = f"; {res.current} is current" if res.current else ""
+    print(f"semantic_ids version {res.version} with codebook {res.codebook_version}: {state}{current}", flush=True)
     return res
 
 

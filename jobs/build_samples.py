@@ -12,11 +12,10 @@ from psrq.samples.build import build_samples
 
 
 def stage(job: JobContext):
-    info = build_samples(job)
-    rows = ", ".join(f"{s} {o['rows']:,}" for s, o in info["splits"].items())
-    print(f"samples with codebook {info['codebook_version']} (history {info['history_len']}, "
-          f"vocabulary {info['vocab_size']:,}): {rows} -> {job.cfg.samples_root()}", flush=True)
-    return info
+    man = build_samples(job)
+    print(f"samples with codebook {man.codebook_version} (history {man.history_len}, "
+          f"vocabulary {man.vocab_size:,}): {man.row_counts()} -> {job.cfg.samples_root()}", flush=True)
+    return man
 
 
 def main(argv=None) -> int:

@@ -53,47 +53,47 @@ def stage(job: JobContext):
     for method in cfg.codebooks.compare:
         if method not in fitted:
             fitted[method] = step(f"fit {method}", lambda m=method: fit_stage(job, m))
-    print(f"\nsemantic_ids: version {assigned['version']}, {assigned['items']:,} items, "
-          f"codebook {assigned['codebook_version']} ({cfg.codebooks.method}, K={cfg.codebooks.k}, L={cfg.codebooks.layers})")
+    print(f"\nsemantic_ids: version {assigned.version}, {assigned.items:,} items, "
+          f"codebook {assigned.codebook_version} ({cfg.codebooks.method}, K={cfg.codebooks.k}, L={cfg.codebooks.layers})")
     print(format_night(night))
     print("codebook diagnostics on the fit sample (coh. = mean cosine to the mean of items sharing the code;"
           " layer: that layer's code alone, rand: random codes of the same sizes, prefix: codes 1..l):")
-    diags = {m: f["diagnostics"] for m, f in fitted.items()}
+    diags = {m: f.diagnostics for m, f in fitted.items()}
     for space in next(iter(diags.values())):
         print("\n" + format_side_by_side(diags, space), flush=True)
     print(f"\ncode distribution plots: {cfg.codebooks_root()}/<version>/code_distributions.png "
-          f"({', '.join(f['version'] for f in fitted.values())})")
+          f"({', '.join(f.version for f in fitted.values())})")
     samples = step("build samples", lambda: build_samples(job))
-    print("training samples: " + ", ".join(f"{s} {o['rows']:,}" for s, o in samples["splits"].items())
-          + f" (history {samples['history_len']}, vocabulary {samples['vocab_size']:,}) in {cfg.samples_root()}")
+    print(f"training samples: {samples.row_counts()} (history {samples.history_len}, vocabulary {samples.vocab_size:,})"
+          f" in {cfg.samples_root()}")
     trained = step(f"train {cfg.train.model}", lambda: train_stage(quiet))
-    v = trained["valid"]
-    print(f"{trained['model']} ({trained['backend']}, {trained['processes']} process(es), {trained['steps']} steps, "
-          f"{trained['status']}, "
-          f"{trained['samples_per_second']:,.0f} samples/s): train loss {format_metric(trained['train_loss'])}, "
+    v = trained.valid
+    print(f"{trained.model} ({trained.backend}, {trained.processes} process(es), {trained.steps} steps, {trained.status}, "
+          f"{trained.samples_per_second:,.0f} samples/s): train loss {format_metric(trained.train_loss)}, "
           f"validation AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, logloss {v['logloss']:.4f} "
-          f"(best of {len(trained['curve'])} validation(s), at step {trained['best_step']})")
+          f"(best of {len(trained.curve)} validation(s), at step {trained.best_step})")
     evaluated = {cfg.train.model: step(f"evaluate {cfg.train.model}", lambda: evaluate_stage(job))}
     if cfg.demo.baseline and cfg.demo.baseline != cfg.train.model:
         baseline = cfg.for_model(cfg.demo.baseline)  # with its own tuned settings (conf/tuned)
         step(f"train {baseline.train.model} (baseline)", lambda: train_stage(quiet.with_cfg(baseline)))
         evaluated[baseline.train.model] = step(f"evaluate {baseline.train.model}", lambda: evaluate_stage(job.with_cfg(baseline)))
     floors = step("floors", lambda: floors_stage(job)) if cfg.evaluate.floors else {}
-    print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values()))['metrics']['rows']:,} predictions "
+    print(f"\n{cfg.evaluate.split} split, {next(iter(evaluated.values())).metrics.rows:,} predictions "
           f"(metrics recorded in {cfg.table_path('eval_metrics')}):")
     print(f"{'model':<22}{'All AUC':>9}{'Cold AUC':>10}{'Logloss':>9}{'GAUC':>8}{'Calib.':>8}")
     # the models, then what needs no training (train split statistics): a model must beat the best floor
-    rows = [*((name, e["metrics"]) for name, e in evaluated.items()), *((f"floor:{n}", m) for n, m in floors.items())]
+    rows = [*((name, e.metrics) for name, e in evaluated.items()), *((f"floor:{n}", m) for n, m in floors.items())]
     for name, m in rows:
-        print(f"{name:<22}{format_metric(m['auc']):>9}{format_metric(m['cold_auc']):>10}{format_metric(m['logloss']):>9}"
-              f"{format_metric(m.get('gauc')):>8}{format_metric(m.get('calibration_error')):>8}")
+        print(f"{name:<22}{format_metric(m.auc):>9}{format_metric(m.cold_auc):>10}{format_metric(m.logloss):>9}"
+              f"{format_metric(m.gauc):>8}{format_metric(m.calibration_error):>8}")
+    floor_metrics = {n: f.recorded() for n, f in floors.items()}
     for name, e in evaluated.items() if floors else ():
-        print(f"{name} - best floor per metric: {format_versus(versus_floors(e['metrics'], floors))}")
+        print(f"{name} - best floor per metric: {format_versus(versus_floors(e.metrics.recorded(), floor_metrics))}")
     print(job.tracker.describe(), flush=True)
     print(f"[demo] done in {sum(timings.values()):.0f}s: " + ", ".join(f"{k} {v}s" for k, v in timings.items()), flush=True)
     return {"generated": generated, "validated": validated, "assigned": assigned, "reindexed": night,
-            "codebooks": {m: f["version"] for m, f in fitted.items()}, "samples": samples, "trained": trained,
-            "evaluated": {k: v["metrics"] for k, v in evaluated.items()}, "floors": floors, "timings": timings}
+            "codebooks": {m: f.version for m, f in fitted.items()}, "samples": samples, "trained": trained,
+            "evaluated": {k: v.metrics for k, v in evaluated.items()}, "floors": floors, "timings": timings}
 
 
 def main(argv=None) -> int:

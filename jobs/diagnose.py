@@ -19,7 +19,7 @@ def stage(job: JobContext):
     path = write_diagnosis(result, diag, job.cfg.experiments.reports)
     print(f"report: {path}", flush=True)
     print(path.read_text().split("## What the numbers say", 1)[1].strip(), flush=True)
-    return {"report": str(path), "dataset": result["dataset"], "seeds": result["seeds"]}
+    return {"report": str(path), "dataset": job.cfg.dataset.name, "seeds": job.cfg.experiments.seeds}
 
 
 def main(argv=None) -> int:

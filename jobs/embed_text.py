@@ -17,8 +17,8 @@ from psrq.job import JobContext
 
 def stage(job: JobContext):
     res = embed_text_stage(job)
-    print(f"{res['table']}: {res['rows']:,} rows, {res['column']} ({res['dim']}-d) from {res['model']}, "
-          f"table version {res['version']}", flush=True)
+    print(f"{res.table}: {res.rows:,} rows, {res.column} ({res.dim}-d) from {res.model}, "
+          f"table version {res.version}", flush=True)
     return res
 
 

@@ -19,22 +19,21 @@ from psrq.job import JobContext
 
 def stage(job: JobContext):
     res = evaluate_stage(job)
-    m = res["metrics"]
-    print(f"{res['model']} (seed {res['seed']}, step {res['checkpoint_step']}) on {res['split']}: evaluation {res['eval_id']} "
-          f"{res['status']}, {m['rows']:,} rows ({m['cold_rows']:,} cold): "
-          f"AUC {m['auc']:.4f}, cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f}, "
-          f"GAUC {format_metric(m.get('gauc'))}; "
-          f"predictions in {res['predictions']}", flush=True)
+    m = res.metrics
+    print(f"{res.model} (seed {res.seed}, step {res.checkpoint_step}) on {res.split}: evaluation {res.eval_id} "
+          f"{res.status}, {m.rows:,} rows ({m.cold_rows:,} cold): "
+          f"AUC {m.auc:.4f}, cold AUC {format_metric(m.cold_auc)}, logloss {m.logloss:.4f}, "
+          f"GAUC {format_metric(m.gauc)}; predictions in {res.predictions}", flush=True)
     if not job.cfg.evaluate.floors:
         return res
     floors = floors_stage(job)
-    best = max(floors.values(), key=lambda f: f["auc"])
+    best = max(floors.values(), key=lambda f: f.auc)
     for name, f in floors.items():
-        print(f"  floor {name:<16} AUC {f['auc']:.4f}, cold AUC {format_metric(f['cold_auc'])}, "
-              f"logloss {f['logloss']:.4f}{'  (best floor)' if f is best else ''}", flush=True)
-    versus = versus_floors(m, floors)
-    print(f"  {res['model']} - best floor per metric: {format_versus(versus)}", flush=True)
-    return {**res, "floors": floors, "versus_floors": versus}
+        print(f"  floor {name:<16} AUC {f.auc:.4f}, cold AUC {format_metric(f.cold_auc)}, "
+              f"logloss {f.logloss:.4f}{'  (best floor)' if f is best else ''}", flush=True)
+    versus = versus_floors(m.recorded(), {n: f.recorded() for n, f in floors.items()})
+    print(f"  {res.model} - best floor per metric: {format_versus(versus)}", flush=True)
+    return {**res.as_dict(), "floors": floors, "versus_floors": versus}
 
 
 def main(argv=None) -> int:

@@ -14,8 +14,8 @@ from psrq.serving.stage import export_stage
 
 def stage(job: JobContext):
     res = export_stage(job)
-    print(f"{res['model']} (step {res['step']}, codebook {res['codebook_version']}) {res['status']}: "
-          f"{res['path']}/{res['ranker']} and {res['items']:,} items in {res['lookup']}/", flush=True)
+    print(f"{res.model} (step {res.step}, codebook {res.codebook_version}) {res.status}: "
+          f"{res.path}/{res.ranker} and {res.items:,} items in {res.lookup}/", flush=True)
     return res
 
 

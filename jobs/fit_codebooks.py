@@ -13,12 +13,12 @@ from psrq.quant.diagnostics import format_side_by_side
 
 
 def stage(job: JobContext):
-    manifest = fit_stage(job)
-    print(f"codebook {manifest['version']} ({manifest['method']}, K={job.cfg.codebooks.k}) "
-          f"fitted on {manifest['sample']['size']:,} items in {manifest['fit_seconds']}s", flush=True)
-    for space in manifest["diagnostics"]:
-        print(format_side_by_side({manifest["method"]: manifest["diagnostics"]}, space), flush=True)
-    return manifest
+    res = fit_stage(job)
+    print(f"codebook {res.version} ({res.method}, K={job.cfg.codebooks.k}) {res.status}: "
+          f"{res.sample_size:,} items in {res.fit_seconds}s", flush=True)
+    for space in res.diagnostics:
+        print(format_side_by_side({res.method: res.diagnostics}, space), flush=True)
+    return res
 
 
 def main(argv=None) -> int:

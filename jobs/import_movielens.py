@@ -13,8 +13,8 @@ from psrq.job import JobContext
 
 def stage(job: JobContext):
     res = import_movielens(job)
-    print(f"movielens: {res['items']['rows']:,} items, {res['interactions']['rows']:,} interactions "
-          f"(positive rate {res['positive_rate']:.1%})", flush=True)
+    print(f"movielens: {res.items.rows:,} items, {res.interactions.rows:,} interactions "
+          f"(positive rate {res.positive_rate:.1%})", flush=True)
     return res
 
 

@@ -17,8 +17,8 @@ def stage(job: JobContext):
     if not job.cfg.codebooks.version:
         raise ConfigError("codebooks.version: which version to mark current (e.g. codebooks.version=v0002)")
     res = mark_current(job.spark, job.engine, job.cfg, job.cfg.codebooks.version)
-    state = "already current" if res["skipped"] else "now current"
-    print(f"codebook {res['codebook_version']} ({res['method']}, {res['items']:,} items): {state}", flush=True)
+    state = "already current" if res.skipped else "now current"
+    print(f"codebook {res.codebook_version} ({res.method}, {res.items:,} items): {state}", flush=True)
     return res
 
 

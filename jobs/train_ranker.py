@@ -16,10 +16,10 @@ from psrq.training.stage import train_stage
 
 def stage(job: JobContext):
     res = train_stage(job)
-    v = res["valid"]
-    print(f"{res['model']} run {res['identity']} {res['status']} ({res['backend']}, {res['processes']} process(es)): "
-          f"{res['steps']} steps ({res['steps_this_run']} this run), {res['samples_per_second']:,.0f} samples/s, "
-          f"train loss {format_metric(res['train_loss'])}; "
+    v = res.valid
+    print(f"{res.model} run {res.identity} {res.status} ({res.backend}, {res.processes} process(es)): "
+          f"{res.steps} steps ({res.steps_this_run} this run), {res.samples_per_second:,.0f} samples/s, "
+          f"train loss {format_metric(res.train_loss)}; "
           f"valid AUC {v['auc']:.4f}, cold AUC {format_metric(v['cold_auc'])}, "
           f"logloss {v['logloss']:.4f}", flush=True)
     return res

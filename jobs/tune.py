@@ -23,8 +23,8 @@ def stage(job: JobContext):
                           "(inside a package?): pass --conf-dir <folder>")
     search = tune(job, progress=lambda s: print(s, file=sys.stderr, flush=True))
     tuned, record = write_tuned(target, search)
-    return {"dataset": search["dataset"], "chosen": search["chosen"], "tuned": str(tuned), "search": str(record),
-            "valid_auc": {m: r["valid_auc_mean"] for m, r in search["results"].items()}}
+    return {"dataset": search.dataset, "chosen": search.chosen, "tuned": str(tuned), "search": str(record),
+            "valid_auc": search.valid_auc()}
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ from psrq.job import JobContext
 
 def stage(job: JobContext):
     summary = validate_inputs(job)
-    print(format_tables({k: summary[k] for k in ("items", "interactions")}), flush=True)
+    print(format_tables({"items": summary.items, "interactions": summary.interactions}), flush=True)
     print("validation: items and interactions meet their contracts", flush=True)
     return summary
 

@@ -31,10 +31,10 @@ def world(spark, tmp_path_factory):
 
 def test_fit_writes_a_versioned_artifact_with_diagnostics(world):
     cfg, m = world
-    assert m["version"] == "v0001" and m["method"] == "psrq"
-    assert m["sample"]["size"] == 300 and m["source"]["delta_version"] == 0 and m["source"]["rows"] == 400
-    assert set(m["diagnostics"]) == {"text", "audio", "joint"}
-    layers = m["diagnostics"]["joint"]["layers"]
+    assert m.version == "v0001" and m.method == "psrq" and m.status == "fitted"
+    assert m.sample_size == 300 and m.manifest["source"]["delta_version"] == 0 and m.manifest["source"]["rows"] == 400
+    assert set(m.diagnostics) == {"text", "audio", "joint"}
+    layers = m.diagnostics["joint"]["layers"]
     assert len(layers) == 3 and all(0 < ly["utilisation"] <= 1 for ly in layers)
     cbs, manifest = CodebookStore(cfg.codebooks_root()).load()
     assert manifest["checksums"] and manifest["spec"]["k"] == 16
@@ -45,15 +45,15 @@ def test_fit_is_idempotent_per_run_and_settings(spark, world, tmp_path):
     run id or another setting fits a new version."""
     cfg, m = world
     again = fit_stage(JobContext.of(spark, cfg))
-    assert again["status"] == "already done" and again["version"] == m["version"] == "v0001"
-    assert again["fit_identity"] == m["fit_identity"]
+    assert again.status == "already done" and again.version == m.version == "v0001"
+    assert again.manifest == m.manifest  # the whole manifest, as written
     shutil.copytree(cfg.codebooks_root(), tmp_path / "cb")
     cfg = cfg.with_overrides({"storage.codebooks": str(tmp_path / "cb")})  # the module's root stays as it is
     other_run = fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 5})))
-    assert other_run["status"] == "fitted" and other_run["version"] == "v0002"
+    assert other_run.status == "fitted" and other_run.version == "v0002"
     other_k = fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 5, "codebooks.k": 8})))
-    assert other_k["status"] == "fitted" and other_k["version"] == "v0003"
-    assert fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 5})))["version"] == "v0002"
+    assert other_k.status == "fitted" and other_k.version == "v0003"
+    assert fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 5}))).version == "v0002"
 
 
 def test_sample_is_seeded_and_partition_independent(spark, world):
@@ -87,7 +87,7 @@ def test_the_fit_sample_comes_to_the_driver_in_bounded_pieces_in_the_same_order(
 def test_spark_assignment_equals_in_process_encoding(spark, world):
     cfg, _ = world
     res = assign(JobContext.of(spark, cfg))
-    assert res["items"] == 400 and not res["skipped"]
+    assert res.items == 400 and not res.skipped
     engine = open_engine(spark, "delta-rs")
     sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id").sort_index()
     items = engine.read(cfg.table_path("items")).toArrow()
@@ -103,7 +103,7 @@ def test_spark_assignment_equals_in_process_encoding(spark, world):
     for _, g in sid.groupby("code_key"):
         assert sorted(g["dedup"]) == list(range(len(g)))
     # a re-run of the same job run is a no-op
-    assert assign(JobContext.of(spark, cfg))["skipped"]
+    assert assign(JobContext.of(spark, cfg)).skipped
 
 
 def test_reverse_lookup(spark, world):
@@ -125,7 +125,7 @@ def test_merge_of_a_subset_continues_dedup(spark, world):
     before = engine.version(path)
     subset = engine.read(cfg.table_path("items")).filter("item_id < 40")
     res = assign_incremental(spark, cfg, engine, subset, CodebookStore(cfg.codebooks_root()).load()[0])
-    assert res["version"] == before + 1 and res["items"] == 40
+    assert res.version == before + 1 and res.items == 40
     sid = engine.read(path).toPandas()
     assert len(sid) == 400 and not sid.duplicated(["code_key", "dedup"]).any()
 
@@ -141,22 +141,22 @@ def test_codebook_versions_coexist_and_marking_current_is_its_own_step(spark, wo
     engine = open_engine(spark, "delta-rs")
     shutil.copytree(Path(world[0].table_path("items")), tmp_path / "delta" / "items")
     first = assign(JobContext.of(spark, cfg))
-    assert first["codebook_version"] == "v0001" and first["current"] == "v0001"
-    v2 = fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 2})))["version"]
+    assert first.codebook_version == "v0001" and first.current == "v0001"
+    v2 = fit_stage(JobContext.of(spark, cfg.with_overrides({"run.run_id": 2}))).version
     rollout = cfg.with_overrides({"codebooks.version": v2, "codebooks.mark_current": False, "run.run_id": 2})
     second = assign(JobContext.of(spark, rollout))
-    assert second["codebook_version"] == v2 and second["current"] is None
+    assert second.codebook_version == v2 and second.current is None
     sid = engine.read(cfg.table_path("semantic_ids")).toPandas()
     assert sorted(sid.groupby("codebook_version").size().items()) == [("v0001", 400), (v2, 400)]
     assert current_version(engine, cfg) == "v0001" and version_in_use(engine, cfg) == "v0001"
     again = assign(JobContext.of(spark, rollout))  # a retried run of the rollout: nothing moves
-    assert again["skipped"] and engine.read(cfg.table_path("semantic_ids")).count() == 800
+    assert again.skipped and engine.read(cfg.table_path("semantic_ids")).count() == 800
     current_before = engine.version(cfg.table_path("codebook_current"))
     marked = mark_current(spark, engine, cfg.with_overrides({"run.run_id": 2}), v2)
-    assert marked["codebook_version"] == v2 and not marked["skipped"]
+    assert marked.codebook_version == v2 and not marked.skipped
     assert engine.version(cfg.table_path("codebook_current")) == current_before + 1
     assert version_in_use(engine, cfg) == v2
-    assert mark_current(spark, engine, cfg.with_overrides({"run.run_id": 3}), "v0001")["codebook_version"] == "v0001"  # rollback
+    assert mark_current(spark, engine, cfg.with_overrides({"run.run_id": 3}), "v0001").codebook_version == "v0001"  # rollback
     assert version_in_use(engine, cfg) == "v0001"
     with pytest.raises(ArtifactError, match="not found"):
         mark_current(spark, engine, cfg, "v0042")
@@ -210,10 +210,10 @@ def test_a_registered_quantizer_runs_through_fit_and_assign(spark, tmp_path):
         cfg = small_config(tmp_path, *CB, "codebooks.method=random_residual")
         generate(JobContext.of(spark, cfg))
         m = fit_stage(JobContext.of(spark, cfg))
-        assert m["method"] == "random_residual" and set(m["diagnostics"]) == {"text", "audio", "joint"}
+        assert m.method == "random_residual" and set(m.diagnostics) == {"text", "audio", "joint"}
         cbs, _ = CodebookStore(cfg.codebooks_root()).load()
         assert all(type(q) is toy_quantizer.RandomResidual for q in cbs.quantizers.values())
-        assert assign(JobContext.of(spark, cfg))["items"] == 400
+        assert assign(JobContext.of(spark, cfg)).items == 400
         engine = open_engine(spark, "delta-rs")
         sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id").sort_index()
         items = engine.read(cfg.table_path("items")).toArrow()

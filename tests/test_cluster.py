@@ -125,7 +125,7 @@ def test_pipeline_through_the_launcher_on_a_standalone_cluster(submit, tmp_path,
     assert demo["generated"]["items"]["rows_written"] == 400
     assert demo["generated"]["items"]["version"] == 0 and demo["assigned"]["version"] == 0
     night = demo["reindexed"]  # the night after the assignment: nothing changed
-    assert night["status"] == "done" and night["n_changed"] == 0 and not night["refit"]
+    assert night["status"] == "done" and night["outcome"]["n_changed"] == 0 and not night["outcome"]["refit"]
     engine = open_engine(spark, "delta-rs")
     versions = {t: engine.version(f"{data}/{t}") for t in ("items", "interactions", "semantic_ids",
                                                                   "codebook_current", "reindex_state", "eval_metrics")}
@@ -171,7 +171,7 @@ def test_demo_with_delta_spark_on_s3_through_the_launcher(submit, s3, cluster, t
     # the summary's row counts are the tables' (Delta's own writer reports them in its log)
     assert {t: r["rows_written"] for t, r in doc["generated"].items()} == {
         "items": 400, "item_truth": 400, "interactions": doc["validated"]["interactions"]["rows"]}
-    assert doc["reindexed"]["status"] == "done" and doc["reindexed"]["n_changed"] == 0
+    assert doc["reindexed"]["status"] == "done" and doc["reindexed"]["outcome"]["n_changed"] == 0
     _ranks_ran_on_executors(doc["trained"], submit.executor_python)
     assert set(doc["evaluated"]) == {"mcca"} and all(0 < m["auc"] < 1 for m in doc["evaluated"].values())
     assert set(os.listdir(submit.cwd)) == cwd_before  # nothing local: every location was on the endpoint

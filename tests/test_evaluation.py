@@ -108,22 +108,22 @@ def test_evaluate_stage_scores_in_spark_like_the_driver(spark, trained):
     cfg = trained
     res = evaluate_stage(JobContext.of(spark, cfg))
     engine = open_engine(spark, "delta-rs")
-    preds = engine.read(res["predictions"]).toPandas()
+    preds = engine.read(res.predictions).toPandas()
     man = SamplesManifest.read(cfg.samples.path)
-    assert len(preds) == man.splits["test"]["rows"] == res["metrics"]["rows"]
+    assert len(preds) == man.splits["test"]["rows"] == res.metrics.rows
     model = build_model(model_args(cfg, man), read_content(f"{cfg.samples.path}/content.safetensors"))
     model.load_state_dict(load_checkpoint(identity_and_folder(cfg, man)[1])["model"])
     scores, labels, cold = predict(model, make_reader("arrow", man.split_path("test"), model.inputs + ["label", "is_cold"], 512),
                                    torch.device("cpu"))
     assert np.allclose(np.sort(preds.score.to_numpy()), np.sort(scores), atol=1e-6)
-    assert res["metrics"]["auc"] == pytest.approx(roc_auc_score(preds.label, preds.score), abs=1e-12)
+    assert res.metrics.auc == pytest.approx(roc_auc_score(preds.label, preds.score), abs=1e-12)
     rows = engine.read(cfg.table_path("eval_metrics")).toPandas()
     assert len(rows) == 1 and rows.model[0] == "simtier_make" and rows.codebook_version[0] == "v0001"
-    assert rows.auc[0] == pytest.approx(res["metrics"]["auc"]) and '"samples"' in rows.config[0]
+    assert rows.auc[0] == pytest.approx(res.metrics.auc) and '"samples"' in rows.config[0]
     again = evaluate_stage(JobContext.of(spark, cfg))
     assert len(engine.read(cfg.table_path("eval_metrics")).toPandas()) == 1
-    assert res["status"] == "evaluated" and again["status"] == "already done"
-    assert again["metrics"] == pytest.approx(res["metrics"]) and again["eval_id"] == res["eval_id"]
+    assert res.status == "evaluated" and again.status == "already done"
+    assert vars(again.metrics) == pytest.approx(vars(res.metrics)) and again.eval_id == res.eval_id
 
 
 def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, trained):
@@ -150,12 +150,12 @@ def test_each_model_state_gets_its_own_evaluation_under_one_run_id(spark, traine
         second = evaluate_stage(JobContext.of(spark, cfg))
     finally:
         path.write_bytes(original)
-    assert second["status"] == "evaluated" and second["eval_id"] != first["eval_id"]
-    assert second["weights"] != first["weights"] and second["predictions"] != first["predictions"]
-    assert second["metrics"]["logloss"] != pytest.approx(first["metrics"]["logloss"])
+    assert second.status == "evaluated" and second.eval_id != first.eval_id
+    assert second.weights != first.weights and second.predictions != first.predictions
+    assert second.metrics.logloss != pytest.approx(first.metrics.logloss)
     rows = open_engine(spark, "delta-rs").read(cfg.table_path("eval_metrics")).toPandas().set_index("eval_id")
-    assert rows.loc[first["eval_id"], "logloss"] == pytest.approx(first["metrics"]["logloss"])
-    assert rows.loc[second["eval_id"], "logloss"] == pytest.approx(second["metrics"]["logloss"])
+    assert rows.loc[first.eval_id, "logloss"] == pytest.approx(first.metrics.logloss)
+    assert rows.loc[second.eval_id, "logloss"] == pytest.approx(second.metrics.logloss)
 
 
 def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, request):
@@ -185,10 +185,10 @@ def test_a_registered_ranker_trains_and_is_evaluated(spark, trained, request):
     weights = load_checkpoint(identity_and_folder(cfg, man)[1])["model"]
     assert set(weights) == {"item.weight", "bias.weight"}
     res = evaluate_stage(JobContext.of(spark, cfg))
-    assert res["status"] == "evaluated" and res["metrics"]["rows"] == man.splits["test"]["rows"]
-    assert 0.0 < res["metrics"]["auc"] < 1.0
+    assert res.status == "evaluated" and res.metrics.rows == man.splits["test"]["rows"]
+    assert 0.0 < res.metrics.auc < 1.0
     rows = open_engine(spark, "delta-rs").read(cfg.table_path("eval_metrics")).toPandas()
-    assert rows.set_index("eval_id").loc[res["eval_id"], "model"] == "item_dot"
+    assert rows.set_index("eval_id").loc[res.eval_id, "model"] == "item_dot"
 
 
 def test_evaluating_an_untrained_model_is_a_clear_error(spark, trained):
@@ -279,15 +279,15 @@ def test_a_calibrated_evaluation_is_its_own_record_with_the_same_ranking(spark, 
 
     plain = evaluate_stage(JobContext.of(spark, trained))
     cal = evaluate_stage(JobContext.of(spark, trained.with_overrides({"evaluate.calibrate": "platt"})))
-    assert cal["status"] == "evaluated" and cal["eval_id"] != plain["eval_id"] and plain["calibration"] is None
-    c = cal["calibration"]
+    assert cal.status == "evaluated" and cal.eval_id != plain.eval_id and plain.calibration is None
+    c = cal.calibration
     assert c["method"] == "platt" and c["valid_rows"] > 0
-    assert cal["metrics"]["auc"] == pytest.approx(plain["metrics"]["auc"], abs=1e-9)
+    assert cal.metrics.auc == pytest.approx(plain.metrics.auc, abs=1e-9)
     engine = open_engine(spark, "delta-rs")
-    raw = np.sort(engine.read(plain["predictions"]).toPandas().score.to_numpy())
-    got = np.sort(engine.read(cal["predictions"]).toPandas().score.to_numpy())
+    raw = np.sort(engine.read(plain.predictions).toPandas().score.to_numpy())
+    got = np.sort(engine.read(cal.predictions).toPandas().score.to_numpy())
     np.testing.assert_allclose(got, np.sort(apply_platt(raw, c["a"], c["b"])), rtol=0, atol=1e-9)
     again = evaluate_stage(JobContext.of(spark, trained.with_overrides({"evaluate.calibrate": "platt"})))
-    assert again["status"] == "already done" and again["calibration"] == c
+    assert again.status == "already done" and again.calibration == c
     with pytest.raises(EvaluationError, match="evaluate.split=test"):
         evaluate_stage(JobContext.of(spark, trained.with_overrides({"evaluate.calibrate": "platt", "evaluate.split": "valid"})))

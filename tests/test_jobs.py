@@ -14,16 +14,16 @@ from conftest import load_job, run_python, small_config
 def test_generate_validate_and_rerun_is_a_no_op(spark, tmp_path):
     cfg = small_config(tmp_path)
     first = generate(JobContext.of(spark, cfg))
-    assert {n: g["version"] for n, g in first.items()} == {"items": 0, "item_truth": 0, "interactions": 0}
+    assert {n: g.version for n, g in first.items()} == {"items": 0, "item_truth": 0, "interactions": 0}
     summary = validate_inputs(JobContext.of(spark, cfg))
-    assert summary["items"]["rows"] == 400 and summary["interactions"]["rows"] == first["interactions"]["rows_written"]
-    assert summary["cold_items"]["fraction"] > 0.5
+    assert summary.items.rows == 400 and summary.interactions.rows == first["interactions"].rows_written
+    assert summary.cold_items.fraction > 0.5
     again = generate(JobContext.of(spark, cfg))
-    assert all(g["skipped"] and g["version"] == 0 for g in again.values())
+    assert all(g.skipped and g.version == 0 for g in again.values())
     # new settings: a new generation overwrites, the old one stays reachable by version
     cfg2 = small_config(tmp_path, "synthetic.seed=99")
     third = generate(JobContext.of(spark, cfg2))
-    assert all(not g["skipped"] and g["version"] == 1 for g in third.values())
+    assert all(not g.skipped and g.version == 1 for g in third.values())
     engine = open_engine(spark, "delta-rs")
     old = engine.read(cfg.table_path("items"), 0).orderBy("item_id").first().text_emb
     new = engine.read(cfg.table_path("items")).orderBy("item_id").first().text_emb
@@ -103,9 +103,9 @@ def test_codebook_jobs_in_sequence(spark, tmp_path, capsys):
     generate(JobContext.of(spark, cfg))
     manifest = load_job("fit_codebooks").stage(JobContext("fit_codebooks", cfg, spark))
     out = capsys.readouterr().out
-    assert manifest["version"] == "v0001" and "fitted on 300 items" in out and "space: joint" in out
+    assert manifest.version == "v0001" and "fitted: 300 items" in out and "space: joint" in out
     res = load_job("assign_ids").stage(JobContext("assign_ids", cfg, spark))
-    assert res["items"] == 400 and "semantic_ids version 0 with codebook v0001" in capsys.readouterr().out
+    assert res.items == 400 and "semantic_ids version 0 with codebook v0001" in capsys.readouterr().out
     load_job("reindex_catalog").stage(JobContext("reindex_catalog", cfg, spark))
     assert "night 20261123: 0 new/changed items" in capsys.readouterr().out
     load_job("reindex_catalog").stage(JobContext("reindex_catalog", cfg, spark))
@@ -181,4 +181,4 @@ def test_every_pipeline_job_prints_exactly_one_json_document(spark, tmp_path, ca
         docs[name] = json.loads(out)  # the whole of stdout parses as one document
     assert docs["generate_synthetic"]["generated"]["items"]["rows_written"] == 400
     assert docs["assign_ids"]["codebook_version"] == "v0001" and docs["train_ranker"]["status"] == "trained"
-    assert docs["reindex_catalog"]["n_changed"] == 0 and docs["evaluate"]["status"] == "evaluated"
+    assert docs["reindex_catalog"]["outcome"]["n_changed"] == 0 and docs["evaluate"]["status"] == "evaluated"

@@ -61,17 +61,17 @@ def test_import_and_embed_text(spark, ml_dir, tmp_path):
     cfg = load_config("local", "movielens_100k", [f"storage.root={tmp_path}/delta", f"movielens.path={ml_dir}"])
     import_movielens(JobContext.of(spark, cfg))
     res = embed_text_stage(JobContext.of(spark, cfg))
-    assert res["dim"] == 384 and res["rows"] == 3 and res["committed"]
+    assert res.dim == 384 and res.rows == 3 and res.committed
     items = open_engine(spark, "delta-rs").read(cfg.table_path("items")).toPandas().set_index("item_id")
     emb = np.stack(items.text_emb.map(np.asarray))
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     validate_inputs(JobContext.of(spark, cfg))  # both modalities meet the items contract
     before = open_engine(spark, "delta-rs").version(cfg.table_path("items"))
     again = embed_text_stage(JobContext.of(spark, cfg))  # same run again: nothing new committed
-    assert open_engine(spark, "delta-rs").version(cfg.table_path("items")) == before == again["version"]
-    assert not again["committed"]
+    assert open_engine(spark, "delta-rs").version(cfg.table_path("items")) == before == again.version
+    assert not again.committed
     from psrq.data.embed_text import embed
 
     v = embed(["a cartoon comedy for children", "Toy Story | Animation, Children's, Comedy", "a spy thriller"],
-              res["model"], 8)
+              res.model, 8)
     assert v[0] @ v[1] > v[2] @ v[1]

@@ -61,7 +61,7 @@ def test_nightly_merge_then_idempotent_rerun(spark, catalogue):
     engine = open_engine(spark, "delta-rs")
     sid_path, items_path = cfg.table_path("semantic_ids"), cfg.table_path("items")
     first = reindex(JobContext.of(spark, night(cfg, 20261102)))  # no state yet: nothing new (all assigned)
-    assert first["n_changed"] == 0 and not first["refit"]
+    assert first.outcome.n_changed == 0 and not first.outcome.refit
     # 60 new items from the same catalogue world, and 5 changed ones
     later = datetime(2027, 1, 1, tzinfo=timezone.utc)
     engine.write(new_items(spark, cfg, 400, 60, cfg.synthetic.seed, later), items_path, "append")
@@ -69,7 +69,7 @@ def test_nightly_merge_then_idempotent_rerun(spark, catalogue):
     engine.merge(changed, items_path, ["item_id"])
     sid_before = engine.version(sid_path)
     res = reindex(JobContext.of(spark, night(cfg, 20261103)))
-    assert res["n_changed"] == 65 and not res["refit"] and res["error_share"] < 0.5
+    assert res.outcome.n_changed == 65 and not res.outcome.refit and res.outcome.error_share < 0.5
     assert engine.version(sid_path) == sid_before + 1
     sid = engine.read(sid_path).toPandas()
     assert len(sid) == 460 and set(range(400, 460)) <= set(sid.item_id)
@@ -77,10 +77,10 @@ def test_nightly_merge_then_idempotent_rerun(spark, catalogue):
     # the same night again: nothing changes anywhere
     state_v = engine.version(cfg.table_path("reindex_state"))
     again = reindex(JobContext.of(spark, night(cfg, 20261103)))
-    assert again["skipped"]
+    assert again.skipped and again.outcome is None
     assert engine.version(sid_path) == sid_before + 1 and engine.version(cfg.table_path("reindex_state")) == state_v
     # the next night sees nothing new (watermark)
-    assert reindex(JobContext.of(spark, night(cfg, 20261104)))["n_changed"] == 0
+    assert reindex(JobContext.of(spark, night(cfg, 20261104))).outcome.n_changed == 0
 
 
 def test_drift_triggers_refit_and_full_reassignment(spark, catalogue):
@@ -92,7 +92,7 @@ def test_drift_triggers_refit_and_full_reassignment(spark, catalogue):
     later = datetime(2027, 1, 1, tzinfo=timezone.utc)
     engine.write(new_items(spark, cfg, 400, 300, 4242, later), cfg.table_path("items"), "append")
     res = reindex(JobContext.of(spark, night(cfg, 20261103)))
-    assert res["refit"] and res["codebook_version"] == "v0002"
+    assert res.outcome.refit and res.outcome.codebook_version == "v0002"
     assert CodebookStore(cfg.codebooks_root()).versions() == ["v0001", "v0002"]
     sid = engine.read(sid_path).toPandas()
     # the new version's rows sit beside the old ones, and the new version is the one in use
@@ -134,7 +134,7 @@ def test_a_night_killed_midway_resumes_without_double_work(spark, catalogue, mon
     assert after_crash[state_path] == before[state_path] + (crash_at > 1)
     assert after_crash[sid_path] == before[sid_path] + (crash_at > 2)
     res = reindex(JobContext.of(spark, night(cfg, 20261103)))
-    assert res["n_changed"] == 30 and res["status"] == "done" and not res["refit"]
+    assert res.outcome.n_changed == 30 and res.status == "done" and not res.outcome.refit
     final = {p: engine.version(p) for p in (sid_path, state_path)}
     assert final == {sid_path: before[sid_path] + 1, state_path: before[state_path] + 2}  # plan + outcome
     assert engine.read(sid_path).count() == 430
@@ -160,7 +160,7 @@ def test_a_refit_night_killed_before_its_record_records_what_it_did(spark, catal
     assert (engine.read(sid_path).toPandas().codebook_version == "v0002").sum() == 700
     sid_version = engine.version(sid_path)
     res = reindex(JobContext.of(spark, night(cfg, 20261103)))
-    assert res["refit"] and res["n_changed"] == 300 and res["codebook_version"] == "v0002"
+    assert res.outcome.refit and res.outcome.n_changed == 300 and res.outcome.codebook_version == "v0002"
     assert engine.version(sid_path) == sid_version and CodebookStore(cfg.codebooks_root()).versions() == ["v0001", "v0002"]
     done = engine.read(state_path).filter("night = 20261103 and status = 'done'").toPandas()
     assert len(done) == 1 and done.refit[0] and done.n_changed[0] == 300 and done.codebook_version[0] == "v0002"

@@ -110,9 +110,9 @@ def test_split_cutoffs_are_exact_whatever_the_partitioning(spark, monkeypatch, c
 
 def test_samples_job_no_leakage_and_splits(spark, small_pipeline):
     cfg, info = small_pipeline
-    train = pq.read_table(info["splits"]["train"]["path"]).to_pandas()
-    test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
-    n = {s: info["splits"][s]["rows"] for s in ("train", "valid", "test")}
+    train = pq.read_table(info.splits["train"]["path"]).to_pandas()
+    test = pq.read_table(info.splits["test"]["path"]).to_pandas()
+    n = {s: info.splits[s]["rows"] for s in ("train", "valid", "test")}
     inter = open_engine(spark, "delta-rs").read(cfg.table_path("interactions")).count()
     assert sum(n.values()) == inter and 0.7 < n["train"] / inter < 0.9
     assert train.ts.max() < test.ts.min()
@@ -128,11 +128,11 @@ def test_targets_carry_their_semantic_ids_and_vocabulary(spark, small_pipeline):
     cfg, info = small_pipeline
     engine = open_engine(spark, "delta-rs")
     sid = engine.read(cfg.table_path("semantic_ids")).toPandas().set_index("item_id")
-    test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
+    test = pq.read_table(info.splits["test"]["path"]).to_pandas()
     row = test.iloc[0]
     assert list(row.target_joint_codes) == [c + 1 for c in sid.loc[row.item_id, "joint_codes"]]
     vocab = engine.read(cfg.table_path("item_vocab")).toPandas().set_index("item_id")["idx"]
-    assert vocab.min() == 2 and vocab.max() == info["vocab_size"] - 1 and vocab.is_unique
+    assert vocab.min() == 2 and vocab.max() == info.vocab_size - 1 and vocab.is_unique
     in_vocab = test.item_id.isin(vocab.index)
     assert (test[~in_vocab].item_idx == 1).all()  # items never seen in train: out of vocabulary
     assert (test[in_vocab].item_idx == vocab.loc[test[in_vocab].item_id].to_numpy()).all()
@@ -145,11 +145,11 @@ def test_samples_are_petastorm_readable(small_pipeline):
 
     _, info = small_pipeline
     rows = 0
-    with make_batch_reader(f"file://{info['splits']['valid']['path']}", num_epochs=1, workers_count=1) as reader:
+    with make_batch_reader(f"file://{info.splits['valid']['path']}", num_epochs=1, workers_count=1) as reader:
         for batch in reader:
             rows += len(batch.label)
             assert batch.hist_joint_codes.shape[1] == 15
-    assert rows == info["splits"]["valid"]["rows"]
+    assert rows == info.splits["valid"]["rows"]
 
 
 def test_samples_take_the_codebook_version_in_use(spark, small_pipeline):
@@ -157,7 +157,7 @@ def test_samples_take_the_codebook_version_in_use(spark, small_pipeline):
     marked current); a codebook without rows (fitted, never assigned) or without a folder is
     a clear error, nothing is written."""
     cfg, info = small_pipeline
-    assert info["codebook_version"] == "v0001"
+    assert info.codebook_version == "v0001"
     root = Path(cfg.codebooks_root())
     shutil.copytree(root / "v0001", root / "v0002")  # a second fit, not assigned
     manifest = json.loads((root / "v0002" / MANIFEST).read_text()) | {"version": "v0002"}
@@ -179,11 +179,11 @@ def test_content_features_cover_the_catalogue(spark, small_pipeline):
     from psrq.samples.content import projection, read_content, reduce
 
     cfg, info = small_pipeline
-    feats = read_content(f"{cfg.samples.path}/{info['content']['file']}")
+    feats = read_content(f"{cfg.samples.path}/{info.content['file']}")
     items = open_engine(spark, "delta-rs").read(cfg.table_path("items")).toPandas().set_index("item_id")
     assert feats.size == len(items) + 1 and feats.item_ids[0] == -1
     assert sorted(feats.item_ids[1:].tolist()) == sorted(items.index.tolist())
-    test = pq.read_table(info["splits"]["test"]["path"]).to_pandas()
+    test = pq.read_table(info.splits["test"]["path"]).to_pandas()
     assert (feats.item_ids[test.content_idx.to_numpy()] == test.item_id.to_numpy()).all()
     cold = test[test.item_idx == 1].iloc[0]  # out of vocabulary, yet it has content
     mc = cfg.dataset.modalities["text"]
@@ -199,7 +199,7 @@ def test_content_features_cover_the_catalogue(spark, small_pipeline):
     for name, width in {"qarm_vq": 1, "qarm_rq": cfg.samples.qarm.layers}.items():
         codes = feats.codes[name]
         assert codes.shape == (feats.size, width) and (codes[0] == 0).all() and (codes[1:] >= 1).all()
-    assert info["content"]["qarm_pairs"] > 0
+    assert info.content["qarm_pairs"] > 0
 
 
 def test_split_files_hold_about_eight_row_groups():
@@ -259,33 +259,33 @@ def test_samples_do_not_depend_on_the_partition_layout(spark, small_pipeline, tm
         for k, v in before.items():
             spark.conf.set(k, v)
     for split in ("train", "valid"):
-        a, b = (pq.read_table(i["splits"][split]["path"]).to_pandas() for i in (info, again))
-        assert len(a) == info["splits"][split]["rows"] and a.equals(b), split
-        layouts = [[(g.index, g.rows) for g in row_groups(i["splits"][split]["path"])] for i in (info, again)]
+        a, b = (pq.read_table(i.splits[split]["path"]).to_pandas() for i in (info, again))
+        assert len(a) == info.splits[split]["rows"] and a.equals(b), split
+        layouts = [[(g.index, g.rows) for g in row_groups(i.splits[split]["path"])] for i in (info, again)]
         assert layouts[0] == layouts[1], split
     # the content features too: QARM's codes are aligned on behaviour pairs drawn at random
     from psrq.samples.content import read_content_bytes
 
-    assert info["content"]["qarm_pairs"] > 100
+    assert info.content["qarm_pairs"] > 100
     assert read_content_bytes(f"{cfg.samples.path}/content.safetensors") == read_content_bytes(
         f"{other.samples.path}/content.safetensors")
     # the train split in several files (their boundaries are what moved before), as many as the manifest says
-    written = {os.path.basename(g.file) for g in row_groups(info["splits"]["train"]["path"])}
-    assert len(written) == info["splits"]["train"]["files"] > 1
+    written = {os.path.basename(g.file) for g in row_groups(info.splits["train"]["path"])}
+    assert len(written) == info.splits["train"]["files"] > 1
     for world in (2, 3):
         for rank in range(world):
-            a, b = ([x["item_idx"].tolist() for x in ArrowReader(i["splits"]["train"]["path"], ["item_idx"], 64, rank, world)]
+            a, b = ([x["item_idx"].tolist() for x in ArrowReader(i.splits["train"]["path"], ["item_idx"], 64, rank, world)]
                     for i in (info, again))
             assert a == b, (rank, world)
     # the order mixes users and time (a seeded shuffle, not grouped by user)
-    train = pq.read_table(info["splits"]["train"]["path"]).to_pandas()
+    train = pq.read_table(info.splits["train"]["path"]).to_pandas()
     assert (train.user_id.diff() != 0).mean() > 0.9
     # row groups small enough for 2 training processes, whole rows in each
-    rows = ArrowReader(info["splits"]["train"]["path"], ["label"], 100, rank=1, world=2).rows
+    rows = ArrowReader(info.splits["train"]["path"], ["label"], 100, rank=1, world=2).rows
     assert 0 < rows < len(train)
     runs = [train_stage(JobContext.of(None, c.with_overrides({"train.model": "din", "train.backend": "single", "train.reader": "arrow",
                                           "train.dim": 16, "train.checkpoint_dir": str(tmp_path / f"ckpt{i}")}))) for i, c in enumerate((cfg, other))]
-    assert abs(runs[0]["valid"]["auc"] - runs[1]["valid"]["auc"]) < 0.005
+    assert abs(runs[0].valid["auc"] - runs[1].valid["auc"]) < 0.005
 
 
 def test_events_of_items_without_codes_stop_the_build_before_any_write(spark, small_pipeline, tmp_path):
@@ -311,9 +311,9 @@ def test_events_of_items_without_codes_stop_the_build_before_any_write(spark, sm
 def test_the_vocabulary_numbers_items_by_train_frequency(spark, small_pipeline):
     """train.max_vocab keeps the first indices: they must be the most frequent train items."""
     cfg, info = small_pipeline
-    train = pq.read_table(info["splits"]["train"]["path"], columns=["item_idx"]).to_pandas()
+    train = pq.read_table(info.splits["train"]["path"], columns=["item_idx"]).to_pandas()
     counts = train.item_idx.value_counts().sort_index()
-    assert info["vocab_order"] == "train_frequency"
+    assert info.raw["vocab_order"] == "train_frequency"
     assert counts.index[0] == 2 and (counts.diff().dropna() <= 0).all()
 
 
@@ -400,10 +400,10 @@ def test_a_heavy_user_streams_through_the_history_step_with_the_same_samples(spa
     finally:
         spark.conf.set(key, before)
     for split in ("train", "valid", "test"):
-        a, b = (pq.read_table(i["splits"][split]["path"]).to_pandas() for i in infos.values())
-        assert len(a) == infos[500]["splits"][split]["rows"] > 0 and a.equals(b), split
+        a, b = (pq.read_table(i.splits[split]["path"]).to_pandas() for i in infos.values())
+        assert len(a) == infos[500].splits[split]["rows"] > 0 and a.equals(b), split
 
-    train, test = (spark.read.parquet(infos[500]["splits"][s]["path"]) for s in ("train", "test"))
+    train, test = (spark.read.parquet(infos[500].splits[s]["path"]) for s in ("train", "test"))
     floors = evaluate_floors(train, test)
     scored = floor_scores(train, test).toPandas()
     for name in ("item_rate", "item_popularity"):

@@ -53,18 +53,18 @@ def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeli
     train_stage(JobContext.of(None, cfg))
     evaluated = evaluate_stage(JobContext.of(spark, cfg))
     exported = export_stage(JobContext.of(spark, cfg))
-    assert exported["status"] == "exported" and exported["parity_gap"] <= 1e-5
-    ranker = Path(exported["path"], exported["ranker"])
+    assert exported.status == "exported" and exported.parity_gap <= 1e-5
+    ranker = Path(exported.path, exported.ranker)
     man = SamplesManifest.read(cfg.samples.path)
     out = tmp_path / "scores.npy"
     run = subprocess.run([sys.executable, "-c", ISOLATED, str(Path(ROOT, "scripts", "score_exported.py")), str(ranker),
                           man.split_path("test"), str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     scores = np.load(out)
-    preds = open_engine(spark, "delta-rs").read(evaluated["predictions"]).toPandas()
+    preds = open_engine(spark, "delta-rs").read(evaluated.predictions).toPandas()
     assert len(scores) == len(preds) == man.splits["test"]["rows"]
     np.testing.assert_allclose(np.sort(scores), np.sort(preds.score.to_numpy()), rtol=0, atol=1e-5)
-    model_dir = Path(exported["path"], exported["mlflow_model"])
+    model_dir = Path(exported.path, exported.manifest["mlflow_model"])
     assert (model_dir / "MLmodel").is_file() and (model_dir / "serving_input_example.json").is_file()
     pyfunc = subprocess.run([sys.executable, "-c", PYFUNC, str(model_dir), man.split_path("test"), str(tmp_path / "py.npy")],
                             capture_output=True, text=True, timeout=300)
@@ -72,10 +72,10 @@ def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeli
     assert pyfunc.stdout.split()[-1] == man.codebook_version  # the codebook version it expects, in its metadata
     np.testing.assert_allclose(np.load(tmp_path / "py.npy"), scores, rtol=0, atol=1e-9)
     labels = __import__("pyarrow.parquet", fromlist=["x"]).read_table(man.split_path("test"), columns=["label"])
-    assert roc_auc_score(labels.column("label").to_numpy(), scores) == pytest.approx(evaluated["metrics"]["auc"], abs=1e-6)
+    assert roc_auc_score(labels.column("label").to_numpy(), scores) == pytest.approx(evaluated.metrics.auc, abs=1e-6)
     # the lookup: every item of the vocabulary with its codes as the samples hold them
-    lookup = spark.read.parquet(str(Path(exported["path"], exported["lookup"]))).toPandas()
-    assert len(lookup) == exported["items"] == man.vocab_size - 2  # padding and OOV have no item
+    lookup = spark.read.parquet(str(Path(exported.path, exported.lookup))).toPandas()
+    assert len(lookup) == exported.items == man.vocab_size - 2  # padding and OOV have no item
     test = __import__("pandas").read_parquet(man.split_path("test"))
     known = test[test.item_idx > 1].drop_duplicates("item_id").set_index("item_id")
     got = lookup.set_index("item_id").loc[known.index]
@@ -83,20 +83,20 @@ def test_an_exported_ranker_scores_like_the_spark_evaluation(spark, small_pipeli
     assert all(list(a) == list(b) for a, b in zip(got.text_codes, known.target_text_codes))
     if "content_idx" in known:
         assert (got.content_idx == known.content_idx).all()
-    meta = json.loads(Path(exported["path"], "export.json").read_text())
+    meta = json.loads(Path(exported.path, "export.json").read_text())
     assert meta["codebook_version"] == "v0001" and [c["name"] for c in meta["inputs"]]
     again = export_stage(JobContext.of(spark, cfg))
-    assert again["status"] == "already done"
+    assert again.status == "already done"
     if model == "mcca":  # tracked: the export's run has the MLflow model as its logged model, linked when done again
         import mlflow
         from mlflow.tracking import MlflowClient
 
         from psrq.tracking.store import resolve
 
-        assert again["tracking"] == {"run_id": exported["tracking"]["run_id"], "linked": True}
+        assert again.tracking == {"run_id": exported.tracking["run_id"], "linked": True}
         client = MlflowClient(resolve(cfg)[0])
-        (logged,) = client.search_logged_models([client.get_run(exported["tracking"]["run_id"]).info.experiment_id])
-        assert logged.source_run_id == exported["tracking"]["run_id"] and logged.tags["psrq.codebook_version"] == "v0001"
+        (logged,) = client.search_logged_models([client.get_run(exported.tracking["run_id"]).info.experiment_id])
+        assert logged.source_run_id == exported.tracking["run_id"] and logged.tags["psrq.codebook_version"] == "v0001"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", resolve(cfg)[0])  # models:/ resolves through the tracking store
         served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
         assert served.metadata.metadata["codebook_version"] == man.codebook_version

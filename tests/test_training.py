@@ -264,7 +264,7 @@ def test_sparse_tables_train_as_well_as_dense_ones(samples_cfg, runs):
         auc = {}
         for label, change in {"dense": {"sparse": False}, "sparse adam": {"table_optimizer": "adam"},
                               "rowwise adagrad": {}}.items():
-            auc[label] = train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs, **change)))["valid"]["auc"]
+            auc[label] = train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs, **change))).valid["auc"]
         assert abs(auc["sparse adam"] - auc["dense"]) <= 0.01, (name, auc)
         assert auc["rowwise adagrad"] >= auc["dense"] - 0.01, (name, auc)
 
@@ -303,7 +303,7 @@ def test_samples_of_another_codebook_version_are_refused(samples_cfg):
 
 def test_mcca_learns_and_codes_help_cold_items(samples_cfg, runs):
     """On planted modality-specific tastes: MCCA beats ID-only DIN and chance."""
-    res = {name: train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs)))["valid"]
+    res = {name: train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs))).valid
            for name in ("din", "mcca")}
     assert res["mcca"]["auc"] > 0.65 and res["mcca"]["auc"] > res["din"]["auc"] + 0.03
     assert res["mcca"]["cold_auc"] > res["din"]["cold_auc"] + 0.03
@@ -312,7 +312,7 @@ def test_mcca_learns_and_codes_help_cold_items(samples_cfg, runs):
 def test_content_baselines_learn_and_reach_cold_items(samples_cfg, runs):
     """VBPR, QARM and SimTier+MAKE read item content by catalogue index: they learn, and on
     cold items (shared OOV ID) they beat ID-only DIN."""
-    res = {name: train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs)))["valid"]
+    res = {name: train_stage(JobContext.of(None, _with(samples_cfg, model=name, checkpoint_dir=runs))).valid
            for name in ("din", "vbpr", "qarm", "simtier_make")}
     for name in ("vbpr", "qarm", "simtier_make"):
         assert res[name]["auc"] > 0.65, (name, res[name])
@@ -335,14 +335,14 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     # quiet ranks: no torchrun banner, no library warning; the driver's environment as it was
     assert "Setting OMP_NUM_THREADS" not in out.out + out.err and "Warning" not in out.out + out.err, out
     assert os.environ.get("OMP_NUM_THREADS") == omp
-    ranks = res["ranks"]
+    ranks = res.ranks
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     assert ranks[0]["rows"] != ranks[1]["rows"]  # uneven shards
     # the same synchronised steps on both ranks: the shorter shard pads its last ones
-    assert ranks[0]["steps"] == ranks[1]["steps"] == res["steps"]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == res.steps
     epoch_steps = max(-(-r["rows"] // 256) for r in ranks)
-    assert res["steps"] == epochs * epoch_steps
+    assert res.steps == epochs * epoch_steps
     for r in ranks:
         assert r["padding_steps"] == r["steps"] - epochs * -(-r["rows"] // 256), r
         assert r["gradient_bytes"] > 0
@@ -350,10 +350,10 @@ def test_two_process_backends_keep_parameters_in_sync(spark, samples_cfg, tmp_pa
     assert epochs * sum(r["rows"] for r in ranks) == sum(r["samples"] for r in ranks)
     assert sum(r["rows"] for r in ranks) == SamplesManifest.read(cfg.samples.path).splits["train"]["rows"]
     # rank 0 validated at each epoch's end; the best of them is what evaluation reads
-    assert [p["step"] for p in res["curve"]] == [epoch_steps * (e + 1) for e in range(epochs)]
-    assert res["valid"]["auc"] == max(p["valid_auc"] for p in res["curve"]) > 0.6
-    assert load_checkpoint(res["checkpoint"])["step"] == max(r["steps"] for r in ranks)
-    assert load_checkpoint(res["checkpoint"], best=True)["step"] == res["best_step"]
+    assert [p["step"] for p in res.curve] == [epoch_steps * (e + 1) for e in range(epochs)]
+    assert res.valid["auc"] == max(p["valid_auc"] for p in res.curve) > 0.6
+    assert load_checkpoint(res.checkpoint)["step"] == max(r["steps"] for r in ranks)
+    assert load_checkpoint(res.checkpoint, best=True)["step"] == res.best_step
 
 
 @pytest.mark.real  # starts a process
@@ -390,20 +390,20 @@ def test_an_identical_rerun_is_already_done_and_any_changed_setting_trains(sampl
     cfg = _with(samples_cfg, model="din", checkpoint_dir=str(tmp_path), max_steps=5)
     first = train_stage(JobContext.of(None, cfg))
     again = train_stage(JobContext.of(None, cfg))
-    assert first["status"] == "trained" and first["steps"] == first["steps_this_run"] == 5
-    assert again["status"] == "already done" and again["steps_this_run"] == 0 and again["steps"] == 5
-    assert again["valid"] == first["valid"] and again["checkpoint"] == first["checkpoint"]
-    assert again["identity"] == first["identity"]
+    assert first.status == "trained" and first.steps == first.steps_this_run == 5
+    assert again.status == "already done" and again.steps_this_run == 0 and again.steps == 5
+    assert again.valid == first.valid and again.checkpoint == first.checkpoint
+    assert again.identity == first.identity
     # reading ahead or not trains the same weights (test_prefetching_trains_the_same_weights): the same run
     unprefetched = train_stage(JobContext.of(None, _with(cfg, prefetch=0)))
-    assert unprefetched["status"] == "already done" and unprefetched["identity"] == first["identity"]
+    assert unprefetched.status == "already done" and unprefetched.identity == first.identity
     # every setting that changes the weights is a new run in its own folder
     for change in ({"lr": 0.5}, {"batch_size": 128}, {"max_steps": 6}, {"seed": 1}, {"dim": 32}, {"reader": "petastorm"},
                    {"sparse": False}, {"table_optimizer": "adam"}, {"table_lr": 0.1}):
         other = train_stage(JobContext.of(None, _with(cfg, **change)))
-        assert other["status"] == "trained" and other["steps_this_run"] > 0, change
-        assert other["identity"] != first["identity"] and other["checkpoint"] != first["checkpoint"], change
-    assert json.loads(json.dumps(again, allow_nan=False))["identity"] == first["identity"]
+        assert other.status == "trained" and other.steps_this_run > 0, change
+        assert other.identity != first.identity and other.checkpoint != first.checkpoint, change
+    assert json.loads(json.dumps(again.as_dict(), allow_nan=False))["identity"] == first.identity
 
 
 def test_a_checkpoint_of_another_run_is_refused_by_name(samples_cfg, tmp_path):
@@ -412,11 +412,11 @@ def test_a_checkpoint_of_another_run_is_refused_by_name(samples_cfg, tmp_path):
     wider = _with(base, dim=32)
     _, folder = identity_and_folder(wider, SamplesManifest.read(base.samples.path))
     Path(folder).mkdir(parents=True)
-    shutil.copy(Path(done["checkpoint"], "checkpoint.pt"), folder)  # a foreign checkpoint in its folder
+    shutil.copy(Path(done.checkpoint, "checkpoint.pt"), folder)  # a foreign checkpoint in its folder
     with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint.pt was written for another run: dim=64 \(this run: 32\).*train.restart=true"):
         train_stage(JobContext.of(None, wider))
     res = train_stage(JobContext.of(None, _with(wider, restart=True)))
-    assert res["status"] == "trained" and load_checkpoint(folder)["meta"]["dim"] == 32
+    assert res.status == "trained" and load_checkpoint(folder)["meta"]["dim"] == 32
     assert len(list(Path(folder).parent.glob(Path(folder).name + ".moved-*"))) == 1
 
 
@@ -447,7 +447,7 @@ def test_damaged_checkpoints_give_a_clear_error_and_restart_recovers(samples_cfg
     # a stale temporary of a killed writer is cleaned; restart moves the damaged folder aside
     Path(folder, "checkpoint.pt.tmp-999999999").write_bytes(b"partial")
     res = train_stage(JobContext.of(None, _with(cfg, restart=True)))
-    assert res["status"] == "trained" and res["steps"] == 4
+    assert res.status == "trained" and res.steps == 4
     assert not list(Path(folder).glob("checkpoint.pt.tmp-*"))
 
 
@@ -493,10 +493,10 @@ def test_max_vocab_trains_a_bounded_table_on_frequency_ordered_samples(samples_c
     assert man.raw["vocab_order"] == "train_frequency"
     cfg = _with(samples_cfg, model="mcca", checkpoint_dir=str(tmp_path), max_vocab=200, hash_buckets=50)
     res = train_stage(JobContext.of(None, cfg))
-    weights = load_checkpoint(res["checkpoint"])["model"]
+    weights = load_checkpoint(res.checkpoint)["model"]
     assert weights["base.item.weight"].shape[0] == 2 + 200 + 50 < man.vocab_size
     assert weights["priors.item_bias.weight"].shape[0] == 2 + 200 + 50  # the item biases are bounded alike
-    assert res["settings"]["max_vocab"] == 200 and res["valid"]["auc"] > 0.6
+    assert res.settings["max_vocab"] == 200 and res.valid["auc"] > 0.6
     # samples numbered in another order cannot say which items are the frequent ones
     raw = json.loads(Path(samples_cfg.samples.path, "manifest.json").read_text())
     stale = tmp_path / "stale"

@@ -44,7 +44,7 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
     said = []
     search = tune(JobContext.of(spark, cfg), progress=said.append)
     assert set(asked) == {"train", "valid"}
-    res = search["results"]["din"]
+    res = search.results["din"]
     # 2 dimensions x 2 values, the second dimension's first value repeating a trial of the first
     assert [t["setting"] for t in res["trials"]][:2] == [{"lr": 0.0001, "priors": True}, {"lr": 0.01, "priors": True}]
     assert all(len(t["runs"]) == 2 for t in res["trials"])
@@ -80,17 +80,17 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
     assert json.loads((tmp_path / "reports" / "diag_synthetic_small.json").read_text())["seeds"] == [0, 1]
 
     tuned, record = write_tuned(conf, search)
-    assert json.loads(record.read_text())["chosen"]["din"] == search["chosen"]["din"]
-    assert all(f"{k} {list(v)}" in tuned.read_text() for k, v in search["space"].items())  # the header says what was searched
+    assert json.loads(record.read_text())["chosen"]["din"] == search.chosen["din"]
+    assert all(f"{k} {list(v)}" in tuned.read_text() for k, v in search.space.items())  # the header says what was searched
     back = load_config("local", "synthetic_small", ["train.model=din"], conf_dir=conf, tuned=True)
-    for key, value in search["chosen"]["din"].items():
+    for key, value in search.chosen["din"].items():
         assert back.model_dump()["train"][key] == value, key
     assert back.train.epochs == 2 and back.train.patience == 1
     # the command line wins; another model keeps its defaults; a variant inherits its family's
     assert load_config("local", "synthetic_small", ["train.model=din", "train.lr=0.3"], conf_dir=conf, tuned=True).train.lr == 0.3
     assert load_config("local", "synthetic_small", ["train.model=vbpr"], conf_dir=conf, tuned=True).train.epochs == 1
     variant = load_config("local", "synthetic_small", [], conf_dir=conf, tuned=True).for_model("din_codes")
-    assert variant.train.lr == search["chosen"]["din"]["lr"] and variant.train.model == "din_codes"
+    assert variant.train.lr == search.chosen["din"]["lr"] and variant.train.model == "din_codes"
     assert load_config("local", "synthetic_small", ["train.model=din"], conf_dir=conf, tuned=False).train.epochs == 1
 
 

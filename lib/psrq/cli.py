@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -173,7 +174,11 @@ def app_name(cfg: Config, job: str) -> str:
 
 
 def json_safe(value):
-    """NaN and infinities become null: JSON has no such numbers."""
+    """A stage's result as JSON: its fields, with NaN and infinities as null (JSON has no such numbers)."""
+    if hasattr(value, "as_dict"):  # a stage's result, or a manifest: its document
+        return json_safe(value.as_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

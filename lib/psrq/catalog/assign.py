@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -17,11 +18,25 @@ from psrq.errors import ArtifactError, InputValidationError, Problem
 from psrq.job import JobContext
 from psrq.quant.spaces import CodebookSet
 from psrq.quant.spark_encode import encode_items, pack_codes, raise_on_problems
+from psrq.results import StageResult
 from psrq.schemas import ITEM_ID, codes_column, semantic_ids_schema
 from psrq.storage import AppTxn, DeltaEngine
 from psrq.storage.base import WriteResult, version_of
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AssignResult(StageResult):
+    """What an assignment wrote to semantic_ids (the whole catalogue, or a merge of some items)."""
+
+    path: str               # the semantic_ids table
+    version: int            # its version after the write
+    skipped: bool           # this run had already committed it
+    items: int              # items assigned (all of the version's, for a skipped re-run)
+    codebook_version: str
+    current: Optional[str]  # the version marked current after it (None: not marked)
+    seconds: float
 
 
 def check_compatible(cbs: CodebookSet, cfg: Config, items: DataFrame) -> None:
@@ -56,7 +71,7 @@ def semantic_rows(encoded: DataFrame, cbs: CodebookSet, existing: Optional[DataF
     return rows.select(*schema.fieldNames())
 
 
-def assign(job: JobContext) -> dict:
+def assign(job: JobContext) -> AssignResult:
     """The job: every item of the items table with the configured codebook version
     (codebooks.version, else the newest of the method), see assign_full."""
     cfg, spark = job.cfg, job.session
@@ -66,7 +81,7 @@ def assign(job: JobContext) -> dict:
 
 
 def assign_full(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: DataFrame, cbs: CodebookSet,
-                txn: Optional[AppTxn] = None, encoded: Optional[DataFrame] = None) -> dict:
+                txn: Optional[AppTxn] = None, encoded: Optional[DataFrame] = None) -> AssignResult:
     """`items` is the whole catalogue: the rows of this codebook version in semantic_ids are
     replaced by theirs (other versions' rows stay beside them), keyed for idempotence by
     `txn` (default: the codebook version and run.run_id), then the version is marked current
@@ -95,7 +110,7 @@ def _mark(spark, cfg: Config, engine: DeltaEngine, cbs: CodebookSet) -> Optional
         return None
     from psrq.catalog.current import mark_current
 
-    return mark_current(spark, engine, cfg, cbs.version)["codebook_version"]
+    return mark_current(spark, engine, cfg, cbs.version).codebook_version
 
 
 def committed(engine: DeltaEngine, path: str, txn: AppTxn) -> bool:
@@ -120,7 +135,7 @@ def require_items(cfg: Config, engine: DeltaEngine, out_path: str, cbs: Codebook
 
 
 def assign_incremental(spark: SparkSession, cfg: Config, engine: DeltaEngine, items: DataFrame, cbs: CodebookSet,
-                       txn: Optional[AppTxn] = None, encoded: Optional[DataFrame] = None) -> dict:
+                       txn: Optional[AppTxn] = None, encoded: Optional[DataFrame] = None) -> AssignResult:
     """`items` is a subset (new or changed items): their rows are merged by (item_id,
     codebook_version), their dedup suffixes continuing after those the other items keep;
     keyed by `txn` when given (the caller knows what makes its subset's run unique)."""
@@ -155,10 +170,9 @@ def _encoding(spark: SparkSession, cfg: Config, items: DataFrame, cbs: CodebookS
             frame.unpersist()
 
 
-def _summary(path: str, res, n: int, cbs: CodebookSet, current: Optional[str], t0: float) -> dict:
+def _summary(path: str, res: WriteResult, n: int, cbs: CodebookSet, current: Optional[str], t0: float) -> AssignResult:
     log.info("semantic_ids: version %d%s", res.version, " (skipped: already written by this run)" if res.skipped else "")
-    return {"path": path, "version": res.version, "skipped": res.skipped, "items": n,
-            "codebook_version": cbs.version, "current": current, "seconds": round(time.time() - t0, 2)}
+    return AssignResult(path, res.version, res.skipped, n, cbs.version, current, round(time.time() - t0, 2))
 
 
 def lookup(engine: DeltaEngine, path: str, codes: list[int], k: int, codebook_version: str) -> DataFrame:

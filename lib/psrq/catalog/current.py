@@ -6,6 +6,7 @@ the version marked current for the method. Marking is its own commit: flipping e
 from one version to another is one atomic step, and rolling back is marking the old one."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -14,8 +15,19 @@ from pyspark.sql import functions as F
 from psrq.config import Config
 from psrq.errors import ArtifactError
 from psrq.quant.artifact import CodebookStore
+from psrq.results import StageResult
 from psrq.schemas import CODEBOOK_CURRENT
 from psrq.storage import AppTxn, DeltaEngine
+
+
+@dataclass
+class CurrentResult(StageResult):
+    """A codebook version marked current for its method (jobs/mark_current.py)."""
+
+    method: str
+    codebook_version: str
+    items: int      # its rows in semantic_ids
+    skipped: bool   # it was current already
 
 
 def current_version(engine: DeltaEngine, cfg: Config, method: Optional[str] = None) -> Optional[str]:
@@ -39,7 +51,7 @@ def version_in_use(engine: DeltaEngine, cfg: Config) -> str:
     return current
 
 
-def mark_current(spark, engine: DeltaEngine, cfg: Config, version: str) -> dict:
+def mark_current(spark, engine: DeltaEngine, cfg: Config, version: str) -> CurrentResult:
     """Mark `version` current for its method, after checking that it is a complete codebook
     and that semantic_ids holds its rows."""
     store = CodebookStore(cfg.codebooks_root())
@@ -52,10 +64,10 @@ def mark_current(spark, engine: DeltaEngine, cfg: Config, version: str) -> dict:
         raise ArtifactError(f"semantic_ids has no rows of codebook {version}: assign it first "
                             f"(jobs/assign_ids.py codebooks.version={version} codebooks.mark_current=false)")
     if current_version(engine, cfg, method) == version:
-        return {"method": method, "codebook_version": version, "items": n, "skipped": True}
+        return CurrentResult(method, version, n, skipped=True)
     row = {"method": method, "codebook_version": version, "run_id": cfg.run.run_id, "marked_at": datetime.now(timezone.utc)}
     path = cfg.table_path("codebook_current")
     res = engine.write(spark.createDataFrame([row], CODEBOOK_CURRENT), path, "append" if engine.exists(path) else "create",
                        AppTxn(f"psrq.mark_current.{method}.{version}", cfg.run.run_id),
                        description=f"{version} current for {method}")
-    return {"method": method, "codebook_version": version, "items": n, "skipped": res.skipped}
+    return CurrentResult(method, version, n, skipped=res.skipped)

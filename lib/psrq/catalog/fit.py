@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import time
-from typing import NotRequired, Optional, cast
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from psrq.quant.kmeans import resolve_backend
 from psrq.quant.registry import quantizer_class
 from psrq.quant.semantic_ids import fit_sample, quant_spec
 from psrq.quant.spaces import CodebookSet, fit_codebooks
+from psrq.results import TrackedResult
 from psrq.tracking.stages import fit_runs
 from psrq.tracking.store import tracked
 
@@ -50,11 +51,32 @@ def fit_identity(cfg: Config, spec: QuantSpec, modalities: dict, items_path: str
     }, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class FitResult(CodebookManifest):
-    """What fit_stage reports: the version's manifest and whether this call fitted it."""
+@dataclass
+class FitResult(TrackedResult):
+    """What fit_stage reports: the version, its whole manifest as written, and whether this
+    call fitted it."""
 
     status: str  # fitted | already done
-    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
+    version: str
+    method: str
+    manifest: CodebookManifest
+
+    @property
+    def diagnostics(self) -> dict:
+        """Per space (psrq.quant.diagnostics); empty for a version written by other code."""
+        return self.manifest.get("diagnostics") or {}
+
+    @property
+    def sample_size(self) -> int:
+        return int((self.manifest.get("sample") or {}).get("size", 0))
+
+    @property
+    def fit_seconds(self) -> float:
+        return float(self.manifest.get("fit_seconds", 0.0))
+
+    @classmethod
+    def of(cls, manifest: CodebookManifest, status: str) -> "FitResult":
+        return cls(status=status, version=manifest["version"], method=manifest["method"], manifest=manifest)
 
 
 @tracked(fit_runs)
@@ -78,7 +100,7 @@ def fit_stage(job: JobContext, method: str | None = None, created_by: dict | Non
             raise ArtifactError(f"this run already fitted codebook {done['version']}, but it is damaged ({exc}): "
                                 f"remove {cfg.codebooks_root()}/{done['version']} to fit it again") from None
         log.info("codebook %s already fitted by this run (fit %s): nothing to do", done["version"], ident)
-        return cast(FitResult, {**done, "status": "already done"})
+        return FitResult.of(done, "already done")
     items = engine.read(items_path)
     require_item_columns(items, [m["column"] for m in modalities.values()])
     check_item_ids(items)
@@ -108,4 +130,4 @@ def fit_stage(job: JobContext, method: str | None = None, created_by: dict | Non
     }
     version = job.codebooks.write(cbs, manifest, {"code_distributions.png": png.getvalue()})
     log.info("codebook %s written under %s (%s, fit %.1fs)", version, cfg.codebooks_root(), spec.method, fit_s)
-    return cast(FitResult, {**job.codebooks.manifest(version), "status": "fitted"})  # the whole manifest, as written
+    return FitResult.of(job.codebooks.manifest(version), "fitted")

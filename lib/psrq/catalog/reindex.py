@@ -36,6 +36,7 @@ from psrq.errors import InputValidationError, Problem
 from psrq.job import JobContext
 from psrq.quant.artifact import CodebookManifest
 from psrq.quant.spark_encode import encode_items, primary_space, raise_on_problems
+from psrq.results import StageResult
 from psrq.schemas import ITEM_ID, REINDEX_STATE, UPDATED_AT
 from psrq.storage import AppTxn
 from psrq.storage.base import version_of
@@ -62,7 +63,7 @@ def _reuse_or_fit(job: JobContext, night: int) -> str:
         if m.get("created_by", {}).get("reindex_night") == night:
             log.info("reusing codebook %s fitted earlier by night %d", v, night)
             return v
-    return fit_stage(job, created_by={"job": "reindex_catalog", "reindex_night": night})["version"]
+    return fit_stage(job, created_by={"job": "reindex_catalog", "reindex_night": night}).version
 
 
 @dataclass
@@ -84,6 +85,18 @@ class NightPlan:
         return spark.createDataFrame([{k: values[k] for k in REINDEX_STATE.fieldNames()}], REINDEX_STATE)
 
 
+@dataclass
+class NightResult(StageResult):
+    """What a night did: its outcome (the plan with the codebook it ended on) and the
+    semantic_ids version it left; a night already reindexed reports neither."""
+
+    night: int
+    status: str       # done | already done
+    skipped: bool
+    outcome: Optional[NightPlan] = None
+    semantic_ids_version: Optional[int] = None
+
+
 def _stored_plan(engine, state_path: str, night: int) -> NightPlan | None:
     if not engine.exists(state_path):
         return None
@@ -92,7 +105,7 @@ def _stored_plan(engine, state_path: str, night: int) -> NightPlan | None:
     return NightPlan(**{f.name: rows[0][f.name] for f in fields(NightPlan)}) if rows else None
 
 
-def reindex(job: JobContext) -> dict:
+def reindex(job: JobContext) -> NightResult:
     """The night run.run_id (the module's doc): resumes its recorded plan, or plans it."""
     cfg, spark = job.cfg, job.session
     night = cfg.run.run_id
@@ -101,7 +114,7 @@ def reindex(job: JobContext) -> dict:
     done = engine.transaction_version(state_path, APP)
     if done is not None and done >= night:
         log.info("night %d already reindexed: nothing to do", night)
-        return {"night": night, "skipped": True, "status": "already done"}
+        return NightResult(night, "already done", skipped=True)
     plan = _stored_plan(engine, state_path, night)
     if plan is not None:
         log.info("night %d resumes its recorded plan: items v%d, codebook %s, %d changed, refit %s",
@@ -120,7 +133,7 @@ def reindex(job: JobContext) -> dict:
         version = _reuse_or_fit(job, night) if plan.refit else cbs.version
         if plan.refit and cfg.codebooks.mark_current:
             mark_current(spark, engine, cfg, version)
-        return _finish(spark, engine, state_path, plan, {"version": engine.version(sid_path), "codebook_version": version})
+        return _finish(spark, engine, state_path, plan, version_of(engine, sid_path), version)
     changed = _changed(engine, cfg, items, cbs, state_path)
     # one task per core: the changed items come out of a shuffle (spark.shuffle_partitions: the cluster
     # profile's 400), and adaptive execution does not merge the partitions of a cached frame
@@ -130,10 +143,10 @@ def reindex(job: JobContext) -> dict:
         if plan is None:
             plan = _plan(spark, cfg, engine, encoded, cbs, manifest, NightPlan(night, cutoff, items_version, cbs.version,
                                                                                  0, 0.0, 0.0, False))
-        result = _apply(job, plan, items, changed, encoded, cbs)
+        sid_version, cb_version = _apply(job, plan, items, changed, encoded, cbs)
     finally:
         encoded.unpersist()
-    return _finish(spark, engine, state_path, plan, result)
+    return _finish(spark, engine, state_path, plan, sid_version, cb_version)
 
 
 def _checked_cutoff(cfg: Config, items: DataFrame, items_version: int, night: int) -> Optional[datetime]:
@@ -183,31 +196,36 @@ def _plan(spark, cfg: Config, engine, encoded: DataFrame, cbs, manifest: Codeboo
     return plan
 
 
-def _apply(job: JobContext, plan: NightPlan, items: DataFrame, changed: DataFrame, encoded: DataFrame, cbs) -> dict:
-    """Merge the changed items' IDs, or (drift) refit and reassign the whole catalogue."""
+def _apply(job: JobContext, plan: NightPlan, items: DataFrame, changed: DataFrame, encoded: DataFrame,
+           cbs) -> tuple[int, str]:
+    """Merge the changed items' IDs, or (drift) refit and reassign the whole catalogue; the
+    semantic_ids version and the codebook version it leaves."""
     spark, cfg, engine = job.session, job.cfg, job.engine
     if plan.refit:
         version = _reuse_or_fit(job, plan.night)
         log.info("drift over threshold: reassigning the whole catalogue with codebook %s", version)
         new_cbs, _ = job.codebooks.load(version)
-        return assign_full(spark, cfg, engine, items, new_cbs, AppTxn(APP, plan.night))  # the plan's items version
+        res = assign_full(spark, cfg, engine, items, new_cbs, AppTxn(APP, plan.night))  # the plan's items version
+        return res.version, res.codebook_version
     if plan.n_changed:
-        return assign_incremental(spark, cfg, engine, changed, cbs, AppTxn(APP, plan.night), encoded=encoded)
-    return {"version": engine.version(cfg.table_path("semantic_ids")), "codebook_version": cbs.version, "skipped": False}
+        res = assign_incremental(spark, cfg, engine, changed, cbs, AppTxn(APP, plan.night), encoded=encoded)
+        return res.version, res.codebook_version
+    return version_of(engine, cfg.table_path("semantic_ids")), cbs.version
 
 
-def _finish(spark, engine, state_path: str, plan: NightPlan, result: dict) -> dict:
-    outcome = replace(plan, codebook_version=result["codebook_version"])
+def _finish(spark, engine, state_path: str, plan: NightPlan, sid_version: int, codebook_version: str) -> NightResult:
+    outcome = replace(plan, codebook_version=codebook_version)
     engine.write(outcome.row(spark, "done"), state_path, "append", AppTxn(APP, plan.night),
                  description=f"reindex night {plan.night}: outcome")
-    return {**asdict(outcome), "semantic_ids_version": result["version"], "skipped": False, "status": "done"}
+    return NightResult(plan.night, "done", skipped=False, outcome=outcome, semantic_ids_version=sid_version)
 
 
-def format_night(res: dict) -> str:
+def format_night(res: NightResult) -> str:
     """One line for a night's result (the job's and the demo's output)."""
-    if res.get("skipped"):
-        return f"night {res['night']}: already done, nothing changed"
-    what = "drift: refitted and reassigned the catalogue" if res["refit"] else "merged"
-    return (f"night {res['night']}: {res['n_changed']:,} new/changed items, error share {res['error_share']:.3f}, "
-            f"layer-1 shift {res['layer1_shift']:.3f}; {what} (codebook {res['codebook_version']}, "
-            f"semantic_ids version {res['semantic_ids_version']})")
+    o = res.outcome
+    if o is None:
+        return f"night {res.night}: already done, nothing changed"
+    what = "drift: refitted and reassigned the catalogue" if o.refit else "merged"
+    return (f"night {res.night}: {o.n_changed:,} new/changed items, error share {o.error_share:.3f}, "
+            f"layer-1 shift {o.layer1_shift:.3f}; {what} (codebook {o.codebook_version}, "
+            f"semantic_ids version {res.semantic_ids_version})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pyspark.sql import types as T
 
 from psrq.errors import InputValidationError, Problem, PsrqError
 from psrq.job import JobContext
+from psrq.results import StageResult
 from psrq.storage import AppTxn
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,20 @@ def embed(texts: list[str], path: str, batch_size: int) -> np.ndarray:
                         show_progress_bar=False).astype(np.float32)
 
 
-def embed_text_stage(job: JobContext) -> dict:
+@dataclass
+class EmbedResult(StageResult):
+    """The table with its new embedding column."""
+
+    table: str
+    column: str
+    dim: int
+    model: str      # the sentence-transformers model folder
+    rows: int
+    version: int
+    committed: bool  # False: this run's commit was already there
+
+
+def embed_text_stage(job: JobContext) -> EmbedResult:
     cfg = job.cfg
     ec = cfg.embed_text
     model_path = ec.model_path or default_model_path()
@@ -85,5 +100,4 @@ def embed_text_stage(job: JobContext) -> dict:
     log.info("embedding %s.%s with %s (%d-d)", ec.table, text_col, model_path, dim)
     txn = AppTxn(f"psrq.embed_text.{ec.table}.{ec.output_column}", cfg.run.run_id)
     res = engine.write(out, path, "overwrite", txn, description=f"{ec.output_column} = embed({text_col})")
-    return {"table": path, "column": ec.output_column, "dim": dim, "model": model_path, "rows": df.count(),
-            "version": res.version, "committed": not res.skipped}  # skipped: this run's commit was already there
+    return EmbedResult(path, ec.output_column, dim, model_path, df.count(), res.version, committed=not res.skipped)

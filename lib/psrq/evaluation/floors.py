@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import cast
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
@@ -23,7 +22,7 @@ from pyspark.sql import functions as F
 
 from psrq.evaluation.auc import EvaluationError
 from psrq.evaluation.metrics import EPS, evaluate_predictions
-from psrq.evaluation.record import RECORDED, Evaluated, FloorResult, eval_record
+from psrq.evaluation.record import Evaluated, FloorResult, Metrics, eval_record
 from psrq.job import JobContext
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
@@ -91,7 +90,7 @@ def floors_stage(job: JobContext) -> dict[str, FloorResult]:
                 engine.read(metrics_path).filter(F.col("eval_id").isin(list(ids.values()))).collect()}
         if len(done) == len(ids):
             log.info("floors of %s already recorded in %s", ec.split, metrics_path)
-            return {name: cast(FloorResult, {"status": "already done", "eval_id": i, **{k: done[i][k] for k in RECORDED}})
+            return {name: FloorResult(**Metrics.of(done[i]).recorded(), status="already done", eval_id=i)
                     for name, i in ids.items()}
 
     def split(name: str) -> DataFrame:
@@ -105,5 +104,4 @@ def floors_stage(job: JobContext) -> dict[str, FloorResult]:
     txn = AppTxn(f"psrq.floors.{man.key}.{ec.split}", cfg.run.run_id)
     engine.write(spark.createDataFrame(records, EVAL_METRICS), metrics_path, "append", txn,
                  description=f"floors of {ec.split} ({man.key})")
-    return {name: cast(FloorResult, {"status": "evaluated", "eval_id": ids[name], **{k: m.get(k) for k in RECORDED}})
-            for name, m in metrics.items()}
+    return {name: FloorResult(**Metrics.of(m).recorded(), status="evaluated", eval_id=ids[name]) for name, m in metrics.items()}

@@ -4,12 +4,16 @@ metrics."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import NotRequired, Optional, TypedDict
+from typing import Any, Optional
+
+from psrq.results import TrackedResult
 
 
-class Metrics(TypedDict):
+@dataclass
+class Metrics:
     """What eval_metrics keeps of an evaluation's metrics (psrq.evaluation.metrics.evaluate_predictions):
     None where a metric is undefined (no cold rows, one label, GAUC off)."""
 
@@ -21,16 +25,26 @@ class Metrics(TypedDict):
     gauc: Optional[float]
     calibration_error: Optional[float]
 
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> "Metrics":
+        """The recorded metrics of a mapping that has them (an eval_metrics row, a metrics dict)."""
+        return cls(**{k: values.get(k) for k in RECORDED})  # type: ignore[arg-type]  # the row is EVAL_METRICS
 
-RECORDED = tuple(Metrics.__annotations__)
+    def recorded(self) -> dict[str, Any]:
+        """The metrics alone, by name (a floor's result has more fields)."""
+        return {k: getattr(self, k) for k in RECORDED}
 
 
-class FloorResult(Metrics):
-    """A floor's evaluation as psrq.evaluation.floors.floors_stage reports it."""
+RECORDED = tuple(f.name for f in fields(Metrics))
+
+
+@dataclass
+class FloorResult(Metrics, TrackedResult):
+    """A floor's evaluation as psrq.evaluation.floors.floors_stage reports it: its metrics,
+    and how it ran."""
 
     status: str  # evaluated | already done
     eval_id: str
-    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,7 @@ class Evaluated:
     predictions: str    # its predictions table ("" for a floor)
 
 
-def eval_record(cfg, man, what: Evaluated, metrics: dict, at: datetime) -> dict:
+def eval_record(cfg, man, what: Evaluated, metrics: Mapping[str, Any], at: datetime) -> dict:
     """The eval_metrics row of `what` scored on cfg's evaluate.split of the samples `man`."""
     return {**asdict(what), "run_id": cfg.run.run_id, "evaluated_at": at, "dataset": cfg.dataset.name,
             "split": cfg.evaluate.split, "codebook_version": man.codebook_version, "samples": man.key,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from typing import NotRequired, Optional, cast
+from typing import Optional
 
 import numpy as np
 from pyspark.sql import functions as F
@@ -24,6 +25,7 @@ from psrq.evaluation.record import RECORDED, Evaluated, Metrics, eval_record
 from psrq.evaluation.scoring import bundle_from_checkpoint, score
 from psrq.job import JobContext
 from psrq.models.registry import needs_content
+from psrq.results import TrackedResult
 from psrq.samples.content import CONTENT_FILE, read_content_bytes
 from psrq.samples.layout import SamplesManifest
 from psrq.schemas import EVAL_METRICS
@@ -37,9 +39,10 @@ from psrq.training.run import checkpoint_meta, content_file, identity_and_folder
 log = logging.getLogger(__name__)
 
 
-class EvalResult(Metrics):
+@dataclass
+class EvalResult(TrackedResult):
     """What evaluate_stage reports: its eval_metrics row (less the configuration; the time as
-    ISO 8601), the metrics again as one mapping, and how it ran."""
+    ISO 8601) with the metrics as one field, and how it ran."""
 
     eval_id: str
     run_id: int
@@ -60,16 +63,16 @@ class EvalResult(Metrics):
     metrics: Metrics
     calibration: Optional[dict]   # evaluate.calibrate's fit, if any
     content_file: Optional[str]
-    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
 
 
 def _summary(record: dict, status: str, content: bool) -> EvalResult:
-    out = {k: v for k, v in record.items() if k != "config"}
     at = record["evaluated_at"]
-    out["evaluated_at"] = at.isoformat() if hasattr(at, "isoformat") else at
-    return cast(EvalResult, {**out, "status": status, "metrics": {k: record.get(k) for k in RECORDED},
-                             "calibration": json.loads(record.get("config") or "{}").get("calibration"),
-                             "content_file": CONTENT_FILE if content else None})
+    kept = {f.name for f in fields(EvalResult)} - set(RECORDED) - {"evaluated_at", "status", "metrics", "tracking"}
+    return EvalResult(
+        **{k: v for k, v in record.items() if k in kept},
+        evaluated_at=at.isoformat() if hasattr(at, "isoformat") else at, status=status, metrics=Metrics.of(record),
+        calibration=json.loads(record.get("config") or "{}").get("calibration"),
+        content_file=CONTENT_FILE if content else None)
 
 
 def calibrated(spark, man: SamplesManifest, bc, ec, preds):

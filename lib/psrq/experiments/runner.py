@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from psrq.config import Config
 from psrq.errors import StorageError
@@ -23,6 +24,9 @@ from psrq.experiments.report import FLOOR
 from psrq.job import JobContext
 from psrq.schemas import EXPERIMENT_RESULTS
 from psrq.storage import AppTxn, fs
+
+if TYPE_CHECKING:
+    from psrq.samples.layout import SamplesManifest
 
 log = logging.getLogger(__name__)
 RESULTS_TABLE = "experiment_results"
@@ -74,14 +78,14 @@ def prepare_data(djob: JobContext) -> None:
                                "docs/DATA.md)")
 
 
-def prepare_method(job: JobContext) -> dict:
+def prepare_method(job: JobContext) -> SamplesManifest:
     """Codebooks, semantic IDs and samples for job.cfg.codebooks.method, unless already built."""
     from psrq.samples.build import build_samples
     from psrq.samples.layout import SamplesManifest
 
     c = job.cfg
     if fs.exists(fs.join(c.samples_root(), SamplesManifest.FILE)):
-        return SamplesManifest.read(c.samples_root()).raw
+        return SamplesManifest.read(c.samples_root())
     from psrq.catalog.assign import assign
     from psrq.catalog.fit import fit_stage
 
@@ -93,7 +97,6 @@ def prepare_method(job: JobContext) -> dict:
 
 def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=print) -> list[dict]:
     from psrq.evaluation.floors import floors_stage
-    from psrq.evaluation.record import RECORDED
     from psrq.evaluation.stage import evaluate_stage
     from psrq.samples.layout import SamplesManifest
     from psrq.tracking.runs import cell_run, numbers
@@ -129,20 +132,18 @@ def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=
             trained = train_stage(job.with_cfg(c))
             t_train = time.time() - t0
             ev = evaluate_stage(job.with_cfg(c))
-            m = ev["metrics"]
-            tracked.metrics = numbers({k: m.get(k) for k in RECORDED})
+            m = ev.metrics
+            tracked.metrics = numbers(m.recorded())
         row = {"experiment": exp.name, "dataset": dcfg.dataset.name, "cell": cell, "seed": seed, "model": c.train.model,
-               "method": c.codebooks.method, "codebook_version": ev["codebook_version"], "eval_id": ev["eval_id"],
-               "rows": m["rows"], "cold_rows": m["cold_rows"], "auc": m["auc"], "cold_auc": m["cold_auc"],
-               "logloss": m["logloss"], "gauc": m.get("gauc"), "train_seconds": round(t_train, 1),
-               "finished_at": datetime.now(timezone.utc), "calibration_error": m.get("calibration_error"),
-               "train_identity": trained["identity"], "steps": trained["steps"], "best_step": trained.get("best_step"),
-               "curve": json.dumps(trained.get("curve") or [])}
-        record(row, f"{cell}.{seed}.{trained['identity']}")
+               "method": c.codebooks.method, "codebook_version": ev.codebook_version, "eval_id": ev.eval_id, **m.recorded(),
+               "train_seconds": round(t_train, 1), "finished_at": datetime.now(timezone.utc),
+               "train_identity": trained.identity, "steps": trained.steps, "best_step": trained.best_step,
+               "curve": json.dumps(trained.curve)}
+        record(row, f"{cell}.{seed}.{trained.identity}")
         rows.append(row)
-        progress(f"[{exp.name} on {dcfg.dataset.name}] {i}/{len(plan)} {cell} seed {seed}: AUC {m['auc']:.4f}, "
-                 f"cold AUC {format_metric(m['cold_auc'])}, logloss {m['logloss']:.4f} ({trained['steps']} steps, "
-                 f"best at {trained.get('best_step')}, {time.time() - t0:.0f}s)")
+        progress(f"[{exp.name} on {dcfg.dataset.name}] {i}/{len(plan)} {cell} seed {seed}: AUC {m.auc:.4f}, "
+                 f"cold AUC {format_metric(m.cold_auc)}, logloss {m.logloss:.4f} ({trained.steps} steps, "
+                 f"best at {trained.best_step}, {time.time() - t0:.0f}s)")
     rows += run_floors(job.with_cfg(cell_config(dcfg, exp.cells[exp.ours], seeds[0])), exp, done, record, floors_stage)
     return rows
 
@@ -160,10 +161,8 @@ def run_floors(job: JobContext, exp: Experiment, done: set, record, floors_stage
         if (exp.name, f"{FLOOR}{name}", 0, "floor") in done:
             continue
         row = {"experiment": exp.name, "dataset": c.dataset.name, "cell": f"{FLOOR}{name}", "seed": 0,
-               "model": f"{FLOOR}{name}", "method": "-", "codebook_version": "-", "eval_id": m["eval_id"],
-               "rows": m["rows"], "cold_rows": m["cold_rows"], "auc": m["auc"], "cold_auc": m["cold_auc"],
-               "logloss": m["logloss"], "gauc": m.get("gauc"), "train_seconds": 0.0,
-               "finished_at": datetime.now(timezone.utc), "calibration_error": m.get("calibration_error"),
+               "model": f"{FLOOR}{name}", "method": "-", "codebook_version": "-", "eval_id": m.eval_id,
+               **m.recorded(), "train_seconds": 0.0, "finished_at": datetime.now(timezone.utc),
                "train_identity": "floor", "steps": None, "best_step": None, "curve": None}
         record(row, f"floor.{name}")
         rows.append(row)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
@@ -34,6 +35,7 @@ from psrq.config import TUNED_DIR
 from psrq.experiments.matrix import cell_config, dataset_config
 from psrq.experiments.runner import prepare_data, prepare_method
 from psrq.job import JobContext
+from psrq.results import StageResult
 from psrq.tracking.runs import doc, numbers, search_run, trial_run
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,9 @@ def trial(djob: JobContext, model: str, setting: dict, seeds: list[int]) -> dict
                                    "train.epochs": tc.epochs, "train.patience": tc.patience}, seed)
             prepare_method(djob.with_cfg(c))
             res = train_stage(djob.with_cfg(c))
-            runs.append({"seed": seed, "identity": res["identity"], "status": res["status"], "steps": res["steps"],
-                         "best_step": res.get("best_step"), "valid_auc": res["valid"]["auc"],
-                         "valid_cold_auc": res["valid"].get("cold_auc"), "valid_logloss": res["valid"].get("logloss")})
+            runs.append({"seed": seed, "identity": res.identity, "status": res.status, "steps": res.steps,
+                         "best_step": res.best_step, "valid_auc": res.valid["auc"],
+                         "valid_cold_auc": res.valid.get("cold_auc"), "valid_logloss": res.valid.get("logloss")})
         aucs = [r["valid_auc"] for r in runs if r["valid_auc"] is not None]
         losses = [r["valid_logloss"] for r in runs if r["valid_logloss"] is not None]
         out = {"model": model, "setting": setting, "valid_auc_mean": mean(aucs) if aucs else None,
@@ -113,7 +115,25 @@ def _short(setting: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting.items())
 
 
-def tune(job: JobContext, progress=print) -> dict:
+@dataclass
+class Search(StageResult):
+    """A finished search (jobs/tune.py): the settings chosen per model, ready for write_tuned,
+    and each model's staged grid (tune_model) with every trial; <dataset>.search.json."""
+
+    dataset: str
+    chosen: dict[str, dict]       # model -> its train settings, with the tuning's epochs and patience
+    results: dict[str, dict]      # model -> {chosen, selected_on, valid_auc_mean, valid_logloss_mean, trials}
+    space: dict[str, list]
+    seeds: list[int]
+    inherit: dict[str, str]
+    finished_at: str
+
+    def valid_auc(self) -> dict[str, float | None]:
+        """Each model's mean valid AUC at its chosen setting."""
+        return {m: r["valid_auc_mean"] for m, r in self.results.items()}
+
+
+def tune(job: JobContext, progress=print) -> Search:
     """Every model of tuning.models on cfg's dataset (under experiments.root, as the
     experiments); the chosen settings per model, with epochs and patience, ready for
     write_tuned."""
@@ -126,23 +146,22 @@ def tune(job: JobContext, progress=print) -> dict:
     for model, source in cfg.tuning.inherit.items():
         if source in chosen:
             chosen[model] = dict(chosen[source])
-    return {"dataset": cfg.dataset.name, "chosen": chosen, "results": results,
-            "space": cfg.tuning.space, "seeds": cfg.tuning.seeds, "inherit": cfg.tuning.inherit,
-            "finished_at": datetime.now(timezone.utc).isoformat()}
+    return Search(cfg.dataset.name, chosen, results, cfg.tuning.space, cfg.tuning.seeds, cfg.tuning.inherit,
+                  datetime.now(timezone.utc).isoformat())
 
 
-def write_tuned(conf_dir: Path, search: dict) -> tuple[Path, Path]:
+def write_tuned(conf_dir: Path, search: Search) -> tuple[Path, Path]:
     """conf/tuned/<dataset>.yaml (what load_config reads) and <dataset>.search.json beside it."""
     folder = Path(conf_dir) / TUNED_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    name = search["dataset"]
+    name = search.dataset
     record = folder / f"{name}.search.json"
-    record.write_text(json.dumps(search, indent=2, default=str))
-    head = (f"# Chosen by jobs/tune.py on the valid split of {name} (never its test split), {search['finished_at'][:10]}:\n"
-            f"# per model, the setting with the best mean valid AUC over seeds {search['seeds']} in a staged grid over\n"
-            f"# {'; '.join(f'{k} {list(v)}' for k, v in search['space'].items())};\n"
-            f"# inherited: {search['inherit'] or 'none'}. The search: {record.name}.\n"
+    record.write_text(json.dumps(search.as_dict(), indent=2, default=str))
+    head = (f"# Chosen by jobs/tune.py on the valid split of {name} (never its test split), {search.finished_at[:10]}:\n"
+            f"# per model, the setting with the best mean valid AUC over seeds {search.seeds} in a staged grid over\n"
+            f"# {'; '.join(f'{k} {list(v)}' for k, v in search.space.items())};\n"
+            f"# inherited: {search.inherit or 'none'}. The search: {record.name}.\n"
             "# The command line's overrides win over these.\n")
     tuned = folder / f"{name}.yaml"
-    tuned.write_text(head + OmegaConf.to_yaml(OmegaConf.create({"tuned": search["chosen"]})))
+    tuned.write_text(head + OmegaConf.to_yaml(OmegaConf.create({"tuned": search.chosen})))
     return tuned, record

@@ -183,7 +183,7 @@ class Split:
         return F.unix_micros("ts") < F.lit(self.valid_from)
 
 
-def build_samples(job: JobContext) -> dict:
+def build_samples(job: JobContext) -> SamplesManifest:
     """The steps, in order: sources, split, vocabulary, events, histories, write, content
     features, manifest."""
     cfg, spark = job.cfg, job.session
@@ -223,7 +223,7 @@ def build_samples(job: JobContext) -> dict:
         info["content"]["file"] = CONTENT_FILE
     fs.write_text(fs.join(base, SamplesManifest.FILE), json.dumps(info, indent=2))  # last: the samples are complete
     log.info("samples: %s", {s: o["rows"] for s, o in splits.items()})
-    return {**info, "path": base, "splits": {s: {**o, "path": fs.join(base, o["path"])} for s, o in splits.items()}}
+    return SamplesManifest.of(base, info)
 
 
 def read_sources(job: JobContext) -> Sources:

@@ -200,16 +200,26 @@ class SamplesManifest:
         except FileNotFoundError:
             raise TrainingError(f"no samples at {path} (missing {cls.FILE}): run jobs/build_samples.py first") from None
         try:
-            m = json.loads(text)
-            # split paths are relative to the manifest's folder (absolute in manifests before 2026-12)
-            splits = {s: {**o, "path": o["path"] if "://" in o["path"] or o["path"].startswith("/")
-                          else fs.join(path, o["path"])} for s, o in m["splits"].items()}
-            return cls(path=path, codebook_version=m["codebook_version"], k=int(m["k"]), layers=int(m["layers"]),
-                       spaces=tuple(m["spaces"]), history_len=int(m["history_len"]), vocab_size=int(m["vocab_size"]),
-                       splits=splits, source_versions=m["source_versions"], split_from_us=m["split_from_us"],
-                       content=m.get("content"), raw=m)
+            return cls.of(path, json.loads(text))
         except (ValueError, KeyError, TypeError) as exc:
             raise TrainingError(f"the samples manifest {f} is unreadable or incomplete ({exc!r}): rebuild the samples") from exc
+
+    @classmethod
+    def of(cls, path: str, m: dict) -> "SamplesManifest":
+        """The manifest document `m` of the samples at `path`."""
+        from psrq.storage import fs
+
+        # split paths are relative to the manifest's folder (absolute in manifests before 2026-12)
+        splits = {s: {**o, "path": o["path"] if "://" in o["path"] or o["path"].startswith("/")
+                      else fs.join(path, o["path"])} for s, o in m["splits"].items()}
+        return cls(path=path, codebook_version=m["codebook_version"], k=int(m["k"]), layers=int(m["layers"]),
+                   spaces=tuple(m["spaces"]), history_len=int(m["history_len"]), vocab_size=int(m["vocab_size"]),
+                   splits=splits, source_versions=m["source_versions"], split_from_us=m["split_from_us"],
+                   content=m.get("content"), raw=m)
+
+    def as_dict(self) -> dict:
+        """The manifest document, with the folder and the splits' locations resolved (a job's --json)."""
+        return {**self.raw, "path": self.path, "splits": self.splits}
 
     @property
     def key(self) -> str:
@@ -219,6 +229,10 @@ class SamplesManifest:
                                           "splits": self.raw.get("splits", self.splits),
                                           "source_versions": self.source_versions,
                                           "split_from_us": self.split_from_us}, sort_keys=True).encode()).hexdigest()[:10]
+
+    def row_counts(self) -> str:
+        """The splits' rows, for a line of output."""
+        return ", ".join(f"{s} {o['rows']:,}" for s, o in self.splits.items())
 
     def split_path(self, split: str) -> str:
         return self.splits[split]["path"]

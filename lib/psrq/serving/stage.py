@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -19,6 +20,7 @@ from pyspark.sql import functions as F
 from psrq.errors import TrainingError
 from psrq.job import JobContext
 from psrq.models.registry import build_model, needs_content
+from psrq.results import TrackedResult
 from psrq.samples.content import read_content
 from psrq.samples.layout import SamplesManifest
 from psrq.serving import artifact
@@ -36,8 +38,34 @@ RANKER, LOOKUP, MANIFEST, MLFLOW_MODEL = "ranker.pt2", "lookup", "export.json", 
 MODEL_METADATA = ("codebook_version", "model", "train_identity", "step", "weights", "samples", "history_len")
 
 
+@dataclass
+class ExportResult(TrackedResult):
+    """An export: where it lies, what it holds (export.json, whole in `manifest`) and whether
+    this call wrote it."""
+
+    status: str             # exported | already done
+    path: str
+    model: str
+    train_identity: str
+    step: int
+    weights: str
+    codebook_version: str   # the codebook version the ranker expects
+    samples: str
+    ranker: str             # the torch.export archive, in `path`
+    lookup: str             # the item lookup's folder, in `path`
+    items: int              # rows of the lookup
+    parity_gap: float
+    manifest: dict
+
+    @classmethod
+    def of(cls, manifest: dict, path: str, status: str) -> "ExportResult":
+        return cls(status=status, path=path, manifest=manifest,
+                   **{f: manifest[f] for f in ("model", "train_identity", "step", "weights", "codebook_version",
+                                               "samples", "ranker", "lookup", "items", "parity_gap")})
+
+
 @tracked(export_runs)
-def export_stage(job: JobContext) -> dict:
+def export_stage(job: JobContext) -> ExportResult:
     cfg, tc = job.cfg, job.cfg.train
     man = SamplesManifest.read(cfg.samples_root())
     ident, ckpt_dir = identity_and_folder(cfg, man)
@@ -50,7 +78,7 @@ def export_stage(job: JobContext) -> dict:
     out = fs.join(cfg.export_root(), f"{tc.model}-{ident.key}-{weights}")
     if fs.exists(fs.join(out, MANIFEST)):
         log.info("%s already exported to %s", tc.model, out)
-        return {**json.loads(fs.read_text(fs.join(out, MANIFEST))), "path": out, "status": "already done"}
+        return ExportResult.of(json.loads(fs.read_text(fs.join(out, MANIFEST))), out, "already done")
     content = read_content(content_file(cfg.samples_root(), man)) if man.content else None  # the lookup's content_idx
     model = build_model(model_args(cfg, man), content if needs_content(tc.model, tc.model_options) else None)
     model.load_state_dict(ckpt["model"])
@@ -76,7 +104,7 @@ def export_stage(job: JobContext) -> dict:
     meta = {**meta, "ranker": RANKER, "items": items, "mlflow_model": MLFLOW_MODEL}
     fs.write_text(fs.join(out, MANIFEST), json.dumps(meta, indent=2))  # last
     log.info("%s exported to %s (%d items, parity gap %.1e)", tc.model, out, items, gap)
-    return {**meta, "path": out, "status": "exported"}
+    return ExportResult.of(meta, out, "exported")
 
 
 def write_mlflow_model(out: str, ranker: bytes, meta: dict, rows: dict, tolerance: float) -> None:

@@ -9,7 +9,15 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from psrq.evaluation.record import FloorResult
+    from psrq.evaluation.stage import EvalResult
+    from psrq.quant.artifact import CodebookManifest
+    from psrq.results import StageResult
+    from psrq.serving.stage import ExportResult
+    from psrq.training.stage import TrainResult
 
 MAX_METRICS = 500  # a codebook's diagnostics flatten to hundreds of figures; more is noise in a UI
 MAX_PARAM = 6000   # MLflow's limit on a parameter's value
@@ -74,8 +82,9 @@ def versions_read(source_versions: dict) -> dict[str, str]:
     return {f"delta.read.{name}": str(v) for name, v in source_versions.items()}
 
 
-def fit_run(result: dict, codebook_dir: str) -> TrackedRun:
-    """A codebook fit (psrq.catalog.fit.fit_stage's manifest)."""
+def fit_run(manifest: "CodebookManifest", codebook_dir: str) -> TrackedRun:
+    """A codebook fit (the manifest of psrq.catalog.fit.fit_stage's version)."""
+    result: dict[str, Any] = dict(manifest)
     source = result.get("source") or {}
     return TrackedRun(
         "fit", result["fit_identity"], f"fit {result['method']} {result['version']}",
@@ -89,41 +98,44 @@ def fit_run(result: dict, codebook_dir: str) -> TrackedRun:
                "codebook/code_distributions.png": f"{codebook_dir}/code_distributions.png"})
 
 
-def train_run(result: dict, source_versions: dict) -> TrackedRun:
+def _document(result: "StageResult") -> str:
+    """A result as its run's JSON artifact: how it ran this time (status, tracking) left out."""
+    return doc({k: v for k, v in result.as_dict().items() if k not in ("status", "tracking")})
+
+
+def train_run(result: "TrainResult", source_versions: dict) -> TrackedRun:
     """A training (psrq.training.stage.train_stage's record): the validation curve per step."""
-    curves = [(k, float(v), int(point["step"])) for point in result.get("curve") or []
+    curves = [(k, float(v), int(point["step"])) for point in result.curve
               for k, v in point.items() if k not in ("step", "epoch") and isinstance(v, (int, float))]
-    summary = {"valid": result.get("valid"), "train_loss": result.get("train_loss"), "steps": result.get("steps"),
-               "best_step": result.get("best_step"), "samples_per_second": result.get("samples_per_second")}
+    summary = {"valid": result.valid, "train_loss": result.train_loss, "steps": result.steps,
+               "best_step": result.best_step, "samples_per_second": result.samples_per_second}
     return TrackedRun(
-        "train", result["identity"], f"train {result['model']} seed {result['settings']['seed']}",
-        params=params(result["settings"]), metrics=numbers(summary), curves=curves,
-        tags={"psrq.samples": result["settings"]["samples"], "psrq.codebook_version": result["codebook_version"],
-              "psrq.checkpoint": result["checkpoint"], **versions_read(source_versions)},
-        texts={"train_result.json": doc({k: v for k, v in result.items() if k != "status"})})
+        "train", result.identity, f"train {result.model} seed {result.settings['seed']}",
+        params=params(result.settings), metrics=numbers(summary), curves=curves,
+        tags={"psrq.samples": result.settings["samples"], "psrq.codebook_version": result.codebook_version,
+              "psrq.checkpoint": result.checkpoint, **versions_read(source_versions)},
+        texts={"train_result.json": _document(result)})
 
 
-def eval_run(result: dict, written: dict[str, Any]) -> TrackedRun:
+def eval_run(result: "EvalResult", written: dict[str, Any]) -> TrackedRun:
     """An evaluation (psrq.evaluation.stage.evaluate_stage's summary). written: the Delta
     versions it wrote (predictions, eval_metrics)."""
     return TrackedRun(
-        "evaluate", result["eval_id"], f"evaluate {result['model']} seed {result['seed']} on {result['split']}",
-        params=params({k: result.get(k) for k in ("model", "seed", "split", "checkpoint_step", "train_identity",
-                                                   "weights", "samples", "codebook_version", "calibration")}),
-        metrics=numbers(result["metrics"]),
-        tags={"psrq.samples": result["samples"], "psrq.codebook_version": result["codebook_version"],
-              "psrq.train_identity": result["train_identity"],
-              **versions_read(json.loads(result.get("data_versions") or "{}")),
+        "evaluate", result.eval_id, f"evaluate {result.model} seed {result.seed} on {result.split}",
+        params=params({k: getattr(result, k) for k in ("model", "seed", "split", "checkpoint_step", "train_identity",
+                                                        "weights", "samples", "codebook_version", "calibration")}),
+        metrics=numbers(result.metrics.recorded()),
+        tags={"psrq.samples": result.samples, "psrq.codebook_version": result.codebook_version,
+              "psrq.train_identity": result.train_identity, **versions_read(json.loads(result.data_versions or "{}")),
               **{f"delta.write.{name}": str(v) for name, v in written.items()}},
-        texts={"evaluation.json": doc({k: v for k, v in result.items() if k != "status"})})
+        texts={"evaluation.json": _document(result)})
 
 
-def floor_run(name: str, result: dict, split: str, samples: str, source_versions: dict) -> TrackedRun:
+def floor_run(name: str, result: "FloorResult", split: str, samples: str, source_versions: dict) -> TrackedRun:
     """One non-learned floor's evaluation (psrq.evaluation.floors.floors_stage)."""
-    return TrackedRun("floor", result["eval_id"], f"floor {name} on {split}",
+    return TrackedRun("floor", result.eval_id, f"floor {name} on {split}",
                       params={"floor": name, "split": split, "samples": samples},
-                      metrics=numbers({k: v for k, v in result.items() if k not in ("status", "eval_id")}),
-                      tags={"psrq.samples": samples, **versions_read(source_versions)})
+                      metrics=numbers(result.recorded()), tags={"psrq.samples": samples, **versions_read(source_versions)})
 
 
 def experiment_run(name: str, dataset: str, seeds: list[int]) -> TrackedRun:
@@ -154,16 +166,16 @@ def trial_run(model: str, setting: dict, seeds: list[int]) -> TrackedRun:
                       params=params({"model": model, **{f"train.{k}": v for k, v in setting.items()}}))
 
 
-def export_run(result: dict, model: str | None) -> TrackedRun:
+def export_run(result: "ExportResult", model: str | None) -> TrackedRun:
     """A ranker exported for serving (psrq.serving.stage.export_stage): `model`, the export's
     MLflow model folder, becomes the run's logged model (loadable as models:/<model id>)."""
+    m = result.manifest
     return TrackedRun(
-        "export", f"{result['model']}-{result['train_identity']}-{result['weights']}",
-        f"export {result['model']} step {result['step']}",
-        params=params({k: result.get(k) for k in ("model", "train_identity", "step", "weights", "samples",
-                                                   "codebook_version", "history_len")}),
-        metrics=numbers({k: result.get(k) for k in ("parity_gap", "items")}),
-        tags={"psrq.codebook_version": result["codebook_version"], "psrq.train_identity": result["train_identity"],
-              "psrq.samples": result["samples"], "psrq.export": result["path"],
-              f"delta.read.{result['vocab_table'].rstrip('/').rsplit('/', 1)[-1]}": str(result["vocab_version"])},
-        texts={"export.json": doc({k: v for k, v in result.items() if k != "status"})}, model=model)
+        "export", f"{result.model}-{result.train_identity}-{result.weights}", f"export {result.model} step {result.step}",
+        params=params({k: m.get(k) for k in ("model", "train_identity", "step", "weights", "samples",
+                                              "codebook_version", "history_len")}),
+        metrics=numbers({"parity_gap": result.parity_gap, "items": result.items}),
+        tags={"psrq.codebook_version": result.codebook_version, "psrq.train_identity": result.train_identity,
+              "psrq.samples": result.samples, "psrq.export": result.path,
+              f"delta.read.{m['vocab_table'].rstrip('/').rsplit('/', 1)[-1]}": str(m["vocab_version"])},
+        texts={"export.json": doc({**m, "path": result.path})}, model=model)

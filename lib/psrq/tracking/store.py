@@ -26,6 +26,7 @@ from psrq.tracking.runs import TrackedRun
 if TYPE_CHECKING:
     from psrq.config import Config
     from psrq.job import JobContext
+    from psrq.results import TrackedResult
 
 log = logging.getLogger(__name__)
 KIND, KEY, PARENT = "psrq.kind", "psrq.key", "mlflow.parentRunId"
@@ -238,9 +239,9 @@ def _delete(client, run_id: str) -> None:
         client.delete_run(run_id)
 
 
-def tracked(build: Callable[["JobContext", Any], list[tuple[TrackedRun, Any]]]
+def tracked(build: Callable[["JobContext", Any], list[tuple[TrackedRun, "TrackedResult"]]]
             ) -> Callable[[Callable[Concatenate["JobContext", P], R]], Callable[Concatenate["JobContext", P], R]]:
-    """A stage whose result is recorded: build(job, result) gives (run, the dict that gets
+    """A stage whose result is recorded: build(job, result) gives (run, the result that gets
     its `tracking` reference) pairs. Tracking never fails the stage; the stage keeps its type."""
     def wrap(stage: Callable[Concatenate["JobContext", P], R]) -> Callable[Concatenate["JobContext", P], R]:
         @functools.wraps(stage)
@@ -254,7 +255,7 @@ def tracked(build: Callable[["JobContext", Any], list[tuple[TrackedRun, Any]]]
                     tracker.fail(exc)
                     return result
                 for tracked_run, holder in pairs:
-                    holder["tracking"] = tracker.record(tracked_run)
+                    holder.tracking = tracker.record(tracked_run)
             return result
         return run
     return wrap

@@ -9,10 +9,9 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, NotRequired, Optional, TypedDict, cast
+from typing import Optional
 
 import torch
 
@@ -20,6 +19,7 @@ from psrq.config import Config
 from psrq.errors import TrainingError
 from psrq.job import JobContext
 from psrq.models.registry import build_model, needs_content
+from psrq.results import TrackedResult
 from psrq.samples.content import read_content
 from psrq.samples.layout import FIRST_INDEX, VOCAB_ORDER, SamplesManifest
 from psrq.storage import fs
@@ -75,9 +75,10 @@ def checksums(folder: str, best_step: int) -> dict[str, str]:
     return {n: fs.sha256(fs.join(folder, n)) for n in names}
 
 
-def write_result(folder: str, result: Mapping[str, Any]) -> None:
+def write_result(folder: str, result: TrainResult) -> None:
     # atomic: the run counts as finished only once this exists, whole
-    fs.write_text(fs.join(folder, RESULT), json.dumps(result, indent=2, allow_nan=False))
+    fs.write_text(fs.join(folder, RESULT), json.dumps({k: v for k, v in result.as_dict().items() if k != "tracking"},
+                                                      indent=2, allow_nan=False))
 
 
 def _finite(x):
@@ -97,7 +98,7 @@ def train_stage(job: JobContext) -> TrainResult:
         move_aside(ckpt_dir, "train.restart=true")
     if (done := read_result(ckpt_dir, ident)) is not None:
         log.info("%s run %s already done (%s): nothing to train", tc.model, ident.key, ckpt_dir)
-        return cast(TrainResult, {**done, "status": "already done", "steps_this_run": 0})
+        return replace(TrainResult.from_dict(done), status="already done", steps_this_run=0)
     clean_stale_temporaries(ckpt_dir)
     existing = load_checkpoint(ckpt_dir)  # unreadable or foreign: refused before any worker starts
     if existing is not None:
@@ -156,7 +157,8 @@ def _train_single(cfg: Config, man: SamplesManifest, model, device, ckpt_dir: st
             "gradient_bytes": res.gradient_bytes, "device": str(device), "precision": res.precision, **res.timing()}
 
 
-class TrainResult(TypedDict):
+@dataclass
+class TrainResult(TrackedResult):
     """What train_stage reports, and what result.json keeps of a finished run."""
 
     status: str                 # trained | resumed | already done
@@ -178,7 +180,6 @@ class TrainResult(TypedDict):
     ranks: list[dict]           # each rank's summary (steps, samples, seconds, timing, device)
     finished_at: str
     checksums: dict[str, str]   # SHA-256 of what the run leaves for evaluation
-    tracking: NotRequired[Optional[dict]]  # the MLflow run (psrq.tracking.store)
 
 
 def _result(cfg: Config, man: SamplesManifest, ident: TrainIdentity, ckpt_dir: str, model, device, ranks: list[dict],
@@ -204,16 +205,14 @@ def _result(cfg: Config, man: SamplesManifest, ident: TrainIdentity, ckpt_dir: s
         model.to(device)
         valid = validator(tc.reader, man.split_path("valid"), device)(model)
     best_step = step if trace.best is None or trace.best_step is None else trace.best_step
-    return {"status": "resumed" if resumed else "trained", "identity": ident.key,
-            "settings": ident.as_dict(), "model": tc.model, "backend": tc.backend, "processes": len(ranks),
-            "steps": step, "steps_this_run": max(r["steps"] for r in ranks),
-            "best_step": best_step, "stopped_early": trace.stopped,
-            "samples_per_second": round(samples / max(seconds, 1e-9), 1),
-            "train_loss": _finite(ranks[0]["last_loss"]), "valid": {k: _finite(v) for k, v in valid.items()},
-            "curve": [{k: _finite(v) for k, v in point.items()} for point in trace.curve],
-            "checkpoint": ckpt_dir, "codebook_version": man.codebook_version,
-            "ranks": [{k: _finite(v) for k, v in r.items()} for r in ranks],
-            "finished_at": datetime.now(timezone.utc).isoformat(), "checksums": checksums(ckpt_dir, best_step)}
+    return TrainResult(
+        status="resumed" if resumed else "trained", identity=ident.key, settings=ident.as_dict(), model=tc.model,
+        backend=tc.backend, processes=len(ranks), steps=step, steps_this_run=max(r["steps"] for r in ranks),
+        best_step=best_step, stopped_early=trace.stopped, samples_per_second=round(samples / max(seconds, 1e-9), 1),
+        train_loss=_finite(ranks[0]["last_loss"]), valid={k: _finite(v) for k, v in valid.items()},
+        curve=[{k: _finite(v) for k, v in point.items()} for point in trace.curve], checkpoint=ckpt_dir,
+        codebook_version=man.codebook_version, ranks=[{k: _finite(v) for k, v in r.items()} for r in ranks],
+        finished_at=datetime.now(timezone.utc).isoformat(), checksums=checksums(ckpt_dir, best_step))
 
 
 def where_failed(exc: BaseException) -> str:
