@@ -24,7 +24,7 @@ def stage(job: JobContext):
     search = tune(job, progress=lambda s: print(s, file=sys.stderr, flush=True))
     tuned, record = write_tuned(target, search)
     return {"dataset": search.dataset, "chosen": search.chosen, "tuned": str(tuned), "search": str(record),
-            "valid_auc": search.valid_auc()}
+            "valid_auc": search.valid_auc(), "stopped_by_budget": search.stopped_by_budget}
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@ line's overrides)."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -27,7 +28,7 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
     conf = tmp_path / "conf"
     shutil.copytree(DEFAULT_CONF_DIR, conf, ignore=shutil.ignore_patterns("tuned"))
     cfg = load_config("local", "synthetic_small", [*SMALL, f"experiments.root={tmp_path}/exp", "tuning.models=[din]",
-                                                   "tuning.seeds=[0,1]", "tuning.epochs=2", "tuning.patience=1",
+                                                   "tuning.seeds=[0,1]", "tuning.epochs=2", "tuning.patience=1", "tuning.extend=0",
                                                    "tuning.space.lr=[0.0001,0.01]", "tuning.space.embedding_dropout=[]",
                                                    "tuning.space.weight_decay=[]",
                                                    "tuning.inherit={din_codes: din}"], conf_dir=conf, tuned=True)
@@ -92,6 +93,36 @@ def test_tuning_never_opens_the_test_split_and_its_choice_round_trips_through_co
     variant = load_config("local", "synthetic_small", [], conf_dir=conf, tuned=True).for_model("din_codes")
     assert variant.train.lr == search.chosen["din"]["lr"] and variant.train.model == "din_codes"
     assert load_config("local", "synthetic_small", ["train.model=din"], conf_dir=conf, tuned=False).train.epochs == 1
+
+
+def test_the_grid_goes_past_an_edge_that_binds_and_stops_at_its_budget():
+    """The search itself, on a known objective (valid AUC peaking at lr 0.04, dropout 0.1):
+    lr's best listed value is its top edge, so the grid tries 0.02 then 0.08 beyond it and
+    keeps the peak; a budget spent after 3 trials stops before the 4th, keeps the best value tried so far, and
+    says so."""
+    from psrq.experiments.tuning import beyond_edge, staged_grid
+
+    assert beyond_edge([0.0005, 0.002, 0.005], 0.005) == pytest.approx(0.0125)  # geometric at the top
+    assert beyond_edge([0.0005, 0.002, 0.005], 0.0005) == pytest.approx(0.000125)  # and at the bottom
+    assert beyond_edge([0.0005, 0.002, 0.005], 0.002) is None  # inside: nothing to extend
+    assert beyond_edge([0, 0.0001], 0.0001) == pytest.approx(0.0002) and beyond_edge([0, 0.0001], 0) is None
+    assert beyond_edge([32, 64], 64) == 128 and beyond_edge([True, False], True) is None
+
+    def run_trial(setting):
+        auc = 0.8 - abs(math.log(setting["lr"] / 0.04)) / 10 - abs(setting["embedding_dropout"] - 0.1)
+        return {"setting": setting, "valid_auc_mean": auc, "valid_logloss_mean": 1 - auc, "runs": []}
+
+    space = {"lr": [0.005, 0.01], "embedding_dropout": [0.0, 0.1, 0.2]}
+    said = []
+    grid = staged_grid(space, run_trial, "auc", extend=2, progress=said.append)
+    assert [t["setting"]["lr"] for t in grid.trials[:4]] == [0.005, 0.01, 0.02, 0.04]
+    assert grid.chosen == {"lr": 0.04, "embedding_dropout": 0.1} and not grid.stopped
+    assert sum("at the edge" in s for s in said) == 2
+    assert staged_grid(space, run_trial, "auc", extend=0).chosen["lr"] == 0.01  # the space as listed
+    clock = iter(range(100))
+    stopped = staged_grid(space, run_trial, "auc", extend=2, deadline=3, clock=lambda: next(clock), progress=said.append)
+    assert len(stopped.trials) == 3 and stopped.stopped and stopped.chosen == {"lr": 0.02, "embedding_dropout": 0.0}
+    assert said[-1].startswith("tuning budget spent: stopping before train.lr=0.04")
 
 
 def test_a_tuned_file_with_foreign_keys_or_models_is_refused(tmp_path):

@@ -441,6 +441,11 @@ class TuningConf(_Strict):
     # train settings (train.<key>), tried in this order, each with the best values of those
     # before it; an empty list: not searched
     space: dict[str, list[Any]] = Field(default_factory=lambda: dict(SEARCH_SPACE))
+    # a key whose best value sits at the edge of its numeric range is tried beyond it, at most
+    # this many times (psrq.experiments.tuning.beyond_edge); 0: the space as listed
+    extend: int = Field(2, ge=0)
+    # no trial starts after this many minutes (the search keeps what it has and says so); null: no bound
+    budget_minutes: Optional[float] = Field(None, gt=0)
     # models that take another's settings (the ablations and variants of a tuned model)
     inherit: dict[str, str] = Field(default_factory=lambda: {"din_codes": "din", "mcca_wo_msc": "mcca",
                                                              "mcca_wo_mjc": "mcca"})

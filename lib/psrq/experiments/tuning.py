@@ -6,7 +6,10 @@ those before it and the first value of those after it; every setting trains once
 (tuning.seeds) with early stopping (tuning.epochs at most, tuning.patience) and is scored
 by its mean valid score over the seeds (the best validation of each run): AUC, or Logloss
 with train.select_on=logloss (a proper score, so the chosen model's probabilities are
-usable as such). Ties keep the earlier value.
+usable as such). Ties keep the earlier value. A numeric dimension whose best value sits at
+the edge of its range is tried beyond it (tuning.extend times at most: the grid's edges do
+not bind the choice), and tuning.budget_minutes stops the search before a trial that would
+start after it (the chosen settings are then those of the trials done, and the search says so).
 
 Why a grid and not Optuna: with a handful of settings per model a sampler has nothing to
 learn from, while every trial here is a training run with its own identity: a killed search
@@ -23,7 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
@@ -75,40 +80,92 @@ def trial_score(t: dict, select_on: str) -> float:
     return float("-inf") if v is None else (-v if select_on == "logloss" else v)
 
 
-def tune_model(djob: JobContext, model: str, progress=print) -> dict:
+def beyond_edge(values: list, best: Any) -> Any | None:
+    """The next value past the edge of a numeric range where `best` sits, at the range's
+    spacing there (geometric when every value is positive, else arithmetic; never below 0
+    from a 0); None inside the range, or for values that are not numbers."""
+    if len(values) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    ordered = sorted(set(values))
+    if best == ordered[-1]:
+        a, b = ordered[-2], ordered[-1]
+    elif best == ordered[0]:
+        a, b = ordered[1], ordered[0]
+    else:
+        return None
+    geometric = a > 0 and b > 0
+    nxt = b * (b / a) if geometric else b + (b - a)
+    if not geometric and nxt < 0 <= min(ordered):
+        return None  # a non-negative setting (a weight decay, a dropout) is not taken below 0
+    if all(isinstance(v, int) for v in values):
+        nxt = int(round(nxt))
+    return None if nxt in ordered else nxt
+
+
+@dataclass
+class Grid:
+    """A staged grid's outcome: the chosen setting, every trial in order, and whether the
+    budget stopped it before its end."""
+
+    chosen: dict
+    trials: list[dict] = field(default_factory=list)
+    stopped: bool = False
+
+
+def staged_grid(space: dict[str, list], run_trial: Callable[[dict], dict], select_on: str, extend: int,
+                deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
+                progress: Callable[[str], None] = print) -> Grid:
+    """One key of the space at a time, the others at their chosen values; a key whose best
+    value sits at the edge of its range is tried beyond it, up to `extend` times. No trial
+    starts after `deadline` (of `clock`): the grid keeps what it has."""
+    grid = Grid({key: values[0] for key, values in space.items()})
+    for key, values in space.items():
+        values, extended = list(values), 0
+        scores: dict[str, float] = {}
+        while len(scores) < len(values):
+            value = values[len(scores)]
+            setting = {**grid.chosen, key: value}
+            if deadline is not None and clock() >= deadline:
+                if scores:  # the best of the values this key has tried
+                    grid.chosen[key] = max(values[:len(scores)], key=lambda v: scores[json.dumps(v)])
+                progress(f"tuning budget spent: stopping before train.{key}={value}; keeping {_short(grid.chosen)}")
+                grid.stopped = True
+                return grid
+            t = run_trial(setting)  # a setting tried before: its trainings are "already done"
+            grid.trials.append(t)
+            scores[json.dumps(value)] = trial_score(t, select_on)
+            if len(scores) == len(values) and extended < extend:
+                best = max(values, key=lambda v: scores[json.dumps(v)])
+                if (nxt := beyond_edge(values, best)) is not None:
+                    progress(f"train.{key}: the best value {best} is at the edge of {values}: trying {nxt}")
+                    values.append(nxt)
+                    extended += 1
+        grid.chosen[key] = max(values, key=lambda v: scores[json.dumps(v)])
+    return grid
+
+
+def tune_model(djob: JobContext, model: str, deadline: float | None, progress=print) -> dict:
     """The staged grid for one model: its chosen setting and every trial."""
     dcfg = djob.cfg
-    space = dcfg.tuning.space
-    chosen = {key: values[0] for key, values in space.items()}
-    trials: list[dict] = []
-    search = search_run(dcfg.dataset.name, model, space, dcfg.tuning.seeds, dcfg.train.select_on)
+    tc = dcfg.tuning
+    search = search_run(dcfg.dataset.name, model, tc.space, tc.seeds, dcfg.train.select_on)
+
+    def run_trial(setting: dict) -> dict:
+        t = trial(djob, model, setting, tc.seeds)
+        progress(f"[tune {dcfg.dataset.name}] {model} {_short(setting)}: mean valid AUC "
+                 f"{'n/a' if t['valid_auc_mean'] is None else format(t['valid_auc_mean'], '.4f')}, logloss "
+                 f"{'n/a' if t['valid_logloss_mean'] is None else format(t['valid_logloss_mean'], '.4f')} over "
+                 f"{len(t['runs'])} seeds")
+        return t
+
     with djob.tracker.parent(search):  # its trials are children
-        _staged_grid(djob, model, chosen, trials, progress)
-        best_trial = next(t for t in reversed(trials) if t["setting"] == chosen)
-        search.metrics = numbers({k: best_trial[k] for k in ("valid_auc_mean", "valid_logloss_mean")})
-        search.texts = {"chosen.json": doc(chosen)}
-    return {"model": model, "chosen": chosen, "selected_on": dcfg.train.select_on,
-            "valid_auc_mean": best_trial["valid_auc_mean"], "valid_logloss_mean": best_trial["valid_logloss_mean"],
-            "trials": trials}
-
-
-def _staged_grid(djob: JobContext, model: str, chosen: dict, trials: list[dict], progress) -> None:
-    """One key of the space at a time, the others at their chosen values: `chosen` and
-    `trials` filled in place."""
-    dcfg = djob.cfg
-    for key, values in dcfg.tuning.space.items():
-        scores = {}
-        for value in values:
-            setting = {**chosen, key: value}
-            t = trial(djob, model, setting, dcfg.tuning.seeds)
-            trials.append(t)
-            scores[json.dumps(value)] = trial_score(t, dcfg.train.select_on)
-            progress(f"[tune {dcfg.dataset.name}] {model} train.{key}={value} ({_short(setting)}): mean valid AUC "
-                     f"{'n/a' if t['valid_auc_mean'] is None else format(t['valid_auc_mean'], '.4f')}, logloss "
-                     f"{'n/a' if t['valid_logloss_mean'] is None else format(t['valid_logloss_mean'], '.4f')} over "
-                     f"{len(t['runs'])} seeds")
-        best = max(values, key=lambda v: scores[json.dumps(v)])
-        chosen[key] = best
+        grid = staged_grid(tc.space, run_trial, dcfg.train.select_on, tc.extend, deadline, progress=progress)
+        best_trial = next((t for t in reversed(grid.trials) if t["setting"] == grid.chosen), None)
+        best = {k: (best_trial or {}).get(k) for k in ("valid_auc_mean", "valid_logloss_mean")}
+        search.metrics = numbers(best)
+        search.texts = {"chosen.json": doc(grid.chosen)}
+    return {"model": model, "chosen": grid.chosen, "selected_on": dcfg.train.select_on, **best,
+            "stopped_by_budget": grid.stopped, "trials": grid.trials}
 
 
 def _short(setting: dict) -> str:
@@ -128,6 +185,11 @@ class Search(StageResult):
     inherit: dict[str, str]
     finished_at: str
 
+    @property
+    def stopped_by_budget(self) -> bool:
+        """tuning.budget_minutes ran out before the grid's end (for some model)."""
+        return any(r.get("stopped_by_budget") for r in self.results.values())
+
     def valid_auc(self) -> dict[str, float | None]:
         """Each model's mean valid AUC at its chosen setting."""
         return {m: r["valid_auc_mean"] for m, r in self.results.items()}
@@ -140,7 +202,9 @@ def tune(job: JobContext, progress=print) -> Search:
     cfg = job.cfg
     djob = job.with_cfg(dataset_config(cfg))
     prepare_data(djob)
-    results = {m: tune_model(djob, m, progress) for m in cfg.tuning.models}
+    budget = cfg.tuning.budget_minutes
+    deadline = time.monotonic() + 60 * budget if budget else None
+    results = {m: tune_model(djob, m, deadline, progress) for m in cfg.tuning.models}
     chosen = {m: {**r["chosen"], "epochs": cfg.tuning.epochs, "patience": cfg.tuning.patience}
               for m, r in results.items()}
     for model, source in cfg.tuning.inherit.items():
