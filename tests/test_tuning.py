@@ -8,15 +8,16 @@ import math
 import shutil
 
 import pytest
+from conftest import load_job
 
 from psrq.config import DEFAULT_CONF_DIR, load_config
 from psrq.errors import ConfigError
 from psrq.experiments.matrix import cell_config, dataset_config
 from psrq.experiments.runner import prepare_data, prepare_method
 from psrq.experiments.tuning import tune, write_tuned
+from psrq.job import JobContext
 from psrq.samples.layout import SamplesManifest
 from psrq.storage import fs
-from psrq.job import JobContext
 
 SMALL = ["dataset.modalities.text.dim=16", "dataset.modalities.audio.dim=12", "synthetic.n_items=400",
          "synthetic.n_users=120", "synthetic.block_size=64", "synthetic.mean_events_per_user=30", "storage.engine=delta-rs",
@@ -166,6 +167,67 @@ def test_tuning_your_own_data_reads_it_where_the_other_jobs_do(spark, tmp_path):
     assert dcfg.samples_root().startswith(f"{tmp_path}/exp/mine/")
     with pytest.raises(StorageError, match=f"dataset mine: no items and no interactions table at {tmp_path}/tables/items, "):
         prepare_data(JobContext.of(spark, dcfg))
+
+
+def test_tuning_your_own_data_reuses_the_pipelines_artifacts_within_its_budget(spark, small_pipeline, tmp_path, capfd):
+    """Bring your own data as docs/DATA.md says (two tables under storage.root, a dataset
+    file, fit -> assign -> samples), then jobs/tune.py --dataset <file> with a small budget:
+    its trials train on the pipeline's own samples (nothing fitted, assigned or built under
+    experiments.root) and it stops at its budget. A cell that would build other samples, or
+    tables that moved on since, are told apart, with the reason."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from psrq.experiments.reuse import samples_mismatch
+
+    cfg, _ = small_pipeline
+    conf = tmp_path / "conf"
+    shutil.copytree(DEFAULT_CONF_DIR, conf, ignore=shutil.ignore_patterns("tuned"))
+    for table in ("items", "interactions"):
+        shutil.copytree(cfg.table_path(table), tmp_path / "tables" / table)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("dataset: {name: mine, kind: external, modalities: {text: {column: text_emb, dim: 16}, "
+                    "audio: {column: audio_emb, dim: 12}}}\n")
+    common = ["--dataset", str(mine), "--conf-dir", str(conf), f"storage.root={tmp_path}/tables", "storage.engine=delta-rs",
+              "codebooks.k=16", "codebooks.sample_size=400", "samples.history_len=5", f"experiments.root={tmp_path}/exp"]
+
+    def job(name, *extra):
+        capfd.readouterr()
+        code = load_job(name).main(["--json", *common, *extra])
+        out, err = capfd.readouterr()
+        assert code == 0, f"{name}: {err[-3000:]}"
+        return json.loads(out), err
+
+    for name in ("fit_codebooks", "assign_ids"):
+        job(name)
+    samples = job("build_samples")[0]["path"]
+    lrs = [0.001 * 2 ** i for i in range(8)]  # more trials than fit in the budget
+    out, err = job("tune", "tuning.models=[mcca]", "tuning.seeds=[0]", "tuning.epochs=1", "tuning.patience=1",
+                   "tuning.extend=0", f"tuning.space.lr={lrs}", "tuning.space.embedding_dropout=[]",
+                   "tuning.space.weight_decay=[]", "tuning.space.priors=[]", "tuning.budget_minutes=0.01",
+                   "train.backend=single", "train.reader=arrow", "train.dim=8", "train.batch_size=256")
+    trials = json.loads((conf / "tuned" / "mine.search.json").read_text())["results"]["mcca"]["trials"]
+    assert out["stopped_by_budget"] and 1 <= len(trials) < len(lrs), err[-3000:]
+    assert "tuning budget spent: stopping before train.lr=" in err
+    assert {r["samples"] for t in trials for r in t["runs"]} == {samples}
+    assert f"psrq: reusing the pipeline's codebooks, semantic IDs and samples at {samples}" in err
+    exp = tmp_path / "exp" / "mine"
+    assert not (exp / "codebooks").exists() and not list(exp.glob("samples*")) and not (exp / "delta").exists()
+    assert (exp / "checkpoints").is_dir()  # the trainings are the experiments' own
+
+    pipeline = load_config("local", str(mine), common[4:], conf_dir=conf)
+
+    def mismatch(*overrides):
+        c = cell_config(dataset_config(load_config("local", str(mine), [*common[4:], *overrides], conf_dir=conf)),
+                        {"train.model": "mcca"}, 0)
+        return samples_mismatch(JobContext.of(spark, c), pipeline)
+
+    assert mismatch() is None
+    assert "samples.history_len=5 (the cell's: 3)" in mismatch("samples.history_len=3")
+    assert "psrq, the cell quantizes with rq" in mismatch("codebooks.method=rq")
+    assert "fitted with other codebooks.* settings" in mismatch("codebooks.k=8")
+    inter = f"{tmp_path}/tables/interactions"
+    write_deltalake(inter, DeltaTable(inter).to_pyarrow_table().slice(0, 1), mode="append")  # the log moved on
+    assert "the tables are at" in mismatch()
 
 
 def test_trials_are_compared_by_the_selection_score():

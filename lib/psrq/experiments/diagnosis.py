@@ -54,18 +54,20 @@ def run_diagnosis(job: JobContext, diag: Diagnosis, seeds: list[int], progress=p
     """The base, the reference and every candidate, each trained once per seed (a finished
     training is reused: the job resumes)."""
     from psrq.experiments.matrix import dataset_config
+    from psrq.experiments.reuse import PipelineArtifacts
     from psrq.experiments.runner import prepare_data
     from psrq.experiments.tuning import trial
 
     djob = job.with_cfg(dataset_config(job.cfg))
     prepare_data(djob)
+    pipeline = PipelineArtifacts(job.cfg, progress)
     dataset = djob.cfg.dataset.name
     out: dict = {"diagnosis": diag.name, "dataset": dataset, "seeds": seeds, "base": diag.base,
                  "reference": diag.reference, "candidates": {}}
     plan = [("base", diag.base, {}), ("reference", diag.reference, {}),
             *((name, diag.base, c.train) for name, c in diag.candidates.items())]
     for i, (name, model, setting) in enumerate(plan, 1):
-        t = trial(djob, model, setting, seeds)
+        t = trial(djob, model, setting, seeds, pipeline)
         entry = {"model": model, "train": setting, "runs": t["runs"]}
         if name in ("base", "reference"):
             out[name + "_runs"] = entry

@@ -6,27 +6,26 @@ resumes where it stopped; a cell whose settings changed (a tuned configuration) 
 training identity and runs again, and the reports read each cell's newest row.
 
 Data and semantic IDs are prepared once per dataset and quantizer (the samples' manifest
-marks them done); codebooks are fitted once per quantizer (codebooks.seed), rankers once
-per seed (train.seed): the seeds measure the ranker's variance, not the quantizer's."""
+marks them done), or the pipeline's own are read where they are what a cell would build
+(psrq.experiments.reuse: your own data's codebooks, IDs and samples); codebooks are fitted
+once per quantizer (codebooks.seed), rankers once per seed (train.seed): the seeds measure
+the ranker's variance, not the quantizer's."""
 from __future__ import annotations
 
 import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from psrq.config import Config
 from psrq.errors import StorageError
 from psrq.evaluation.metrics import format_metric
 from psrq.experiments.matrix import INPUT_TABLES, Experiment, cell_config, dataset_config
 from psrq.experiments.report import FLOOR
+from psrq.experiments.reuse import PipelineArtifacts
 from psrq.job import JobContext
 from psrq.schemas import EXPERIMENT_RESULTS
 from psrq.storage import AppTxn, fs
-
-if TYPE_CHECKING:
-    from psrq.samples.layout import SamplesManifest
 
 log = logging.getLogger(__name__)
 RESULTS_TABLE = "experiment_results"
@@ -78,21 +77,27 @@ def prepare_data(djob: JobContext) -> None:
                                "docs/DATA.md)")
 
 
-def prepare_method(job: JobContext) -> SamplesManifest:
-    """Codebooks, semantic IDs and samples for job.cfg.codebooks.method, unless already built."""
+def prepare_method(job: JobContext, pipeline: PipelineArtifacts | None = None) -> Config:
+    """job.cfg (a cell) with its samples ready: reading the pipeline's own codebooks, IDs and
+    samples where they are what the cell would build (psrq.experiments.reuse), else its
+    codebooks, semantic IDs and samples for codebooks.method under experiments.root, built
+    once per quantizer."""
     from psrq.samples.build import build_samples
     from psrq.samples.layout import SamplesManifest
 
     c = job.cfg
+    if pipeline is not None and (reused := pipeline.samples_for(job)) is not None:
+        return reused
     if fs.exists(fs.join(c.samples_root(), SamplesManifest.FILE)):
-        return SamplesManifest.read(c.samples_root())
+        return c
     from psrq.catalog.assign import assign
     from psrq.catalog.fit import fit_stage
 
     log.info("preparing %s: fit, assign, build samples", c.codebooks.method)
     fit_stage(job)
     assign(job)
-    return build_samples(job)
+    build_samples(job)
+    return c
 
 
 def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=print) -> list[dict]:
@@ -106,14 +111,15 @@ def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=
     spark, dcfg = job.session, dataset_config(job.cfg)
     djob = job.with_cfg(dcfg)
     prepare_data(djob)
+    pipeline = PipelineArtifacts(job.cfg, progress)
     engine = djob.engine
     done = read_results(djob, latest=False)
     done = set(zip(done.experiment, done.cell, done.seed.astype(int), done.train_identity)) if len(done) else set()
     plan = []
     for cell in exp.cells:
         for seed in seeds:
-            c = cell_config(dcfg, exp.cells[cell], seed)
-            prepare_method(job.with_cfg(c))  # the samples name the identity; built once per quantizer
+            # the samples name the identity: the pipeline's, or built once per quantizer
+            c = prepare_method(job.with_cfg(cell_config(dcfg, exp.cells[cell], seed)), pipeline)
             key = TrainIdentity.of(c.train, SamplesManifest.read(c.samples_root())).key
             if (exp.name, cell, seed, key) not in done:
                 plan.append((cell, seed, c, key))
@@ -144,7 +150,8 @@ def run_experiment(job: JobContext, exp: Experiment, seeds: list[int], progress=
         progress(f"[{exp.name} on {dcfg.dataset.name}] {i}/{len(plan)} {cell} seed {seed}: AUC {m.auc:.4f}, "
                  f"cold AUC {format_metric(m.cold_auc)}, logloss {m.logloss:.4f} ({trained.steps} steps, "
                  f"best at {trained.best_step}, {time.time() - t0:.0f}s)")
-    rows += run_floors(job.with_cfg(cell_config(dcfg, exp.cells[exp.ours], seeds[0])), exp, done, record, floors_stage)
+    ours = prepare_method(job.with_cfg(cell_config(dcfg, exp.cells[exp.ours], seeds[0])), pipeline)
+    rows += run_floors(job.with_cfg(ours), exp, done, record, floors_stage)
     return rows
 
 

@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 
 from psrq.config import TUNED_DIR
 from psrq.experiments.matrix import cell_config, dataset_config
+from psrq.experiments.reuse import PipelineArtifacts
 from psrq.experiments.runner import prepare_data, prepare_method
 from psrq.job import JobContext
 from psrq.results import StageResult
@@ -46,10 +47,11 @@ from psrq.tracking.runs import doc, numbers, search_run, trial_run
 log = logging.getLogger(__name__)
 
 
-def trial(djob: JobContext, model: str, setting: dict, seeds: list[int]) -> dict:
+def trial(djob: JobContext, model: str, setting: dict, seeds: list[int], pipeline: PipelineArtifacts | None = None) -> dict:
     """One setting of one model, trained once per seed: the valid metrics of each run
-    (djob: with the dataset's configuration). Tracked as a child of the model's search, with
-    its trainings as its children."""
+    (djob: with the dataset's configuration; pipeline: the pipeline's artifacts, read where
+    they are what the trial would build). Tracked as a child of the model's search, with its
+    trainings as its children."""
     from psrq.training.stage import train_stage
 
     dcfg = djob.cfg
@@ -60,10 +62,10 @@ def trial(djob: JobContext, model: str, setting: dict, seeds: list[int]) -> dict
         for seed in seeds:
             c = cell_config(dcfg, {**{f"train.{k}": v for k, v in setting.items()}, "train.model": model,
                                    "train.epochs": tc.epochs, "train.patience": tc.patience}, seed)
-            prepare_method(djob.with_cfg(c))
+            c = prepare_method(djob.with_cfg(c), pipeline)
             res = train_stage(djob.with_cfg(c))
-            runs.append({"seed": seed, "identity": res.identity, "status": res.status, "steps": res.steps,
-                         "best_step": res.best_step, "valid_auc": res.valid["auc"],
+            runs.append({"seed": seed, "samples": c.samples_root(), "identity": res.identity, "status": res.status,
+                         "steps": res.steps, "best_step": res.best_step, "valid_auc": res.valid["auc"],
                          "valid_cold_auc": res.valid.get("cold_auc"), "valid_logloss": res.valid.get("logloss")})
         aucs = [r["valid_auc"] for r in runs if r["valid_auc"] is not None]
         losses = [r["valid_logloss"] for r in runs if r["valid_logloss"] is not None]
@@ -144,14 +146,15 @@ def staged_grid(space: dict[str, list], run_trial: Callable[[dict], dict], selec
     return grid
 
 
-def tune_model(djob: JobContext, model: str, deadline: float | None, progress=print) -> dict:
+def tune_model(djob: JobContext, model: str, deadline: float | None, pipeline: PipelineArtifacts | None = None,
+               progress=print) -> dict:
     """The staged grid for one model: its chosen setting and every trial."""
     dcfg = djob.cfg
     tc = dcfg.tuning
     search = search_run(dcfg.dataset.name, model, tc.space, tc.seeds, dcfg.train.select_on)
 
     def run_trial(setting: dict) -> dict:
-        t = trial(djob, model, setting, tc.seeds)
+        t = trial(djob, model, setting, tc.seeds, pipeline)
         progress(f"[tune {dcfg.dataset.name}] {model} {_short(setting)}: mean valid AUC "
                  f"{'n/a' if t['valid_auc_mean'] is None else format(t['valid_auc_mean'], '.4f')}, logloss "
                  f"{'n/a' if t['valid_logloss_mean'] is None else format(t['valid_logloss_mean'], '.4f')} over "
@@ -196,15 +199,17 @@ class Search(StageResult):
 
 
 def tune(job: JobContext, progress=print) -> Search:
-    """Every model of tuning.models on cfg's dataset (under experiments.root, as the
-    experiments); the chosen settings per model, with epochs and patience, ready for
+    """Every model of tuning.models on cfg's dataset (its trainings under experiments.root, as
+    the experiments'; the pipeline's codebooks, IDs and samples where they are what a trial
+    would build); the chosen settings per model, with epochs and patience, ready for
     write_tuned."""
     cfg = job.cfg
     djob = job.with_cfg(dataset_config(cfg))
     prepare_data(djob)
     budget = cfg.tuning.budget_minutes
     deadline = time.monotonic() + 60 * budget if budget else None
-    results = {m: tune_model(djob, m, deadline, progress) for m in cfg.tuning.models}
+    pipeline = PipelineArtifacts(cfg, progress)
+    results = {m: tune_model(djob, m, deadline, pipeline, progress) for m in cfg.tuning.models}
     chosen = {m: {**r["chosen"], "epochs": cfg.tuning.epochs, "patience": cfg.tuning.patience}
               for m, r in results.items()}
     for model, source in cfg.tuning.inherit.items():

@@ -26,7 +26,16 @@ from psrq.data.validation import check_interactions
 from psrq.errors import InputValidationError, Problem, StorageError
 from psrq.job import JobContext
 from psrq.samples.content import CONTENT_FILE, write_content
-from psrq.samples.layout import FIRST_INDEX, OOV, VOCAB_ORDER, SamplesManifest, row_bytes, sorted_samples, stream_samples
+from psrq.samples.layout import (
+    FIRST_INDEX,
+    OOV,
+    VOCAB_ORDER,
+    SamplesManifest,
+    build_settings,
+    row_bytes,
+    sorted_samples,
+    stream_samples,
+)
 from psrq.samples.layout import ORDER as HISTORY_ORDER
 from psrq.schemas import ITEM_ID, ITEM_VOCAB, samples_schema
 from psrq.spark import side_jobs
@@ -170,6 +179,7 @@ class Sources:
     layers: int
     versions: dict
     semantic_ids: DataFrame  # the whole table (its other versions name what it holds)
+    tables: dict             # name -> path of the tables read (the manifest's source_tables)
 
 
 @dataclass(frozen=True)
@@ -210,7 +220,8 @@ def build_samples(job: JobContext) -> SamplesManifest:
         "vocab_version": engine.version(vocab_path), "code_shift": 1, "padding": 0, "oov_index": OOV,
         "vocab_order": VOCAB_ORDER, "split_from_us": {"valid": split.valid_from, "test": split.test_from},
         "cold": {"threshold": cfg.samples.cold_threshold, "scope": cfg.samples.cold_scope},
-        "source_versions": src.versions, "splits": splits,
+        "source_versions": src.versions, "source_tables": src.tables, "settings": build_settings(cfg.samples),
+        "splits": splits,
     }
     base = cfg.samples_root()
     if cat is not None:
@@ -236,7 +247,8 @@ def read_sources(job: JobContext) -> Sources:
     codes, spaces = semantic_codes(sid, cb_version)
     manifest = job.codebooks.manifest(cb_version)
     layers = 1 if manifest["method"] == "vq" else manifest["spec"]["layers"]
-    return Sources(interactions, n_events, cb_version, codes, spaces, manifest["spec"]["k"], layers, versions, sid)
+    return Sources(interactions, n_events, cb_version, codes, spaces, manifest["spec"]["k"], layers, versions, sid,
+                   {"interactions": inter_path, "semantic_ids": sid_path})
 
 
 def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[DataFrame, int]:

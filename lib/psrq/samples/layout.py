@@ -169,6 +169,12 @@ def stream_samples(batches: Iterable[pa.RecordBatch], samples: Callable[[pa.Tabl
         yield samples(carry)
 
 
+def build_settings(samples_conf) -> dict:
+    """The samples settings (psrq.config.SamplesConf) a build depends on: all but where it is
+    written. The manifest records them; the experiments compare them before reusing a build."""
+    return {k: v for k, v in samples_conf.model_dump(mode="json").items() if k != "path"}
+
+
 @dataclass(frozen=True)
 class SamplesManifest:
     """What build_samples hands to training and evaluation (`manifest.json` beside the
