@@ -24,6 +24,15 @@ def test_paper_tables_load():
     assert {c["train.model"] for c in t4.cells.values()} == {"mcca", "mcca_wo_msc", "mcca_wo_mjc"}
     with pytest.raises(ConfigError, match="experiment 'table9' not found.*table2"):
         load_experiment("table9")
+    # the MCCA family: the paper's model by name, its variants MCCA's constructor options
+    import inspect
+
+    from psrq.models.mcca import CodeAttention
+
+    fam = load_experiment("mcca_family")
+    assert fam.ours == "psrq_mcca" and "train.model_options" not in fam.cells["psrq_mcca"]
+    options = {k for c in fam.cells.values() for k in c.get("train.model_options", {})}
+    assert options and options <= set(inspect.signature(CodeAttention).parameters) - {"spec", "content"}
 
 
 def test_runner_resumes_and_reports(spark, tmp_path):
