@@ -10,7 +10,7 @@ import pytest
 
 from psrq.errors import ConfigError
 from psrq.experiments.matrix import Experiment, load_experiment
-from psrq.experiments.report import compare, summarise, write_report
+from psrq.experiments.report import compare, summarise, welch, write_report
 from psrq.experiments.runner import read_results, run_experiment
 
 from conftest import small_config
@@ -125,3 +125,36 @@ def test_the_difference_to_the_best_floor_has_a_t_interval_over_seeds():
     lines = floor_verdict(f, exp)
     assert "All AUC" in lines[0] and "**holds**" in lines[0]
     assert "Cold AUC" in lines[1] and "**holds**" in lines[1]
+
+
+def test_every_cell_against_the_reference_cells_with_the_closest_named(tmp_path):
+    """`against`: each other cell's difference of means to each reference, with Welch's
+    interval, and per metric the cell closest to the better reference and by how much."""
+    from psrq.experiments.report import against_section
+
+    exp = Experiment("x", "x", "ours", {"ref": {}, "ours": {}, "variant": {}}, against=("ref",))
+    res = pd.DataFrame({"cell": ["ref"] * 3 + ["ours"] * 3 + ["variant"] * 3, "seed": [0, 1, 2] * 3,
+                        "auc": [0.80, 0.81, 0.82, 0.70, 0.71, 0.72, 0.76, 0.78, 0.80],
+                        "cold_auc": [0.69, 0.70, 0.71] + [0.60, 0.61, 0.62] + [0.70, 0.72, 0.74],
+                        "logloss": [0.39, 0.40, 0.41] + [0.50, 0.51, 0.52] + [0.45, 0.46, 0.47]})
+    lines = against_section(res, summarise(res, exp), exp)
+    rows = {ln.split(" | ")[0][2:]: ln for ln in lines if ln.startswith("| ") and not ln.startswith(("| cell", "| ---"))}
+    assert set(rows) == {"ours", "variant"}  # the reference is not compared with itself
+    _, (lo, hi) = welch(res, "ours", "ref", "auc")
+    assert f"-0.1000 [{lo:+.4f}, {hi:+.4f}]" in rows["ours"] and hi < 0
+    assert "- All AUC: the best reference is ref (0.8100); the closest other cell is variant (0.7800), short by 0.0300." in lines
+    assert ("- Cold AUC: the best reference is ref (0.7000); the closest other cell is variant (0.7200), "
+            "at least as good.") in lines
+    assert any(ln.startswith("- Logloss:") and "variant (0.4600), short by 0.0600" in ln for ln in lines)
+    assert against_section(res, summarise(res, exp), Experiment("x", "x", "ours", exp.cells)) == []
+    import shutil
+
+    from psrq.config import DEFAULT_CONF_DIR
+
+    shutil.copytree(DEFAULT_CONF_DIR / "experiments", tmp_path / "experiments")
+    fam = tmp_path / "experiments" / "mcca_family.yaml"
+    assert load_experiment("mcca_family", tmp_path).against == ("vbpr", "simtier_make")
+    fam.write_text(fam.read_text().replace("against: [vbpr, simtier_make]", "against: [vbpr, nope]"))
+    with pytest.raises(ConfigError, match="`against` names cells that are not there: nope"):
+        load_experiment("mcca_family", tmp_path)
+

@@ -12,10 +12,14 @@ from psrq.errors import ConfigError
 
 @dataclass(frozen=True)
 class Experiment:
+    """A matrix of cells; `ours` is the row the improvement column is about; `against`: cells
+    every other cell is also compared with, each difference with its 95% interval."""
+
     name: str
     title: str
     ours: str
     cells: dict[str, dict]
+    against: tuple[str, ...] = ()
 
 
 def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
@@ -27,7 +31,11 @@ def load_experiment(name: str, conf_dir: Path | None = None) -> Experiment:
     cells = raw.get("cells") or {}
     if raw.get("ours") not in cells:
         raise ConfigError(f"{path}: `ours` ({raw.get('ours')!r}) must name one of the cells ({', '.join(cells)})")
-    return Experiment(raw.get("name", name), raw.get("title", name), raw["ours"], {k: dict(v or {}) for k, v in cells.items()})
+    against = tuple(raw.get("against") or ())
+    if unknown := [c for c in against if c not in cells]:
+        raise ConfigError(f"{path}: `against` names cells that are not there: {', '.join(unknown)} (cells: {', '.join(cells)})")
+    return Experiment(raw.get("name", name), raw.get("title", name), raw["ours"], {k: dict(v or {}) for k, v in cells.items()},
+                      against)
 
 
 INPUT_TABLES = ("items", "interactions")  # a dataset's own tables: what the pipeline reads

@@ -36,10 +36,24 @@ def summarise(res: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare(res: pd.DataFrame, summary: pd.DataFrame, exp: Experiment) -> dict:
-    """Per metric: the best other cell, the paper's %Improv. and Welch's t-test p-value."""
+def welch(res: pd.DataFrame, a: str, b: str, m: str) -> tuple[float, tuple[float, float]]:
+    """Welch's t-test of cell a's metric m against cell b's over their seeds: the p-value and
+    the 95% interval of the difference of means (a - b); nan where it is undefined."""
     from scipy.stats import ttest_ind
 
+    a_vals = res[res.cell == a][m].dropna().astype(float)
+    b_vals = res[res.cell == b][m].dropna().astype(float)
+    # Welch's test needs spread in at least one cell: seeds that all give the same value
+    # (a seed-independent metric) leave it undefined (nan), which scipy would also warn of
+    if min(len(a_vals), len(b_vals)) > 1 and (np.ptp(a_vals) > 0 or np.ptp(b_vals) > 0):
+        t = ttest_ind(a_vals, b_vals, equal_var=False)
+        lo, hi = t.confidence_interval(0.95)
+        return float(t.pvalue), (float(lo), float(hi))
+    return float("nan"), (float("nan"), float("nan"))
+
+
+def compare(res: pd.DataFrame, summary: pd.DataFrame, exp: Experiment) -> dict:
+    """Per metric: the best other cell, the paper's %Improv. and Welch's t-test p-value."""
     out = {}
     others = summary[(summary.cell != exp.ours) & ~summary.cell.map(is_floor)].dropna(subset=["auc"])
     ours = summary[summary.cell == exp.ours].iloc[0]
@@ -48,15 +62,7 @@ def compare(res: pd.DataFrame, summary: pd.DataFrame, exp: Experiment) -> dict:
         if cand.empty or np.isnan(ours[m]):
             continue
         b = cand.loc[cand[m].idxmax() if best == "max" else cand[m].idxmin()]
-        a_vals = res[(res.cell == exp.ours)][m].dropna().astype(float)
-        b_vals = res[(res.cell == b.cell)][m].dropna().astype(float)
-        p = float("nan")
-        ci: tuple[float, ...] = (float("nan"), float("nan"))
-        # Welch's test needs spread in at least one cell: seeds that all give the same value
-        # (a seed-independent metric) leave it undefined (nan), which scipy would also warn of
-        if min(len(a_vals), len(b_vals)) > 1 and (np.ptp(a_vals) > 0 or np.ptp(b_vals) > 0):
-            t = ttest_ind(a_vals, b_vals, equal_var=False)
-            p, ci = float(t.pvalue), tuple(float(x) for x in t.confidence_interval(0.95))
+        p, ci = welch(res, exp.ours, b.cell, m)
         better = ours[m] > b[m] if best == "max" else ours[m] < b[m]
         out[m] = {"best_other": b.cell, "improvement_pct": 100 * (ours[m] - b[m]) / b[m], "p_value": p,
                   "ours_better": bool(better),
@@ -88,6 +94,45 @@ def versus_floors(res: pd.DataFrame, summary: pd.DataFrame) -> dict:
                 ci = (mean - half, mean + half)
             out.setdefault(cell, {})[m] = {"floor": best.cell, "floor_value": float(best[m]), "diff": mean, "ci95": ci, "n": n}
     return out
+
+
+AGAINST = ("auc", "cold_auc", "logloss")  # the metrics of the `against` comparison
+
+
+def against_section(res: pd.DataFrame, summary: pd.DataFrame, exp: Experiment) -> list[str]:
+    """Every other model cell against each of exp.against: the difference of means with
+    Welch's 95% interval per metric, and, per metric, the cell closest to the best of them."""
+    if not exp.against:
+        return []
+    cells = [c for c in summary.cell if not is_floor(c) and c not in exp.against]
+    cols = [(ref, m) for ref in exp.against for m in AGAINST]
+    lines = [f"## Against {', '.join(exp.against)}", "",
+             "The difference of means over seeds (cell − reference) with Welch's 95% interval; "
+             "better is + for the AUCs and − for Logloss.", "",
+             "| cell | " + " | ".join(f"Δ {METRICS[m][0]} vs {ref}" for ref, m in cols) + " |",
+             "|" + " --- |" * (1 + len(cols))]
+    means = summary.set_index("cell")
+    for cell in cells:
+        parts = []
+        for ref, m in cols:
+            d = means.at[cell, m] - means.at[ref, m]
+            _, (lo, hi) = welch(res, cell, ref, m)
+            parts.append("n/a" if np.isnan(d) else f"{d:+.4f}" + ("" if np.isnan(lo) else f" [{lo:+.4f}, {hi:+.4f}]"))
+        lines.append(f"| {cell} | " + " | ".join(parts) + " |")
+    lines.append("")
+    for m in AGAINST:
+        label, best = METRICS[m]
+        pick = max if best == "max" else min
+        refs, others = ([c for c in group if not np.isnan(means.at[c, m])] for group in (exp.against, cells))
+        if not refs or not others:
+            continue
+        ref = pick(refs, key=lambda c: means.at[c, m])
+        near = pick(others, key=lambda c: means.at[c, m])
+        gap = means.at[near, m] - means.at[ref, m]
+        ahead = gap >= 0 if best == "max" else gap <= 0
+        lines.append(f"- {label}: the best reference is {ref} ({means.at[ref, m]:.4f}); the closest other cell is {near} "
+                     f"({means.at[near, m]:.4f}), " + ("at least as good" if ahead else f"short by {abs(gap):.4f}") + ".")
+    return [*lines, ""]
 
 
 def _fmt(mean, std) -> str:
@@ -244,7 +289,7 @@ def write_report(res: pd.DataFrame, exp: Experiment, dataset: str, codebooks_roo
             "Δ vs best floor: the mean over seeds of the cell's metric minus the best floor's, with its 95% t-interval "
             "(the floors have no seed: the interval is the seeds' spread, not the test sample's)." if len(res) else "No results.",
             "", markdown_table(summary, cmp, exp, floors), "", *verdict(cmp, exp), *floor_verdict(floors, exp), "",
-            f"![{exp.name}]({png.name})", ""]
+            *against_section(res, summary, exp), f"![{exp.name}]({png.name})", ""]
     if has_curves:
         text += [f"![{exp.name} learning curves]({curves.name})", ""]
     diag = diagnostics_section(codebooks_root, versions)
