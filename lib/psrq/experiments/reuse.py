@@ -3,19 +3,16 @@
 from the tables the cell reads, at the versions those tables have now, with the cell's
 samples settings, and a codebook fitted with the cell's quantizer settings on the items
 table as it is now. Otherwise the cell prepares its own under experiments.root, and the
-reason is said once: a later pipeline run (a nightly reindex, a rebuild) is noticed, never
-mixed in."""
+reason is said once. Decided when an experiment run starts using a build: a later pipeline
+run (a nightly reindex, a rebuild) is noticed by the next experiment run, never mixed in."""
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 
 from psrq.config import Config
 from psrq.job import JobContext
 from psrq.storage import fs
-
-log = logging.getLogger(__name__)
 
 
 def codebook_mismatch(job: JobContext, pipeline: Config, version: str) -> str | None:
@@ -72,20 +69,28 @@ def samples_mismatch(job: JobContext, pipeline: Config) -> str | None:
 class PipelineArtifacts:
     """One experiment run's view of the pipeline's artifacts (pipeline: the configuration
     the other jobs run with): per cell, its configuration pointed at the pipeline's samples
-    where they can be reused, else None; each decision said once."""
+    where they can be reused, else None. Decided once per build a cell would make (its
+    tables, samples, codebooks and modalities settings; seeds and train settings do not
+    change it) and said then, so a run's cells read one source however many seeds and
+    trials share it."""
 
     def __init__(self, pipeline: Config, progress: Callable[[str], None] = print):
         self.pipeline, self.progress = pipeline, progress
-        self._said: set[str] = set()
+        self._why: dict[str, str | None] = {}  # build -> why not the pipeline's (None: reused)
 
     def samples_for(self, job: JobContext) -> Config | None:
         """job.cfg reading the pipeline's samples, when they are what it would build."""
-        why = samples_mismatch(job, self.pipeline)
-        method = job.cfg.codebooks.method
-        line = (f"{method}: reusing the pipeline's codebooks, semantic IDs and samples at {self.pipeline.samples_root()}"
-                if why is None else f"{method}: not reusing the pipeline's samples ({why}); the experiments' own "
-                                    f"are at {job.cfg.samples_root()}")
-        if line not in self._said:
-            self._said.add(line)
-            self.progress(line)
-        return None if why else job.cfg.with_overrides({"samples.path": self.pipeline.samples_root()})
+        from psrq.catalog.fit import fit_modalities
+        from psrq.samples.layout import build_settings
+
+        c = job.cfg
+        build = json.dumps({"tables": [c.table_path("interactions"), c.table_path("items")],
+                            "samples": build_settings(c.samples), "codebooks": c.codebooks.model_dump(mode="json"),
+                            "modalities": fit_modalities(c)}, sort_keys=True)
+        if build not in self._why:
+            why = self._why[build] = samples_mismatch(job, self.pipeline)
+            self.progress(f"{c.codebooks.method}: reusing the pipeline's codebooks, semantic IDs and samples at "
+                          f"{self.pipeline.samples_root()}" if why is None else
+                          f"{c.codebooks.method}: not reusing the pipeline's samples ({why}); the experiments' own "
+                          f"are at {c.samples_root()}")
+        return None if self._why[build] else c.with_overrides({"samples.path": self.pipeline.samples_root()})
