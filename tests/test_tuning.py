@@ -225,6 +225,10 @@ def test_tuning_your_own_data_reuses_the_pipelines_artifacts_within_its_budget(s
     assert "samples.history_len=5 (the cell's: 3)" in mismatch("samples.history_len=3")
     assert "psrq, the cell quantizes with rq" in mismatch("codebooks.method=rq")
     assert "fitted with other codebooks.* settings" in mismatch("codebooks.k=8")
+    books = tmp_path / "tables" / "codebooks"
+    books.rename(tmp_path / "moved")
+    assert "the samples' codebook cannot be read (codebook version 'v0001' not found" in mismatch()
+    (tmp_path / "moved").rename(books)
     inter = f"{tmp_path}/tables/interactions"
     write_deltalake(inter, DeltaTable(inter).to_pyarrow_table().slice(0, 1), mode="append")  # the log moved on
     assert "the tables are at" in mismatch()

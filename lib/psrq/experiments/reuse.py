@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 
 from psrq.config import Config
+from psrq.errors import ArtifactError
 from psrq.job import JobContext
 from psrq.storage import fs
 
@@ -22,7 +23,10 @@ def codebook_mismatch(job: JobContext, pipeline: Config, version: str) -> str | 
     from psrq.quant.semantic_ids import quant_spec
 
     cell = job.cfg
-    man = CodebookStore(pipeline.codebooks_root()).manifest(version)
+    try:
+        man = CodebookStore(pipeline.codebooks_root()).manifest(version)
+    except ArtifactError as exc:  # removed or damaged since the samples were built: not reusable, not fatal
+        return f"the samples' codebook cannot be read ({exc})"
     if man["method"] != cell.codebooks.method:
         return f"codebook {version} is {man['method']}, the cell quantizes with {cell.codebooks.method}"
     if "fit_identity" not in man:
