@@ -208,6 +208,8 @@ def test_tuning_your_own_data_reuses_the_pipelines_artifacts_within_its_budget(s
     trials = json.loads((conf / "tuned" / "mine.search.json").read_text())["results"]["mcca"]["trials"]
     assert out["stopped_by_budget"] and 1 <= len(trials) < len(lrs), err[-3000:]
     assert "tuning budget spent: stopping before train.lr=" in err
+    head = (conf / "tuned" / "mine.yaml").read_text()  # the committed defaults say how they were chosen
+    assert "the best mean valid AUC over seeds [0]" in head and "tuning.budget_minutes stopped it" in head
     assert {r["samples"] for t in trials for r in t["runs"]} == {samples}
     assert f"psrq: reusing the pipeline's codebooks, semantic IDs and samples at {samples}" in err
     exp = tmp_path / "exp" / "mine"
@@ -245,3 +247,14 @@ def test_trials_are_compared_by_the_selection_score():
     assert max([a, b], key=lambda t: trial_score(t, "auc")) is a
     assert max([a, b], key=lambda t: trial_score(t, "logloss")) is b
     assert max([none, a], key=lambda t: trial_score(t, "logloss")) is a
+
+
+def test_the_tuned_file_names_the_score_it_was_chosen_on(tmp_path):
+    """A search selected on Logloss says so in conf/tuned/<dataset>.yaml's header (not AUC)."""
+    from psrq.experiments.tuning import Search
+
+    search = Search("d", {"mcca": {"lr": 0.01}}, {"mcca": {"selected_on": "logloss", "stopped_by_budget": False}},
+                    {"lr": [0.01]}, [0], {}, "2026-12-07T00:00:00")
+    tuned, _ = write_tuned(tmp_path, search)
+    head = tuned.read_text()
+    assert "the best mean valid Logloss over seeds [0]" in head and "stopped it" not in head

@@ -124,12 +124,16 @@ def staged_grid(space: dict[str, list], run_trial: Callable[[dict], dict], selec
     for key, values in space.items():
         values, extended = list(values), 0
         scores: dict[str, float] = {}
+
+        def best_tried():  # the best of the values this key has tried (the earlier on a tie)
+            return max(values[:len(scores)], key=lambda v: scores[json.dumps(v)])
+
         while len(scores) < len(values):
             value = values[len(scores)]
             setting = {**grid.chosen, key: value}
             if deadline is not None and clock() >= deadline:
-                if scores:  # the best of the values this key has tried
-                    grid.chosen[key] = max(values[:len(scores)], key=lambda v: scores[json.dumps(v)])
+                if scores:
+                    grid.chosen[key] = best_tried()
                 progress(f"tuning budget spent: stopping before train.{key}={value}; keeping {_short(grid.chosen)}")
                 grid.stopped = True
                 return grid
@@ -137,12 +141,12 @@ def staged_grid(space: dict[str, list], run_trial: Callable[[dict], dict], selec
             grid.trials.append(t)
             scores[json.dumps(value)] = trial_score(t, select_on)
             if len(scores) == len(values) and extended < extend:
-                best = max(values, key=lambda v: scores[json.dumps(v)])
+                best = best_tried()
                 if (nxt := beyond_edge(values, best)) is not None:
                     progress(f"train.{key}: the best value {best} is at the edge of {values}: trying {nxt}")
                     values.append(nxt)
                     extended += 1
-        grid.chosen[key] = max(values, key=lambda v: scores[json.dumps(v)])
+        grid.chosen[key] = best_tried()
     return grid
 
 
@@ -219,6 +223,9 @@ def tune(job: JobContext, progress=print) -> Search:
                   datetime.now(timezone.utc).isoformat())
 
 
+SCORES = {"auc": "AUC", "logloss": "Logloss"}  # train.select_on -> the header's name for it
+
+
 def write_tuned(conf_dir: Path, search: Search) -> tuple[Path, Path]:
     """conf/tuned/<dataset>.yaml (what load_config reads) and <dataset>.search.json beside it."""
     folder = Path(conf_dir) / TUNED_DIR
@@ -226,11 +233,14 @@ def write_tuned(conf_dir: Path, search: Search) -> tuple[Path, Path]:
     name = search.dataset
     record = folder / f"{name}.search.json"
     record.write_text(json.dumps(search.as_dict(), indent=2, default=str))
+    score = " / ".join(sorted({SCORES[r["selected_on"]] for r in search.results.values()})) or "AUC"
     head = (f"# Chosen by jobs/tune.py on the valid split of {name} (never its test split), {search.finished_at[:10]}:\n"
-            f"# per model, the setting with the best mean valid AUC over seeds {search.seeds} in a staged grid over\n"
+            f"# per model, the setting with the best mean valid {score} over seeds {search.seeds} in a staged grid over\n"
             f"# {'; '.join(f'{k} {list(v)}' for k, v in search.space.items())};\n"
             f"# inherited: {search.inherit or 'none'}. The search: {record.name}.\n"
-            "# The command line's overrides win over these.\n")
+            + ("# tuning.budget_minutes stopped it before the grid's end (stopped_by_budget in the search).\n"
+               if search.stopped_by_budget else "")
+            + "# The command line's overrides win over these.\n")
     tuned = folder / f"{name}.yaml"
     tuned.write_text(head + OmegaConf.to_yaml(OmegaConf.create({"tuned": search.chosen})))
     return tuned, record
