@@ -381,6 +381,11 @@ class DatasetConf(_Strict):
             raise ValueError(f"two modalities share a column: {cols}")
         return self
 
+    def modality_columns(self) -> dict[str, dict]:
+        """name -> {column, dim}, in the configured order (the joint space's): what a codebook
+        records of the modalities it was fitted on, and what assigning with it requires."""
+        return {m: {"column": c.column, "dim": c.dim} for m, c in self.modalities.items()}
+
 
 class SyntheticConf(_Strict):
     seed: int = 7

@@ -41,7 +41,7 @@ class AssignResult(StageResult):
 
 def check_compatible(cbs: CodebookSet, cfg: Config, items: DataFrame) -> None:
     """The codebook must have been fitted for the configured modalities and dimensions."""
-    want = {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
+    want = cfg.dataset.modality_columns()
     if list(cbs.modalities.items()) != list(want.items()):  # order matters: it lays out the joint space
         raise ArtifactError(
             f"codebook {cbs.version} was fitted for modalities {cbs.modalities}, "

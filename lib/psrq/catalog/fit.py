@@ -40,11 +40,6 @@ def sample_diagnostics(cbs: CodebookSet, embs: dict[str, np.ndarray], seed: int)
     return diags, codes_by_space
 
 
-def fit_modalities(cfg: Config) -> dict:
-    """The modalities a fit reads: name -> {column, dim} (as its manifest records them)."""
-    return {m: {"column": c.column, "dim": c.dim} for m, c in cfg.dataset.modalities.items()}
-
-
 def fit_identity(cfg: Config, spec: QuantSpec, modalities: dict, items_path: str, items_version, created_by: dict) -> str:
     """What makes a fit what it is: the run, every quantizer and sampling setting, and the
     exact source table version. The same identity never writes a second version."""
@@ -96,7 +91,7 @@ def fit_stage(job: JobContext, method: str | None = None, created_by: dict | Non
     engine = job.engine
     items_path = cfg.table_path("items")
     items_version = engine.version(items_path)
-    modalities = fit_modalities(cfg)
+    modalities = cfg.dataset.modality_columns()
     ident = fit_identity(cfg, spec, modalities, items_path, items_version, created_by or {})
     if (done := job.codebooks.find_fit(ident)) is not None:
         try:  # "already done" checks what it reports: the arrays against the manifest's checksum

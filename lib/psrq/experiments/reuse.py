@@ -18,7 +18,7 @@ from psrq.storage import fs
 
 def codebook_mismatch(job: JobContext, pipeline: Config, version: str) -> str | None:
     """Why the pipeline's codebook `version` is not the one job.cfg would fit (None: it is)."""
-    from psrq.catalog.fit import fit_identity, fit_modalities
+    from psrq.catalog.fit import fit_identity
     from psrq.quant.artifact import CodebookStore
     from psrq.quant.semantic_ids import quant_spec
 
@@ -39,7 +39,7 @@ def codebook_mismatch(job: JobContext, pipeline: Config, version: str) -> str | 
                 f"the cell reads {items_path} version {items_version}")
     # the fit's identity, recomputed with the cell's settings for the run that fitted it
     same_run = cell.with_overrides({"run.run_id": man.get("run_id", 0)})
-    ident = fit_identity(same_run, quant_spec(cell.codebooks), fit_modalities(cell), items_path, items_version,
+    ident = fit_identity(same_run, quant_spec(cell.codebooks), cell.dataset.modality_columns(), items_path, items_version,
                          man.get("created_by") or {})
     if ident != man["fit_identity"]:
         return f"codebook {version} was fitted with other codebooks.* settings than the cell's"
@@ -84,13 +84,12 @@ class PipelineArtifacts:
 
     def samples_for(self, job: JobContext) -> Config | None:
         """job.cfg reading the pipeline's samples, when they are what it would build."""
-        from psrq.catalog.fit import fit_modalities
         from psrq.samples.layout import build_settings
 
         c = job.cfg
         build = json.dumps({"tables": [c.table_path("interactions"), c.table_path("items")],
                             "samples": build_settings(c.samples), "codebooks": c.codebooks.model_dump(mode="json"),
-                            "modalities": fit_modalities(c)}, sort_keys=True)
+                            "modalities": c.dataset.modality_columns()}, sort_keys=True)
         if build not in self._why:
             why = self._why[build] = samples_mismatch(job, self.pipeline)
             self.progress(f"{c.codebooks.method}: reusing the pipeline's codebooks, semantic IDs and samples at "
