@@ -11,6 +11,8 @@ import bisect
 import json
 import logging
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial, reduce
@@ -193,15 +195,26 @@ class Split:
         return F.unix_micros("ts") < F.lit(self.valid_from)
 
 
+@contextmanager
+def step(what: str):
+    """Logs how long a step of the build took (progress on a long build, and where it went)."""
+    t = time.perf_counter()
+    yield
+    log.info("samples: %s in %.1fs", what, time.perf_counter() - t)
+
+
 def build_samples(job: JobContext) -> SamplesManifest:
     """The steps, in order: sources, split, vocabulary, events, histories, write, content
     features, manifest."""
     cfg, spark = job.cfg, job.session
     engine = job.engine
-    src = read_sources(job)
-    require_codes(src)
-    split, rows = split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events)
-    vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
+    with step("sources read and checked"):
+        src = read_sources(job)
+        require_codes(src)
+    with step("split cut-offs"):
+        split, rows = split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events)
+    with step("vocabulary written"):
+        vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
     vocab_path = cfg.table_path("item_vocab")
     cat = None
     if cfg.samples.content.dim > 0:
@@ -211,7 +224,8 @@ def build_samples(job: JobContext) -> SamplesManifest:
     events = sample_events(engine, cfg, src, split, vocab, cat)
     samples = histories(spark, cfg, src, split, events).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        splits = write_splits(spark, cfg, src, samples, rows)
+        with step("histories built and splits written"):
+            splits = write_splits(spark, cfg, src, samples, rows)
     finally:
         samples.unpersist()
     info: dict = {
@@ -227,10 +241,11 @@ def build_samples(job: JobContext) -> SamplesManifest:
     if cat is not None:
         from psrq.samples.content_spark import build_content
 
-        feats, info["content"] = build_content(cfg, engine.read(cfg.table_path("items")), cat,
-                                               src.interactions.filter(split.in_train))
-        cat.unpersist()
-        write_content(fs.join(base, CONTENT_FILE), feats)
+        with step("content features written"):
+            feats, info["content"] = build_content(cfg, engine.read(cfg.table_path("items")), cat,
+                                                   src.interactions.filter(split.in_train))
+            cat.unpersist()
+            write_content(fs.join(base, CONTENT_FILE), feats)
         info["content"]["file"] = CONTENT_FILE
     fs.write_text(fs.join(base, SamplesManifest.FILE), json.dumps(info, indent=2))  # last: the samples are complete
     log.info("samples: %s", {s: o["rows"] for s, o in splits.items()})

@@ -87,6 +87,20 @@ def align(content: np.ndarray, pairs: np.ndarray, dim: int, steps: int, batch: i
     representation to item-item behaviour similarity. Returns unit vectors (n + 1, dim)."""
     import torch
 
+    threads = torch.get_num_threads()
+    # batch x dim matrices: a second thread only adds synchronisation, and on a busy driver
+    # (local mode: Spark's executors share its cores) spinning threads cost 5-25x
+    torch.set_num_threads(1)
+    try:
+        return _align(content, pairs, dim, steps, batch, temperature, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _align(content: np.ndarray, pairs: np.ndarray, dim: int, steps: int, batch: int, temperature: float,
+           seed: int) -> np.ndarray:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(content)
     w = torch.nn.Linear(content.shape[1], dim, bias=False)

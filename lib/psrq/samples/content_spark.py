@@ -6,6 +6,7 @@ the driver, which aligns and quantises them for QARM."""
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +83,8 @@ def fixed_width_rows(col: pa.ChunkedArray, width: int) -> np.ndarray:
 def build_content(cfg: Config, items: DataFrame, cat: DataFrame, train: DataFrame) -> tuple[ContentFeatures, dict]:
     cc, qc = cfg.samples.content, cfg.samples.qarm
     red = _reduced(items.join(cat, ITEM_ID), cfg).toArrow()
-    n = cat.count() + 1
+    ct = cat.toArrow()
+    n = ct.num_rows + 1
     idx = np.asarray(red.column("content_idx"), dtype=np.int64)
     mods = {}
     for m in cfg.dataset.modalities:
@@ -91,13 +93,14 @@ def build_content(cfg: Config, items: DataFrame, cat: DataFrame, train: DataFram
         mods[m][idx] = fixed_width_rows(red.column(m), width)
     del red  # the rows are in the matrices now: the driver holds one copy
     ids = np.full(n, -1, np.int64)
-    ct = cat.toArrow()
     ids[np.asarray(ct.column("content_idx"))] = np.asarray(ct.column(ITEM_ID))
     feats = ContentFeatures(ids, mods, {})
     pairs = behaviour_pairs(train, cat, qc.max_pairs, qc.seed)
     log.info("QARM: aligning %d items on %d behaviour pairs, then VQ + RQ codes (K=%d, L=%d)", n - 1, len(pairs), qc.k, qc.layers)
+    t = time.perf_counter()
     aligned = align(feats.joint(), pairs, qc.dim, qc.steps, qc.batch, qc.temperature, qc.seed)
     feats.codes = quantise(aligned, qc.k, qc.layers, qc.seed)
+    log.info("QARM: codes in %.1fs", time.perf_counter() - t)
     info = {"items": n - 1, "dim": {m: v.shape[1] for m, v in mods.items()}, "modalities": sorted(mods),
             "codes": {k: v.shape[1] for k, v in feats.codes.items()}, "qarm_k": min(qc.k, n - 1), "qarm_pairs": int(len(pairs))}
     return feats, info
