@@ -11,7 +11,7 @@ from conftest import ROOT
 PKG = Path(ROOT, "lib", "psrq")
 DOC = Path(ROOT, "docs", "ARCHITECTURE.md")
 COMPOSERS = {"catalog/reindex.py"}  # a night is a refit and an assignment: composes stages by design
-PURE = ["data/synthetic.py", "data/movielens.py", "samples/layout.py", "samples/content.py", "quant/base.py",
+PURE = ["data/synthetic.py", "data/movielens.py", "data/lastfm.py", "samples/layout.py", "samples/content.py", "quant/base.py",
         "quant/residual.py", "quant/product.py", "quant/rqvae.py", "quant/kmeans.py", "quant/diagnostics.py",
         "quant/registry.py", "evaluation/auc.py", "evaluation/arrays.py", "evaluation/versus.py", "evaluation/calibration.py",
         "serving/artifact.py",

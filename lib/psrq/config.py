@@ -369,7 +369,7 @@ class ModalityConf(_Strict):
 
 class DatasetConf(_Strict):
     name: str
-    kind: Literal["synthetic", "movielens", "external"] = "synthetic"
+    kind: Literal["synthetic", "movielens", "lastfm", "external"] = "synthetic"
     modalities: dict[str, ModalityConf]
 
     @model_validator(mode="after")
@@ -422,6 +422,17 @@ class SyntheticConf(_Strict):
 class MovieLensConf(_Strict):
     path: str = "../shared/data/ml-100k"  # read in place; its terms forbid copying it here
     positive_from: int = Field(4, ge=1, le=5)  # rating >= this: label 1
+
+
+class LastfmConf(_Strict):
+    """HetRec 2011 Last.fm-2k (psrq.data.lastfm)."""
+    path: str = "../shared/data/hetrec2011-lastfm-2k"  # read in place; non-commercial terms: never copied here
+    negatives: int = Field(1, ge=1)  # sampled negatives per positive (a user's first tagging of an artist)
+    seed: int = 0                    # the negatives' draw
+    text_tags: int = Field(5, ge=0)  # an artist's most used tags in its text "name | tag, tag"
+    # the tag vector: counts over the tag_dim most used tags and a "no tag" component, so
+    # dataset.modalities.<tag>.dim must be tag_dim + 1
+    tag_dim: int = Field(32, ge=1)
 
 
 class EmbedTextConf(_Strict):
@@ -498,6 +509,7 @@ class Config(_Strict):
     tracking: TrackingConf = TrackingConf()
     demo: DemoConf = DemoConf()
     movielens: MovieLensConf = MovieLensConf()
+    lastfm: LastfmConf = LastfmConf()
     embed_text: EmbedTextConf = EmbedTextConf()
     experiments: ExperimentsConf = ExperimentsConf()
     tuning: TuningConf = TuningConf()

@@ -188,3 +188,13 @@ MOVIELENS_ITEMS = T.StructType([
     T.StructField("genre_emb", T.ArrayType(T.FloatType(), False), False),
     T.StructField("updated_at", T.TimestampType(), True),
 ])
+
+
+# Last.fm artists as imported (psrq.data.import_lastfm): the text to embed and the tag vector.
+LASTFM_ITEMS = T.StructType([
+    T.StructField("item_id", T.LongType(), False),
+    T.StructField("name", T.StringType(), False),
+    T.StructField("text", T.StringType(), False),
+    T.StructField("tag_emb", T.ArrayType(T.FloatType(), False), False),
+    T.StructField("updated_at", T.TimestampType(), True),
+])

@@ -43,8 +43,8 @@ INPUT_TABLES = ("items", "interactions")  # a dataset's own tables: what the pip
 
 def dataset_config(cfg: Config) -> Config:
     """Everything one dataset's experiments write lives under experiments.root/<dataset>.
-    They generate or import the synthetic and MovieLens tables there; an external dataset's
-    items and interactions are read where the other jobs read them (storage.root)."""
+    They generate or import the synthetic, MovieLens and Last.fm tables there; an external
+    dataset's items and interactions are read where the other jobs read them (storage.root)."""
     root = f"{cfg.experiments_root().rstrip('/')}/{cfg.dataset.name}"
     overrides = {"storage.root": f"{root}/delta", "storage.codebooks": f"{root}/codebooks",
                  "train.checkpoint_dir": f"{root}/checkpoints", "samples.path": f"{root}/samples"}

@@ -51,6 +51,17 @@ def read_results(djob: JobContext, latest: bool = True):
     return res.reset_index(drop=True)
 
 
+def importer(kind: str):
+    """The import stage of a data set read from files (dataset.kind movielens or lastfm)."""
+    if kind == "movielens":
+        from psrq.data.import_movielens import import_movielens
+
+        return import_movielens
+    from psrq.data.import_lastfm import import_lastfm
+
+    return import_lastfm
+
+
 def prepare_data(djob: JobContext) -> None:
     """The dataset's items and interactions tables (idempotent); djob: with the dataset's
     configuration (dataset_config)."""
@@ -60,11 +71,9 @@ def prepare_data(djob: JobContext) -> None:
         from psrq.data.generate import generate
 
         generate(djob)
-    elif kind == "movielens":
+    elif kind in ("movielens", "lastfm"):
         if not engine.exists(dcfg.table_path("interactions")):
-            from psrq.data.import_movielens import import_movielens
-
-            import_movielens(djob)
+            importer(kind)(djob)
         if dcfg.embed_text.output_column not in engine.read(dcfg.table_path("items")).columns:
             from psrq.data.embed_text import embed_text_stage
 
