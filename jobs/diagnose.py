@@ -28,7 +28,8 @@ def main(argv=None) -> int:
         stage,
         argv,
         writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"),
-        reads=("run", "spark", "storage", "dataset", "experiments", "tuning", "codebooks", "samples", "train", "tracking"),
+        reads=("run", "spark", "storage", "dataset", "movielens", "lastfm", "embed_text",
+               "experiments", "tuning", "codebooks", "samples", "train", "tracking"),
     )
 
 

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         stage,
         argv,
         writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"),
-        reads=("run", "spark", "storage", "dataset", "experiments", "codebooks", "samples", "train", "evaluate", "tracking"),
+        reads=("run", "spark", "storage", "dataset", "movielens", "lastfm", "embed_text",
+               "experiments", "codebooks", "samples", "train", "evaluate", "tracking"),
     )
 
 

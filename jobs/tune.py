@@ -33,7 +33,8 @@ def main(argv=None) -> int:
         stage,
         argv,
         writes=("storage.root", "storage.codebooks", "samples.path", "train.checkpoint_dir"),
-        reads=("run", "spark", "storage", "dataset", "tuning", "experiments", "codebooks", "samples", "train", "tracking"),
+        reads=("run", "spark", "storage", "dataset", "movielens", "lastfm", "embed_text",
+               "tuning", "experiments", "codebooks", "samples", "train", "tracking"),
     )
 
 
