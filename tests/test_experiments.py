@@ -33,6 +33,10 @@ def test_paper_tables_load():
     assert fam.ours == "psrq_mcca" and "train.model_options" not in fam.cells["psrq_mcca"]
     options = {k for c in fam.cells.values() for k in c.get("train.model_options", {})}
     assert options and options <= set(inspect.signature(CodeAttention).parameters) - {"spec", "content"}
+    # calibrated: the same trainings as Table 2 and the family (their runs are reused), evaluated with Platt
+    cal = load_experiment("calibrated")
+    assert {k: {o: v for o, v in c.items() if o != "evaluate.calibrate"} for k, c in cal.cells.items()} == t2.cells | fam.cells
+    assert {c["evaluate.calibrate"] for c in cal.cells.values()} == {"platt"} and cal.against == fam.against
 
 
 def test_runner_resumes_and_reports(spark, tmp_path):
