@@ -23,15 +23,14 @@ tagged after that time has its name alone and the "no tag" vector.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from psrq.errors import InputValidationError, Problem
+from psrq.samples.layout import quantile_rank
 
 TAGGINGS, TAGGINGS_MS = "user_taggedartists.dat", "user_taggedartists-timestamps.dat"
 FILES = (TAGGINGS, "user_artists.dat", "artists.dat", "tags.dat")
@@ -108,8 +107,8 @@ def sample_negatives(pos: pd.DataFrame, seen: pd.DataFrame, pool: np.ndarray, n:
 
 
 def quantile_time(ts: pd.Series, q: float) -> pd.Timestamp:
-    """The ceil(q·n)-th smallest time (at least the first): where samples' split starts."""
-    k = max(1, math.ceil(Fraction(str(q)) * len(ts)))
+    """The time where the samples' valid split begins (psrq.samples.layout.quantile_rank)."""
+    k = quantile_rank(q, len(ts))
     return ts.sort_values().iloc[k - 1]
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import partial, reduce
 
 from pyspark import StorageLevel
@@ -34,6 +32,7 @@ from psrq.samples.layout import (
     VOCAB_ORDER,
     SamplesManifest,
     build_settings,
+    quantile_rank,
     row_bytes,
     sorted_samples,
     stream_samples,
@@ -69,7 +68,7 @@ def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err
     approximation (about 4·rel_err·n values per quantile)."""
     if n <= 0:
         raise ValueError(f"{col}: no rows to take quantiles of")
-    ks = [max(1, math.ceil(Fraction(str(p)) * n)) for p in probs]
+    ks = [quantile_rank(p, n) for p in probs]
     edges = df.approxQuantile(col, [q for p in probs for q in (max(p - 2 * rel_err, 0.0), min(p + 2 * rel_err, 1.0))],
                               rel_err)
     brackets: list[tuple[int, int] | None] = [(int(edges[2 * i]), int(edges[2 * i + 1])) for i in range(len(probs))]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -44,6 +46,14 @@ def event_histories(ts: np.ndarray, labels: np.ndarray, n: int,
     grid = (before - length)[:, None] + np.arange(n)[None, :]
     valid = np.arange(n)[None, :] < length[:, None]
     return np.where(valid, pos[np.minimum(grid, len(pos) - 1)], -1), length
+
+
+def quantile_rank(p: float, n: int) -> int:
+    """Where the p-quantile of n event times sits: the ceil(p·n)-th smallest (at least the
+    first), p taken as the decimal it is written as (0.8 of 10 is the 8th, not the 9th by a
+    float's rounding). The splits begin at these ranks (psrq.samples.build.split_cutoffs), and
+    what must stay before a split (psrq.data.lastfm's tag profiles) is cut at the same rank."""
+    return max(1, math.ceil(Fraction(str(p)) * n))
 
 
 def split_of(ts: np.ndarray, valid_from: int, test_from: int) -> np.ndarray:
