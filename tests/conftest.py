@@ -111,7 +111,7 @@ def small_pipeline(spark, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("pipeline")
     cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", f"samples.path={tmp}/samples",
-                       "samples.history_len=5")
+                       "samples.history_len=5", "samples.qarm.codes=true")  # QARM trains on them too
     generate(JobContext.of(spark, cfg))
     fit_stage(JobContext.of(spark, cfg))
     assign(JobContext.of(spark, cfg))

@@ -139,6 +139,10 @@ def test_qarm_codes_are_the_content_codes():
     assert torch.equal(m.codes_qarm_rq, torch.from_numpy(feats.codes["qarm_rq"]).long())
     assert m.semantic["qarm_vq"].layers == 1 and m.semantic["qarm_rq"].layers == 2
     assert not any(k.startswith("codes_") for k in m.state_dict())  # frozen, not checkpointed
+    without = content()
+    without.codes = {}  # samples built for another model (samples.qarm.codes unset, train.model mcca)
+    with pytest.raises(ValueError, match="needs the content codes 'qarm_rq': build the samples with .*samples.qarm.codes=true"):
+        build_model(ModelArgs("qarm", V, K, L, N, D), without)
 
 
 def test_simtier_histograms_count_the_history():

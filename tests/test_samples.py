@@ -17,7 +17,7 @@ from psrq.samples.build import Split, build_samples, split_cutoffs
 from psrq.samples.layout import event_histories, fixed_lists, row_bytes, user_samples
 from psrq.storage import open_engine
 
-from conftest import copy_pipeline
+from conftest import copy_pipeline, small_config
 from psrq.job import JobContext
 
 
@@ -200,6 +200,37 @@ def test_content_features_cover_the_catalogue(spark, small_pipeline):
         codes = feats.codes[name]
         assert codes.shape == (feats.size, width) and (codes[0] == 0).all() and (codes[1:] >= 1).all()
     assert info.content["qarm_pairs"] > 0
+    # without QARM's codes (a build for another model): the same reduced content, no codes, no pairs
+    from psrq.samples.content_spark import build_content, catalogue_index
+
+    engine = open_engine(spark, "delta-rs")
+    cat = catalogue_index(engine.read(cfg.table_path("items")))
+    bare, bare_info = build_content(cfg, engine.read(cfg.table_path("items")), cat,
+                                    engine.read(cfg.table_path("interactions")), codes=False)
+    assert bare.codes == {} and bare_info["codes"] == {} and "qarm_pairs" not in bare_info
+    np.testing.assert_array_equal(bare.item_ids, feats.item_ids)
+    for m, v in feats.modalities.items():
+        np.testing.assert_array_equal(bare.modalities[m], v)
+
+
+def test_qarm_codes_are_built_for_qarm_or_when_asked(tmp_path):
+    """samples.qarm.codes unset: codes when train.model is qarm; the manifest records the
+    resolved choice, and a build with codes serves a configuration that wants none (not the
+    other way round; a manifest from before the setting always had them)."""
+    from psrq.samples.layout import build_settings, qarm_codes, settings_differ
+
+    cfg = small_config(tmp_path)
+    assert not qarm_codes(cfg) and qarm_codes(cfg.with_overrides({"train.model": "qarm"}))
+    assert qarm_codes(cfg.with_overrides({"samples.qarm.codes": True}))
+    assert not qarm_codes(cfg.with_overrides({"train.model": "qarm", "samples.qarm.codes": False}))
+    assert not qarm_codes(cfg.with_overrides({"train.model": "qarm", "samples.content.dim": 0}))
+    mcca, qarm = build_settings(cfg), build_settings(cfg.with_overrides({"train.model": "qarm"}))
+    assert (mcca["qarm"]["codes"], qarm["qarm"]["codes"]) == (False, True) and mcca["history_len"] == 20
+    assert settings_differ(qarm, mcca) == {} and settings_differ(mcca, mcca) == {}
+    assert settings_differ(mcca, qarm) == {"qarm.codes": (False, True)}
+    old = {**mcca, "qarm": {k: v for k, v in mcca["qarm"].items() if k != "codes"}}
+    assert settings_differ(old, qarm) == {}
+    assert settings_differ(mcca, {**mcca, "history_len": 5}) == {"history_len": (20, 5)}
 
 
 def test_split_files_hold_about_eight_row_groups():
@@ -324,8 +355,6 @@ def skewed(spark, tmp_path_factory):
     from psrq.catalog.assign import assign
     from psrq.catalog.fit import fit_stage
     from psrq.data.generate import generate
-
-    from conftest import small_config
 
     tmp = tmp_path_factory.mktemp("skewed")
     cfg = small_config(tmp, "codebooks.k=16", "codebooks.sample_size=400", "synthetic.n_users=500",

@@ -202,7 +202,7 @@ def samples_cfg(spark, tmp_path_factory):
     cfg = small_config(tmp, "synthetic.n_items=1500", "synthetic.n_users=1200", "synthetic.mean_events_per_user=40",
                        "codebooks.k=32", "codebooks.sample_size=1500", f"samples.path={tmp}/samples",
                        f"train.checkpoint_dir={tmp}/ckpt", "train.reader=arrow", "train.lr=0.002",
-                       "train.backend=single")
+                       "train.backend=single", "samples.qarm.codes=true")
     generate(JobContext.of(spark, cfg))
     fit_stage(JobContext.of(spark, cfg))
     assign(JobContext.of(spark, cfg))

@@ -195,6 +195,9 @@ class QarmConf(_Strict):
     temperature: float = Field(0.1, gt=0)
     max_pairs: int = Field(200_000, ge=1)
     seed: int = 0
+    # build the codes (alignment and k-means on the driver, seconds on a small catalogue); unset
+    # (null): only when train.model is qarm, so the nightly MCCA path does not pay for them
+    codes: Optional[bool] = None
 
 
 class SamplesConf(_Strict):

@@ -49,7 +49,7 @@ def codebook_mismatch(job: JobContext, pipeline: Config, version: str) -> str | 
 def samples_mismatch(job: JobContext, pipeline: Config) -> str | None:
     """Why the pipeline's samples (pipeline.samples_root()) are not what job.cfg would build
     (None: they are)."""
-    from psrq.samples.layout import SamplesManifest, build_settings
+    from psrq.samples.layout import SamplesManifest, build_settings, settings_differ
 
     cell, root = job.cfg, pipeline.samples_root()
     if not fs.exists(fs.join(root, SamplesManifest.FILE)):
@@ -63,10 +63,9 @@ def samples_mismatch(job: JobContext, pipeline: Config) -> str | None:
     now = {name: job.engine.version(path) for name, path in tables.items()}
     if now != man.source_versions:
         return f"the samples at {root} were built from table versions {man.source_versions}, the tables are at {now} now"
-    want = build_settings(cell.samples)
-    if differ := sorted(k for k in want.keys() | settings.keys() if want.get(k) != settings.get(k)):
+    if differ := settings_differ(settings, build_settings(cell)):
         return f"the samples at {root} were built with " + ", ".join(
-            f"samples.{k}={json.dumps(settings.get(k))} (the cell's: {json.dumps(want.get(k))})" for k in differ)
+            f"samples.{k}={json.dumps(b)} (the cell's: {json.dumps(w)})" for k, (b, w) in differ.items())
     return codebook_mismatch(job, pipeline, man.codebook_version)
 
 
@@ -88,7 +87,7 @@ class PipelineArtifacts:
 
         c = job.cfg
         build = json.dumps({"tables": [c.table_path("interactions"), c.table_path("items")],
-                            "samples": build_settings(c.samples), "codebooks": c.codebooks.model_dump(mode="json"),
+                            "samples": build_settings(c), "codebooks": c.codebooks.model_dump(mode="json"),
                             "modalities": c.dataset.modality_columns()}, sort_keys=True)
         if build not in self._why:
             why = self._why[build] = samples_mismatch(job, self.pipeline)

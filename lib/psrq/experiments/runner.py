@@ -105,7 +105,8 @@ def prepare_method(job: JobContext, pipeline: PipelineArtifacts | None = None) -
     log.info("preparing %s: fit, assign, build samples", c.codebooks.method)
     fit_stage(job)
     assign(job)
-    build_samples(job)
+    # the quantizer's cells share these samples: QARM's codes for whichever of them trains QARM
+    build_samples(job.with_cfg(c.with_overrides({"samples.qarm.codes": True})))
     return c
 
 

@@ -90,7 +90,8 @@ class CodeAttention(Ranker):
         shapes = {s: (spec.k, spec.layers) for s in used}
         for s in self.lookup:
             if content_codes is None or s not in content_codes:
-                raise ValueError(f"model {spec.name} needs the content codes {s!r} (samples built with samples.content.dim > 0)")
+                raise ValueError(f"model {spec.name} needs the content codes {s!r}: build the samples with "
+                                 "samples.content.dim > 0 and train.model=qarm (or samples.qarm.codes=true)")
             codes = torch.from_numpy(np.asarray(content_codes[s], dtype=np.int64))
             self.register_buffer(f"codes_{s}", codes, persistent=False)  # frozen, shipped with the samples
             shapes[s] = (int(codes.max()), codes.shape[1])

@@ -32,6 +32,7 @@ from psrq.samples.layout import (
     VOCAB_ORDER,
     SamplesManifest,
     build_settings,
+    qarm_codes,
     quantile_rank,
     row_bytes,
     sorted_samples,
@@ -195,10 +196,15 @@ class Split:
 
 
 @contextmanager
-def step(what: str):
-    """Logs how long a step of the build took (progress on a long build, and where it went)."""
-    t = time.perf_counter()
-    yield
+def step(spark: SparkSession, what: str):
+    """Logs how long a step of the build took (progress on a long build, and where it went),
+    and names the step's Spark jobs in the UI and the event log."""
+    sc, t = spark.sparkContext, time.perf_counter()
+    sc.setJobDescription(f"build_samples: {what}")
+    try:
+        yield
+    finally:
+        sc.setJobDescription(None)  # type: ignore[arg-type]  # None clears it
     log.info("samples: %s in %.1fs", what, time.perf_counter() - t)
 
 
@@ -207,23 +213,24 @@ def build_samples(job: JobContext) -> SamplesManifest:
     features, manifest."""
     cfg, spark = job.cfg, job.session
     engine = job.engine
-    with step("sources read and checked"):
+    with step(spark, "sources read and checked"):
         src = read_sources(job)
         require_codes(src)
-    with step("split cut-offs"):
+    with step(spark, "split cut-offs"):
         split, rows = split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events)
-    with step("vocabulary written"):
+    with step(spark, "vocabulary written"):
         vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
     vocab_path = cfg.table_path("item_vocab")
     cat = None
     if cfg.samples.content.dim > 0:
         from psrq.samples.content_spark import catalogue_index
 
-        cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
+        with step(spark, "catalogue indexed"):
+            cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
     events = sample_events(engine, cfg, src, split, vocab, cat)
     samples = histories(spark, cfg, src, split, events).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        with step("histories built and splits written"):
+        with step(spark, "histories built and splits written"):
             splits = write_splits(spark, cfg, src, samples, rows)
     finally:
         samples.unpersist()
@@ -233,16 +240,16 @@ def build_samples(job: JobContext) -> SamplesManifest:
         "vocab_version": engine.version(vocab_path), "code_shift": 1, "padding": 0, "oov_index": OOV,
         "vocab_order": VOCAB_ORDER, "split_from_us": {"valid": split.valid_from, "test": split.test_from},
         "cold": {"threshold": cfg.samples.cold_threshold, "scope": cfg.samples.cold_scope},
-        "source_versions": src.versions, "source_tables": src.tables, "settings": build_settings(cfg.samples),
+        "source_versions": src.versions, "source_tables": src.tables, "settings": build_settings(cfg),
         "splits": splits,
     }
     base = cfg.samples_root()
     if cat is not None:
         from psrq.samples.content_spark import build_content
 
-        with step("content features written"):
+        with step(spark, "content features written"):
             feats, info["content"] = build_content(cfg, engine.read(cfg.table_path("items")), cat,
-                                                   src.interactions.filter(split.in_train))
+                                                   src.interactions.filter(split.in_train), qarm_codes(cfg))
             cat.unpersist()
             write_content(fs.join(base, CONTENT_FILE), feats)
         info["content"]["file"] = CONTENT_FILE

@@ -80,7 +80,10 @@ def fixed_width_rows(col: pa.ChunkedArray, width: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 
-def build_content(cfg: Config, items: DataFrame, cat: DataFrame, train: DataFrame) -> tuple[ContentFeatures, dict]:
+def build_content(cfg: Config, items: DataFrame, cat: DataFrame, train: DataFrame,
+                  codes: bool = True) -> tuple[ContentFeatures, dict]:
+    """The reduced content of every catalogue item and, with `codes`, QARM's codes (from
+    behaviour pairs of the train split)."""
     cc, qc = cfg.samples.content, cfg.samples.qarm
     red = _reduced(items.join(cat, ITEM_ID), cfg).toArrow()
     ct = cat.toArrow()
@@ -95,12 +98,15 @@ def build_content(cfg: Config, items: DataFrame, cat: DataFrame, train: DataFram
     ids = np.full(n, -1, np.int64)
     ids[np.asarray(ct.column("content_idx"))] = np.asarray(ct.column(ITEM_ID))
     feats = ContentFeatures(ids, mods, {})
-    pairs = behaviour_pairs(train, cat, qc.max_pairs, qc.seed)
-    log.info("QARM: aligning %d items on %d behaviour pairs, then VQ + RQ codes (K=%d, L=%d)", n - 1, len(pairs), qc.k, qc.layers)
-    t = time.perf_counter()
-    aligned = align(feats.joint(), pairs, qc.dim, qc.steps, qc.batch, qc.temperature, qc.seed)
-    feats.codes = quantise(aligned, qc.k, qc.layers, qc.seed)
-    log.info("QARM: codes in %.1fs", time.perf_counter() - t)
-    info = {"items": n - 1, "dim": {m: v.shape[1] for m, v in mods.items()}, "modalities": sorted(mods),
-            "codes": {k: v.shape[1] for k, v in feats.codes.items()}, "qarm_k": min(qc.k, n - 1), "qarm_pairs": int(len(pairs))}
+    info = {"items": n - 1, "dim": {m: v.shape[1] for m, v in mods.items()}, "modalities": sorted(mods), "codes": {}}
+    if codes:
+        pairs = behaviour_pairs(train, cat, qc.max_pairs, qc.seed)
+        log.info("QARM: aligning %d items on %d behaviour pairs, then VQ + RQ codes (K=%d, L=%d)", n - 1, len(pairs),
+                 qc.k, qc.layers)
+        t = time.perf_counter()
+        aligned = align(feats.joint(), pairs, qc.dim, qc.steps, qc.batch, qc.temperature, qc.seed)
+        feats.codes = quantise(aligned, qc.k, qc.layers, qc.seed)
+        log.info("QARM: codes in %.1fs", time.perf_counter() - t)
+        info |= {"codes": {k: v.shape[1] for k, v in feats.codes.items()}, "qarm_k": min(qc.k, n - 1),
+                 "qarm_pairs": int(len(pairs))}
     return feats, info

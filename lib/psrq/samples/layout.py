@@ -179,10 +179,35 @@ def stream_samples(batches: Iterable[pa.RecordBatch], samples: Callable[[pa.Tabl
         yield samples(carry)
 
 
-def build_settings(samples_conf) -> dict:
-    """The samples settings (psrq.config.SamplesConf) a build depends on: all but where it is
-    written. The manifest records them; the experiments compare them before reusing a build."""
-    return {k: v for k, v in samples_conf.model_dump(mode="json").items() if k != "path"}
+def qarm_codes(cfg) -> bool:
+    """Whether a build with `cfg` (psrq.config.Config) writes QARM's content codes:
+    samples.qarm.codes, or, unset, whether train.model is qarm; never without content."""
+    want = cfg.samples.qarm.codes
+    return cfg.samples.content.dim > 0 and (cfg.train.model == "qarm" if want is None else bool(want))
+
+
+def build_settings(cfg) -> dict:
+    """The samples settings (psrq.config.SamplesConf of `cfg`) a build depends on: all but
+    where it is written, with qarm.codes resolved. The manifest records them; the
+    experiments compare them before reusing a build (serves_settings)."""
+    out = {k: v for k, v in cfg.samples.model_dump(mode="json").items() if k != "path"}
+    out["qarm"]["codes"] = qarm_codes(cfg)
+    return out
+
+
+def settings_differ(built: dict, want: dict) -> dict[str, tuple]:
+    """Where a build (its manifest's `settings`) is not the build `want`s: dotted setting ->
+    (built, wanted). QARM codes built and not wanted do not count (a manifest from before
+    qarm.codes always has them)."""
+    def flat(d: dict, pre: str = "") -> dict:
+        return {k: v for key, val in d.items()
+                for k, v in (flat(val, f"{pre}{key}.").items() if isinstance(val, dict) else [(pre + key, val)])}
+
+    b, w = flat(built), flat(want)
+    b.setdefault("qarm.codes", True)
+    if b["qarm.codes"] and not w.get("qarm.codes"):
+        b["qarm.codes"] = w.get("qarm.codes")
+    return {k: (b.get(k), w.get(k)) for k in sorted(b.keys() | w.keys()) if b.get(k) != w.get(k)}
 
 
 @dataclass(frozen=True)
