@@ -63,7 +63,9 @@ def stage(job: JobContext):
         print("\n" + format_side_by_side(diags, space), flush=True)
     print(f"\ncode distribution plots: {cfg.codebooks_root()}/<version>/code_distributions.png "
           f"({', '.join(f.version for f in fitted.values())})")
-    samples = step("build samples", lambda: build_samples(job))
+    # QARM's codes when the baseline is QARM (the main model's own settings decide the rest)
+    samples_job = job.with_cfg(cfg.with_overrides({"samples.qarm.codes": True})) if cfg.demo.baseline == "qarm" else job
+    samples = step("build samples", lambda: build_samples(samples_job))
     print(f"training samples: {samples.row_counts()} (history {samples.history_len}, vocabulary {samples.vocab_size:,})"
           f" in {cfg.samples_root()}")
     trained = step(f"train {cfg.train.model}", lambda: train_stage(quiet))

@@ -64,32 +64,30 @@ def exact_quantiles(df: DataFrame, col: str, probs: list[float], n: int, rel_err
 
     approxQuantile alone is not enough: its answer depends on the partitioning of its input
     (a table written as one file or as several gives other cut-offs). Its rank guarantee
-    (within rel_err·n) gives brackets at p ± 2·rel_err that hold the exact value; the rows
-    below each bracket are counted and the few inside it collected, which scales like the
-    approximation (about 4·rel_err·n values per quantile)."""
+    (within rel_err·n) gives brackets at p ± 2·rel_err that hold the exact value; one more
+    pass counts the rows below each bracket and collects the few inside it, which scales
+    like the approximation (about 4·rel_err·n values per quantile)."""
     if n <= 0:
         raise ValueError(f"{col}: no rows to take quantiles of")
     ks = [quantile_rank(p, n) for p in probs]
     edges = df.approxQuantile(col, [q for p in probs for q in (max(p - 2 * rel_err, 0.0), min(p + 2 * rel_err, 1.0))],
                               rel_err)
-    brackets: list[tuple[int, int] | None] = [(int(edges[2 * i]), int(edges[2 * i + 1])) for i in range(len(probs))]
+    brackets = [(int(edges[2 * i]), int(edges[2 * i + 1])) for i in range(len(probs))]
     c = F.col(col)
-    spans = [b for b in brackets if b is not None]  # all of them, here
-    counts = df.agg(*[F.count(F.when(c < lo, 1)).alias(f"b{i}") for i, (lo, _) in enumerate(spans)],
-                    *[F.count(F.when(c <= hi, 1)).alias(f"a{i}") for i, (_, hi) in enumerate(spans)]).collect()[0]
-    below = [counts[f"b{i}"] for i in range(len(probs))]
-    for i, k in enumerate(ks):
-        if not below[i] < k <= counts[f"a{i}"]:  # never, if approxQuantile keeps its promise
-            log.warning("%s: the approximate bracket of quantile %s missed; taking it from all rows", col, probs[i])
-            brackets[i], below[i] = None, 0
-    inside = [(c >= b[0]) & (c <= b[1]) if b is not None else F.lit(True) for b in brackets]
-    rows = df.filter(reduce(lambda a, b: a | b, inside)).select(col).collect()
-    values = sorted(r[0] for r in rows)
+    inside = reduce(lambda a, b: a | b, [(c >= lo) & (c <= hi) for lo, hi in brackets])
+    got = df.agg(*[F.count(F.when(c < lo, 1)).alias(f"b{i}") for i, (lo, _) in enumerate(brackets)],
+                 *[F.count(F.when(c <= hi, 1)).alias(f"a{i}") for i, (_, hi) in enumerate(brackets)],
+                 F.sort_array(F.collect_list(F.when(inside, c))).alias("inside")).collect()[0]
+    below, values, everything = [got[f"b{i}"] for i in range(len(probs))], list(got["inside"]), None
     out = []
-    for span, b, k in zip(brackets, below, ks):
-        mine = values if span is None else [v for v in values if span[0] <= v <= span[1]]
-        value = int(mine[k - b - 1])
-        out.append((value, b + bisect.bisect_left(mine, value)))  # the bracket's rows below it, and all below that
+    for i, ((lo, hi), k) in enumerate(zip(brackets, ks)):
+        mine = [v for v in values if lo <= v <= hi]
+        if not below[i] < k <= got[f"a{i}"]:  # never, if approxQuantile keeps its promise
+            log.warning("%s: the approximate bracket of quantile %s missed; taking it from all rows", col, probs[i])
+            everything = everything or sorted(r[0] for r in df.select(col).collect())
+            mine, below[i] = everything, 0
+        value = int(mine[k - below[i] - 1])
+        out.append((value, below[i] + bisect.bisect_left(mine, value)))  # the bracket's rows below it, and all below that
     return out
 
 
@@ -142,12 +140,19 @@ def grouping_partitions(events: int, events_per_task: int, cores: int) -> int:
     return max(cores, -(-events // max(events_per_task, 1)))
 
 
-def build_vocabulary(train: DataFrame) -> DataFrame:
-    """Contiguous indices FIRST_INDEX.. for items with a train interaction, the most frequent
-    in the train split first (ties by item_id), so the first n indices are the n most
-    frequent items (train.max_vocab keeps them); 0 is padding and 1 out-of-vocabulary.
-    Distributed (zipWithIndex after a sort)."""
-    ids = train.groupBy(ITEM_ID).count().orderBy(F.desc("count"), ITEM_ID).select(ITEM_ID)
+def item_counts(interactions: DataFrame, split: "Split") -> DataFrame:
+    """Per item: its interactions in all splits (n_all) and in the train split (n_train), in
+    one pass for the vocabulary and the cold flags."""
+    return interactions.groupBy(ITEM_ID).agg(F.count(F.lit(1)).alias("n_all"),
+                                             F.count(F.when(split.in_train, 1)).alias("n_train"))
+
+
+def build_vocabulary(counts: DataFrame) -> DataFrame:
+    """Contiguous indices FIRST_INDEX.. for items with a train interaction (counts: item_counts),
+    the most frequent in the train split first (ties by item_id), so the first n indices are
+    the n most frequent items (train.max_vocab keeps them); 0 is padding and 1
+    out-of-vocabulary. Distributed (zipWithIndex after a sort)."""
+    ids = counts.filter(F.col("n_train") > 0).orderBy(F.desc("n_train"), ITEM_ID).select(ITEM_ID)
     rdd = ids.rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]) + FIRST_INDEX))
     return rdd.toDF(ITEM_VOCAB)
 
@@ -218,8 +223,9 @@ def build_samples(job: JobContext) -> SamplesManifest:
         require_codes(src)
     with step(spark, "split cut-offs"):
         split, rows = split_cutoffs(src.interactions, cfg.samples.valid_from, cfg.samples.test_from, src.n_events)
+    counts = item_counts(src.interactions, split).persist(StorageLevel.MEMORY_AND_DISK)  # #items rows
     with step(spark, "vocabulary written"):
-        vocab, vocab_size = write_vocabulary(engine, cfg, src, split)
+        vocab, vocab_size = write_vocabulary(engine, cfg, src, counts)
     vocab_path = cfg.table_path("item_vocab")
     cat = None
     if cfg.samples.content.dim > 0:
@@ -227,13 +233,16 @@ def build_samples(job: JobContext) -> SamplesManifest:
 
         with step(spark, "catalogue indexed"):
             cat = catalogue_index(engine.read(cfg.table_path("items"))).persist(StorageLevel.MEMORY_AND_DISK)
-    events = sample_events(engine, cfg, src, split, vocab, cat)
+    events = sample_events(cfg, src, counts, vocab, cat)
+    # the three writes, at once, share this cache: building it first with a count of each
+    # split made the stage slower (26.7-29.9 s against 24.3-24.8 s, benchmarks/README.md)
     samples = histories(spark, cfg, src, split, events).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with step(spark, "histories built and splits written"):
             splits = write_splits(spark, cfg, src, samples, rows)
     finally:
         samples.unpersist()
+        counts.unpersist()
     info: dict = {
         "codebook_version": src.codebook_version, "k": src.k, "layers": src.layers, "spaces": src.spaces,
         "history_len": cfg.samples.history_len, "vocab_size": vocab_size, "vocab_table": vocab_path,
@@ -272,11 +281,11 @@ def read_sources(job: JobContext) -> Sources:
                    {"interactions": inter_path, "semantic_ids": sid_path})
 
 
-def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[DataFrame, int]:
+def write_vocabulary(engine, cfg: Config, src: Sources, counts: DataFrame) -> tuple[DataFrame, int]:
     """The item vocabulary of the train split, written to Delta (keyed by the samples'
     settings, the codebook and the interactions' version), read back from the table; and its
     size with padding and OOV."""
-    vocab = build_vocabulary(src.interactions.filter(split.in_train))
+    vocab = build_vocabulary(counts)
     vocab_path = cfg.table_path("item_vocab")
     txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{src.codebook_version}.{src.versions['interactions']}",
                  cfg.run.run_id)
@@ -285,12 +294,11 @@ def write_vocabulary(engine, cfg: Config, src: Sources, split: Split) -> tuple[D
     return vocab, (vocab.count() if res.skipped or not res.rows_written else res.rows_written) + FIRST_INDEX
 
 
-def sample_events(engine, cfg: Config, src: Sources, split: Split, vocab: DataFrame, cat: DataFrame | None) -> DataFrame:
-    """Every event with its item's codes, vocabulary index, cold flag (and catalogue index);
-    every item has codes (require_codes)."""
+def sample_events(cfg: Config, src: Sources, counts: DataFrame, vocab: DataFrame, cat: DataFrame | None) -> DataFrame:
+    """Every event with its item's codes, vocabulary index, cold flag (from counts:
+    item_counts) and catalogue index; every item has codes (require_codes)."""
     sc = cfg.samples
-    counted = src.interactions if sc.cold_scope == "all" else src.interactions.filter(split.in_train)
-    counts = counted.groupBy(ITEM_ID).agg(F.count("*").alias("_n"))
+    counts = counts.select(ITEM_ID, F.col("n_all" if sc.cold_scope == "all" else "n_train").alias("_n"))
     events = src.interactions.join(src.codes, ITEM_ID, "left").join(vocab, ITEM_ID, "left").join(counts, ITEM_ID, "left")
     extra = []
     if cat is not None:
