@@ -84,6 +84,35 @@ def test_user_samples_by_hand():
     assert {r["codebook_version"] for r in got} == {"v0007"}
 
 
+def test_vocabulary_is_numbered_across_partitions(spark):
+    """Indices 2.. in order of train count (ties by item_id), contiguous over the sorted ids'
+    partitions (7 that adaptive execution may not merge); items without a train
+    interaction get none."""
+    from psrq.samples.build import build_vocabulary
+
+    rng = np.random.default_rng(0)
+    rows = [(int(i), int(n) + int(t), int(t)) for i, n, t in zip(rng.permutation(5000), rng.integers(0, 5, 5000),
+                                                                  rng.integers(0, 40, 5000))]
+    settings = {"spark.sql.shuffle.partitions": "7", "spark.sql.adaptive.coalescePartitions.enabled": "false"}
+    before = {k: spark.conf.get(k) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        counts = spark.createDataFrame(rows, "item_id long, n_all long, n_train long")
+        vocab, ranked = build_vocabulary(counts)
+        got = sorted((r["idx"], r["item_id"]) for r in vocab.collect())
+        assert ranked.select("_p").distinct().count() == 7
+        ranked.unpersist()
+    finally:
+        for k, v in before.items():
+            spark.conf.set(k, v)
+    want = [i for _, i in sorted((-t, i) for i, _, t in rows if t > 0)]
+    assert got == list(zip(range(2, len(want) + 2), want))
+    empty, ranked = build_vocabulary(counts.filter("n_train = 0"))
+    assert empty.count() == 0 and empty.schema.fieldNames() == ["item_id", "idx"]
+    ranked.unpersist()
+
+
 def test_split_cutoffs_are_exact_whatever_the_partitioning(spark, monkeypatch, caplog):
     """The valid/test cut-offs are the exact ceil(q·n)-th event times, the same for the events
     in one partition or in several (approxQuantile alone moves with the partitioning); the

@@ -147,14 +147,25 @@ def item_counts(interactions: DataFrame, split: "Split") -> DataFrame:
                                              F.count(F.when(split.in_train, 1)).alias("n_train"))
 
 
-def build_vocabulary(counts: DataFrame) -> DataFrame:
+def build_vocabulary(counts: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Contiguous indices FIRST_INDEX.. for items with a train interaction (counts: item_counts),
     the most frequent in the train split first (ties by item_id), so the first n indices are
     the n most frequent items (train.max_vocab keeps them); 0 is padding and 1
-    out-of-vocabulary. Distributed (zipWithIndex after a sort)."""
-    ids = counts.filter(F.col("n_train") > 0).orderBy(F.desc("n_train"), ITEM_ID).select(ITEM_ID)
-    rdd = ids.rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]) + FIRST_INDEX))
-    return rdd.toDF(ITEM_VOCAB)
+    out-of-vocabulary. Distributed and in the JVM: each partition of the sorted ids numbers
+    its rows after those of the partitions before it (an RDD's zipWithIndex went through
+    Python workers: three jobs, 5 s locally and 23 s on the 2-worker cluster at the demo's
+    size). Returns the vocabulary and the persisted sort it reads (unpersist it once the
+    vocabulary is written: a sort run again may cut its partitions elsewhere)."""
+    ranked = (counts.filter(F.col("n_train") > 0).orderBy(F.desc("n_train"), ITEM_ID)
+              .select(ITEM_ID, F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m"))
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    sizes = sorted((r[0], r[1]) for r in ranked.groupBy("_p").count().collect())
+    if not sizes:
+        return ranked.sparkSession.createDataFrame([], ITEM_VOCAB), ranked
+    starts = [FIRST_INDEX + sum(n for _, n in sizes[:i]) for i in range(len(sizes))]
+    start = F.element_at(F.create_map(*[F.lit(v) for (p, _), s0 in zip(sizes, starts) for v in (p, s0)]), F.col("_p"))
+    within = F.col("_m") - F.shiftleft(F.col("_p").cast("long"), 33)  # monotonically_increasing_id's layout
+    return ranked.select(ITEM_ID, (start + within).cast("int").alias("idx")), ranked
 
 
 def semantic_codes(sid: DataFrame, version: str) -> tuple[DataFrame, list[str]]:
@@ -285,11 +296,15 @@ def write_vocabulary(engine, cfg: Config, src: Sources, counts: DataFrame) -> tu
     """The item vocabulary of the train split, written to Delta (keyed by the samples'
     settings, the codebook and the interactions' version), read back from the table; and its
     size with padding and OOV."""
-    vocab = build_vocabulary(counts)
+    vocab, ranked = build_vocabulary(counts)
     vocab_path = cfg.table_path("item_vocab")
     txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{src.codebook_version}.{src.versions['interactions']}",
                  cfg.run.run_id)
-    res = engine.write(vocab, vocab_path, "overwrite", txn, description=f"item vocabulary for samples ({src.codebook_version})")
+    try:
+        res = engine.write(vocab, vocab_path, "overwrite", txn,
+                           description=f"item vocabulary for samples ({src.codebook_version})")
+    finally:
+        ranked.unpersist()
     vocab = engine.read(vocab_path)
     return vocab, (vocab.count() if res.skipped or not res.rows_written else res.rows_written) + FIRST_INDEX
 
