@@ -86,26 +86,23 @@ def test_user_samples_by_hand():
 
 def test_vocabulary_is_numbered_across_partitions(spark):
     """Indices 2.. in order of train count (ties by item_id), contiguous over the sorted ids'
-    partitions (7 that adaptive execution may not merge); items without a train
-    interaction get none."""
+    partitions (7, asked for, whatever spark.sql.shuffle.partitions says); items without a
+    train interaction get none."""
     from psrq.samples.build import build_vocabulary
 
     rng = np.random.default_rng(0)
     rows = [(int(i), int(n) + int(t), int(t)) for i, n, t in zip(rng.permutation(5000), rng.integers(0, 5, 5000),
                                                                   rng.integers(0, 40, 5000))]
-    settings = {"spark.sql.shuffle.partitions": "7", "spark.sql.adaptive.coalescePartitions.enabled": "false"}
-    before = {k: spark.conf.get(k) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "400")  # the cluster profile's: not what the vocabulary gets
     try:
         counts = spark.createDataFrame(rows, "item_id long, n_all long, n_train long")
-        vocab, ranked = build_vocabulary(counts)
+        vocab, ranked = build_vocabulary(counts, 7)
         got = sorted((r["idx"], r["item_id"]) for r in vocab.collect())
-        assert ranked.select("_p").distinct().count() == 7
+        assert ranked.select("_p").distinct().count() == 7 and vocab.rdd.getNumPartitions() == 7
         ranked.unpersist()
     finally:
-        for k, v in before.items():
-            spark.conf.set(k, v)
+        spark.conf.set("spark.sql.shuffle.partitions", before)
     want = [i for _, i in sorted((-t, i) for i, _, t in rows if t > 0)]
     assert got == list(zip(range(2, len(want) + 2), want))
     empty, ranked = build_vocabulary(counts.filter("n_train = 0"))

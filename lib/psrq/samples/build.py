@@ -147,7 +147,7 @@ def item_counts(interactions: DataFrame, split: "Split") -> DataFrame:
                                              F.count(F.when(split.in_train, 1)).alias("n_train"))
 
 
-def build_vocabulary(counts: DataFrame) -> tuple[DataFrame, DataFrame]:
+def build_vocabulary(counts: DataFrame, partitions: int = 1) -> tuple[DataFrame, DataFrame]:
     """Contiguous indices FIRST_INDEX.. for items with a train interaction (counts: item_counts),
     the most frequent in the train split first (ties by item_id), so the first n indices are
     the n most frequent items (train.max_vocab keeps them); 0 is padding and 1
@@ -155,8 +155,11 @@ def build_vocabulary(counts: DataFrame) -> tuple[DataFrame, DataFrame]:
     its rows after those of the partitions before it (an RDD's zipWithIndex went through
     Python workers: three jobs, 5 s locally and 23 s on the 2-worker cluster at the demo's
     size). Returns the vocabulary and the persisted sort it reads (unpersist it once the
-    vocabulary is written: a sort run again may cut its partitions elsewhere)."""
-    ranked = (counts.filter(F.col("n_train") > 0).orderBy(F.desc("n_train"), ITEM_ID)
+    vocabulary is written: a sort run again may cut its partitions elsewhere). An explicit
+    number of partitions: adaptive execution does not merge a persisted sort's, and the
+    cluster profile's 400 made 400 Python tasks and Delta files of a few rows each."""
+    order = [F.desc("n_train"), F.col(ITEM_ID)]
+    ranked = (counts.filter(F.col("n_train") > 0).repartitionByRange(partitions, *order).sortWithinPartitions(*order)
               .select(ITEM_ID, F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m"))
               .persist(StorageLevel.MEMORY_AND_DISK))
     sizes = sorted((r[0], r[1]) for r in ranked.groupBy("_p").count().collect())
@@ -296,7 +299,9 @@ def write_vocabulary(engine, cfg: Config, src: Sources, counts: DataFrame) -> tu
     """The item vocabulary of the train split, written to Delta (keyed by the samples'
     settings, the codebook and the interactions' version), read back from the table; and its
     size with padding and OOV."""
-    vocab, ranked = build_vocabulary(counts)
+    # the vocabulary has at most as many rows as the events: partitions as the history step's
+    parts = grouping_partitions(src.n_events, cfg.samples.events_per_task, 1)
+    vocab, ranked = build_vocabulary(counts, parts)
     vocab_path = cfg.table_path("item_vocab")
     txn = AppTxn(f"psrq.build_samples.{cfg.fingerprint('samples')}.{src.codebook_version}.{src.versions['interactions']}",
                  cfg.run.run_id)
