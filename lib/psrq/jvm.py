@@ -40,7 +40,7 @@ class Coordinate:
         return f"{self.group}:{self.artifact}:{self.version}"
 
 
-def _spark_jars_dir() -> Path:
+def spark_jars_dir() -> Path:
     """The jars of the Spark that runs: $SPARK_HOME's (spark-submit sets it; its driver
     imports pyspark from a zip there), else the pip-installed pyspark's."""
     home = os.environ.get("SPARK_HOME")
@@ -60,20 +60,20 @@ def _artifact(jar_name: str) -> tuple[str, str] | None:
 @lru_cache(maxsize=1)
 def _shipped_with_spark() -> dict[str, str]:
     """artifact name → version of every jar pyspark ships."""
-    return dict(a for jar in _spark_jars_dir().glob("*.jar") if (a := _artifact(jar.name)))
+    return dict(a for jar in spark_jars_dir().glob("*.jar") if (a := _artifact(jar.name)))
 
 
 def scala_binary_version() -> str:
     full = _shipped_with_spark().get("scala-library")
     if not full:
-        raise ConfigError(f"cannot tell pyspark's Scala version: no scala-library jar in {_spark_jars_dir()}")
+        raise ConfigError(f"cannot tell pyspark's Scala version: no scala-library jar in {spark_jars_dir()}")
     return ".".join(full.split(".")[:2])
 
 
 def hadoop_version() -> str:
     found = _shipped_with_spark().get("hadoop-client-api")
     if not found:
-        raise ConfigError(f"cannot tell pyspark's Hadoop version: no hadoop-client-api jar in {_spark_jars_dir()}")
+        raise ConfigError(f"cannot tell pyspark's Hadoop version: no hadoop-client-api jar in {spark_jars_dir()}")
     return found
 
 

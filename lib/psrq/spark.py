@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
-from psrq import jvm
+from psrq import class_archive, jvm
 from psrq.config import SparkConf
 
 
@@ -128,6 +128,8 @@ def build_spark(cfg: SparkConf, app_name: str | None = None, storage: dict[str, 
     if master:
         builder = builder.master(master)
     settings = spark_settings(cfg, master or "", storage)
+    if master and master.startswith("local") and cfg.class_archive and not submitted():
+        settings = class_archive.with_archive(settings)  # pyspark starts this JVM: it can map the archive
     if submitted():
         # one precedence: the command line over the profile over the defaults. The launcher
         # passed the configuration's settings to spark-submit and the user's --conf after

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from psrq import jvm
+from psrq import class_archive, jvm
 from psrq.cli import JSON_OUT, app_name, parse_args
 from psrq.config import is_dataset_file, load_config
 from psrq.errors import PsrqError
@@ -59,6 +59,8 @@ def command(job: str, job_args: list[str], master: str, package: str, python: st
         settings["spark.pyspark.python"] = python
     if deploy_mode != "cluster":  # client mode: the driver runs here, with the launching interpreter
         settings["spark.pyspark.driver.python"] = os.environ.get("PYSPARK_DRIVER_PYTHON") or sys.executable
+        if cfg.spark.class_archive:  # and its JVM is launched by this pyspark's spark-submit, as a local one
+            settings = class_archive.with_archive(settings)
     if is_dataset_file(args.dataset) and "://" not in args.dataset:
         # your own dataset file travels with the job; a driver on the cluster reads its copy
         local = str(Path(args.dataset).expanduser().resolve())
