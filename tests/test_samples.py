@@ -101,6 +101,11 @@ def test_vocabulary_is_numbered_across_partitions(spark):
         got = sorted((r["idx"], r["item_id"]) for r in vocab.collect())
         assert ranked.select("_p").distinct().count() == 7 and vocab.rdd.getNumPartitions() == 7
         ranked.unpersist()
+        # a persisted aggregate (build_samples' item counts) is read in merged partitions,
+        # not in 400 tasks (psrq.spark: canChangeCachedPlanOutputPartitioning)
+        agg = counts.groupBy("n_train").count().persist()
+        assert agg.count() == 40 and agg.rdd.getNumPartitions() < 10
+        agg.unpersist()
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", before)
     want = [i for _, i in sorted((-t, i) for i, _, t in rows if t > 0)]

@@ -44,6 +44,11 @@ def spark_settings(cfg: SparkConf, master: str | None = None, storage: dict[str,
         "spark.python.worker.reuse": "true",
         # not INT96: readers outside Spark (pyarrow, petastorm) expect standard timestamps
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        # adaptive execution may merge a cached plan's shuffle partitions too: otherwise a
+        # persisted aggregate keeps spark.sql.shuffle.partitions (the cluster profile's 400)
+        # and every read of it runs that many tasks (build_samples on the demo's data: 1,250
+        # tasks -> 53 on the 2-worker cluster, benchmarks/README.md)
+        "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
         # the stage progress bar redraws with carriage returns: a terminal's, not a log's
         "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
     }
