@@ -140,6 +140,18 @@ def test_a_tuned_file_with_foreign_keys_or_models_is_refused(tmp_path):
         load_config("local", "synthetic_small", ["tuning.space.k=[8]"], conf_dir=conf)
 
 
+def test_the_diagnosis_trains_each_model_for_as_long_as_its_tuned_settings_say():
+    # Last.fm's models were tuned with 3 epochs and patience 1; the diagnosis' trial must
+    # train them so, not with tuning's default budget of 8 and 2
+    from psrq.experiments.diagnosis import as_tuned
+
+    job = JobContext.of(None, load_config("local", "lastfm_2k", tuned=True))
+    assert (job.cfg.tuning.epochs, job.cfg.tuning.patience) == (8, 2)
+    mcca = as_tuned(job, "mcca").cfg.tuning
+    assert (mcca.epochs, mcca.patience) == (3, 1)
+    assert as_tuned(job, "rqvae_unknown").cfg.tuning == job.cfg.tuning  # no tuned entry: tuning's own
+
+
 @pytest.mark.parametrize("path", sorted(DEFAULT_CONF_DIR.joinpath("tuned").glob("*.yaml")), ids=lambda p: p.stem)
 def test_the_committed_tuned_settings_load_as_their_datasets_defaults(path):
     from omegaconf import OmegaConf

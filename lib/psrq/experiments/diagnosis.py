@@ -67,7 +67,7 @@ def run_diagnosis(job: JobContext, diag: Diagnosis, seeds: list[int], progress=p
     plan = [("base", diag.base, {}), ("reference", diag.reference, {}),
             *((name, diag.base, c.train) for name, c in diag.candidates.items())]
     for i, (name, model, setting) in enumerate(plan, 1):
-        t = trial(djob, model, setting, seeds, pipeline)
+        t = trial(as_tuned(djob, model), model, setting, seeds, pipeline)
         entry = {"model": model, "train": setting, "runs": t["runs"]}
         if name in ("base", "reference"):
             out[name + "_runs"] = entry
@@ -77,6 +77,15 @@ def run_diagnosis(job: JobContext, diag: Diagnosis, seeds: list[int], progress=p
                  f"cold AUC {_mean(t['runs'], 'valid_cold_auc')}, logloss {_mean(t['runs'], 'valid_logloss')}")
     out["finished_at"] = datetime.now(timezone.utc).isoformat()
     return out
+
+
+def as_tuned(djob: JobContext, model: str) -> JobContext:
+    """djob with tuning's epochs and patience (what trial trains with) set to the model's
+    tuned ones where conf/tuned has them: the diagnosis changes one thing on the model as
+    tuned, not on a trial of the search's budget."""
+    tuned = djob.cfg.tuned.get(model, {})
+    keep = {f"tuning.{k}": tuned[k] for k in ("epochs", "patience") if k in tuned}
+    return djob.with_cfg(djob.cfg.with_overrides(keep)) if keep else djob
 
 
 def _mean(runs: list[dict], metric: str) -> str:
@@ -180,8 +189,8 @@ def report_markdown(result: dict, diag: Diagnosis) -> str:
         rows.append(row(name, c["what"], c["runs"], eff[name]))
     text = [f"# {diag.title} — {result['dataset']}", "",
             f"Written by `jobs/diagnose.py` ({result['finished_at'][:10]}). Seeds {seeds}. Every training uses its "
-            f"model's tuned settings (conf/tuned/{result['dataset']}.yaml), then the candidate's change, with the "
-            "tuning's epochs and patience and early stopping on the valid split; all figures are the valid split's "
+            f"model's tuned settings (conf/tuned/{result['dataset']}.yaml, their epochs and patience included), then "
+            "the candidate's change, with early stopping on the valid split; all figures are the valid split's "
             "(the test split is never read). Δ: the mean over seeds of the cell's metric minus the base's at the "
             "same seed, with its 95% t-interval; **helps** / **hurts**: the interval excludes 0.", "",
             *rows, "", "## What the numbers say", "", *findings(result, eff), "",
