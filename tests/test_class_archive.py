@@ -25,6 +25,13 @@ def test_the_archive_is_used_only_when_its_key_matches(tmp_path):
     assert opts.startswith(f"-XX:SharedArchiveFile={good} ")
 
 
+def test_an_archive_path_with_a_space_stays_one_java_option(tmp_path):
+    folder = tmp_path / "my venv"
+    folder.mkdir()
+    good = _fake_archive(folder, class_archive.key())
+    assert class_archive.with_archive({}, good)[class_archive.OPTION] == f'"-XX:SharedArchiveFile={good}" -Xshare:auto'
+
+
 def test_the_users_java_options_come_after_the_archive_and_so_win(tmp_path):
     good = _fake_archive(tmp_path, class_archive.key())
     out = class_archive.with_archive({class_archive.OPTION: "-Xshare:off -Dx=1"}, good)

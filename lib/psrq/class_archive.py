@@ -73,7 +73,8 @@ def with_archive(settings: dict[str, str], archive: Path = ARCHIVE) -> dict[str,
     already have, so theirs win), when it is ready; else settings unchanged."""
     if not ready(archive):
         return settings
-    opts = f"-XX:SharedArchiveFile={archive} -Xshare:auto"
+    opt = f"-XX:SharedArchiveFile={archive}"
+    opts = (f'"{opt}"' if " " in opt else opt) + " -Xshare:auto"  # Spark splits the options as a shell does
     given = settings.get(OPTION, "").strip()
     return {**settings, OPTION: f"{opts} {given}".strip()}
 
