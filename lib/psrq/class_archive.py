@@ -11,8 +11,9 @@ workload in a child process lists the classes its JVM loads (-XX:DumpLoadedClass
 (psrq.spark.build_spark) maps it (-XX:SharedArchiveFile) when the archive's key (the Java,
 pyspark's version, its jars) matches what runs now, and starts without it otherwise, as
 before; HotSpot also checks the class path itself and ignores an archive that does not
-match. `spark.class_archive=false` turns it off. Only the JVM pyspark starts uses it:
-spark-submit's drivers and a cluster's executors start their own JVMs, with other class paths.
+match. `spark.class_archive=false` turns it off. psrq.submit gives it to a client-mode
+driver too (this pyspark's spark-submit starts that JVM with the same class path); a
+cluster-mode driver and the executors start on the cluster's machines, without it.
 """
 from __future__ import annotations
 

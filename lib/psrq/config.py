@@ -62,8 +62,9 @@ class SparkConf(_Strict):
     # Spark GPU scheduling on a cluster (psrq.spark.gpu_settings): GPUs per executor, one per
     # task (a training rank); 0: none. Ignored by a local master.
     gpus_per_executor: int = Field(0, ge=0)
-    # A local session's JVM maps the class archive setup built (psrq.class_archive) when it
-    # matches the Java and pyspark that run: seconds less of class loading per job.
+    # A local session's JVM (and a client-mode driver's, through psrq.submit) maps the class
+    # archive setup built (psrq.class_archive) when it matches the Java and pyspark that run:
+    # seconds less of class loading per job.
     class_archive: bool = True
     conf: dict[str, str] = Field(default_factory=dict)
 
