@@ -2,8 +2,8 @@
 
 A short local job spends seconds of JVM time loading and verifying Spark's classes (about
 17,000 for build_samples); mapped from an archive at the JVM's start, they cost almost
-nothing. On the demo data this took build_samples from 34.2 s to 28.9 s (mean of 3 runs
-side by side, benchmarks/README.md, 2026-12-08), and every local session starts ~2 s sooner.
+nothing. On the demo data this took build_samples' job from 36.1 s to 30.4 s (mean of 3
+runs side by side, benchmarks/README.md, 2026-12-08), and a local session starts ~2 s sooner.
 
 `scripts/setup_env.sh` builds it once (`python -m psrq.class_archive build`): a small Spark
 workload in a child process lists the classes its JVM loads (-XX:DumpLoadedClassList), then

@@ -156,8 +156,8 @@ def build_vocabulary(counts: DataFrame, partitions: int = 1) -> tuple[DataFrame,
     Python workers: three jobs, 5 s locally and 23 s on the 2-worker cluster at the demo's
     size). Returns the vocabulary and the persisted sort it reads (unpersist it once the
     vocabulary is written: a sort run again may cut its partitions elsewhere). An explicit
-    number of partitions: adaptive execution does not merge a persisted sort's, and the
-    cluster profile's 400 made 400 Python tasks and Delta files of a few rows each."""
+    number of partitions, which adaptive execution leaves as asked: the session's (the
+    cluster profile's 400) made 400 Python tasks and Delta files of a few rows each."""
     order = [F.desc("n_train"), F.col(ITEM_ID)]
     ranked = (counts.filter(F.col("n_train") > 0).repartitionByRange(partitions, *order).sortWithinPartitions(*order)
               .select(ITEM_ID, F.spark_partition_id().alias("_p"), F.monotonically_increasing_id().alias("_m"))
